@@ -1,0 +1,5 @@
+"""Allow `python -m gated`."""
+
+from gated.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,446 @@
+"""TOML configuration → typed, frozen, validated objects.
+
+Every section is a msgspec Struct with `forbid_unknown_fields`, so a typo is an
+error, not a silently ignored key. Errors are one line naming the file, the key
+path (`lanes[1].relay.pulse_ms`, indices from 0) and what is wrong.
+`config/gated.example.toml` documents every setting; tests keep the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from gated.errors import ConfigError
+from gated.model import AntiPassback, Direction, Mode, SiteIdentity
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Ident = Annotated[str, msgspec.Meta(pattern=_ID)]
+PositiveMs = Annotated[int, msgspec.Meta(ge=1, le=600_000)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400 * 30)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+GpioPin = Annotated[int, msgspec.Meta(ge=0, le=53)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config section: frozen, strict, keyword-only."""
+
+
+# --- site, storage -----------------------------------------------------------
+
+
+class SiteConfig(_Section, frozen=True):
+    """Who this device is (tenant isolation) and where it is."""
+
+    tenant_id: Ident
+    site_id: Ident
+    device_id: Ident
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown time zone {self.timezone!r} (use an IANA name such as 'Europe/Amsterdam')") from err
+
+    @property
+    def identity(self) -> SiteIdentity:
+        """The identity stamped on every record."""
+        return SiteIdentity(self.tenant_id, self.site_id, self.device_id)
+
+
+class JournalConfig(_Section, frozen=True):
+    """Where the journal and snapshots live and how much disk they may use."""
+
+    path: str = "/var/lib/gated/journal.sqlite3"
+    snapshot_dir: str = "/var/lib/gated/snapshots"
+    snapshot_quota_mb: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    snapshot_max_kb: Annotated[int, msgspec.Meta(ge=1, le=20_000)] = 2048
+
+
+class RulesConfig(_Section, frozen=True):
+    """Where the rule set is stored."""
+
+    path: str = "/var/lib/gated/rules.sqlite3"
+
+
+class PolicyConfig(_Section, frozen=True):
+    """How reads are matched and when a read may open a gate by itself."""
+
+    min_confidence: Fraction = 0.80
+    resident_fuzzy_distance: Annotated[int, msgspec.Meta(ge=0, le=2)] = 1
+    visitor_match: Literal["exact", "confusion"] = "exact"
+    deny_fuzzy_distance: Annotated[int, msgspec.Meta(ge=0, le=2)] = 1
+    anti_passback: AntiPassback = AntiPassback.OFF
+    anti_passback_reset_s: Seconds = 4 * 3600
+    plate_formats: list[str] = []  # optional regexes a normalised plate must match
+
+    def __post_init__(self) -> None:
+        for i, pattern in enumerate(self.plate_formats):
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"plate_formats[{i}] is not a valid regex: {err}") from err
+
+
+# --- relays ------------------------------------------------------------------
+
+
+class GpioRelayConfig(_Section, frozen=True, tag_field="kind", tag="gpio"):
+    """A relay on a GPIO pin (BCM numbering) via gpiozero."""
+
+    pin: GpioPin
+    active_high: bool = True
+    pulse_ms: PositiveMs = 800
+
+
+class LcusRelayConfig(_Section, frozen=True, tag_field="kind", tag="lcus"):
+    """An LCUS/CH340 USB serial relay board channel (A0 ch state sum frames, 9600 8N1)."""
+
+    port: str
+    channel: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
+    baudrate: int = 9600
+    pulse_ms: PositiveMs = 800
+
+
+class ModbusRelayConfig(_Section, frozen=True, tag_field="kind", tag="modbus"):
+    """A coil of a Modbus RTU relay board (function 05)."""
+
+    port: str
+    address: Annotated[int, msgspec.Meta(ge=1, le=247)] = 1
+    coil: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    baudrate: int = 9600
+    timeout_ms: PositiveMs = 200
+    pulse_ms: PositiveMs = 800
+
+
+class FakeRelayConfig(_Section, frozen=True, tag_field="kind", tag="fake"):
+    """A simulated relay that records what was done to it (demo, tests)."""
+
+    pulse_ms: PositiveMs = 800
+
+
+RelayConfig = GpioRelayConfig | LcusRelayConfig | ModbusRelayConfig | FakeRelayConfig
+
+
+# --- plate sources -----------------------------------------------------------
+
+
+class CameraAuthConfig(_Section, frozen=True):
+    """Optional authentication a camera must present when it pushes a read."""
+
+    username: str = ""
+    password: str = ""  # secret: never logged
+    token: str = ""  # shared secret sent as `Authorization: Bearer …` or `?token=…`
+
+
+class AnprHttpSourceConfig(_Section, frozen=True, tag_field="kind", tag="anpr_http"):
+    """An ANPR camera that pushes reads to gated's HTTP listener."""
+
+    name: Ident
+    format: Literal["hikvision", "axis", "platerecognizer", "generic"]
+    path: str  # e.g. "/anpr/main-in"; unique per listener
+    port: Port | None = None  # default: [listener].port
+    auth: CameraAuthConfig = CameraAuthConfig()
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError("path must start with '/'")
+
+
+class SerialLineSourceConfig(_Section, frozen=True, tag_field="kind", tag="serial_line"):
+    """A line-based serial plate/credential reader; `pattern` picks the credential out of a line."""
+
+    name: Ident
+    port: str
+    baudrate: int = 9600
+    pattern: str = r"^(?P<text>[A-Za-z0-9 -]{2,16})$"
+    credential: Literal["plate", "tag"] = "plate"
+
+    def __post_init__(self) -> None:
+        try:
+            compiled = re.compile(self.pattern)
+        except re.error as err:
+            raise ValueError(f"pattern is not a valid regex: {err}") from err
+        if "text" not in compiled.groupindex:
+            raise ValueError("pattern needs a named group (?P<text>…)")
+
+
+class Rdm6300SourceConfig(_Section, frozen=True, tag_field="kind", tag="rdm6300"):
+    """An RDM6300 125 kHz RFID reader (STX, 10 hex data, 2 hex checksum, ETX at 9600 8N1)."""
+
+    name: Ident
+    port: str
+    baudrate: int = 9600
+
+
+class FrigateSourceConfig(_Section, frozen=True, tag_field="kind", tag="frigate"):
+    """Licence-plate reads from a Frigate NVR over MQTT."""
+
+    name: Ident
+    camera: str  # Frigate camera name whose plates belong to this lane
+    topic_prefix: str = "frigate"
+
+
+class SimulatorSourceConfig(_Section, frozen=True, tag_field="kind", tag="simulator"):
+    """Scripted or random reads for demos and tests."""
+
+    name: Ident
+    plates: list[str] = []  # plates to cycle through; empty: generate
+    interval_s: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    confidence: Fraction = 0.93
+    seed: int = 0
+
+
+SourceConfig = (
+    AnprHttpSourceConfig
+    | SerialLineSourceConfig
+    | Rdm6300SourceConfig
+    | FrigateSourceConfig
+    | SimulatorSourceConfig
+)
+
+
+class CameraConfig(_Section, frozen=True):
+    """An OpenCV video stream (RTSP URL, USB device index, or file) used for snapshots."""
+
+    url: str  # "rtsp://…", "/dev/video0", "0" or a file path
+    fps_limit: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    stale_after_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    jpeg_quality: Annotated[int, msgspec.Meta(ge=10, le=100)] = 85
+
+
+# --- inputs and the gate -----------------------------------------------------
+
+
+class ButtonConfig(_Section, frozen=True):
+    """A guard button wired to a GPIO pin (to ground, internal pull-up by default)."""
+
+    name: Ident
+    pin: GpioPin
+    action: Literal["open", "hold_open", "lockdown"]
+    lanes: list[Ident] = []  # empty: every lane
+    pull_up: bool = True
+    long_press_s: Seconds = 0.0  # > 0: the action needs a press this long (guards against bumps)
+    bounce_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
+
+
+class GateSensorsConfig(_Section, frozen=True):
+    """Optional position switch and vehicle presence inputs of a lane, and gate timings."""
+
+    closed_pin: GpioPin | None = None  # reed/limit switch, active when the gate is closed
+    presence_pin: GpioPin | None = None  # loop detector or beam, active while a vehicle is there
+    pull_up: bool = True
+    open_time_s: Annotated[float, msgspec.Meta(gt=0)] = 8.0  # expected travel time
+    held_open_alarm_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+
+
+class LaneConfig(_Section, frozen=True):
+    """One access point: its relay, its plate sources, its camera and its sensors."""
+
+    id: Ident  # the access_point name recorded on every event
+    name: str = ""
+    direction: Direction = Direction.IN
+    mode: Mode = Mode.NORMAL
+    relay: RelayConfig = FakeRelayConfig()
+    sources: list[SourceConfig] = []
+    camera: CameraConfig | None = None
+    sensors: GateSensorsConfig = GateSensorsConfig()
+    dedup_window_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 6.0
+    paired_lane: Ident | None = None  # the opposite-direction lane, for anti-passback
+
+
+# --- services ----------------------------------------------------------------
+
+
+class ListenerConfig(_Section, frozen=True):
+    """The HTTP listener that ANPR cameras push to."""
+
+    host: str = "0.0.0.0"
+    port: Port = 8081
+    max_body_kb: Annotated[int, msgspec.Meta(ge=16, le=65536)] = 8192
+
+
+class MqttConfig(_Section, frozen=True):
+    """The MQTT broker (Frigate input now; upstream sync later)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    username: str = ""
+    password: str = ""  # secret: never logged
+    client_id: str = ""  # default: "gated-<device_id>"
+    tls: bool = False
+    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
+
+
+class GpioConfig(_Section, frozen=True):
+    """Which gpiozero pin factory to use."""
+
+    pin_factory: Literal["auto", "lgpio", "rpigpio", "pigpio", "native", "mock"] = "auto"
+
+
+class SupervisorConfig(_Section, frozen=True):
+    """How failing components are restarted before the process gives up."""
+
+    restart_backoff_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    restart_backoff_max_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    max_failures: Annotated[int, msgspec.Meta(ge=1)] = 10
+    failure_window_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
+class LogConfig(_Section, frozen=True):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section, frozen=True):
+    """The whole configuration of one gated device."""
+
+    site: SiteConfig
+    journal: JournalConfig = JournalConfig()
+    rules: RulesConfig = RulesConfig()
+    policy: PolicyConfig = PolicyConfig()
+    lanes: list[LaneConfig] = []
+    buttons: list[ButtonConfig] = []
+    cameras_listener: ListenerConfig = ListenerConfig()
+    mqtt: MqttConfig | None = None
+    gpio: GpioConfig = GpioConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    log: LogConfig = LogConfig()
+
+    def __post_init__(self) -> None:
+        _check_cross_references(self)
+
+    def lane(self, lane_id: str) -> LaneConfig:
+        """The lane with this id (KeyError when there is none)."""
+        for lane in self.lanes:
+            if lane.id == lane_id:
+                return lane
+        raise KeyError(lane_id)
+
+
+def _check_cross_references(cfg: Config) -> None:
+    """Checks that span sections: unique ids, references that must exist."""
+    lane_ids = [lane.id for lane in cfg.lanes]
+    seen: set[str] = set()
+    for i, lane_id in enumerate(lane_ids):
+        if lane_id in seen:
+            raise ValueError(f"lanes[{i}].id: duplicate lane id {lane_id!r}")
+        seen.add(lane_id)
+    source_names: set[str] = set()
+    routes: set[tuple[int, str]] = set()
+    pins: dict[int, str] = {}
+
+    def claim_pin(pin: int | None, where: str) -> None:
+        if pin is None:
+            return
+        if pin in pins:
+            raise ValueError(f"{where}: GPIO pin {pin} is already used by {pins[pin]}")
+        pins[pin] = where
+
+    for i, lane in enumerate(cfg.lanes):
+        if lane.paired_lane is not None and lane.paired_lane not in seen:
+            raise ValueError(f"lanes[{i}].paired_lane: no lane with id {lane.paired_lane!r}")
+        if isinstance(lane.relay, GpioRelayConfig):
+            claim_pin(lane.relay.pin, f"lanes[{i}].relay.pin")
+        claim_pin(lane.sensors.closed_pin, f"lanes[{i}].sensors.closed_pin")
+        claim_pin(lane.sensors.presence_pin, f"lanes[{i}].sensors.presence_pin")
+        for j, src in enumerate(lane.sources):
+            if src.name in source_names:
+                raise ValueError(f"lanes[{i}].sources[{j}].name: duplicate source name {src.name!r}")
+            source_names.add(src.name)
+            if isinstance(src, AnprHttpSourceConfig):
+                route = (src.port or cfg.cameras_listener.port, src.path)
+                if route in routes:
+                    raise ValueError(f"lanes[{i}].sources[{j}].path: {src.path!r} is already used on port {route[0]}")
+                routes.add(route)
+            if isinstance(src, FrigateSourceConfig) and cfg.mqtt is None:
+                raise ValueError(f"lanes[{i}].sources[{j}]: a frigate source needs an [mqtt] section")
+    for i, button in enumerate(cfg.buttons):
+        claim_pin(button.pin, f"buttons[{i}].pin")
+        for lane_id in button.lanes:
+            if lane_id not in seen:
+                raise ValueError(f"buttons[{i}].lanes: no lane with id {lane_id!r}")
+
+
+# --- loading -----------------------------------------------------------------
+
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _humanise(message: str) -> tuple[str, str]:
+    """Split a msgspec message into (key path, plain-language problem)."""
+    path = ""
+    m = _PATH_RE.search(message)
+    if m:
+        path = m.group("path").lstrip(".")
+        message = message[: m.start()]
+    unknown = re.match(r"Object contains unknown field `(.+)`", message)
+    if unknown:
+        key = unknown.group(1)
+        return (f"{path}.{key}" if path else key), "unknown key (check the spelling against config/gated.example.toml)"
+    missing = re.match(r"Object missing required field `(.+)`", message)
+    if missing:
+        key = missing.group(1)
+        return (f"{path}.{key}" if path else key), "required key is missing"
+    message = message.replace("`", "")
+    message = re.sub(r"^Expected (.+), got (.+)$", r"expected \1, got \2", message)
+    message = re.sub(r"^Expected (.+)$", r"expected \1", message)
+    message = message.replace("Invalid value", "invalid value")
+    # messages from __post_init__ may carry their own `key: ` prefix relative to the section
+    inner = re.match(r"^([A-Za-z_][\w.\[\]]*): (.*)$", message)
+    if inner:
+        sub, message = inner.groups()
+        path = f"{path}.{sub}" if path else sub
+    return path or "(top level)", message
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate an already-parsed TOML document; raises ConfigError naming the key path."""
+    try:
+        return msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as err:
+        path, problem = _humanise(str(err))
+        raise ConfigError(f"{source}: {path}: {problem}") from err
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file; raises ConfigError with a one-line message."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read: {err.strerror or err}") from err
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {err.start})") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: TOML syntax error: {err}") from err
+    return parse_config(data, str(p))
+
+
+# Keys whose values must never be logged, journaled or shown.
+SECRET_KEYS = frozenset({"password", "token", "secret", "private_key", "api_key"})
+
+
+def redacted(value: Any) -> Any:
+    """A copy of a config value (Struct, dict, list) with every secret replaced by '***'."""
+    if isinstance(value, msgspec.Struct):
+        value = msgspec.to_builtins(value)
+    if isinstance(value, dict):
+        return {
+            k: ("***" if k in SECRET_KEYS and v else redacted(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Everything that talks upstream (MQTT, HTTP). Imports only gated.model, gated.config, gated.errors."""
