@@ -49,7 +49,7 @@ class SiteConfig(_Section, frozen=True):
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
-            raise ValueError(f"unknown time zone {self.timezone!r} (use an IANA name such as 'Europe/Amsterdam')") from err
+            raise ValueError(f"timezone: unknown time zone {self.timezone!r} (use an IANA name such as 'Europe/Amsterdam')") from err
 
     @property
     def identity(self) -> SiteIdentity:
@@ -88,7 +88,7 @@ class PolicyConfig(_Section, frozen=True):
             try:
                 re.compile(pattern)
             except re.error as err:
-                raise ValueError(f"plate_formats[{i}] is not a valid regex: {err}") from err
+                raise ValueError(f"plate_formats[{i}]: not a valid regex: {err}") from err
 
 
 # --- relays ------------------------------------------------------------------
@@ -153,7 +153,7 @@ class AnprHttpSourceConfig(_Section, frozen=True, tag_field="kind", tag="anpr_ht
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
-            raise ValueError("path must start with '/'")
+            raise ValueError("path: must start with '/'")
 
 
 class SerialLineSourceConfig(_Section, frozen=True, tag_field="kind", tag="serial_line"):
@@ -169,9 +169,9 @@ class SerialLineSourceConfig(_Section, frozen=True, tag_field="kind", tag="seria
         try:
             compiled = re.compile(self.pattern)
         except re.error as err:
-            raise ValueError(f"pattern is not a valid regex: {err}") from err
+            raise ValueError(f"pattern: not a valid regex: {err}") from err
         if "text" not in compiled.groupindex:
-            raise ValueError("pattern needs a named group (?P<text>…)")
+            raise ValueError("pattern: needs a named group (?P<text>…)")
 
 
 class Rdm6300SourceConfig(_Section, frozen=True, tag_field="kind", tag="rdm6300"):
@@ -395,7 +395,7 @@ def _humanise(message: str) -> tuple[str, str]:
     message = message.replace("`", "")
     message = re.sub(r"^Expected (.+), got (.+)$", r"expected \1, got \2", message)
     message = re.sub(r"^Expected (.+)$", r"expected \1", message)
-    message = message.replace("Invalid value", "invalid value")
+    message = message.replace("Invalid enum value", "invalid value").replace("Invalid value", "invalid value")
     # messages from __post_init__ may carry their own `key: ` prefix relative to the section
     inner = re.match(r"^([A-Za-z_][\w.\[\]]*): (.*)$", message)
     if inner:

@@ -1,0 +1,32 @@
+"""Capped, jittered exponential backoff: a pure schedule, no sleeping, no clock."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Delays of initial·factor^n capped at maximum, with 'full jitter' on the upper half.
+
+    Jitter keeps a thousand gates that lost the same broker from reconnecting in
+    lock-step; keeping the lower half fixed keeps a single device's retries
+    predictable enough to reason about in logs.
+    """
+
+    initial: float = 0.5
+    maximum: float = 60.0
+    factor: float = 2.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; advances the schedule."""
+        base = min(self.maximum, self.initial * self.factor**self.attempt)
+        self.attempt = min(self.attempt + 1, 64)
+        return base / 2 + self.rng.uniform(0, base / 2)
+
+    def reset(self) -> None:
+        """Start again from the initial delay (after a success)."""
+        self.attempt = 0
