@@ -1,0 +1,1 @@
+"""Reusable helpers for gated's integration tests (real services on loopback)."""
