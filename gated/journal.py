@@ -1,0 +1,888 @@
+"""SQLite journal: durable append, one hash chain, sync state, lawful erasure, retention.
+
+Design choices (the why):
+
+* **One sequence and one chain across access_logs and audit_logs.** A relay pulse (audit)
+  and the access event it served are ordered against each other; deleting a row from
+  either table leaves a gap in the one `seq`; `verify` is one walk. The cost: retention
+  deletes oldest-first across both tables, so it waits for both streams to be synced.
+* **synchronous=FULL in WAL mode.** An acknowledged (committed) event must survive power
+  loss; with NORMAL the WAL is fsynced only at checkpoints, so the last commits can vanish
+  on power loss (they survive a process crash either way).
+* **Group commit by one writer thread.** Appends are queued; a short-lived writer task
+  hands everything pending (up to `max_batch`) to a single-thread executor that owns the
+  write connection and numbers, hashes, inserts and commits the batch in ONE call (one
+  fsync, one thread hop). Each caller still awaits its own durable commit. The stdlib
+  sqlite3 connection is used for writes because aiosqlite would cost several thread hops
+  per batch and run the hashing on the event loop; reads use aiosqlite (a second
+  connection: WAL lets them run while a batch commits).
+* **Hash chain.** row_hash = SHA-256 of canonical JSON (msgspec, sorted keys) of every
+  column except the sync state, the personal plaintext and its salt, plus the stream name;
+  prev_hash = the previous row's row_hash (genesis: 64 zeros). Personal fields enter only
+  as SHA-256(per-row salt || field || 0x00 || value) digests, so erasure (clearing the
+  text and the salt) keeps the chain intact and leaves a digest nobody can brute-force.
+  A plain hash chain proves order and integrity of what is there; someone able to rewrite
+  the file could rebuild a consistent tail, which only an external anchor (the upstream's
+  acknowledged seq + row_hash, see `verify(anchor=...)`) can expose.
+
+Exercised on a PC's disk in tests; power loss itself was not simulated (SIGKILL only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import logging
+import math
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+import msgspec
+
+from gated.errors import JournalError
+from gated.model import AccessEvent, AuditEvent, Direction, EventType
+
+log = logging.getLogger(__name__)
+
+Stream = Literal["access", "audit"]
+GENESIS = "0" * 64
+TABLES: dict[str, str] = {"access": "access_logs", "audit": "audit_logs"}
+
+# Stored columns of each table in insert order (created_at_utc is virtual and not listed).
+ACCESS_COLUMNS: tuple[str, ...] = (
+    "seq", "event_id", "tenant_id", "site_id", "device_id", "created_at", "clock_unsynced",
+    "event_type", "access_point", "direction", "resident_id", "vehicle_id", "pass_id",
+    "visitor_name", "visitor_name_digest", "vehicle_plate", "vehicle_plate_digest",
+    "authorization_method", "authorized_by", "decision_reason", "rules_version",
+    "confidence_score", "snapshot_path", "snapshot_sha256", "snapshot_missing",
+    "read_to_relay_ms", "metadata", "pii_salt", "prev_hash", "row_hash", "synced_at",
+)  # fmt: skip
+AUDIT_COLUMNS: tuple[str, ...] = (
+    "seq", "event_id", "tenant_id", "site_id", "device_id", "created_at", "clock_unsynced",
+    "action", "resource_type", "resource_id", "actor_id", "actor_type", "actor_role",
+    "ip_address", "ip_address_digest", "user_agent", "user_agent_digest", "request_id",
+    "old_values", "new_values", "status", "error_message", "duration_ms", "metadata",
+    "pii_salt", "prev_hash", "row_hash", "synced_at",
+)  # fmt: skip
+COLUMNS: dict[str, tuple[str, ...]] = {"access": ACCESS_COLUMNS, "audit": AUDIT_COLUMNS}
+# Erasable personal fields per stream, each with its digest column.
+PERSONAL: dict[str, tuple[str, ...]] = {
+    "access": ("vehicle_plate", "visitor_name"),
+    "audit": ("ip_address", "user_agent"),
+}
+JSON_COLUMNS = frozenset({"metadata", "old_values", "new_values"})
+# Never hashed: the sync state, the hash itself, the erasable text and the salt.
+_UNHASHED = frozenset({"row_hash", "synced_at", "pii_salt"})
+HASHED: dict[str, tuple[str, ...]] = {
+    s: tuple(c for c in cols if c not in _UNHASHED and c not in PERSONAL[s])
+    for s, cols in COLUMNS.items()
+}
+# Metadata keys the journal itself writes into its own audit records; verify reads them.
+ERASED_KEY = "journal.erased_seqs"
+PRUNED_SEQ_KEY = "journal.pruned_through_seq"
+PRUNED_HASH_KEY = "journal.pruned_through_hash"
+
+MAX_TEXT = 4096  # chars per text field: a hostile camera payload cannot bloat the journal
+MAX_JSON = 64 * 1024  # bytes per JSON column
+_EVENT_ID = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+_STATUSES = frozenset({"success", "failure", "partial"})
+_EVENT_TYPES = frozenset(e.value for e in EventType)
+_DIRECTIONS = frozenset(d.value for d in Direction)
+_TAIL_CHECK_ROWS = 64
+
+
+# --- canonical content and digests (pure) -------------------------------------------------
+
+
+def canonical(stream: str, row: Mapping[str, Any]) -> bytes:
+    """Canonical bytes of a row's hashed content: sorted-key JSON of the hashed columns."""
+    content = {c: row[c] for c in HASHED[stream]}
+    content["stream"] = stream
+    return msgspec.json.encode(content, order="sorted")
+
+
+def row_hash(stream: str, row: Mapping[str, Any]) -> str:
+    """SHA-256 hex of a row's canonical content (includes seq and prev_hash)."""
+    return hashlib.sha256(canonical(stream, row)).hexdigest()
+
+
+def personal_digest(salt: bytes, name: str, value: str) -> str:
+    """Salted digest binding a personal field's text to the chain while the text exists."""
+    return hashlib.sha256(salt + name.encode() + b"\0" + value.encode("utf-8")).hexdigest()
+
+
+def check_row(
+    stream: str, row: Mapping[str, Any], expect_seq: int, expect_prev: str
+) -> str | None:
+    """What is wrong with one row at its place in the chain, or None when it is intact."""
+    seq = row["seq"]
+    if seq != expect_seq:
+        if isinstance(seq, int) and seq > expect_seq:
+            return f"expected seq {expect_seq} but found {seq}: rows deleted"
+        return f"expected seq {expect_seq} but found {seq!r}: rows inserted or reordered"
+    if row["prev_hash"] != expect_prev:
+        return "prev_hash does not match the previous row: a row was deleted, inserted or reordered"
+    try:
+        actual = row_hash(stream, row)
+    except (TypeError, ValueError, msgspec.EncodeError) as err:
+        return f"row content cannot be hashed: {err}"
+    if row["row_hash"] != actual:
+        return "row_hash does not match the row's content: the row was edited"
+    return personal_problem(stream, row)
+
+
+def personal_problem(stream: str, row: Mapping[str, Any]) -> str | None:
+    """Check personal fields against their digests; erased rows keep digests only."""
+    salt = row["pii_salt"]
+    for name in PERSONAL[stream]:
+        value, digest = row[name], row[f"{name}_digest"]
+        if salt is None:
+            if value is not None:
+                return f"{name} has text but no salt/digest: the field was edited"
+        elif value is None:
+            if digest is not None:
+                return f"{name} cleared outside a lawful erasure: the field was edited"
+        elif not isinstance(value, str) or not isinstance(salt, bytes) or (
+            digest != personal_digest(salt, name, value)
+        ):
+            return f"{name} does not match its digest: the field was edited"
+    return None
+
+
+def is_erased(stream: str, row: Mapping[str, Any]) -> bool:
+    """True when a row's personal fields were lawfully erased (digests kept, salt gone)."""
+    return row["pii_salt"] is None and any(
+        row[f"{name}_digest"] is not None for name in PERSONAL[stream]
+    )
+
+
+# --- events → rows (pure validation) --------------------------------------------------------
+
+
+def _text(name: str, value: Any, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise JournalError(f"{name}: required")
+        return None
+    if not isinstance(value, str):
+        raise JournalError(f"{name}: expected text, got {type(value).__name__}")
+    if required and not value:
+        raise JournalError(f"{name}: must not be empty")
+    if len(value) > MAX_TEXT:
+        raise JournalError(f"{name}: longer than {MAX_TEXT} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise JournalError(f"{name}: not valid Unicode text") from err
+    return value
+
+
+def _real(name: str, value: Any, *, required: bool = False) -> float | None:
+    if value is None:
+        if required:
+            raise JournalError(f"{name}: required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JournalError(f"{name}: expected a number, got {type(value).__name__}")
+    # Stored as REAL: hash the float SQLite will hand back, never an int.
+    number = float(value)
+    if not math.isfinite(number):
+        raise JournalError(f"{name}: must be a finite number")
+    return number
+
+
+def _flag(name: str, value: Any) -> int:
+    if not isinstance(value, bool | int) or value not in (0, 1):
+        raise JournalError(f"{name}: expected true/false")
+    return int(value)
+
+
+def _json(name: str, value: Any, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            return "{}"
+        return None
+    try:
+        encoded = msgspec.json.encode(value if isinstance(value, dict) else dict(value),
+                                      order="sorted")
+    except (TypeError, ValueError, msgspec.EncodeError) as err:
+        raise JournalError(f"{name}: not JSON-encodable: {err}") from err
+    if len(encoded) > MAX_JSON:
+        raise JournalError(f"{name}: larger than {MAX_JSON} bytes")
+    return encoded.decode()
+
+
+def _common(event: AccessEvent | AuditEvent) -> dict[str, Any]:
+    event_id = _text("event_id", event.event_id, required=True)
+    if not _EVENT_ID.match(event_id or ""):
+        raise JournalError("event_id: not a UUID")
+    return {
+        "event_id": event_id,
+        "tenant_id": _text("tenant_id", event.tenant_id, required=True),
+        "site_id": _text("site_id", event.site_id, required=True),
+        "device_id": _text("device_id", event.device_id, required=True),
+        "created_at": _real("created_at", event.created_at, required=True),
+        "clock_unsynced": _flag("clock_unsynced", event.clock_unsynced),
+        "metadata": _json("metadata", event.metadata, required=True),
+    }
+
+
+def _personal(row: dict[str, Any], stream: str, values: Mapping[str, Any]) -> None:
+    salt = os.urandom(16) if any(v is not None for v in values.values()) else None
+    row["pii_salt"] = salt
+    for name in PERSONAL[stream]:
+        value = _text(name, values[name])
+        row[name] = value
+        row[f"{name}_digest"] = (
+            personal_digest(salt, name, value) if salt is not None and value is not None else None
+        )
+
+
+def prepare(event: AccessEvent | AuditEvent) -> tuple[Stream, dict[str, Any]]:
+    """Validate an event and turn it into a row without seq/prev_hash/row_hash.
+
+    Raises JournalError naming the field on any malformed, oversized or hostile value,
+    so one bad event never aborts a whole group-committed batch.
+    """
+    if isinstance(event, AccessEvent):
+        row = _common(event)
+        if event.event_type not in _EVENT_TYPES:
+            raise JournalError(f"event_type: unknown value {event.event_type!r}")
+        if event.direction is not None and event.direction not in _DIRECTIONS:
+            raise JournalError(f"direction: unknown value {event.direction!r}")
+        if isinstance(event.rules_version, bool) or not isinstance(event.rules_version, int):
+            raise JournalError("rules_version: expected an integer")
+        if not -(2**63) <= event.rules_version < 2**63:
+            raise JournalError("rules_version: out of range")
+        path = _text("snapshot_path", event.snapshot_path)
+        if path is not None and (path.startswith("/") or ".." in Path(path).parts):
+            raise JournalError("snapshot_path: must be relative to the snapshot directory")
+        row.update(
+            event_type=str(event.event_type),
+            access_point=_text("access_point", event.access_point, required=True),
+            direction=None if event.direction is None else str(event.direction),
+            resident_id=_text("resident_id", event.resident_id),
+            vehicle_id=_text("vehicle_id", event.vehicle_id),
+            pass_id=_text("pass_id", event.pass_id),
+            authorization_method=_text(
+                "authorization_method", event.authorization_method, required=True
+            ),
+            authorized_by=_text("authorized_by", event.authorized_by),
+            decision_reason=_text("decision_reason", event.decision_reason, required=True),
+            rules_version=event.rules_version,
+            confidence_score=_real("confidence_score", event.confidence_score),
+            snapshot_path=path,
+            snapshot_sha256=_text("snapshot_sha256", event.snapshot_sha256),
+            snapshot_missing=_flag("snapshot_missing", event.snapshot_missing),
+            read_to_relay_ms=_real("read_to_relay_ms", event.read_to_relay_ms),
+        )
+        _personal(row, "access", {"vehicle_plate": event.vehicle_plate,
+                                  "visitor_name": event.visitor_name})
+        return "access", row
+    if isinstance(event, AuditEvent):
+        row = _common(event)
+        if event.status not in _STATUSES:
+            raise JournalError(f"status: unknown value {event.status!r}")
+        row.update(
+            action=_text("action", event.action, required=True),
+            resource_type=_text("resource_type", event.resource_type, required=True),
+            resource_id=_text("resource_id", event.resource_id),
+            actor_id=_text("actor_id", event.actor_id),
+            actor_type=_text("actor_type", event.actor_type, required=True),
+            actor_role=_text("actor_role", event.actor_role),
+            request_id=_text("request_id", event.request_id),
+            old_values=_json("old_values", event.old_values),
+            new_values=_json("new_values", event.new_values),
+            status=str(event.status),
+            error_message=_text("error_message", event.error_message),
+            duration_ms=_real("duration_ms", event.duration_ms),
+        )
+        _personal(row, "audit", {"ip_address": event.ip_address,
+                                 "user_agent": event.user_agent})
+        return "audit", row
+    raise JournalError(f"cannot journal a {type(event).__name__}")
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+
+def migration_files(directory: Path | None = None) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every NNN_*.sql migration, in order."""
+    found: list[tuple[int, str, str]] = []
+    if directory is None:
+        entries = [(e.name, e) for e in resources.files("gated.migrations").iterdir()]
+    else:
+        entries = [(p.name, p) for p in Path(directory).iterdir()]
+    for name, entry in entries:
+        match = re.match(r"^(\d{3})_[\w-]+\.sql$", name)
+        if match:
+            found.append((int(match.group(1)), name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise JournalError(f"journal migrations are not numbered 001, 002, …: {versions}")
+    return found
+
+
+def migrate(conn: sqlite3.Connection, directory: Path | None = None) -> int:
+    """Apply pending migrations in order, each in its own transaction; return the version."""
+    files = migration_files(directory)
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    latest = files[-1][0] if files else 0
+    if current > latest:
+        raise JournalError(
+            f"journal schema version {current} is newer than this gated knows ({latest})"
+        )
+    for version, name, sql in files:
+        if version <= current:
+            continue
+        try:
+            # One script, one transaction: a failed migration leaves the previous version.
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+            )
+        except sqlite3.Error as err:
+            if conn.in_transaction:
+                conn.rollback()
+            raise JournalError(f"journal migration {name} failed: {err}") from err
+        log.info("journal schema migrated to version %d (%s)", version, name)
+    return latest
+
+
+def connect(path: Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:
+    """A write connection with the journal's pragmas (WAL, synchronous=FULL)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=timeout_s,
+                           check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: the WAL is fsynced at every commit, so an acknowledged event survives power loss.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    # Keep the WAL file from staying large on the SD card after a burst.
+    conn.execute("PRAGMA journal_size_limit = 4194304")
+    return conn
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What a lawful erasure cleared, and the seq of the audit record that documents it."""
+
+    erased_seqs: tuple[int, ...]
+    audit_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What a retention pass deleted; the caller removes the snapshots and may audit it."""
+
+    rows: int = 0
+    through_seq: int = 0
+    unsynced_rows: int = 0
+    snapshot_paths: tuple[str, ...] = ()
+    audit_seqs: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class _Head:
+    seq: int = 0
+    row_hash: str = GENESIS
+
+
+def _select(stream: str) -> str:
+    return f"SELECT {', '.join(COLUMNS[stream])} FROM {TABLES[stream]}"
+
+
+def iter_rows(conn: sqlite3.Connection, where: str = "", params: Sequence[Any] = (),
+              *, descending: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(stream, row) of both tables merged in seq order, streaming (bounded memory)."""
+    order = "DESC" if descending else "ASC"
+
+    def rows(stream: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        cols = COLUMNS[stream]
+        for values in conn.execute(f"{_select(stream)} {where} ORDER BY seq {order}", params):
+            yield stream, dict(zip(cols, values, strict=True))
+
+    cursors = [rows(stream) for stream in TABLES]
+    key = (lambda item: -item[1]["seq"]) if descending else (lambda item: item[1]["seq"])
+    yield from heapq.merge(*cursors, key=key)
+
+
+# --- the writer (runs only on the journal's single writer thread) -----------------------------
+
+
+class _Writer:
+    """Owns the write connection and the chain head; every method runs on one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self.head = _Head()
+        self.tail_problem: str | None = None
+
+    def open(self, migrations: Path | None) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = connect(self.path)
+            migrate(self.conn, migrations)
+            self._load_head()
+        except (sqlite3.Error, OSError) as err:
+            self.close()
+            raise JournalError(f"cannot open journal {self.path}: {err}") from err
+
+    def _load_head(self) -> None:
+        assert self.conn is not None
+        cp_seq, cp_hash = self.conn.execute(
+            "SELECT seq, row_hash FROM journal_checkpoint WHERE id = 1"
+        ).fetchone()
+        tail = list(iter_rows(self.conn, "WHERE seq > (SELECT max(seq) FROM "
+                                          "(SELECT max(seq) AS seq FROM access_logs UNION ALL "
+                                          "SELECT max(seq) FROM audit_logs)) - ?",
+                              (_TAIL_CHECK_ROWS,)))
+        self.head = _Head(cp_seq, cp_hash)
+        if not tail:
+            return
+        # Check the tail links up; the full walk is `verify` (too slow for every start-up).
+        expect_seq, expect_prev = tail[0][1]["seq"], tail[0][1]["prev_hash"]
+        for stream, row in tail:
+            problem = check_row(stream, row, expect_seq, expect_prev)
+            if problem and self.tail_problem is None:
+                self.tail_problem = f"seq {row['seq']}: {problem}"
+            expect_seq, expect_prev = row["seq"] + 1, row["row_hash"]
+        last = tail[-1][1]
+        self.head = _Head(last["seq"], last["row_hash"])
+
+    def close(self) -> None:
+        if self.conn is not None:
+            # A busy reader just means the checkpoint happens later.
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.conn.close()
+            self.conn = None
+
+    def _insert(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[int]:
+        """Number, chain and insert rows inside the caller's open transaction."""
+        assert self.conn is not None
+        seq, prev = self.head.seq, self.head.row_hash
+        grouped: dict[str, list[tuple[Any, ...]]] = {"access": [], "audit": []}
+        seqs = []
+        for stream, prepared in items:
+            seq += 1
+            row = dict(prepared, seq=seq, prev_hash=prev, synced_at=None)
+            row["row_hash"] = prev = row_hash(stream, row)
+            grouped[stream].append(tuple(row[c] for c in COLUMNS[stream]))
+            seqs.append(seq)
+        for stream, rows in grouped.items():
+            if rows:
+                marks = ", ".join("?" * len(COLUMNS[stream]))
+                self.conn.executemany(
+                    f"INSERT INTO {TABLES[stream]} ({', '.join(COLUMNS[stream])}) "
+                    f"VALUES ({marks})", rows)
+        self.head = _Head(seq, prev)
+        return seqs
+
+    def _transaction(self, work: Any) -> Any:
+        assert self.conn is not None
+        saved = _Head(self.head.seq, self.head.row_hash)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.head = saved
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def append_batch(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[int | JournalError]:
+        """Commit a batch in one transaction; on failure retry one by one so only bad rows fail."""
+        if self.conn is None:
+            return [JournalError("journal is closed")] * len(items)
+        try:
+            return list(self._transaction(lambda: self._insert(items)))
+        except sqlite3.Error as err:
+            if len(items) == 1:
+                return [self._explain(err, items[0][1])]
+        results: list[int | JournalError] = []
+        for item in items:
+            results.extend(self.append_batch([item]))
+        return results
+
+    def _explain(self, err: sqlite3.Error, row: Mapping[str, Any]) -> JournalError:
+        if isinstance(err, sqlite3.IntegrityError) and "event_id" in str(err):
+            return JournalError(f"event {row['event_id']} is already in the journal")
+        error = JournalError(f"journal write failed: {err}")
+        error.__cause__ = err
+        return error
+
+    def mark_synced(self, stream: str, event_ids: Sequence[str], when: float) -> int:
+        """Set synced_at on the given events of one stream; return how many changed."""
+        assert self.conn is not None
+        table = TABLES[stream]
+
+        def work() -> int:
+            assert self.conn is not None
+            changed = 0
+            for start in range(0, len(event_ids), 500):
+                chunk = list(event_ids[start:start + 500])
+                marks = ", ".join("?" * len(chunk))
+                changed += self.conn.execute(
+                    f"UPDATE {table} SET synced_at = ? WHERE synced_at IS NULL "
+                    f"AND event_id IN ({marks})", [when, *chunk]).rowcount
+            return changed
+
+        return int(self._transaction(work))
+
+    def erase(self, request: dict[str, Any], plate: str | None, visitor_name: str | None,
+              ip_address: str | None, event_ids: Sequence[str]) -> Erasure:
+        """Clear personal fields of matching rows and chain the request documenting it."""
+
+        def work() -> Erasure:
+            assert self.conn is not None
+            ids = list(event_ids)
+            id_marks = ", ".join("?" * len(ids)) or "NULL"
+            found = self.conn.execute(
+                "SELECT seq FROM access_logs WHERE pii_salt IS NOT NULL AND ("
+                f"vehicle_plate = ? OR visitor_name = ? OR event_id IN ({id_marks}))",
+                [plate, visitor_name, *ids]).fetchall()
+            found += self.conn.execute(
+                "SELECT seq FROM audit_logs WHERE pii_salt IS NOT NULL AND ("
+                f"ip_address = ? OR event_id IN ({id_marks}))", [ip_address, *ids]).fetchall()
+            seqs = sorted(s for (s,) in found)
+            self.conn.execute("UPDATE journal_control SET erasing = 1 WHERE id = 1")
+            for start in range(0, len(seqs), 500):
+                chunk = seqs[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
+                self.conn.execute(
+                    "UPDATE access_logs SET vehicle_plate = NULL, visitor_name = NULL,"
+                    f" pii_salt = NULL WHERE seq IN ({marks})", chunk)
+                self.conn.execute("UPDATE audit_logs SET ip_address = NULL, user_agent = NULL,"
+                                  f" pii_salt = NULL WHERE seq IN ({marks})", chunk)
+            self.conn.execute("UPDATE journal_control SET erasing = 0 WHERE id = 1")
+            record = dict(request)
+            meta = msgspec.json.decode(record["metadata"])
+            meta[ERASED_KEY] = seqs
+            record["metadata"] = msgspec.json.encode(meta, order="sorted").decode()
+            (audit_seq,) = self._insert([("audit", record)])
+            return Erasure(tuple(seqs), audit_seq)
+
+        return self._transaction(work)
+
+    def prune(self, older_than: float, keep_unsynced: bool, now: float, clock_unsynced: bool,
+              batch: int) -> Pruned:
+        """Delete the oldest rows (synced unless told otherwise) created before older_than."""
+        total = Pruned()
+        while True:
+            part = self._transaction(
+                lambda: self._prune_batch(older_than, keep_unsynced, now, clock_unsynced, batch))
+            if part.rows == 0:
+                return total
+            total = Pruned(
+                rows=total.rows + part.rows, through_seq=part.through_seq,
+                unsynced_rows=total.unsynced_rows + part.unsynced_rows,
+                snapshot_paths=total.snapshot_paths + part.snapshot_paths,
+                audit_seqs=total.audit_seqs + part.audit_seqs)
+            if part.rows < batch:
+                return total
+
+    def _prune_batch(self, older_than: float, keep_unsynced: bool, now: float,
+                     clock_unsynced: bool, batch: int) -> Pruned:
+        assert self.conn is not None
+        doomed: list[tuple[str, dict[str, Any]]] = []
+        for stream, row in iter_rows(self.conn, "WHERE seq IN (SELECT seq FROM access_logs "
+                                     "UNION ALL SELECT seq FROM audit_logs ORDER BY seq LIMIT ?)",
+                                     (batch,)):
+            # Oldest first and contiguous: the remaining chain must start right after the
+            # checkpoint, so the first row that must stay ends the pass.
+            if row["created_at"] >= older_than or (keep_unsynced and row["synced_at"] is None):
+                break
+            doomed.append((stream, row))
+        if not doomed:
+            return Pruned()
+        # Never delete the head row: the chain's newest hash must stay on disk.
+        if doomed[-1][1]["seq"] == self.head.seq:
+            doomed.pop()
+            if not doomed:
+                return Pruned()
+        self.conn.execute("UPDATE journal_control SET retention = ? WHERE id = 1",
+                          (1 if keep_unsynced else 2,))
+        for stream, row in doomed:
+            self.conn.execute(f"DELETE FROM {TABLES[stream]} WHERE seq = ?", (row["seq"],))
+        last = doomed[-1][1]
+        self.conn.execute("UPDATE journal_checkpoint SET seq = ?, row_hash = ? WHERE id = 1",
+                          (last["seq"], last["row_hash"]))
+        self.conn.execute("UPDATE journal_control SET retention = 0 WHERE id = 1")
+        unsynced = sum(1 for _, r in doomed if r["synced_at"] is None)
+        record = {
+            "event_id": _new_event_id(), "tenant_id": last["tenant_id"],
+            "site_id": last["site_id"], "device_id": last["device_id"],
+            "created_at": float(now), "clock_unsynced": int(clock_unsynced),
+            "action": "journal_pruned", "resource_type": "journal", "resource_id": None,
+            "actor_id": None, "actor_type": "system", "actor_role": None,
+            "request_id": None, "old_values": None, "new_values": None, "status": "success",
+            "error_message": None, "duration_ms": None,
+            "metadata": msgspec.json.encode({
+                PRUNED_SEQ_KEY: last["seq"], PRUNED_HASH_KEY: last["row_hash"],
+                "rows": len(doomed), "unsynced_rows": unsynced,
+                "older_than": float(older_than)}, order="sorted").decode(),
+        }
+        _personal(record, "audit", {"ip_address": None, "user_agent": None})
+        (audit_seq,) = self._insert([("audit", record)])
+        return Pruned(
+            rows=len(doomed), through_seq=last["seq"], unsynced_rows=unsynced,
+            snapshot_paths=tuple(r["snapshot_path"] for s, r in doomed
+                                 if s == "access" and r["snapshot_path"]),
+            audit_seqs=(audit_seq,))
+
+
+def _new_event_id() -> str:
+    from gated.ids import new_event_id
+
+    return new_event_id()
+
+
+# --- the async journal -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    stream: Stream
+    row: dict[str, Any]
+    future: asyncio.Future[int] = field(repr=False)
+
+
+class Journal:
+    """The device's append-only, hash-chained event journal (one per SQLite file)."""
+
+    def __init__(self, path: Path, writer: _Writer, executor: ThreadPoolExecutor,
+                 reader: aiosqlite.Connection, max_batch: int) -> None:
+        self.path = path
+        self._writer = writer
+        self._executor = executor
+        self._reader = reader
+        self._max_batch = max_batch
+        self._pending: list[_Pending] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *, max_batch: int = 256,
+                   migrations: Path | None = None) -> Journal:
+        """Open (creating dirs and schema as needed) and check the tail of the chain."""
+        path = Path(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gated-journal")
+        writer = _Writer(path)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, writer.open, migrations)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        try:
+            reader = await aiosqlite.connect(path)
+            await reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as err:
+            await loop.run_in_executor(executor, writer.close)
+            executor.shutdown(wait=False)
+            raise JournalError(f"cannot open journal {path} for reading: {err}") from err
+        if writer.tail_problem:
+            log.error("journal tail does not verify: %s (run `gated journal verify`)",
+                      writer.tail_problem)
+        return cls(path, writer, executor, reader, max_batch)
+
+    @property
+    def head_seq(self) -> int:
+        """Seq of the newest committed row (0 when empty)."""
+        return self._writer.head.seq
+
+    @property
+    def tail_problem(self) -> str | None:
+        """What was wrong with the newest rows at open, or None; the daemon keeps appending."""
+        return self._writer.tail_problem
+
+    async def append(self, event: AccessEvent | AuditEvent) -> int:
+        """Journal one event; return its seq once its commit is durable.
+
+        Raises JournalError for an invalid event (nothing written) or a failed write.
+        A caller cancelled while waiting may still see its event journaled.
+        """
+        (seq,) = await self.append_many([event])
+        return seq
+
+    async def append_many(self, events: Iterable[AccessEvent | AuditEvent]) -> list[int]:
+        """Journal several events (all validated first); return their seqs in order."""
+        if self._closed:
+            raise JournalError("journal is closed")
+        prepared = [prepare(e) for e in events]
+        loop = asyncio.get_running_loop()
+        items = [_Pending(s, r, loop.create_future()) for s, r in prepared]
+        self._pending.extend(items)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush(), name="journal-writer")
+        results = await asyncio.gather(*(i.future for i in items), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [int(r) for r in results]  # type: ignore[arg-type]
+
+    async def _flush(self) -> None:
+        # The writer: runs while anything is pending, one transaction per batch.
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._writer.append_batch,
+                    [(p.stream, p.row) for p in batch])
+            except Exception as err:  # the thread itself failed: every caller hears it
+                results = [JournalError(f"journal write failed: {err}")] * len(batch)
+            for item, result in zip(batch, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        if self._closed:
+            raise JournalError("journal is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as err:
+            raise JournalError(f"journal write failed: {err}") from err
+
+    async def close(self) -> None:
+        """Drain pending appends, then close both connections and the writer thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flush_task is not None:
+            await self._flush_task
+        loop = asyncio.get_running_loop()
+        await self._reader.close()
+        await loop.run_in_executor(self._executor, self._writer.close)
+        self._executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- queries --------------------------------------------------------------------------
+
+    async def _rows(self, stream: str, where: str, params: Sequence[Any],
+                    order: str, limit: int) -> list[dict[str, Any]]:
+        if stream not in TABLES:
+            raise JournalError(f"stream: expected access or audit, got {stream!r}")
+        sql = f"{_select(stream)} {where} ORDER BY seq {order} LIMIT ?"
+        async with self._reader.execute(sql, [*params, int(limit)]) as cur:
+            return [public_row(stream, r) for r in await cur.fetchall()]
+
+    async def recent(self, stream: str = "all", limit: int = 50) -> list[dict[str, Any]]:
+        """Newest rows first (each with a "stream" key); stream is access, audit or all."""
+        if stream == "all":
+            rows = await self._rows("access", "", (), "DESC", limit)
+            rows += await self._rows("audit", "", (), "DESC", limit)
+            return sorted(rows, key=lambda r: r["seq"], reverse=True)[:limit]
+        return await self._rows(stream, "", (), "DESC", limit)
+
+    async def pass_uses(self) -> dict[str, int]:
+        """Allowed (not denied) access events per visitor pass, surviving retention."""
+        async with self._reader.execute("SELECT pass_id, uses FROM pass_use_counts") as cur:
+            return {pass_id: uses for pass_id, uses in await cur.fetchall()}
+
+    async def last_passages(self, since: float) -> dict[str, tuple[str, float]]:
+        """Resident and vehicle ids → (direction, created_at) of their last allowed passage.
+
+        "Last" is by seq, never by timestamp (the clock may have stepped).
+        """
+        found: dict[str, tuple[int, str, float]] = {}
+        for column in ("resident_id", "vehicle_id"):
+            sql = (f"SELECT {column}, direction, created_at, max(seq) FROM access_logs "
+                   f"WHERE created_at >= ? AND event_type != 'denied' AND direction IS NOT NULL "
+                   f"AND {column} IS NOT NULL GROUP BY {column}")
+            async with self._reader.execute(sql, (float(since),)) as cur:
+                for subject, direction, created_at, seq in await cur.fetchall():
+                    if subject not in found or found[subject][0] < seq:
+                        found[subject] = (seq, direction, created_at)
+        return {k: (d, t) for k, (_, d, t) in found.items()}
+
+    async def unsynced(self, stream: str, limit: int = 100,
+                       after_seq: int = 0) -> list[dict[str, Any]]:
+        """Oldest unsynced rows of one stream with seq > after_seq, for the upstream sync."""
+        return await self._rows(stream, "WHERE synced_at IS NULL AND seq > ?",
+                                (int(after_seq),), "ASC", limit)
+
+    async def mark_synced(self, stream: str, event_ids: Sequence[str],
+                          when: float | None = None) -> int:
+        """Mark events synced (call only after the transport's acknowledgement)."""
+        if stream not in TABLES:
+            raise JournalError(f"stream: expected access or audit, got {stream!r}")
+        when = time.time() if when is None else float(when)
+        return int(await self._write(self._writer.mark_synced, stream, list(event_ids), when))
+
+    async def erase_personal(self, request: AuditEvent, *, plate: str | None = None,
+                             visitor_name: str | None = None, ip_address: str | None = None,
+                             event_ids: Sequence[str] = ()) -> Erasure:
+        """Lawful erasure: clear plate, visitor name, IP and user agent of matching rows.
+
+        `request` is the caller's audit record of the request (who asked, why); it is
+        chained in the same transaction with the erased seqs added to its metadata, which
+        is how `verify` tells a lawful erasure from tampering. Matches are exact text.
+        """
+        if not isinstance(request, AuditEvent):
+            raise JournalError("erase_personal needs the AuditEvent recording the request")
+        if plate is None and visitor_name is None and ip_address is None and not event_ids:
+            raise JournalError("erase_personal: give a plate, visitor name, IP or event ids")
+        _, record = prepare(request)
+        for name, value in (("plate", plate), ("visitor_name", visitor_name),
+                            ("ip_address", ip_address)):
+            _text(name, value)
+        ids = [_text("event_ids", i, required=True) for i in event_ids]
+        return await self._write(self._writer.erase, record, plate, visitor_name, ip_address, ids)
+
+    async def prune(self, older_than: float, keep_unsynced: bool = True, *,
+                    now: float | None = None, clock_unsynced: bool = False,
+                    batch: int = 2000) -> Pruned:
+        """Retention: delete oldest rows created before `older_than`, oldest first.
+
+        Stops at the first row that must stay (too new, or unsynced while keep_unsynced),
+        records the checkpoint and chains a "journal_pruned" audit record per batch.
+        Returns the deleted snapshot paths for the caller to remove.
+        """
+        now = time.time() if now is None else float(now)
+        return await self._write(self._writer.prune, float(older_than), keep_unsynced, now,
+                                 clock_unsynced, int(batch))
+
+
+def public_row(stream: str, values: Sequence[Any]) -> dict[str, Any]:
+    """A row as a plain dict for callers: JSON columns decoded, the salt left out."""
+    row = dict(zip(COLUMNS[stream], values, strict=True))
+    del row["pii_salt"]
+    for name in JSON_COLUMNS:
+        if row.get(name) is not None:
+            row[name] = msgspec.json.decode(row[name])
+    for name in ("clock_unsynced", "snapshot_missing"):
+        if name in row:
+            row[name] = bool(row[name])
+    row["stream"] = stream
+    return row
