@@ -1,0 +1,196 @@
+"""Read coalescing: repeated reads of one vehicle within a window become one event.
+
+A camera reads a waiting car many times, often with small OCR differences
+(AB123C, A8123C, AB12C). The lane must decide once, may re-decide when a
+clearly better read arrives, and must not journal every repeat.
+
+`Coalescer.offer(read, now)` classifies each read:
+
+* NEW: the first read of a vehicle in this lane's window; decide and act.
+* UPDATE: a read of a vehicle already seen whose confidence beats every read
+  so far, or a different but near text (same OCR-confusion key, or one edit
+  away) at least as confident as the best so far. `Outcome.read` is then the
+  best read of the window; the lane may re-decide on it (new → update, as
+  Axis and most ANPR cameras report).
+* DUPLICATE: nothing new; drop it (counted).
+
+Vehicles are keyed per lane (access_point) and credential kind, so two cars in
+two lanes never suppress each other, and a tag never merges with a plate.
+Tags group only on exactly equal numbers: a tag one digit off is another card.
+The window slides: it ends `window_s` after the vehicle's latest read, so a
+car that sits in view stays one event. Memory is bounded: expired vehicles
+are evicted on every offer, and a per-lane cap evicts the lane's least recently
+seen vehicle (per lane, so a flood in one lane cannot evict another's car).
+
+Pure: no clock, no IO; pass `now` (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from gated.errors import PayloadError
+from gated.model import CredentialKind, PlateRead
+from gated.plates import confusion_key, distance, normalise
+
+__all__ = ["Coalescer", "Outcome", "Verdict"]
+
+
+class Verdict(StrEnum):
+    """What the lane should do with an offered read."""
+
+    NEW = "new"  # decide and act
+    UPDATE = "update"  # a better read of a vehicle already seen: the lane may re-decide
+    DUPLICATE = "duplicate"  # drop (counted)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The verdict on one read and the read to act on."""
+
+    verdict: Verdict
+    read: PlateRead  # NEW: the offered read; UPDATE: the best read so far; DUPLICATE: offered
+    normalised: str  # normalised text of `read` ("" when the text could not be normalised)
+    sightings: int  # reads of this vehicle in the current window, this one included
+    first_seen: float  # `now` of the read that opened this vehicle's window
+
+
+def _rank(confidence: float | None) -> float:
+    """Order confidences; a source that reports none ranks below any reported value."""
+    return -1.0 if confidence is None else confidence
+
+
+@dataclass(slots=True)
+class _Vehicle:
+    """One vehicle (or card) seen in a lane within the current window."""
+
+    best: PlateRead
+    best_norm: str
+    first_seen: float
+    last_seen: float
+    sightings: int = 1
+    variants: set[str] = field(default_factory=set)  # normalised texts seen
+    keys: set[str] = field(default_factory=set)  # their confusion keys
+
+
+class Coalescer:
+    """Groups repeated reads per lane into NEW / UPDATE / DUPLICATE; pure and bounded."""
+
+    def __init__(
+        self,
+        window_s: float,
+        *,
+        max_per_lane: int = 64,
+        max_variants: int = 8,
+    ) -> None:
+        if window_s < 0:
+            raise ValueError("window_s must be >= 0")
+        if max_per_lane < 1 or max_variants < 1:
+            raise ValueError("max_per_lane and max_variants must be >= 1")
+        self._window = window_s
+        self._max_per_lane = max_per_lane
+        # Caps how many texts one vehicle can collect, and so how often a flapping
+        # read can ask the lane to re-decide.
+        self._max_variants = max_variants
+        self._lanes: dict[tuple[str, CredentialKind], list[_Vehicle]] = {}
+        self._count = 0
+        self.counts: Counter[str] = Counter()  # verdicts and evictions, for /metrics
+
+    def __len__(self) -> int:
+        """Vehicles currently remembered, over all lanes."""
+        return self._count
+
+    def offer(self, read: PlateRead, now: float) -> Outcome:
+        """Classify one read received at monotonic time `now`."""
+        self._expire(now)
+        try:
+            norm = normalise(read.text)
+        except PayloadError:
+            norm = ""
+        if not norm or self._window <= 0:
+            # Nothing to group on (or coalescing is off): pass it through, remember
+            # nothing; policy gives unreadable text its own clear answer.
+            return self._count_as(Outcome(Verdict.NEW, read, norm, 1, now))
+        lane_key = (read.access_point, read.kind)
+        vehicles = self._lanes.setdefault(lane_key, [])
+        vehicle = self._find(vehicles, norm, read.kind)
+        if vehicle is None:
+            self._remember(vehicles, read, norm, now)
+            return self._count_as(Outcome(Verdict.NEW, read, norm, 1, now))
+        vehicle.last_seen = now
+        vehicle.sightings += 1
+        is_variant = norm not in vehicle.variants
+        if is_variant and len(vehicle.variants) < self._max_variants:
+            vehicle.variants.add(norm)
+            vehicle.keys.add(confusion_key(norm))
+        else:
+            is_variant = False  # cap reached: no more re-decisions for new spellings
+        gain = _rank(read.confidence) - _rank(vehicle.best.confidence)
+        if gain > 0 or (is_variant and gain == 0):
+            vehicle.best, vehicle.best_norm = read, norm
+            verdict = Verdict.UPDATE
+        else:
+            verdict = Verdict.DUPLICATE
+        outcome = Outcome(
+            verdict,
+            vehicle.best if verdict is Verdict.UPDATE else read,
+            vehicle.best_norm if verdict is Verdict.UPDATE else norm,
+            vehicle.sightings,
+            vehicle.first_seen,
+        )
+        return self._count_as(outcome)
+
+    def _find(self, vehicles: list[_Vehicle], norm: str, kind: CredentialKind) -> _Vehicle | None:
+        """The vehicle this text belongs to: an exact match first, then the most recent near one."""
+        near: _Vehicle | None = None
+        key = confusion_key(norm)
+        for vehicle in vehicles:
+            if norm in vehicle.variants:
+                return vehicle
+            if kind is CredentialKind.TAG:
+                continue
+            if near is not None and near.last_seen >= vehicle.last_seen:
+                continue
+            if key in vehicle.keys or any(
+                distance(norm, v, 1) is not None for v in vehicle.variants
+            ):
+                near = vehicle
+        return near
+
+    def _remember(self, vehicles: list[_Vehicle], read: PlateRead, norm: str, now: float) -> None:
+        if len(vehicles) >= self._max_per_lane:
+            oldest = min(range(len(vehicles)), key=lambda i: vehicles[i].last_seen)
+            del vehicles[oldest]
+            self._count -= 1
+            self.counts["evicted"] += 1
+        vehicles.append(
+            _Vehicle(
+                best=read,
+                best_norm=norm,
+                first_seen=now,
+                last_seen=now,
+                variants={norm},
+                keys={confusion_key(norm)},
+            )
+        )
+        self._count += 1
+
+    def _expire(self, now: float) -> None:
+        """Forget every vehicle whose window has ended (all lanes: memory stays bounded)."""
+        for lane_key in list(self._lanes):
+            vehicles = self._lanes[lane_key]
+            kept = [v for v in vehicles if now - v.last_seen <= self._window]
+            dropped = len(vehicles) - len(kept)
+            if dropped:
+                self._count -= dropped
+                self.counts["expired"] += dropped
+            if kept:
+                self._lanes[lane_key] = kept
+            else:
+                del self._lanes[lane_key]
+
+    def _count_as(self, outcome: Outcome) -> Outcome:
+        self.counts[outcome.verdict.value] += 1
+        return outcome
