@@ -63,7 +63,7 @@ def _write_config(tmp_dir: Path, port: int, extra_config: str) -> tuple[Path, Pa
     lines = [
         f"listener {port} {HOST}",
         "persistence false",
-        f"log_dest file {log_path}",
+        "log_dest stderr",  # to a file this process opens: no permission issues when run as root
         "log_type error",
         "log_type warning",
         "log_type notice",
@@ -101,18 +101,17 @@ def mosquitto_broker(tmp_dir: Path | str, extra_config: str = "") -> Iterator[Br
     for _attempt in range(3):
         port = free_port()
         config_path, log_path = _write_config(tmp, port, extra_config)
-        process = subprocess.Popen(
-            [binary, "-c", str(config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [binary, "-c", str(config_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
         try:
             if wait_until_accepting(HOST, port) and process.poll() is None:
                 yield Broker(HOST, port, config_path, log_path, process)
                 return
         finally:
             _stop(process)
-        last_log = log_path.read_text() if log_path.exists() else ""
-        if process.stderr is not None:
-            last_log += process.stderr.read().decode(errors="replace")
+        last_log = log_path.read_text(errors="replace") if log_path.exists() else ""
     raise RuntimeError(f"mosquitto did not start: {last_log[-2000:]}")

@@ -1,0 +1,276 @@
+"""Frigate plates: the pure de-duplicating core, and the MQTT source against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gated.config import FrigateSourceConfig, MqttConfig
+from gated.errors import PayloadError
+from gated.hardware.base import PlateSource
+from gated.hardware.frigate import MAX_TRACKED_OBJECTS, FrigatePlates, FrigateSource
+from gated.model import PlateRead
+from tests.support.broker import MOSQUITTO, Broker, wait_until_accepting
+
+NOW = 1_757_347_000.0
+SOURCES = [
+    (FrigateSourceConfig(name="frig-drive", camera="driveway"), "main-in"),
+    (FrigateSourceConfig(name="frig-exit", camera="exit_cam", topic_prefix="nvr2"), "main-out"),
+]
+
+
+def obj(
+    oid: str, camera: str = "driveway", plate: Any = None, score: Any = None, **more: Any
+) -> dict[str, Any]:
+    """A Frigate tracked object as published in frigate/events (0.16 fields)."""
+    data: dict[str, Any] = {
+        "id": oid,
+        "camera": camera,
+        "frame_time": NOW + 1.25,
+        "label": "car",
+        "sub_label": None,
+        "top_score": 0.91,
+        "false_positive": False,
+        "start_time": NOW,
+        "end_time": None,
+        "score": 0.88,
+        "box": [424, 500, 536, 712],
+        "current_zones": ["gate_zone"],
+        "entered_zones": ["gate_zone"],
+        "has_snapshot": True,
+        "stationary": False,
+        "recognized_license_plate": plate,
+        "recognized_license_plate_score": score,
+    }
+    data.update(more)
+    return data
+
+
+def event(kind: str, after: dict[str, Any], before: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"type": kind, "before": before or after, "after": after}).encode()
+
+
+def lpr(
+    oid: str, plate: str, score: float, camera: str = "driveway", name: str | None = None
+) -> bytes:
+    return json.dumps(
+        {
+            "type": "lpr",
+            "id": oid,
+            "name": name,
+            "plate": plate,
+            "score": score,
+            "camera": camera,
+            "timestamp": NOW + 2,
+        }
+    ).encode()
+
+
+# --- pure core --------------------------------------------------------------------------
+
+
+def test_topics() -> None:
+    assert FrigatePlates(SOURCES).topics == [
+        "frigate/events",
+        "frigate/tracked_object_update",
+        "nvr2/events",
+        "nvr2/tracked_object_update",
+    ]
+
+
+def test_one_read_per_new_plate_of_an_object() -> None:
+    core = FrigatePlates(SOURCES)
+    feed: Callable[[str, bytes], list[PlateRead]] = lambda t, p: core.feed(t, p, NOW + 10, 5.0)  # noqa: E731
+    assert feed("frigate/events", event("new", obj("1.1-a"))) == []
+    [read] = feed("frigate/events", event("update", obj("1.1-a", plate="AB123CD", score=0.91)))
+    assert (read.access_point, read.source, read.text, read.confidence) == (
+        "main-in",
+        "frig-drive",
+        "AB123CD",
+        0.91,
+    )
+    assert read.read_at == NOW + 1.25
+    assert read.vendor == "frigate"
+    assert read.received_mono == 5.0
+    assert read.extra["zones"] == ["gate_zone"]
+    assert read.extra["frigate_id"] == "1.1-a"
+    # the same plate again, from either topic, is not re-emitted
+    assert feed("frigate/events", event("update", obj("1.1-a", plate="AB123CD", score=0.95))) == []
+    assert feed("frigate/tracked_object_update", lpr("1.1-a", "ab123cd", 0.95)) == []
+    # an improved (different) reading is
+    [better] = feed(
+        "frigate/tracked_object_update", lpr("1.1-a", "AB123C0", 0.97, name="Alice's car")
+    )
+    assert (better.text, better.confidence, better.read_at) == ("AB123C0", 0.97, NOW + 2)
+    assert better.extra["name"] == "Alice's car"
+    # the end message forgets the object; a new object with the same plate emits again
+    assert feed("frigate/events", event("end", obj("1.1-a", plate="AB123C0", score=0.97))) == []
+    [again] = feed("frigate/events", event("update", obj("2.2-b", plate="AB123C0", score=0.9)))
+    assert again.extra["frigate_id"] == "2.2-b"
+
+
+def test_routes_by_prefix_and_camera() -> None:
+    core = FrigatePlates(SOURCES)
+    assert (
+        core.feed(
+            "frigate/events", event("update", obj("x", camera="backyard", plate="ZZ1")), NOW, 0
+        )
+        == []
+    )
+    assert (
+        core.feed(
+            "frigate/events", event("update", obj("x", camera="exit_cam", plate="ZZ1")), NOW, 0
+        )
+        == []
+    )
+    [read] = core.feed(
+        "nvr2/events", event("update", obj("x", camera="exit_cam", plate="ZZ1")), NOW, 0
+    )
+    assert read.access_point == "main-out"
+
+
+def test_plate_as_list_and_sub_label() -> None:
+    core = FrigatePlates(SOURCES)
+    after = obj("y", plate=["XY99", 0.8], score=None, sub_label=["Bob", 0.8])
+    [read] = core.feed("frigate/events", event("update", after), NOW, 0)
+    assert (read.text, read.confidence, read.extra["name"]) == ("XY99", 0.8, "Bob")
+
+
+def test_other_update_types_ignored() -> None:
+    core = FrigatePlates(SOURCES)
+    msg = json.dumps({"type": "description", "id": "z", "description": "a red car"}).encode()
+    assert core.feed("frigate/tracked_object_update", msg, NOW, 0) == []
+    assert core.feed("frigate/available", b"online", NOW, 0) == []
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [
+        ("frigate/events", b"{not json"),
+        ("frigate/events", b"[1]"),
+        ("frigate/events", b'{"type": "update"}'),
+        ("frigate/events", b'{"type": "weird", "after": {}}'),
+        ("frigate/events", event("update", {"camera": "driveway"})),
+        ("frigate/events", event("update", obj("q", plate=5))),
+        ("frigate/events", event("update", obj("q", plate="A" * 100))),
+        ("frigate/events", event("update", obj("q", plate="AB1", score="high"))),
+        ("frigate/events", event("update", obj("q", plate="AB1", score=7))),
+        ("frigate/tracked_object_update", b'{"type": "lpr", "plate": "AB1"}'),
+        ("frigate/tracked_object_update", b"\xff\xfe"),
+        ("frigate/events", b"{" * 100_000),
+    ],
+)
+def test_malformed_messages(topic: str, payload: bytes) -> None:
+    with pytest.raises(PayloadError):
+        FrigatePlates(SOURCES).feed(topic, payload, NOW, 0)
+
+
+def test_memory_is_bounded() -> None:
+    core = FrigatePlates(SOURCES)
+    for i in range(MAX_TRACKED_OBJECTS + 50):
+        core.feed("frigate/tracked_object_update", lpr(f"id-{i}", "AB1", 0.9), NOW, 0)
+    assert len(core._emitted) == MAX_TRACKED_OBJECTS
+
+
+# --- against a real broker ----------------------------------------------------------------
+
+
+def publisher(broker: Broker) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-frigate-publisher")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+async def wait_for(predicate: Callable[[], bool], limit_s: float = 15.0) -> None:
+    """Poll a condition set by another thread's callbacks, failing after limit_s."""
+    async with asyncio.timeout(limit_s):
+        while not predicate():  # noqa: ASYNC110 - the state lives in paho's callbacks
+            await asyncio.sleep(0.02)
+
+
+def test_is_a_plate_source() -> None:
+    assert isinstance(FrigateSource(MqttConfig(), SOURCES), PlateSource)
+
+
+async def test_reads_from_real_broker(broker: Broker) -> None:
+    reads: list[PlateRead] = []
+    source = FrigateSource(
+        MqttConfig(host=broker.host, port=broker.port), SOURCES, client_id="gated-test"
+    )
+    task = asyncio.create_task(source.run(reads.append))
+    await asyncio.wait_for(source.subscribed.wait(), 15)
+    pub = publisher(broker)
+    try:
+        messages = [
+            ("frigate/events", event("new", obj("1.1-a"))),
+            ("frigate/events", event("update", obj("1.1-a", plate="AB123CD", score=0.91))),
+            ("frigate/tracked_object_update", lpr("1.1-a", "AB123CD", 0.93)),
+            ("frigate/events", b"{garbage"),
+            (
+                "frigate/events",
+                event("update", obj("2.2-b", camera="backyard", plate="QQ1", score=0.9)),
+            ),
+            ("frigate/tracked_object_update", lpr("1.1-a", "AB123C0", 0.97)),
+            ("nvr2/tracked_object_update", lpr("3.3-c", "EX1T", 0.88, camera="exit_cam")),
+        ]
+        for topic, body in messages:
+            pub.publish(topic, body, qos=1).wait_for_publish(5)
+        await wait_for(lambda: len(reads) >= 3 and source.counters["messages"] >= len(messages))
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [(r.access_point, r.text) for r in reads] == [
+        ("main-in", "AB123CD"),
+        ("main-in", "AB123C0"),
+        ("main-out", "EX1T"),
+    ]
+    assert source.counters["malformed"] == 1
+    assert source.client_id == "gated-test-frigate"
+
+
+@pytest.mark.slow
+async def test_reconnects_after_broker_restart(broker: Broker) -> None:
+    reads: list[PlateRead] = []
+    source = FrigateSource(MqttConfig(host=broker.host, port=broker.port), SOURCES)
+    task = asyncio.create_task(source.run(reads.append))
+    try:
+        await asyncio.wait_for(source.subscribed.wait(), 15)
+        broker.process.terminate()
+        broker.process.wait(5)
+        await wait_for(lambda: not source.subscribed.is_set())
+        restarted = await asyncio.to_thread(
+            subprocess.Popen,
+            [MOSQUITTO, "-c", str(broker.config_path)],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert await asyncio.to_thread(wait_until_accepting, broker.host, broker.port)
+            await asyncio.wait_for(source.subscribed.wait(), 30)
+            pub = publisher(broker)
+            pub.publish(
+                "frigate/tracked_object_update", lpr("9.9-z", "BACK1", 0.9), qos=1
+            ).wait_for_publish(5)
+            await wait_for(lambda: len(reads) == 1)
+            disconnects = source.counters["disconnects"]
+            pub.loop_stop()
+            pub.disconnect()
+        finally:
+            restarted.terminate()
+            restarted.wait(5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert reads[0].text == "BACK1"
+    assert disconnects == 1
