@@ -197,7 +197,9 @@ def initial(setup: GateSetup, now: float, *, closed: bool | None = None) -> Gate
     """A new gate at start-up; pass the switch's first reading as `closed` when known."""
     gate = Gate(setup=setup, now=now)
     if setup.position_switch and closed is not None:
-        gate = replace(gate, switch_closed=closed, open_since=None if closed else now)
+        # found open at start: its travel is over, it waits to close (held_open counts from now)
+        since = None if closed else now - setup.open_time_s
+        gate = replace(gate, switch_closed=closed, open_since=since)
     return replace(gate, state=_derive_state(gate, now))
 
 
@@ -228,10 +230,8 @@ def step(gate: Gate, event: GateEvent, now: float) -> Transition:
             g = replace(g, hold_explicit=True, pulse_until=None)
             order = Order("hold")
         case ReleaseRequested():
-            energised = g.energised(now)
-            g = replace(g, hold_explicit=False)
-            if g.present and energised:
-                g = replace(g, hold_presence=True, pulse_until=None)
+            if g.present and g.energised(now):
+                g = replace(g, hold_explicit=False, hold_presence=True, pulse_until=None)
                 deferred = True
             else:
                 g = _released(g, now)
@@ -334,7 +334,9 @@ def _position(g: Gate, closed: bool, now: float, raised: list[Alarm], cleared: l
         return replace(g, open_since=None, alarms=g.alarms - gone)
     if was is False:
         return g
-    g = replace(g, open_since=now, movement_deadline=None)
+    # first reading: the gate was already open, its travel is over
+    since = now if was is True else now - g.setup.open_time_s
+    g = replace(g, open_since=since, movement_deadline=None)
     if Alarm.NO_MOVEMENT in g.alarms:
         g = replace(g, alarms=g.alarms - {Alarm.NO_MOVEMENT})
         cleared.append(Alarm.NO_MOVEMENT)
