@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -340,10 +340,3 @@ class FrigateSource:
                 continue
             self.counters["reads"] += 1
 
-
-def routes_summary(source: FrigateSource) -> Mapping[str, list[str]]:
-    """Which Frigate cameras feed which lanes (for the status page)."""
-    return {
-        f"{prefix}/{camera}": [lane for _, lane in targets]
-        for (prefix, camera), targets in source.plates.routes.items()
-    }
