@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 # Read→relay and journal lags are measured in milliseconds; a gate should sit in
@@ -19,6 +19,9 @@ class Histogram:
     counts: list[int] = field(default_factory=list)
     total: float = 0.0
     n: int = 0
+    # The most recent raw values, for exact percentiles on the status page and in
+    # benchmarks; bounded so memory does not grow with uptime.
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def __post_init__(self) -> None:
         self.counts = [0] * (len(self.buckets) + 1)
@@ -28,6 +31,14 @@ class Histogram:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.total += value
         self.n += 1
+        self.recent.append(value)
+
+    def recent_quantile(self, q: float) -> float | None:
+        """Exact quantile q of the recent raw values (None when empty)."""
+        if not self.recent:
+            return None
+        ordered = sorted(self.recent)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def quantile(self, q: float) -> float | None:
         """Upper bound of the bucket holding quantile q (None when empty)."""

@@ -1,1 +1,4 @@
-"""Everything that touches a pin, a port or a camera. Imports only gated.model, gated.config, gated.errors."""
+"""Everything that touches a pin, a port or a camera.
+
+Imports only gated.model, gated.config, gated.errors and its own modules.
+"""

@@ -1,1 +1,4 @@
-"""Everything that talks upstream (MQTT, HTTP). Imports only gated.model, gated.config, gated.errors."""
+"""Everything that talks upstream (MQTT, HTTP).
+
+Imports only gated.model, gated.config, gated.errors and its own modules.
+"""

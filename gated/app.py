@@ -1,0 +1,448 @@
+"""Composition root: builds real or fake parts from the config and owns every task.
+
+The daemon runs in *generations*: one generation is every relay, source,
+camera, input and lane built from one config. SIGHUP validates the new config
+first; a bad one is refused and audited and the running generation carries on.
+A good one ends the generation (relays released, reads drained) and starts the
+next; the journal, the policy state (modes, anti-passback, pass uses) and the
+watchdog outlive generations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gated import __version__
+from gated.audit import Auditor
+from gated.clock import ClockWatch
+from gated.config import (
+    AnprHttpSourceConfig,
+    Config,
+    FrigateSourceConfig,
+    Rdm6300SourceConfig,
+    SerialLineSourceConfig,
+    SimulatorSourceConfig,
+    load_config,
+    redacted,
+)
+from gated.errors import ConfigError, GatedError
+from gated.health import Health
+from gated.lane import Lane, LaneParts, RulesHolder
+from gated.model import AuthorizationMethod, Mode, PlateRead
+from gated.policy import AccessPoint, MemoryPolicyState
+from gated.supervise import Supervisor, TooManyFailuresError
+
+log = logging.getLogger(__name__)
+
+RULES_POLL_S = 2.0
+
+
+@dataclass
+class Generation:
+    """The parts built from one config."""
+
+    cfg: Config
+    lanes: dict[str, Lane] = field(default_factory=dict)
+    relays: dict[str, Any] = field(default_factory=dict)
+    services: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
+    listeners: list[Any] = field(default_factory=list)  # camera listeners, for the status API
+    rules: RulesHolder | None = None
+    store: Any = None
+
+
+class Daemon:
+    """The gated daemon: journal, rule set, lanes and their devices."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: str | None = None,
+        pin_factory: Any = None,
+        health: Health | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.pin_factory = pin_factory
+        self.health = health or Health()
+        self.clock = ClockWatch()
+        self.state = MemoryPolicyState()
+        self.journal: Any = None
+        self.auditor: Auditor | None = None
+        self.generation: Generation | None = None
+        self.event_listeners: list[Callable[..., None]] = []
+        self.started = asyncio.Event()
+        self._wake: asyncio.Queue[str] = asyncio.Queue()
+        self._modes_seeded = False
+
+    # --- public control ------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the daemon to drain and stop (SIGTERM)."""
+        self._wake.put_nowait("stop")
+
+    def request_reload(self) -> None:
+        """Ask the daemon to reload config and rules (SIGHUP)."""
+        self._wake.put_nowait("reload")
+
+    def lane(self, lane_id: str) -> Lane:
+        """A running lane by id."""
+        assert self.generation is not None
+        return self.generation.lanes[lane_id]
+
+    # --- main ----------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit status."""
+        from gated.journal import Journal
+
+        loop = asyncio.get_running_loop()
+        for sig, action in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                            (signal.SIGHUP, self.request_reload)):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, action)
+        self.journal = await Journal.open(self.cfg.journal.path)
+        self.health.set("journal", True, critical=True)
+        self.auditor = Auditor(self._append, self.cfg.site.identity, self.clock)
+        await self._seed_state()
+        await self.auditor.record("daemon_start", "daemon", new_values={"version": __version__,
+                                                                         "config": redacted(self.cfg)})
+        health_task = asyncio.create_task(self.health.run(), name="health")
+        status = 0
+        try:
+            while True:
+                outcome = await self._run_generation(self.cfg)
+                if outcome == "stop":
+                    break
+        except* TooManyFailuresError as group:
+            err = group.exceptions[0]
+            log.critical("%s", err)
+            await self.auditor.record("daemon_exit", "daemon", status="failure", error_message=str(err))
+            status = 1
+        finally:
+            self.health.stopping()
+            health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health_task
+            if status == 0:
+                await self.auditor.record("daemon_stop", "daemon")
+            await self.auditor.drain()
+            await self.journal.close()
+        return status
+
+    async def _append(self, event: Any) -> int:
+        """Journal append that keeps the journal's health current for the watchdog."""
+        try:
+            seq = await self.journal.append(event)
+        except GatedError as err:
+            self.health.set("journal", False, str(err), critical=True)
+            raise
+        self.health.set("journal", True, critical=True)
+        return seq
+
+    async def _seed_state(self) -> None:
+        """Rebuild pass uses and anti-passback state from the journal (it is the source of truth)."""
+        for pass_id, uses in (await self.journal.pass_uses()).items():
+            for _ in range(uses):
+                self.state.record_pass_use(pass_id)
+        since = time.time() - self.cfg.policy.anti_passback_reset_s
+        for subject, (direction, at) in (await self.journal.last_passages(since)).items():
+            self.state.record_passage(subject, direction, at)
+
+    async def _run_generation(self, cfg: Config) -> str:
+        gen = await self._build(cfg)
+        self.generation = gen
+        supervisor = Supervisor(cfg.supervisor, on_failure=self._on_component_failure)
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for name, run in gen.services:
+                    tasks.append(tg.create_task(supervisor.keep_running(name, run), name=name))
+                tasks.append(tg.create_task(self._watch_rules(gen), name="rules-watch"))
+                if not self.started.is_set():
+                    self.health.ready()
+                    self.started.set()
+                    log.info("gated %s running: %d lane(s)", __version__, len(gen.lanes))
+                while True:
+                    what = await self._wake.get()
+                    if what == "stop":
+                        break
+                    if what == "reload" and await self._reload():
+                        break
+                await self._end_generation(gen, tasks)
+        finally:
+            await self._release(gen)
+        return "stop" if what == "stop" else "reload"
+
+    async def _end_generation(self, gen: Generation, tasks: list[asyncio.Task[Any]]) -> None:
+        # Sources first, so no new reads arrive; then let reads in flight finish.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for lane in gen.lanes.values():
+            await lane.drain()
+
+    async def _release(self, gen: Generation) -> None:
+        """Leave every relay in its safe state (released) and free its port."""
+        for name, relay in gen.relays.items():
+            try:
+                await relay.release()
+            except Exception as err:  # a faulted board still gets the other relays released
+                log.error("could not release relay %s: %s", name, err)
+            with contextlib.suppress(Exception):
+                await relay.aclose()
+        if gen.store is not None:
+            with contextlib.suppress(Exception):
+                gen.store.close()
+
+    async def _reload(self) -> bool:
+        """Validate the config file again; True when a new generation should start."""
+        assert self.auditor is not None
+        if not self.config_path:
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as err:
+            log.error("reload refused, keeping the running config: %s", err)
+            await self.auditor.record("config_reload", "config", status="failure", error_message=str(err))
+            return False
+        if new.journal.path != self.cfg.journal.path:
+            log.warning("journal.path changed: takes effect at the next restart")
+        await self.auditor.record("config_reload", "config", old_values=redacted(self.cfg),
+                                  new_values=redacted(new))
+        self.cfg = new
+        return True
+
+    def _on_component_failure(self, name: str, err: BaseException, count: int) -> None:
+        assert self.auditor is not None
+        self.health.set(name, False, str(err))
+        self.auditor.emit("component_failure", "component", resource_id=name, status="failure",
+                          error_message=f"{type(err).__name__}: {err}", metadata={"failures_in_window": count})
+
+    # --- building ------------------------------------------------------------
+
+    async def _build(self, cfg: Config) -> Generation:
+        from gated.ruleset import RuleSet
+        from gated.rules import RuleStore
+        from gated.snapshots import SnapshotStore
+
+        assert self.auditor is not None
+        gen = Generation(cfg)
+        gen.store = RuleStore.open(cfg.rules.path)
+        ruleset = await asyncio.to_thread(RuleSet.build, gen.store)
+        gen.rules = RulesHolder(ruleset)
+        self.health.set("rules", True, f"version {ruleset.version}")
+        snapshots = SnapshotStore(cfg.journal.snapshot_dir, cfg.journal.snapshot_quota_mb * 1024 * 1024)
+        tz = zoneinfo.ZoneInfo(cfg.site.timezone)
+        pin_factory = self.pin_factory or _pin_factory(cfg.gpio.pin_factory)
+        for lane_cfg in cfg.lanes:
+            if not self._modes_seeded:
+                self.state.set_mode(lane_cfg.id, lane_cfg.mode)
+            relay = self._make_relay(lane_cfg, pin_factory)
+            gen.relays[lane_cfg.id] = relay
+            camera = None
+            if lane_cfg.camera is not None:
+                from gated.hardware.cameras import OpenCvCamera
+
+                camera = OpenCvCamera(f"{lane_cfg.id}-camera", lane_cfg.camera)
+                gen.services.append((camera.name, camera.run))
+            parts = LaneParts(
+                identity=cfg.site.identity,
+                access_point=AccessPoint(lane_cfg.id, lane_cfg.direction, cfg.policy, tz),
+                rules=gen.rules,
+                state=self.state,
+                relay=relay,
+                append=self._append,
+                snapshots=snapshots,
+                auditor=self.auditor,
+                clock=self.clock,
+                camera=camera,
+                snapshot_max_bytes=cfg.journal.snapshot_max_kb * 1024,
+            )
+            lane = Lane(lane_cfg, parts)
+            lane.listeners.append(self._on_event)
+            gen.lanes[lane_cfg.id] = lane
+            gen.services.append((f"{lane_cfg.id}-gate", lane.tick))
+            if lane.mode == Mode.HOLD_OPEN:
+                await relay.hold()
+        self._modes_seeded = True
+        self._build_sources(cfg, gen)
+        self._build_inputs(cfg, gen, pin_factory)
+        return gen
+
+    def _make_relay(self, lane_cfg: Any, pin_factory: Any) -> Any:
+        from gated.hardware.relays import make_relay
+
+        name = f"{lane_cfg.id}-relay"
+
+        def on_fault(relay_name: str, fault: str | None) -> None:
+            assert self.auditor is not None
+            self.health.set(relay_name, fault is None, fault or "")
+            self.auditor.emit("relay_fault" if fault else "relay_recovered", "relay", resource_id=relay_name,
+                              status="failure" if fault else "success", error_message=fault)
+
+        return make_relay(name, lane_cfg.relay, pin_factory=pin_factory, on_fault=on_fault)
+
+    def _emit(self, read: PlateRead) -> None:
+        """Route a read from any source to its lane."""
+        gen = self.generation
+        lane = gen.lanes.get(read.access_point) if gen else None
+        if lane is None:
+            log.warning("read for unknown lane %r from %s dropped", read.access_point, read.source)
+            return
+        lane.on_read(read)
+
+    def _build_sources(self, cfg: Config, gen: Generation) -> None:
+        from gated.hardware import readers
+
+        listeners: dict[int, Any] = {}
+        frigate: list[tuple[FrigateSourceConfig, str]] = []
+        for lane_cfg in cfg.lanes:
+            for src in lane_cfg.sources:
+                if isinstance(src, AnprHttpSourceConfig):
+                    port = src.port if src.port is not None else cfg.cameras_listener.port
+                    if port not in listeners:
+                        from gated.hardware.anpr_http import AnprListener
+
+                        listeners[port] = AnprListener(
+                            cfg.cameras_listener.host, port, cfg.cameras_listener.max_body_kb,
+                            on_refused=self._on_camera_refused,
+                        )
+                    listeners[port].add_camera(src, lane_cfg.id)
+                elif isinstance(src, FrigateSourceConfig):
+                    frigate.append((src, lane_cfg.id))
+                elif isinstance(src, SerialLineSourceConfig):
+                    gen.services.append(_source(readers.SerialLineReader(src, lane_cfg.id), self._emit))
+                elif isinstance(src, Rdm6300SourceConfig):
+                    gen.services.append(_source(readers.Rdm6300Reader(src, lane_cfg.id), self._emit))
+                elif isinstance(src, SimulatorSourceConfig):
+                    gen.services.append(_source(readers.SimulatorSource(src, lane_cfg.id), self._emit))
+        for listener in listeners.values():
+            gen.listeners.append(listener)
+            gen.services.append(_source(listener, self._emit))
+        if frigate:
+            from gated.hardware.frigate import FrigateSource
+
+            assert cfg.mqtt is not None
+            gen.services.append(_source(FrigateSource(cfg.mqtt, frigate), self._emit))
+
+    def _on_camera_refused(self, camera: str, remote_ip: str | None, reason: str) -> None:
+        assert self.auditor is not None
+        self.auditor.emit("camera_push_refused", "camera", resource_id=camera, actor_type="camera",
+                          ip_address=remote_ip, status="failure", error_message=reason)
+
+    def _build_inputs(self, cfg: Config, gen: Generation, pin_factory: Any) -> None:
+        if not cfg.buttons and not any(
+            lane.sensors.closed_pin is not None or lane.sensors.presence_pin is not None for lane in cfg.lanes
+        ):
+            return
+        from gated.hardware.inputs import build_inputs
+
+        for source in build_inputs(cfg, pin_factory=pin_factory):
+            gen.services.append((source.name, _bind(source.run, self._on_input)))
+
+    def _on_input(self, event: Any) -> None:
+        """A debounced button press or sensor edge."""
+        gen = self.generation
+        if gen is None:
+            return
+        for lane in gen.lanes.values():
+            if event.input in (f"{lane.id}.closed", f"{lane.id}.presence"):
+                lane.on_sensor(event)
+                return
+        for button in gen.cfg.buttons:
+            if button.name == event.input:
+                wanted = "long_press" if button.long_press_s > 0 else "press"
+                if event.kind == wanted:
+                    asyncio.get_running_loop().create_task(self._button(button, gen))
+                return
+
+    async def _button(self, button: Any, gen: Generation) -> None:
+        assert self.auditor is not None
+        targets = [gen.lanes[i] for i in button.lanes] if button.lanes else list(gen.lanes.values())
+        await self.auditor.record("button_press", "button", resource_id=button.name, actor_type="guard_button",
+                                  actor_id=button.name, metadata={"action": button.action,
+                                                                  "lanes": [lane.id for lane in targets]})
+        for lane in targets:
+            if button.action == "open":
+                await lane.open_manually(method=AuthorizationMethod.GUARD_BUTTON, actor_type="guard_button",
+                                         actor_id=button.name)
+            else:
+                mode = Mode.HOLD_OPEN if button.action == "hold_open" else Mode.LOCKDOWN
+                new = Mode.NORMAL if lane.mode == mode else mode
+                await lane.set_mode(new, actor_type="guard_button", actor_id=button.name)
+
+    async def _watch_rules(self, gen: Generation) -> None:
+        """Pick up a new rule-set version (an import by the CLI, later a downlink) without a restart."""
+        from gated.ruleset import RuleSet
+
+        assert gen.rules is not None
+        while True:
+            await asyncio.sleep(RULES_POLL_S)
+            try:
+                version = gen.store.version
+                if version == gen.rules.current.version:
+                    continue
+                ruleset = await asyncio.to_thread(RuleSet.build, gen.store)
+            except Exception as err:
+                self.health.set("rules", False, str(err))
+                log.error("could not load rule-set version: %s", err)
+                continue
+            gen.rules.current = ruleset  # atomic swap: decisions in flight keep the old one
+            self.health.set("rules", True, f"version {ruleset.version}")
+            log.info("rule set version %d loaded", ruleset.version)
+
+    def _on_event(self, event: Any, decision: Any) -> None:
+        for listener in list(self.event_listeners):
+            listener(event, decision)
+
+
+def _source(source: Any, emit: Callable[[PlateRead], None]) -> tuple[str, Callable[[], Any]]:
+    return source.name, _bind(source.run, emit)
+
+
+def _bind(run: Callable[[Any], Any], arg: Any) -> Callable[[], Any]:
+    def start() -> Any:
+        return run(arg)
+
+    return start
+
+
+def _pin_factory(name: str) -> Any:
+    """A gpiozero pin factory by config name; None lets gpiozero choose."""
+    if name == "auto":
+        return None
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory
+
+        return MockFactory()
+    module, cls = {
+        "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory"),
+        "rpigpio": ("gpiozero.pins.rpigpio", "RPiGPIOFactory"),
+        "pigpio": ("gpiozero.pins.pigpio", "PiGPIOFactory"),
+        "native": ("gpiozero.pins.native", "NativeFactory"),
+    }[name]
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), cls)()
+    except Exception as err:
+        raise ConfigError(f"gpio.pin_factory: {name!r} is not usable on this machine: {err}") from err
+
+
+def run_daemon(cfg: Config, *, config_path: str | None = None) -> int:
+    """Run the daemon in a fresh event loop; the process exit status."""
+    try:
+        return asyncio.run(Daemon(cfg, config_path=config_path).run())
+    except GatedError as err:
+        print(f"gated: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,389 @@
+"""One access point: read → decide → actuate → journal.
+
+What the relay may wait for, and what it may not (invariants 1 and 2):
+
+* It waits for nothing on disk and nothing on the network. The decision is
+  made from the in-memory rule index and policy state in microseconds, and the
+  relay is commanded straight after. An SD card's fsync regularly stalls for
+  tens to hundreds of milliseconds under wear-levelling; a barrier that waits
+  for it in front of a car is the failure users see first.
+* The journal row is written immediately after, in the same task: the snapshot
+  is fsynced and renamed first (or the row records it as missing), then the row
+  commits with synchronous=FULL. Only then is the event acknowledged anywhere
+  (status feed, upstream). The window in which a power cut could lose an
+  opening is therefore the snapshot write plus one commit (a few ms here);
+  a power cut in that window also cut the relay's supply, and the gate
+  controller's own log is the only record that could exist either way.
+* Policy state (anti-passback, pass uses) is updated before the first await,
+  so two reads racing through the event loop never both spend the last use of
+  a visitor pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gated.audit import Append, Auditor
+from gated.clock import ClockWatch
+from gated.coalesce import Coalescer, Outcome
+from gated.config import LaneConfig
+from gated.errors import GatedError, HardwareError, JournalError
+from gated.gate import GateMachine
+from gated.hardware.base import FrameSource, InputEvent, Relay
+from gated.ids import new_event_id
+from gated.metrics import LaneMetrics
+from gated.model import (
+    AccessEvent,
+    AuthorizationMethod,
+    CredentialKind,
+    Decision,
+    Direction,
+    EventType,
+    Mode,
+    PlateRead,
+    Reason,
+    SiteIdentity,
+)
+from gated.policy import AccessPoint, MemoryPolicyState, decide
+from gated.ruleset import RuleSet
+from gated.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+EventListener = Callable[[AccessEvent, Decision | None], None]
+
+
+class RulesHolder:
+    """The current RuleSet; the app swaps it atomically when a new version is indexed."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.current = ruleset
+
+
+@dataclass(frozen=True, slots=True)
+class LaneParts:
+    """Everything a lane is built from, chosen by the composition root."""
+
+    identity: SiteIdentity
+    access_point: AccessPoint
+    rules: RulesHolder
+    state: MemoryPolicyState
+    relay: Relay
+    append: Append
+    snapshots: SnapshotStore
+    auditor: Auditor
+    clock: ClockWatch
+    camera: FrameSource | None = None
+    snapshot_max_bytes: int = 2 * 1024 * 1024
+
+
+class Lane:
+    """Runs one access point."""
+
+    def __init__(self, cfg: LaneConfig, parts: LaneParts) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.p = parts
+        self.metrics = LaneMetrics()
+        self.coalescer = Coalescer(cfg.dedup_window_s)
+        self.gate = GateMachine(
+            has_position_switch=cfg.sensors.closed_pin is not None,
+            has_presence=cfg.sensors.presence_pin is not None,
+            open_time_s=cfg.sensors.open_time_s,
+            held_open_alarm_s=cfg.sensors.held_open_alarm_s,
+        )
+        self.listeners: list[EventListener] = []
+        self._pending: set[asyncio.Task[None]] = set()
+        # decision outcome of the event each coalesced vehicle last produced
+        self._last_allowed: dict[str, tuple[str, bool]] = {}
+        self._accepting = True
+
+    # --- plate and tag reads -------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        """The lane's current mode."""
+        return self.p.state.mode(self.id)
+
+    def on_read(self, read: PlateRead) -> None:
+        """Take a read from any source (event loop thread); never blocks, never raises."""
+        if not self._accepting:
+            return
+        self.metrics.reads += 1
+        outcome = self.coalescer.offer(read, time.monotonic())
+        if outcome.kind == Outcome.DUPLICATE:
+            self.metrics.duplicates += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._process(read, outcome))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _process(self, read: PlateRead, outcome: Outcome) -> None:
+        try:
+            await self._handle(read, outcome)
+        except Exception:  # one bad read must never take the lane down
+            log.exception("lane %s: failed to handle a read from %s", self.id, read.source)
+
+    async def _handle(self, read: PlateRead, outcome: Outcome) -> None:
+        now = time.time()
+        decision = decide(read, self.p.access_point, self.p.rules.current, self.p.state, now)
+        key = outcome.key
+        previous = self._last_allowed.get(key) if outcome.kind == Outcome.UPDATE else None
+        if previous is not None and (previous[1] or not decision.allowed):
+            # A better read of a vehicle already handled: only a deny turning into an
+            # allow is acted on (Axis-style new → update); otherwise nothing changes.
+            self.metrics.updates += 1
+            return
+        if decision.allowed:
+            self._record_passage(decision, now)  # before any await: see module docstring
+        relay_ms, relay_error = None, None
+        if decision.allowed and self.mode != Mode.HOLD_OPEN:
+            relay_ms, relay_error = await self._pulse(read.received_mono)
+        self.metrics.decisions[decision.reason.value] += 1
+        event_id = new_event_id()
+        self._last_allowed[key] = (event_id, decision.allowed)
+        if len(self._last_allowed) > 4096:  # bounded: oldest entries go first
+            for stale in list(self._last_allowed)[:1024]:
+                del self._last_allowed[stale]
+        snap_path, snap_sha, snap_missing = await self._snapshot(event_id, read)
+        metadata: dict[str, object] = {
+            "source": read.source,
+            "vendor": read.vendor,
+            "raw_plate": read.text,
+            "match": _match_meta(decision),
+            "flags": list(decision.flags),
+            "inputs": dict(decision.inputs),
+        }
+        if previous is not None:
+            metadata["updates_event_id"] = previous[0]
+        if relay_error:
+            metadata["relay_error"] = relay_error
+        if read.extra:
+            metadata["camera"] = dict(read.extra)
+        event = AccessEvent(
+            event_id=event_id,
+            tenant_id=self.p.identity.tenant_id,
+            site_id=self.p.identity.site_id,
+            device_id=self.p.identity.device_id,
+            created_at=now,
+            event_type=self._event_type(decision).value,
+            access_point=self.id,
+            authorization_method=(
+                AuthorizationMethod.AUTO_TAG if read.kind == CredentialKind.TAG else AuthorizationMethod.AUTO_PLATE
+            ).value,
+            decision_reason=decision.reason.value,
+            rules_version=decision.rules_version,
+            direction=self.p.access_point.direction.value,
+            resident_id=decision.resident_id,
+            vehicle_id=decision.vehicle_id,
+            pass_id=decision.pass_id,
+            visitor_name=decision.visitor_name,
+            vehicle_plate=str(decision.inputs.get("normalised") or read.text),
+            confidence_score=read.confidence,
+            snapshot_path=snap_path,
+            snapshot_sha256=snap_sha,
+            snapshot_missing=snap_missing,
+            read_to_relay_ms=relay_ms,
+            clock_unsynced=self.p.clock.unsynced(),
+            metadata=metadata,
+        )
+        await self._journal(event, read.received_mono)
+        if relay_error:
+            await self.p.auditor.record(
+                "relay_pulse", "relay", resource_id=self.id, status="failure",
+                error_message=relay_error, metadata={"event_id": event_id},
+            )
+        self._notify(event, decision)
+
+    def _event_type(self, decision: Decision) -> EventType:
+        if not decision.allowed:
+            return EventType.DENIED
+        if self.p.access_point.direction == Direction.OUT:
+            return EventType.EXIT
+        return EventType.VISITOR_ENTRY if decision.pass_id else EventType.ENTRY
+
+    def _record_passage(self, decision: Decision, now: float) -> None:
+        subject = decision.vehicle_id or decision.resident_id or decision.pass_id
+        if subject:
+            self.p.state.record_passage(subject, self.p.access_point.direction, now)
+        if decision.pass_id:
+            self.p.state.record_pass_use(decision.pass_id)
+
+    async def _pulse(self, received_mono: float) -> tuple[float | None, str | None]:
+        """Pulse the relay; (read→relay ms, None) or (None, error)."""
+        try:
+            await self.p.relay.pulse(self.pulse_ms)
+        except HardwareError as err:
+            self.metrics.relay_failures += 1
+            log.error("lane %s: relay did not open: %s", self.id, err)
+            return None, str(err)
+        latency = (time.monotonic() - received_mono) * 1000
+        self.metrics.read_to_relay_ms.observe(latency)
+        self._gate_step("relay_pulse")
+        return latency, None
+
+    @property
+    def pulse_ms(self) -> int:
+        """How long an open pulse energises this lane's relay."""
+        return self.cfg.relay.pulse_ms
+
+    async def _snapshot(self, event_id: str, read: PlateRead) -> tuple[str | None, str | None, bool]:
+        """Store the payload's picture, else the camera's latest frame; (path, sha256, missing)."""
+        camera = self.p.camera
+        if read.snapshot is None and camera is None:
+            return None, None, False
+
+        def grab_and_save() -> tuple[str | None, str | None, bool]:
+            jpeg = read.snapshot if read.snapshot is not None else camera.snapshot_jpeg()  # type: ignore[union-attr]
+            if jpeg is None:
+                return None, None, True
+            if len(jpeg) > self.p.snapshot_max_bytes:
+                log.warning("lane %s: snapshot of %d bytes over the limit; not stored", self.id, len(jpeg))
+                return None, None, True
+            try:
+                path, sha = self.p.snapshots.save(event_id, jpeg, read.read_at)
+            except (GatedError, OSError) as err:
+                log.warning("lane %s: snapshot not stored: %s", self.id, err)
+                return None, None, True
+            return path, sha, False
+
+        path, sha, missing = await asyncio.to_thread(grab_and_save)
+        if missing:
+            self.metrics.snapshots_missing += 1
+        return path, sha, missing
+
+    async def _journal(self, event: AccessEvent, since_mono: float) -> None:
+        """Append with retries: an access event is the last thing gated gives up on."""
+        delay = 0.05
+        while True:
+            try:
+                await self.p.append(event)
+                break
+            except JournalError as err:
+                self.metrics.journal_failures += 1
+                log.error("lane %s: journal append failed (retrying): %s", self.id, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.metrics.journal_lag_ms.observe((time.monotonic() - since_mono) * 1000)
+
+    def _notify(self, event: AccessEvent, decision: Decision | None) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event, decision)
+            except Exception:
+                log.exception("event listener failed")
+
+    # --- guards, buttons, remote commands ------------------------------------
+
+    async def open_manually(
+        self,
+        *,
+        method: AuthorizationMethod,
+        actor_type: str,
+        actor_id: str | None = None,
+        ip_address: str | None = None,
+        request_id: str | None = None,
+        note: str = "",
+    ) -> AccessEvent:
+        """Open once on a guard's or a signed remote command's authority; journaled and audited."""
+        started = time.monotonic()
+        now = time.time()
+        relay_ms, relay_error = await self._pulse(started)
+        reason = Reason.REMOTE_COMMAND if method == AuthorizationMethod.REMOTE else Reason.GUARD_OVERRIDE
+        event_id = new_event_id()
+        event = AccessEvent(
+            event_id=event_id,
+            tenant_id=self.p.identity.tenant_id,
+            site_id=self.p.identity.site_id,
+            device_id=self.p.identity.device_id,
+            created_at=now,
+            event_type=(EventType.EXIT if self.p.access_point.direction == Direction.OUT else EventType.ENTRY).value,
+            access_point=self.id,
+            authorization_method=method.value,
+            decision_reason=reason.value,
+            rules_version=self.p.rules.current.version,
+            direction=self.p.access_point.direction.value,
+            authorized_by=actor_id,
+            read_to_relay_ms=relay_ms,
+            clock_unsynced=self.p.clock.unsynced(),
+            metadata={"note": note, **({"relay_error": relay_error} if relay_error else {})},
+        )
+        await self._journal(event, started)
+        await self.p.auditor.record(
+            "gate_open", "gate", resource_id=self.id, actor_type=actor_type, actor_id=actor_id,
+            ip_address=ip_address, request_id=request_id,
+            status="failure" if relay_error else "success", error_message=relay_error,
+            metadata={"access_event_id": event_id, "method": method.value},
+        )
+        self._notify(event, None)
+        return event
+
+    async def set_mode(self, mode: Mode, *, actor_type: str, actor_id: str | None = None) -> None:
+        """Switch normal / lockdown / hold-open; drives the relay for hold-open; audited."""
+        old = self.mode
+        if old == mode:
+            return
+        error = None
+        try:
+            if mode == Mode.HOLD_OPEN:
+                await self.p.relay.hold()
+                self._gate_step("relay_hold")
+            elif old == Mode.HOLD_OPEN:
+                await self._release_when_clear()
+        except HardwareError as err:
+            error = str(err)
+        self.p.state.set_mode(self.id, mode)
+        await self.p.auditor.record(
+            "mode_change", "gate", resource_id=self.id, actor_type=actor_type, actor_id=actor_id,
+            old_values={"mode": old.value}, new_values={"mode": mode.value},
+            status="partial" if error else "success", error_message=error,
+        )
+
+    async def _release_when_clear(self) -> None:
+        """Release a held relay, but never onto a vehicle standing in the gate."""
+        while self.gate.presence:
+            await asyncio.sleep(0.2)
+        await self.p.relay.release()
+        self._gate_step("relay_release")
+
+    # --- wired sensors -------------------------------------------------------
+
+    def on_sensor(self, event: InputEvent) -> None:
+        """Feed a position-switch or presence edge into the gate state machine."""
+        self._gate_step(event.input, event.kind, event.at_mono)
+
+    def _gate_step(self, what: str, kind: str = "", at: float | None = None) -> None:
+        for alarm in self.gate.step(what, kind, time.monotonic() if at is None else at):
+            self.p.auditor.emit("gate_alarm", "gate", resource_id=self.id, status="failure",
+                                error_message=alarm, metadata={"alarm": alarm, "state": self.gate.state})
+
+    async def tick(self) -> None:
+        """Advance time-based gate alarms once a second until cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._gate_step("tick")
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Stop taking reads and wait for every read in flight to be journaled."""
+        self._accepting = False
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def _match_meta(decision: Decision) -> dict[str, object] | None:
+    m = decision.match
+    if m is None:
+        return None
+    return {
+        "kind": m.kind.value,
+        "list": m.list,
+        "stored": m.stored,
+        "distance": m.distance,
+        "edits": [{"op": e.op, "position": e.position, "read": e.read, "stored": e.stored} for e in m.edits],
+    }
