@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar
 
 from gated.errors import PayloadError
 from gated.model import CredentialKind, PlateRead
@@ -48,11 +49,16 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The verdict on one read and the read to act on."""
+    """The verdict on one read, the read to act on, and which vehicle it belongs to."""
 
-    verdict: Verdict
-    read: PlateRead  # NEW: the offered read; UPDATE: the best read so far; DUPLICATE: offered
+    NEW: ClassVar[Verdict] = Verdict.NEW
+    UPDATE: ClassVar[Verdict] = Verdict.UPDATE
+    DUPLICATE: ClassVar[Verdict] = Verdict.DUPLICATE
+
+    kind: Verdict
+    read: PlateRead  # NEW: the offered read; UPDATE: the best read so far (= the offered one)
     normalised: str  # normalised text of `read` ("" when the text could not be normalised)
+    key: str  # the vehicle: equal for NEW and its UPDATEs/DUPLICATEs, unique per window
     sightings: int  # reads of this vehicle in the current window, this one included
     first_seen: float  # `now` of the read that opened this vehicle's window
 
@@ -66,6 +72,7 @@ def _rank(confidence: float | None) -> float:
 class _Vehicle:
     """One vehicle (or card) seen in a lane within the current window."""
 
+    key: str
     best: PlateRead
     best_norm: str
     first_seen: float
@@ -96,6 +103,7 @@ class Coalescer:
         self._max_variants = max_variants
         self._lanes: dict[tuple[str, CredentialKind], list[_Vehicle]] = {}
         self._count = 0
+        self._serial = 0  # numbers vehicles, so keys are never reused
         self.counts: Counter[str] = Counter()  # verdicts and evictions, for /metrics
 
     def __len__(self) -> int:
@@ -112,13 +120,13 @@ class Coalescer:
         if not norm or self._window <= 0:
             # Nothing to group on (or coalescing is off): pass it through, remember
             # nothing; policy gives unreadable text its own clear answer.
-            return self._count_as(Outcome(Verdict.NEW, read, norm, 1, now))
+            return self._count_as(Outcome(Verdict.NEW, read, norm, self._next_key(read), 1, now))
         lane_key = (read.access_point, read.kind)
         vehicles = self._lanes.setdefault(lane_key, [])
         vehicle = self._find(vehicles, norm, read.kind)
         if vehicle is None:
-            self._remember(vehicles, read, norm, now)
-            return self._count_as(Outcome(Verdict.NEW, read, norm, 1, now))
+            vehicle = self._remember(vehicles, read, norm, now)
+            return self._count_as(Outcome(Verdict.NEW, read, norm, vehicle.key, 1, now))
         vehicle.last_seen = now
         vehicle.sightings += 1
         is_variant = norm not in vehicle.variants
@@ -137,6 +145,7 @@ class Coalescer:
             verdict,
             vehicle.best if verdict is Verdict.UPDATE else read,
             vehicle.best_norm if verdict is Verdict.UPDATE else norm,
+            vehicle.key,
             vehicle.sightings,
             vehicle.first_seen,
         )
@@ -159,23 +168,30 @@ class Coalescer:
                 near = vehicle
         return near
 
-    def _remember(self, vehicles: list[_Vehicle], read: PlateRead, norm: str, now: float) -> None:
+    def _next_key(self, read: PlateRead) -> str:
+        self._serial += 1
+        return f"{read.access_point}/{read.kind.value}/{self._serial}"
+
+    def _remember(
+        self, vehicles: list[_Vehicle], read: PlateRead, norm: str, now: float
+    ) -> _Vehicle:
         if len(vehicles) >= self._max_per_lane:
             oldest = min(range(len(vehicles)), key=lambda i: vehicles[i].last_seen)
             del vehicles[oldest]
             self._count -= 1
             self.counts["evicted"] += 1
-        vehicles.append(
-            _Vehicle(
-                best=read,
-                best_norm=norm,
-                first_seen=now,
-                last_seen=now,
-                variants={norm},
-                keys={confusion_key(norm)},
-            )
+        vehicle = _Vehicle(
+            key=self._next_key(read),
+            best=read,
+            best_norm=norm,
+            first_seen=now,
+            last_seen=now,
+            variants={norm},
+            keys={confusion_key(norm)},
         )
+        vehicles.append(vehicle)
         self._count += 1
+        return vehicle
 
     def _expire(self, now: float) -> None:
         """Forget every vehicle whose window has ended (all lanes: memory stays bounded)."""
@@ -192,5 +208,5 @@ class Coalescer:
                 del self._lanes[lane_key]
 
     def _count_as(self, outcome: Outcome) -> Outcome:
-        self.counts[outcome.verdict.value] += 1
+        self.counts[outcome.kind.value] += 1
         return outcome

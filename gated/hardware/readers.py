@@ -44,9 +44,9 @@ __all__ = [
     "LineMatch",
     "LineParser",
     "Rdm6300Parser",
-    "Rdm6300Source",
+    "Rdm6300Reader",
     "RepeatFilter",
-    "SerialLineSource",
+    "SerialLineReader",
     "SerialLink",
     "SimulatorSource",
     "SourceStatus",
@@ -528,7 +528,7 @@ class _SerialSource:
             log.exception("serial reader %s: emit failed", self.name)
 
 
-class SerialLineSource(_SerialSource):
+class SerialLineReader(_SerialSource):
     """A line-based serial plate or credential reader (one credential per CR/LF line).
 
     The config's `pattern` picks the credential out of each line with a named
@@ -574,7 +574,7 @@ class SerialLineSource(_SerialSource):
             )
 
 
-class Rdm6300Source(_SerialSource):
+class Rdm6300Reader(_SerialSource):
     """An RDM6300 125 kHz RFID reader; emits one TAG read per presentation of a card.
 
     Read text is the 10-digit zero-padded decimal of the 4 tag bytes (what

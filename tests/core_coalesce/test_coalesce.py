@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gated.coalesce import Coalescer, Verdict
+from gated.coalesce import Coalescer, Outcome, Verdict
 from gated.model import CredentialKind, PlateRead
 
 NEW, UPDATE, DUP = Verdict.NEW, Verdict.UPDATE, Verdict.DUPLICATE
@@ -94,7 +96,7 @@ CASES: dict[str, list[tuple[PlateRead, float, Verdict]]] = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_cases(name: str) -> None:
     c = Coalescer(6.0)
-    got = [c.offer(r, now).verdict for r, now, _ in CASES[name]]
+    got = [c.offer(r, now).kind for r, now, _ in CASES[name]]
     assert got == [v for _, _, v in CASES[name]]
 
 
@@ -104,19 +106,23 @@ def test_update_carries_the_best_read_and_counts_sightings() -> None:
     assert first.normalised == "AB123C" and first.sightings == 1 and first.first_seen == 10.0
     better = read("A8123C", 0.9)
     out = c.offer(better, 11.0)
-    assert out.verdict is UPDATE
+    assert out.kind is UPDATE
     assert out.read is better
     assert out.normalised == "A8123C"
     assert out.sightings == 2
     assert out.first_seen == 10.0
     dup = c.offer(read("AB123C", 0.5), 12.0)
-    assert dup.verdict is DUP and dup.sightings == 3
-    assert c.counts == {"new": 1, "update": 1, "duplicate": 1}
+    assert dup.kind is DUP and dup.sightings == 3
+    assert first.key == out.key == dup.key  # one vehicle
+    again = c.offer(read("AB123C", 0.7), 30.0)
+    assert again.kind is NEW and again.key != first.key  # a new window is a new vehicle
+    assert Outcome.NEW is Verdict.NEW  # the verdicts are reachable from Outcome too
+    assert c.counts == {"new": 2, "update": 1, "duplicate": 1, "expired": 1}
 
 
 def test_zero_window_makes_every_read_new() -> None:
     c = Coalescer(0.0)
-    assert [c.offer(read("AB123C"), t).verdict for t in (0.0, 0.0, 0.1)] == [NEW, NEW, NEW]
+    assert [c.offer(read("AB123C"), t).kind for t in (0.0, 0.0, 0.1)] == [NEW, NEW, NEW]
     assert len(c) == 0
 
 
@@ -137,15 +143,15 @@ def test_per_lane_cap_evicts_the_least_recent_of_that_lane_only() -> None:
         c.offer(read(plate), 1.0 + i)
     assert len(c) == 4  # 3 in lane main-in, 1 in lane b
     assert c.counts["evicted"] == 1
-    assert c.offer(read("AAA111"), 10.0).verdict is NEW  # the evicted one
-    assert c.offer(read("KEEP01", lane="b"), 10.0).verdict is DUP
+    assert c.offer(read("AAA111"), 10.0).kind is NEW  # the evicted one
+    assert c.offer(read("KEEP01", lane="b"), 10.0).kind is DUP
 
 
 def test_variant_cap_stops_re_decisions() -> None:
     c = Coalescer(60.0, max_variants=2)
     c.offer(read("AB123C", 0.8), 0.0)
-    assert c.offer(read("A8123C", 0.8), 1.0).verdict is UPDATE
-    assert c.offer(read("AB1Z3C", 0.8), 2.0).verdict is DUP  # a third spelling: no more updates
+    assert c.offer(read("A8123C", 0.8), 1.0).kind is UPDATE
+    assert c.offer(read("AB1Z3C", 0.8), 2.0).kind is DUP  # a third spelling: no more updates
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -171,11 +177,16 @@ def test_lanes_never_interfere(
 ) -> None:
     together = Coalescer(6.0, max_per_lane=4)
     alone = {lane: Coalescer(6.0, max_per_lane=4) for lane in ("in", "out", "side")}
+    keys_together: dict[str, set[str]] = {}
     now = 0.0
     for lane, text, conf, kind, step in events:
         now += step
         r = read(text, conf, lane, kind)
-        assert together.offer(r, now) == alone[lane].offer(r, now)
+        a, b = together.offer(r, now), alone[lane].offer(r, now)
+        # keys number vehicles per coalescer, so only their grouping can be compared
+        assert replace(a, key="") == replace(b, key="")
+        keys_together.setdefault(a.key, set()).add(lane)
+    assert all(len(lanes) == 1 for lanes in keys_together.values())
 
 
 @given(EVENTS, PLATES, CONF, LANES, st.floats(0.001, 100.0))
@@ -191,7 +202,7 @@ def test_a_read_after_the_window_is_new_again(
     for ev_lane, ev_text, ev_conf, kind, step in events:
         now += step
         c.offer(read(ev_text, ev_conf, ev_lane, kind), now)
-    assert c.offer(read(text, conf, lane), now + 6.0 + gap).verdict is NEW
+    assert c.offer(read(text, conf, lane), now + 6.0 + gap).kind is NEW
 
 
 @given(st.lists(st.tuples(st.sampled_from(["AB123C", "A8123C", "AB1Z3C", "4B123C"]), CONF)))
@@ -205,8 +216,8 @@ def test_update_always_carries_the_best_confidence_seen(
         out = c.offer(read(text, conf), float(i))
         rank = -1.0 if conf is None else conf
         best = max(best, rank)
-        assert (out.verdict is NEW) == (i == 0)
-        if out.verdict is UPDATE:
+        assert (out.kind is NEW) == (i == 0)
+        if out.kind is UPDATE:
             got = -1.0 if out.read.confidence is None else out.read.confidence
             assert got == best
 

@@ -15,7 +15,7 @@ import pytest
 from gated.config import Rdm6300SourceConfig, SerialLineSourceConfig
 from gated.errors import HardwareError
 from gated.hardware.base import PlateSource
-from gated.hardware.readers import Rdm6300Source, SerialLineSource, encode_rdm6300_frame
+from gated.hardware.readers import Rdm6300Reader, SerialLineReader, encode_rdm6300_frame
 from gated.model import CredentialKind, PlateRead
 
 GOLDEN = encode_rdm6300_frame(0x62, 0xE3086CED)
@@ -82,7 +82,7 @@ async def stop(task: asyncio.Task[None]) -> None:
 
 async def test_line_reader_emits_plate_reads(device: FakeDevice) -> None:
     cfg = SerialLineSourceConfig(name="lpr-1", port=str(device.link))
-    src = SerialLineSource(cfg, "main-in")
+    src = SerialLineReader(cfg, "main-in")
     assert isinstance(src, PlateSource)
     task, reads = await start(src)
     await until(lambda: src.status.connected)
@@ -106,7 +106,7 @@ async def test_line_reader_as_tag_reader_with_confidence(device: FakeDevice) -> 
         pattern=r"^ID:(?P<text>\d{4,12}) Q:(?P<confidence>\d+)$",
         credential="tag",
     )
-    src = SerialLineSource(cfg, "side-door")
+    src = SerialLineReader(cfg, "side-door")
     task, reads = await start(src)
     await until(lambda: src.status.connected)
     device.write(b"ID:0012345678 Q:97\r")
@@ -120,7 +120,7 @@ async def test_line_reader_as_tag_reader_with_confidence(device: FakeDevice) -> 
 async def test_rdm6300_held_card_is_one_read_and_bad_frames_are_counted(
     device: FakeDevice,
 ) -> None:
-    src = Rdm6300Source(Rdm6300SourceConfig(name="rfid-1", port=str(device.link)), "gate-2")
+    src = Rdm6300Reader(Rdm6300SourceConfig(name="rfid-1", port=str(device.link)), "gate-2")
     task, reads = await start(src)
     await until(lambda: src.status.connected)
     corrupt = GOLDEN[:11] + b"00" + b"\x03"  # checksum wrong
@@ -143,7 +143,7 @@ async def test_unplugged_reader_is_reopened_and_logs_only_state_changes(
     device: FakeDevice, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gated.hardware.readers")
-    src = Rdm6300Source(
+    src = Rdm6300Reader(
         Rdm6300SourceConfig(name="rfid-1", port=str(device.link)),
         "gate-2",
         reopen_initial_s=0.01,
@@ -172,7 +172,7 @@ async def test_unplugged_reader_is_reopened_and_logs_only_state_changes(
 
 async def test_missing_port_at_start_is_retried_until_it_appears(tmp_path: Path) -> None:
     dev = FakeDevice(tmp_path / "ttyLATE")
-    src = SerialLineSource(
+    src = SerialLineReader(
         SerialLineSourceConfig(name="lpr-late", port=str(dev.link)),
         "main-in",
         reopen_initial_s=0.01,
@@ -194,8 +194,8 @@ async def test_missing_port_at_start_is_retried_until_it_appears(tmp_path: Path)
 
 async def test_port_is_exclusive(device: FakeDevice) -> None:
     cfg = Rdm6300SourceConfig(name="rfid-1", port=str(device.link))
-    first = Rdm6300Source(cfg, "gate-2")
-    second = Rdm6300Source(cfg, "gate-2", reopen_initial_s=0.01, reopen_max_s=0.02)
+    first = Rdm6300Reader(cfg, "gate-2")
+    second = Rdm6300Reader(cfg, "gate-2", reopen_initial_s=0.01, reopen_max_s=0.02)
     t1, _ = await start(first)
     await until(lambda: first.status.connected)
     t2, _ = await start(second)
@@ -216,7 +216,7 @@ async def test_emit_failure_does_not_stop_the_reader(
             raise RuntimeError("consumer bug")
         got.append(read)
 
-    src = SerialLineSource(SerialLineSourceConfig(name="lpr-1", port=str(device.link)), "x")
+    src = SerialLineReader(SerialLineSourceConfig(name="lpr-1", port=str(device.link)), "x")
     task = asyncio.create_task(src.run(flaky))
     await until(lambda: src.status.connected)
     device.write(b"BOOM01\nFINE02\n")
@@ -230,7 +230,7 @@ async def test_crashing_port_thread_surfaces_as_hardware_error() -> None:
     def broken_opener() -> object:
         raise RuntimeError("driver bug")
 
-    src = SerialLineSource(
+    src = SerialLineReader(
         SerialLineSourceConfig(name="lpr-1", port="/nonexistent"),
         "x",
         opener=broken_opener,  # type: ignore[arg-type]
