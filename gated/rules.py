@@ -1075,7 +1075,9 @@ class ChangeSet:
                         groups.append((row[0], ids))
             for value, ids in groups:
                 # report on every row but the first one (by line, rows outside the input first)
-                ordered = sorted(ids, key=lambda i: (st.seen.get(i) or 0, i))
+                ordered = sorted(
+                    ids, key=lambda i: (st.seen.get(i) or 0, self._store.key_of(kind, i))
+                )
                 first = ordered[0]
                 first_line = st.seen.get(first)
                 first_at = f"{SINGULAR[kind]} {first!r}" + (
