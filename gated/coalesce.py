@@ -64,8 +64,14 @@ class Outcome:
 
 
 def _rank(confidence: float | None) -> float:
-    """Order confidences; a source that reports none ranks below any reported value."""
-    return -1.0 if confidence is None else confidence
+    """Order confidences; none, NaN or out of range rank below any valid value.
+
+    A NaN must not stick as "best": every later comparison with it is false, so a
+    good read after a garbled one could never update it.
+    """
+    if confidence is None or not 0.0 <= confidence <= 1.0:
+        return -1.0
+    return confidence
 
 
 @dataclass(slots=True)

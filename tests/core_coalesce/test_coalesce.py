@@ -85,6 +85,12 @@ CASES: dict[str, list[tuple[PlateRead, float, Verdict]]] = {
         (read("AB123C", None), 1.0, DUP),
         (read("AB123C", 0.1), 2.0, UPDATE),
     ],
+    "a NaN or out-of-range confidence never blocks a later good read": [
+        (read("AB123C", float("nan")), 0.0, NEW),
+        (read("AB123C", 0.2), 1.0, UPDATE),
+        (read("XY987Z", 7.5), 2.0, NEW),
+        (read("XY987Z", 0.5), 3.0, UPDATE),
+    ],
     "text that normalises to nothing is passed through, not remembered": [
         (read("---"), 0.0, NEW),
         (read("---"), 0.1, NEW),
