@@ -154,7 +154,11 @@ def _detach(device: Any) -> None:
 
 
 class GuardButton:
-    """A guard button on a GPIO pin (to ground with the internal pull-up by default)."""
+    """A guard button on a GPIO pin (to ground with the internal pull-up by default).
+
+    Opened as a plain DigitalInputDevice: gpiozero's Button would add a hold
+    thread per button, and long presses are timed here on the event loop anyway.
+    """
 
     def __init__(self, cfg: ButtonConfig, *, pin_factory: Any = None) -> None:
         self.name = cfg.name
@@ -165,7 +169,9 @@ class GuardButton:
         """Report presses until cancelled."""
         cfg = self._cfg
         loop = asyncio.get_running_loop()
-        device = _open_device("Button", cfg.pin, cfg.pull_up, self._pin_factory, cfg.name)
+        device = _open_device(
+            "DigitalInputDevice", cfg.pin, cfg.pull_up, self._pin_factory, cfg.name
+        )
         long_timer: asyncio.TimerHandle | None = None
 
         def fire_long(pressed_at: float) -> None:
