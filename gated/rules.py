@@ -871,6 +871,9 @@ class ChangeSet:
         if isinstance(id_, str) and ID_RE.match(id_):
             st.seen[id_] = line
         if problems:
+            if id_ == "" and len(problems) > 1:
+                # an empty derived id only echoes the bad plate/tag it came from
+                problems = [p for p in problems if p[0] != "id"]
             if isinstance(id_, str):
                 st.invalid.add(id_)
             for fld, msg in problems:

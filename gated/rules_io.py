@@ -533,14 +533,21 @@ def _read_csv(cs: ChangeSet, kind: str, path: Path, tz: dt.tzinfo, replace: bool
     """Stream one CSV file of `kind` into the change set; the number of data rows."""
     cs.files[kind] = path.name
 
+    line_problems = 0
+
     def report(line: int | None, fld: str, message: str) -> None:
         cs.report(line, fld, message, kind)
+
+    def report_line(line: int, message: str) -> None:
+        nonlocal line_problems
+        line_problems += 1
+        report(line, "", message)
 
     if replace:
         cs.replace(kind)
     rows = 0
     with path.open("rb") as f:
-        reader = csv.reader(_csv_lines(f, lambda ln, msg: report(ln, "", msg)), strict=True)
+        reader = csv.reader(_csv_lines(f, report_line), strict=True)
         header: list[str] | None = None
         end = 0
         while True:
@@ -573,7 +580,7 @@ def _read_csv(cs: ChangeSet, kind: str, path: Path, tz: dt.tzinfo, replace: bool
             entity = build(kind, data, tz, lambda fld, msg, ln=start: report(ln, fld, msg))
             if entity is not None:
                 cs.put(entity, line=start)
-        if header is None:
+        if header is None and not line_problems:
             report(None, "", "no header row (expected: " + ",".join(COLUMNS[kind]) + ")")
     return rows
 
@@ -853,7 +860,8 @@ def _decode_json(cs: ChangeSet, data: bytes) -> str | None:
         return data.removeprefix(codecs.BOM_UTF8).decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        cs.report(line, "", f"not UTF-8 (byte {err.start + 1} of the file)")
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        cs.report(line, "", f"not UTF-8 (byte {column} of the line); save the file as UTF-8")
         return None
 
 
