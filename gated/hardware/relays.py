@@ -425,6 +425,8 @@ class _SerialRelay(_RelayCore):
                     await self.open()
                     delays = None
                 except HardwareError as err:
+                    if self._closed:
+                        return
                     self._set_fault(str(err))
                     if delays is None:
                         delays = backoff_delays(
@@ -464,7 +466,10 @@ class _SerialRelay(_RelayCore):
         self._executor.shutdown(wait=False)
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except RuntimeError as err:  # the worker was shut down by aclose()
+            raise HardwareError(f"relay {self.name}: closed") from err
 
     def _open_port(self) -> serial.SerialBase:
         """Open the port (worker thread)."""
