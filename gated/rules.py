@@ -353,6 +353,13 @@ def _upsert_sql(t: _Table) -> str:
     )
 
 
+_BY_KEY = {
+    k: f"SELECT {', '.join(t.read_columns)} FROM {t.name} WHERE key = ?" for k, t in TABLES.items()
+}
+_BY_ID = {
+    k: f"SELECT {', '.join(t.read_columns)} FROM {t.name} WHERE id = ?" for k, t in TABLES.items()
+}
+
 # --- schema --------------------------------------------------------------------
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -661,18 +668,13 @@ class RuleStore:
         return self._iter("SELECT key, tag FROM tags")
 
     def _by_key(self, kind: str, key: int) -> Any:
-        t = TABLES[kind]
-        row = self._db.execute(
-            f"SELECT {', '.join(t.read_columns)} FROM {t.name} WHERE key = ?", (key,)
-        ).fetchone()
-        return None if row is None else t.entity(row)
+        # the SQL text is built once: the connection's statement cache is keyed by it
+        row = self._db.execute(_BY_KEY[kind], (key,)).fetchone()
+        return None if row is None else TABLES[kind].entity(row)
 
     def _by_id(self, kind: str, id_: str) -> Any:
-        t = TABLES[kind]
-        row = self._db.execute(
-            f"SELECT {', '.join(t.read_columns)} FROM {t.name} WHERE id = ?", (id_,)
-        ).fetchone()
-        return None if row is None else t.entity(row)
+        row = self._db.execute(_BY_ID[kind], (id_,)).fetchone()
+        return None if row is None else TABLES[kind].entity(row)
 
     def vehicle(self, key: int) -> Vehicle | None:
         """The vehicle stored under this row key."""
