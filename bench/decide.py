@@ -1,0 +1,265 @@
+"""Benchmark: build the plate index over a large rule set and time decide().
+
+    python -m bench.decide [--vehicles N] [--passes N] [--decisions N] [--seed N]
+
+Prints progress, then one JSON object as the last line. The rule set lives in
+a lean in-memory RuleSource (entities made on demand), so the figures measure
+the index and the policy, not a store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import random
+import time
+import zoneinfo
+from collections.abc import Iterator
+
+import numpy as np
+
+from gated.config import PolicyConfig
+from gated.model import AntiPassback, Direction, PlateRead
+from gated.plates import CONFUSION_CLASSES
+from gated.policy import AccessPoint, MemoryPolicyState, decide
+from gated.rules_model import (
+    DenyEntry,
+    Group,
+    Resident,
+    Schedule,
+    Tag,
+    TimeWindow,
+    Vehicle,
+    VisitorPass,
+)
+from gated.ruleset import RuleSet
+
+LETTERS = np.frombuffer(b"ABCDEFGHJKLMNPRSTUVWXYZ", dtype=np.uint8)
+DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
+# Plate layouts seen in Europe and North America: L = letter, D = digit.
+LAYOUTS = ("LLDDLLL", "DDLLLD", "LLDDDL", "LLDDDLL", "DLLLDDD", "LLLDDDD", "LDDDLL", "LLLDDD")
+
+
+def random_plates(n: int, rng: np.random.Generator) -> list[str]:
+    """n plates in realistic layouts (duplicates possible, as in real fleets)."""
+    layout_of = rng.integers(0, len(LAYOUTS), n)
+    out: list[str] = [""] * n
+    for li, layout in enumerate(LAYOUTS):
+        rows = np.flatnonzero(layout_of == li)
+        cols = [
+            (LETTERS if ch == "L" else DIGITS)[rng.integers(0, 23 if ch == "L" else 10, len(rows))]
+            for ch in layout
+        ]
+        mat = np.ascontiguousarray(np.stack(cols, axis=1))
+        texts = mat.view(f"S{len(layout)}").ravel().astype(f"U{len(layout)}").tolist()
+        for r, t in zip(rows.tolist(), texts, strict=True):
+            out[r] = t
+    return out
+
+
+class BenchRuleSource:
+    """A RuleSource over plain lists; entities are built when asked for, like rows from a store."""
+
+    def __init__(self, vehicles: list[str], passes: list[str], deny: list[str], now: float):
+        self.version = 1
+        self._veh = vehicles
+        self._pass = passes
+        self._deny = deny
+        self._now = now
+        self._pass_base = len(vehicles) + 1
+        self._deny_base = self._pass_base + len(passes)
+        day = TimeWindow(frozenset(range(7)), dt.time(6), dt.time(22))
+        self._schedules = {"day": Schedule("day", "day", (day,))}
+        self._groups = {
+            "staff": Group("staff", "staff", None, None),
+            "block-a": Group("block-a", "block-a", frozenset({"main-in", "main-out"}), "day"),
+        }
+
+    def iter_vehicle_plates(self) -> Iterator[tuple[int, str]]:
+        """(key, plate) of every vehicle."""
+        return enumerate(self._veh, 1)
+
+    def iter_pass_plates(self) -> Iterator[tuple[int, str]]:
+        """(key, plate) of every pass."""
+        return enumerate(self._pass, self._pass_base)
+
+    def iter_deny_plates(self) -> Iterator[tuple[int, str]]:
+        """(key, plate) of every deny entry."""
+        return enumerate(self._deny, self._deny_base)
+
+    def iter_tags(self) -> Iterator[tuple[int, str]]:
+        """No tags in this benchmark."""
+        return iter(())
+
+    def vehicle(self, key: int) -> Vehicle | None:
+        """The vehicle under a key."""
+        if not 1 <= key <= len(self._veh):
+            return None
+        return Vehicle(f"v{key}", self._veh[key - 1], f"r{key // 2}", active=key % 97 != 0)
+
+    def visitor_pass(self, key: int) -> VisitorPass | None:
+        """The pass under a key."""
+        i = key - self._pass_base
+        if not 0 <= i < len(self._pass):
+            return None
+        start = self._now - 3600 if i % 10 else self._now + 3600
+        return VisitorPass(
+            f"p{i}", self._pass[i], f"r{i}", start, start + 86400, "Visitor", None, 3
+        )
+
+    def deny_entry(self, key: int) -> DenyEntry | None:
+        """The deny entry under a key."""
+        i = key - self._deny_base
+        if not 0 <= i < len(self._deny):
+            return None
+        return DenyEntry(f"d{i}", self._deny[i], "stolen")
+
+    def tag(self, key: int) -> Tag | None:
+        """No tags."""
+        return None
+
+    def resident(self, resident_id: str) -> Resident | None:
+        """Residents r0…: every third in block-a (scheduled), the rest staff."""
+        n = int(resident_id[1:])
+        group = "block-a" if n % 3 == 0 else "staff"
+        return Resident(resident_id, "", "", n % 101 != 0, (group,), frozenset())
+
+    def group(self, group_id: str) -> Group | None:
+        """A group."""
+        return self._groups.get(group_id)
+
+    def schedule(self, schedule_id: str) -> Schedule | None:
+        """A schedule."""
+        return self._schedules.get(schedule_id)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+_CONFUSABLE = {c: cls for cls in CONFUSION_CLASSES for c in cls}
+
+
+def _confuse(plate: str, rnd: random.Random) -> str:
+    spots = [i for i, c in enumerate(plate) if c in _CONFUSABLE]
+    if not spots:
+        return plate
+    i = rnd.choice(spots)
+    others = [c for c in _CONFUSABLE[plate[i]] if c != plate[i]]
+    return plate[:i] + rnd.choice(others) + plate[i + 1 :]
+
+
+def _typo(plate: str, rnd: random.Random) -> str:
+    i = rnd.randrange(len(plate))
+    op = rnd.random()
+    ch = rnd.choice("CEFHJKMNPRUVWXY3479")
+    if op < 0.6:
+        return plate[:i] + ch + plate[i + 1 :]
+    if op < 0.8:
+        return plate[:i] + plate[i + 1 :]
+    return plate[:i] + ch + plate[i:]
+
+
+def _reads(src: BenchRuleSource, n: int, now: float, seed: int) -> tuple[list[PlateRead], dict]:
+    rnd = random.Random(seed)
+    unknown = random_plates(n, np.random.default_rng(seed + 1))
+    mix = {"exact": 0, "confusion": 0, "fuzzy": 0, "unknown": 0, "pass": 0, "deny": 0}
+    reads = []
+    for i in range(n):
+        r = rnd.random()
+        if r < 0.45:
+            kind, text = "exact", rnd.choice(src._veh)
+        elif r < 0.60:
+            kind, text = "confusion", _confuse(rnd.choice(src._veh), rnd)
+        elif r < 0.70:
+            kind, text = "fuzzy", _typo(rnd.choice(src._veh), rnd)
+        elif r < 0.88:
+            kind, text = "unknown", unknown[i]
+        elif r < 0.97 and src._pass:
+            kind, text = "pass", rnd.choice(src._pass)
+        elif src._deny:
+            kind, text = "deny", _typo(rnd.choice(src._deny), rnd)
+        else:
+            kind, text = "unknown", unknown[i]
+        mix[kind] += 1
+        if rnd.random() < 0.3:  # as cameras send it: separators, lower case
+            text = f"{text[:2]}-{text[2:]}".lower()
+        confidence = 0.93 if rnd.random() < 0.9 else 0.55
+        reads.append(PlateRead("main-in", text, "cam1", now, 0.0, confidence))
+    return reads, mix
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print one JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vehicles", type=int, default=1_000_000)
+    ap.add_argument("--passes", type=int, default=100_000)
+    ap.add_argument("--deny", type=int, default=1_000)
+    ap.add_argument("--decisions", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args(argv)
+
+    # 10:00 local on a weekday, so schedules are open for most reads
+    tz = zoneinfo.ZoneInfo("Europe/Amsterdam")
+    now = dt.datetime(2025, 3, 12, 10, 0, tzinfo=tz).timestamp()
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    src = BenchRuleSource(
+        random_plates(args.vehicles, rng),
+        random_plates(args.passes, rng),
+        random_plates(args.deny, rng),
+        now,
+    )
+    print(f"generated source in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    gc.collect()
+    rss0 = _rss_bytes()
+    t0 = time.perf_counter()
+    rules = RuleSet.build(src)
+    build_s = time.perf_counter() - t0
+    gc.collect()
+    rss1 = _rss_bytes()
+    print(f"built index in {build_s:.2f}s: {rules.counts()}", flush=True)
+
+    policy = PolicyConfig(anti_passback=AntiPassback.SOFT)
+    access_point = AccessPoint("main-in", Direction.IN, policy, tz)
+    state = MemoryPolicyState()
+    reads, mix = _reads(src, args.decisions, now, args.seed)
+    for read in reads[:1000]:  # warm caches
+        decide(read, access_point, rules, state, now)
+    gc.collect()
+    gc.freeze()  # as the daemon does after start-up: the rule set is long-lived
+    times = np.empty(len(reads), dtype=np.int64)
+    reasons: dict[str, int] = {}
+    clock = time.perf_counter_ns
+    for i, read in enumerate(reads):
+        t = clock()
+        decision = decide(read, access_point, rules, state, now)
+        times[i] = clock() - t
+        reasons[decision.reason.value] = reasons.get(decision.reason.value, 0) + 1
+    us = times / 1000.0
+    result = {
+        "vehicles": args.vehicles,
+        "passes": args.passes,
+        "deny": args.deny,
+        "decisions": len(reads),
+        "decide_p50_us": round(float(np.percentile(us, 50)), 2),
+        "decide_p99_us": round(float(np.percentile(us, 99)), 2),
+        "decide_p999_us": round(float(np.percentile(us, 99.9)), 2),
+        "decide_max_us": round(float(us.max()), 2),
+        "rules_rss_mb": round((rss1 - rss0) / 2**20, 1),
+        "index_mb": round(rules.nbytes() / 2**20, 1),
+        "index_entries": rules.counts()["entries"],
+        "index_build_s": round(build_s, 2),
+        "read_mix": mix,
+        "reasons": reasons,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

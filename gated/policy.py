@@ -1,0 +1,598 @@
+"""decide(read, access_point, rules, state, now) -> Decision: the access decision, pure.
+
+No clock, no network, no writes: the caller passes `now` (epoch seconds) and a
+PolicyState to read modes, anti-passback history and pass use counts from.
+Reading the RuleSet and its RuleSource is the only other input.
+
+Order of checks, and why:
+
+1. **Invalid read** (not a string, too long, nothing left after normalising):
+   treated as an unknown plate with flag ``invalid_read``; nothing below can
+   match it. The mode still applies (a held-open gate stays open).
+2. **Deny list** (plates only): exact, confusion or fuzzy within
+   ``deny_fuzzy_distance``, *whatever the confidence or the mode*. A deny
+   list is for vehicles that must be stopped and reported; a blurred read of
+   one is exactly the case it exists for, so it must not be filtered first.
+3. **Mode**: ``lockdown`` denies every automated entry; ``hold_open`` allows
+   with reason ``hold_open``. Both still look the read up and report what it
+   matched (resident, vehicle, pass) so the journal says who came through.
+4. **Confidence**: a read below ``min_confidence`` never opens by itself:
+   ``low_confidence``, with the match it would have had.
+   A read whose source reports no confidence (``None``: serial readers, RFID)
+   is not gated, and gets flag ``no_confidence``; a NaN or out-of-range value
+   counts as below the threshold.
+5. **Residents**: vehicles (exact, confusion, fuzzy within
+   ``resident_fuzzy_distance``) or tags (exact). Only the best tier of
+   matches counts (an exact hit on a suspended car is not rescued by a fuzzy
+   hit on another). A non-exact tier naming two different plates is
+   ambiguous: ``needs_guard``. When ``plate_formats`` are configured and the
+   read fits none, only an exact match may open; others need a guard.
+6. **Visitor passes**: exact only, or confusion too when
+   ``visitor_match = "confusion"``; any weaker hit on a valid pass is
+   ``needs_guard``, never an automatic open.
+7. Entity checks, in this order for each candidate: ``inactive`` (vehicle,
+   tag, resident or a pass's host), ``not_permitted`` (access point),
+   ``outside_schedule``; for passes ``pass_not_yet_valid``, ``pass_expired``,
+   ``pass_used_up`` (uses count entries only, so a used-up pass still lets
+   the visitor leave).
+8. **Anti-passback** on an allowed decision: the same subject passing the same
+   way again within ``anti_passback_reset_s`` is flagged (soft) or denied
+   (hard). A last passage in the future (device clock stepped back) is not
+   enforced and is flagged ``anti_passback_clock``.
+9. Nothing matched: ``unknown_plate``.
+
+Residents and passes are weighed by match quality: the closest match (exact
+before confusion before fuzzy) explains the read, whether it allows or not, so
+a fuzzy resident hit never opens for a car whose exact visitor pass has
+expired. At equal quality an allowing outcome wins, then residents.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gated.config import LaneConfig, PolicyConfig
+from gated.errors import PayloadError
+from gated.model import (
+    AntiPassback,
+    CredentialKind,
+    Decision,
+    Direction,
+    Match,
+    MatchKind,
+    Mode,
+    PlateRead,
+    Reason,
+)
+from gated.plates import (
+    MAX_PLATE_LEN,
+    MAX_TAG_LEN,
+    confusion_key,
+    normalise,
+    plate_matches_format,
+)
+from gated.rules_model import Resident, RuleSource, Schedule
+from gated.ruleset import Candidate, RuleSet
+
+_KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
+_AUTO_EXACT = frozenset((MatchKind.EXACT,))
+_AUTO_CONFUSION = frozenset((MatchKind.EXACT, MatchKind.CONFUSION))
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPoint:
+    """One access point as the policy sees it: id, default direction, policy and time zone."""
+
+    id: str
+    direction: Direction
+    policy: PolicyConfig
+    tz: zoneinfo.ZoneInfo
+
+    @classmethod
+    def from_lane(cls, lane: LaneConfig, policy: PolicyConfig, timezone: str) -> AccessPoint:
+        """The access point of a configured lane (timezone: [site].timezone)."""
+        return cls(lane.id, lane.direction, policy, zoneinfo.ZoneInfo(timezone))
+
+
+class PolicyState(Protocol):
+    """The mutable facts decide() reads but never writes."""
+
+    def mode(self, access_point_id: str) -> Mode:
+        """The current mode of an access point."""
+        ...
+
+    def last_passage(self, subject: str) -> tuple[Direction, float] | None:
+        """Direction and epoch seconds of the subject's last passage, if any."""
+        ...
+
+    def pass_uses(self, pass_id: str) -> int:
+        """How many entries a visitor pass has been used for."""
+        ...
+
+
+def subject_for(
+    vehicle_id: str | None, resident_id: str | None, pass_id: str | None
+) -> str | None:
+    """The anti-passback subject of a passage: the vehicle, else the pass, else the resident."""
+    if vehicle_id is not None:
+        return f"vehicle:{vehicle_id}"
+    if pass_id is not None:
+        return f"pass:{pass_id}"
+    if resident_id is not None:
+        return f"resident:{resident_id}"
+    return None
+
+
+class MemoryPolicyState:
+    """PolicyState in memory; the daemon seeds it from the journal at start-up."""
+
+    def __init__(self, modes: Mapping[str, Mode] | None = None) -> None:
+        """Start with the given per-access-point modes (others are normal)."""
+        self._modes: dict[str, Mode] = dict(modes or {})
+        self._passages: dict[str, tuple[Direction, float]] = {}
+        self._uses: dict[str, int] = {}
+
+    def mode(self, access_point_id: str) -> Mode:
+        """The current mode of an access point (normal unless set)."""
+        return self._modes.get(access_point_id, Mode.NORMAL)
+
+    def set_mode(self, access_point_id: str, mode: Mode) -> None:
+        """Change an access point's mode."""
+        self._modes[access_point_id] = mode
+
+    def last_passage(self, subject: str) -> tuple[Direction, float] | None:
+        """Direction and time of the subject's last passage."""
+        return self._passages.get(subject)
+
+    def record_passage(self, subject: str, direction: Direction, at: float) -> None:
+        """Remember a passage (keeps the latest by time: journal replay may come out of order)."""
+        last = self._passages.get(subject)
+        if last is None or at >= last[1]:
+            self._passages[subject] = (direction, at)
+
+    def pass_uses(self, pass_id: str) -> int:
+        """Entries made with a visitor pass."""
+        return self._uses.get(pass_id, 0)
+
+    def record_pass_use(self, pass_id: str, count: int = 1) -> None:
+        """Count entries made with a visitor pass."""
+        self._uses[pass_id] = self._uses.get(pass_id, 0) + count
+
+    def record(self, decision: Decision, at: float) -> None:
+        """Record the passage an allowed decision led to (call once the gate has opened)."""
+        if not decision.allowed:
+            return
+        direction = Direction(decision.inputs.get("direction", Direction.IN))
+        subject = subject_for(decision.vehicle_id, decision.resident_id, decision.pass_id)
+        if subject is not None:
+            self.record_passage(subject, direction, at)
+        if decision.pass_id is not None and direction == Direction.IN:
+            self.record_pass_use(decision.pass_id)
+
+    def prune(self, before: float) -> int:
+        """Forget passages older than `before` (they no longer matter); returns how many."""
+        old = [s for s, (_, at) in self._passages.items() if at < before]
+        for s in old:
+            del self._passages[s]
+        return len(old)
+
+
+# --- schedules ----------------------------------------------------------------------
+
+
+def _in_interval(t: dt.time, start: dt.time, end: dt.time, today: bool) -> bool:
+    """Is local time t inside [start, end) (today) or in its after-midnight tail (not today)."""
+    if end > start:
+        return today and start <= t < end
+    # crosses midnight (end <= start; start == end is a full 24 hours)
+    return t >= start if today else t < end
+
+
+def _intervals(schedule: Schedule, day: dt.date) -> list[tuple[dt.time, dt.time]]:
+    if day in schedule.exceptions:
+        return list(schedule.exceptions[day])
+    wd = day.weekday()
+    return [(w.start, w.end) for w in schedule.windows if wd in w.weekdays]
+
+
+def schedule_open(schedule: Schedule, now: float, tz: zoneinfo.ZoneInfo) -> bool:
+    """Is the schedule open at epoch `now`, evaluated on the wall clock of `tz`?
+
+    Windows are wall-clock times, so DST needs no special case: a window
+    covers whatever local times the day really has. An exception date replaces
+    the weekly windows of that date *including* the after-midnight tail of the
+    previous evening's window (closed all day means closed all day); a window
+    of an exception date that crosses midnight does run into the next day.
+    """
+    local = dt.datetime.fromtimestamp(now, tz)
+    t = local.time()
+    today = local.date()
+    if any(_in_interval(t, s, e, True) for s, e in _intervals(schedule, today)):
+        return True
+    if today in schedule.exceptions:
+        return False
+    yesterday = today - dt.timedelta(days=1)
+    return any(_in_interval(t, s, e, False) for s, e in _intervals(schedule, yesterday))
+
+
+# --- evaluation ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one candidate (or the best tier of them) amounts to."""
+
+    allowed: bool
+    reason: Reason
+    match: Match | None = None
+    resident_id: str | None = None
+    vehicle_id: str | None = None
+    pass_id: str | None = None
+    visitor_name: str | None = None
+    flags: tuple[str, ...] = ()
+
+
+class _Context:
+    """Per-call values shared by the checks (keeps helper signatures short)."""
+
+    __slots__ = ("ap", "direction", "flags", "format_ok", "inputs", "now", "source", "state")
+
+    def __init__(
+        self,
+        ap: AccessPoint,
+        source: RuleSource,
+        state: PolicyState,
+        now: float,
+        direction: Direction,
+        inputs: dict[str, Any],
+    ) -> None:
+        self.ap = ap
+        self.source = source
+        self.state = state
+        self.now = now
+        self.direction = direction
+        self.inputs = inputs
+        self.flags: list[str] = []
+        self.format_ok = True
+
+    def schedule_ok(self, schedule_id: str | None) -> bool:
+        if schedule_id is None:
+            return True
+        schedule = self.source.schedule(schedule_id)
+        if schedule is None:
+            self.flags.append("missing_schedule")  # dangling reference: fail closed
+            return False
+        try:
+            return schedule_open(schedule, self.now, self.ap.tz)
+        except (OverflowError, ValueError, OSError):
+            self.flags.append("bad_clock")  # `now` outside what a calendar can hold
+            return False
+
+    def resident_reason(self, resident: Resident | None) -> Reason | None:
+        """None when the resident may pass here now, else why not."""
+        if resident is None or not resident.active:
+            return Reason.INACTIVE
+        ap_id = self.ap.id
+        schedules: list[str | None] = []
+        if resident.access_points is None or ap_id in resident.access_points:
+            schedules.append(resident.schedule_id)
+        for group_id in resident.groups:
+            group = self.source.group(group_id)
+            if group is not None and (group.access_points is None or ap_id in group.access_points):
+                schedules.append(group.schedule_id)
+        if not schedules:
+            return Reason.NOT_PERMITTED
+        if any(self.schedule_ok(s) for s in schedules):
+            return None
+        return Reason.OUTSIDE_SCHEDULE
+
+
+def _best_tier(candidates: tuple[Candidate, ...]) -> list[Candidate]:
+    """The candidates sharing the best (kind, distance); the input is sorted best first."""
+    if not candidates:
+        return []
+    first = candidates[0].match
+    return [
+        c
+        for c in candidates
+        if c.match.kind == first.kind and c.match.distance == first.distance
+    ]
+
+
+def _pick(outcomes: list[_Outcome]) -> _Outcome | None:
+    for o in outcomes:
+        if o.allowed:
+            return o
+    return outcomes[0] if outcomes else None
+
+
+def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome | None:
+    live = []
+    for c in candidates:
+        vehicle = ctx.source.vehicle(c.key)
+        # skip rows deleted or re-plated since the index was built
+        if vehicle is not None and _same_text(vehicle.plate, c.match.stored):
+            live.append((c, vehicle))
+    if not live:
+        return None
+    tier = _best_tier(tuple(c for c, _ in live))
+    tier_keys = {c.key for c in tier}
+    match = tier[0].match
+    if match.kind != MatchKind.EXACT and len({c.match.stored for c in tier}) > 1:
+        v = next(v for c, v in live if c.key == tier[0].key)
+        return _Outcome(
+            False, Reason.NEEDS_GUARD, match, v.resident_id, v.id, flags=("ambiguous_match",)
+        )
+    outcomes = []
+    for c, vehicle in live:
+        if c.key not in tier_keys:
+            continue
+        resident = ctx.source.resident(vehicle.resident_id)
+        reason = Reason.INACTIVE if not vehicle.active else ctx.resident_reason(resident)
+        o = _Outcome(
+            reason is None, reason or Reason.RESIDENT, c.match, vehicle.resident_id, vehicle.id
+        )
+        if o.allowed and c.match.kind != MatchKind.EXACT and not ctx.format_ok:
+            o = _Outcome(False, Reason.NEEDS_GUARD, c.match, o.resident_id, o.vehicle_id,
+                         flags=("plate_format_mismatch",))  # fmt: skip
+        outcomes.append(o)
+    return _pick(outcomes)
+
+
+def _tag_outcome(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome | None:
+    outcomes = []
+    for c in candidates:
+        tag = ctx.source.tag(c.key)
+        if tag is None or not _same_text(tag.tag, c.match.stored):
+            continue
+        reason = Reason.INACTIVE if not tag.active else ctx.resident_reason(
+            ctx.source.resident(tag.resident_id)
+        )
+        outcomes.append(
+            _Outcome(reason is None, reason or Reason.RESIDENT, c.match, tag.resident_id)
+        )
+    return _pick(outcomes)
+
+
+def _pass_outcome(
+    ctx: _Context, candidates: tuple[Candidate, ...], auto: frozenset[MatchKind]
+) -> _Outcome | None:
+    live = []
+    for c in candidates:
+        vp = ctx.source.visitor_pass(c.key)
+        if vp is not None and _same_text(vp.plate, c.match.stored):
+            live.append((c, vp))
+    if not live:
+        return None
+    tier = _best_tier(tuple(c for c, _ in live))
+    tier_keys = {c.key for c in tier}
+    outcomes = []
+    for c, vp in live:
+        if c.key not in tier_keys:
+            continue
+        host = ctx.source.resident(vp.host_resident_id)
+        if host is None or not host.active:
+            reason: Reason | None = Reason.INACTIVE
+        elif vp.access_points is not None and ctx.ap.id not in vp.access_points:
+            reason = Reason.NOT_PERMITTED
+        elif ctx.now < vp.valid_from:
+            reason = Reason.PASS_NOT_YET_VALID
+        elif ctx.now >= vp.valid_until:
+            reason = Reason.PASS_EXPIRED
+        elif vp.max_uses is not None and ctx.direction == Direction.IN and (
+            _note_uses(ctx, vp.id) >= vp.max_uses
+        ):
+            reason = Reason.PASS_USED_UP
+        else:
+            reason = None
+        flags: tuple[str, ...] = ()
+        if reason is None and (c.match.kind not in auto or not ctx.format_ok):
+            reason = Reason.NEEDS_GUARD  # a pass is a weaker credential: only a sure read opens
+            flags = ("visitor_match_" + c.match.kind.value,)
+        allowed = reason is None
+        outcomes.append(
+            _Outcome(
+                allowed,
+                reason or Reason.VISITOR_PASS,
+                c.match,
+                vp.host_resident_id,
+                None,
+                vp.id,
+                vp.visitor_name or None,
+                flags,
+            )
+        )
+    return _pick(outcomes)
+
+
+def _note_uses(ctx: _Context, pass_id: str) -> int:
+    uses = ctx.state.pass_uses(pass_id)
+    ctx.inputs.setdefault("pass_uses", {})[pass_id] = uses
+    return uses
+
+
+def _same_text(entity_text: str, stored: str) -> bool:
+    if entity_text == stored:
+        return True
+    try:
+        return normalise(entity_text) == stored
+    except PayloadError:
+        return False
+
+
+def _rank(o: _Outcome) -> tuple[int, int]:
+    if o.match is None:
+        return (9, 0)
+    return (_KIND_RANK[o.match.kind], o.match.distance)
+
+
+def _anti_passback(ctx: _Context, o: _Outcome) -> _Outcome:
+    policy = ctx.ap.policy
+    if not o.allowed or policy.anti_passback == AntiPassback.OFF:
+        return o
+    subject = subject_for(o.vehicle_id, o.resident_id, o.pass_id)
+    if subject is None:
+        return o
+    last = ctx.state.last_passage(subject)
+    if last is None:
+        return o
+    last_direction, at = last
+    ctx.inputs["last_passage"] = (str(last_direction), at)
+    elapsed = ctx.now - at
+    if elapsed < 0:
+        ctx.flags.append("anti_passback_clock")
+        return o
+    if last_direction != ctx.direction or elapsed >= policy.anti_passback_reset_s:
+        return o
+    if policy.anti_passback == AntiPassback.SOFT:
+        ctx.flags.append("anti_passback_soft")
+        return o
+    return _Outcome(False, Reason.ANTI_PASSBACK, o.match, o.resident_id, o.vehicle_id,
+                    o.pass_id, o.visitor_name, o.flags)  # fmt: skip
+
+
+def _confidence(read: PlateRead, policy: PolicyConfig, flags: list[str]) -> bool:
+    """True when the read's confidence is too low for it to open the gate by itself."""
+    c = read.confidence
+    if c is None:
+        flags.append("no_confidence")
+        return False
+    if not isinstance(c, int | float) or math.isnan(c) or not 0.0 <= c <= 1.0:
+        flags.append("invalid_confidence")
+        return True
+    return c < policy.min_confidence
+
+
+def decide(
+    read: PlateRead,
+    access_point: AccessPoint,
+    rules: RuleSet,
+    state: PolicyState,
+    now: float,
+) -> Decision:
+    """Decide whether a read opens `access_point` now; pure and deterministic (see module doc)."""
+    policy = access_point.policy
+    direction = read.direction or access_point.direction
+    mode = state.mode(access_point.id)
+    is_tag = read.kind == CredentialKind.TAG
+    inputs: dict[str, Any] = {
+        "raw_text": read.text if isinstance(read.text, str) else repr(read.text)[:64],
+        "kind": str(read.kind),
+        "source": read.source,
+        "confidence": read.confidence,
+        "min_confidence": policy.min_confidence,
+        "mode": str(mode),
+        "direction": str(direction),
+        "access_point": access_point.id,
+        "now": now,
+        "rules_version": rules.version,
+    }
+    source = rules.source
+    ctx = _Context(access_point, source, state, now, direction, inputs)  # type: ignore[arg-type]
+    low = _confidence(read, policy, ctx.flags)
+
+    try:
+        text = normalise(read.text)
+        limit = MAX_TAG_LEN if is_tag else MAX_PLATE_LEN
+        if not text or len(text) > limit:
+            raise PayloadError(f"normalised text has {len(text)} characters (1..{limit})")
+    except PayloadError as err:
+        inputs["raw_text"] = inputs["raw_text"][:64]
+        inputs["error"] = str(err)
+        ctx.flags.append("invalid_read")
+        text = ""
+    inputs["normalised"] = text
+
+    outcome: _Outcome | None = None
+    if text and is_tag:
+        outcome = _tag_outcome(ctx, rules.match_tag(text))
+    elif text:
+        ckey = confusion_key(text)
+        ctx.format_ok = plate_matches_format(text, policy.plate_formats)
+        deny_d = rules.effective_distance("deny", policy.deny_fuzzy_distance)
+        resident_d = rules.effective_distance("resident", policy.resident_fuzzy_distance)
+        inputs.update(
+            confusion_key=ckey,
+            plate_format_ok=ctx.format_ok,
+            deny_distance=deny_d,
+            resident_distance=resident_d,
+            visitor_match=policy.visitor_match,
+        )
+        if deny_d < policy.deny_fuzzy_distance:
+            ctx.flags.append("deny_distance_capped")  # index built shallower than the policy
+        query = rules.query(text)
+        for c in query.candidates("deny", deny_d):
+            entry = source.deny_entry(c.key)  # type: ignore[union-attr]
+            if entry is None or not _same_text(entry.plate, c.match.stored):
+                continue
+            if entry.until is not None and now >= entry.until:
+                continue
+            inputs["deny_entry"] = entry.id
+            return _decision(False, Reason.DENY_LISTED, access_point, rules, ctx,
+                             _Outcome(False, Reason.DENY_LISTED, c.match))  # fmt: skip
+        auto = _AUTO_CONFUSION if policy.visitor_match == "confusion" else _AUTO_EXACT
+        # Exact and confusion hits first; fuzzy ones only when neither list has one,
+        # since a fuzzy match never outranks an exact or confusion match.
+        resident = _vehicle_outcomes(ctx, query.candidates("resident", 0))
+        visitor = _pass_outcome(ctx, query.candidates("visitor_pass", 0), auto)
+        if resident is None and visitor is None:
+            resident = _vehicle_outcomes(ctx, query.candidates("resident", resident_d))
+            visitor = _pass_outcome(ctx, query.candidates("visitor_pass", 1), auto)
+        if resident is None or visitor is None:
+            outcome = resident or visitor
+        else:
+            # The closest match explains the read; at equal quality an allowing
+            # outcome wins (a pass issued for a car whose own schedule is shut).
+            outcome = min((resident, visitor), key=lambda o: (*_rank(o), not o.allowed))
+
+    if mode == Mode.LOCKDOWN:
+        return _decision(False, Reason.LOCKDOWN, access_point, rules, ctx, outcome)
+    if mode == Mode.HOLD_OPEN:
+        return _decision(True, Reason.HOLD_OPEN, access_point, rules, ctx, outcome)
+    if low:
+        return _decision(False, Reason.LOW_CONFIDENCE, access_point, rules, ctx, outcome)
+    if outcome is None:
+        return _decision(False, Reason.UNKNOWN_PLATE, access_point, rules, ctx, None)
+    outcome = _anti_passback(ctx, outcome)
+    return _decision(outcome.allowed, outcome.reason, access_point, rules, ctx, outcome)
+
+
+def _decision(
+    allowed: bool,
+    reason: Reason,
+    ap: AccessPoint,
+    rules: RuleSet,
+    ctx: _Context,
+    outcome: _Outcome | None,
+) -> Decision:
+    flags = tuple(ctx.flags) + (outcome.flags if outcome is not None else ())
+    if outcome is None:
+        return Decision(allowed, reason, ap.id, rules.version, flags=flags, inputs=ctx.inputs)
+    return Decision(
+        allowed,
+        reason,
+        ap.id,
+        rules.version,
+        match=outcome.match,
+        resident_id=outcome.resident_id,
+        vehicle_id=outcome.vehicle_id,
+        pass_id=outcome.pass_id,
+        visitor_name=outcome.visitor_name,
+        flags=flags,
+        inputs=ctx.inputs,
+    )
+
+
+__all__ = [
+    "AccessPoint",
+    "MemoryPolicyState",
+    "PolicyState",
+    "decide",
+    "schedule_open",
+    "subject_for",
+]

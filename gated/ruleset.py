@@ -1,0 +1,590 @@
+"""The in-memory plate/tag index the decision uses, built once per rule-set version.
+
+A RuleSet is a RuleSource plus compact numpy tables over its plates, sized for
+a million vehicles on a Raspberry Pi:
+
+* Every plate row (deny list, resident vehicles, visitor passes, in that
+  order) gets a global row number; its normalised text lives in one
+  fixed-width bytes array and its store row key in an int array.
+* A table holds, per row, uint64 entries
+  ``hash32(code) << 32 | level << 30 | row`` where ``code`` packs a string
+  over A-Z0-9 as a base-37 number (exact up to 12 characters, a wrapping hash
+  beyond) and ``level`` says how many characters were deleted from the row's
+  confusion key to get it: level 0 is the key itself, levels 1-2 its
+  symmetric-deletion ('SymSpell') neighbourhood. Entries are built with
+  vectorised numpy and kept sorted, with a bucket-start array so a probe is
+  two or three memory reads (see `_HashTable`). The deny list has its own
+  small table (a dict), because every read probes it with all deletions.
+* A query (`PlateQuery`) hashes the read's confusion key and, only when a
+  list needs it, the key's own deletions. Every hit is verified on the real
+  strings, so a hash collision only costs a comparison. Residents and passes
+  are probed with deletions only when no exact/confusion hit exists: a
+  fuzzy candidate can never beat an exact one.
+
+Fuzzy distance is measured between *confusion keys* (see `gated.plates`): a
+character the confusion stage already treats as equal costs nothing, so a read
+with one confusable and one genuinely wrong character is at distance 1.
+`Match.distance` is that key distance; `Match.edits` lists every character
+that differs in the normalised texts (confusable ones included).
+
+Symmetric deletion is complete: if two keys are within Levenshtein distance k,
+deleting at most k characters from each makes them equal. A list therefore
+answers fuzzy queries up to the depth it was built with (``depths``); asking
+for more is capped to the depth and the effective distance is reported by
+``effective_distance``. Memory per plate is about (1 + length) entries of
+8 bytes at depth 1 and about length² more at depth 2, which is why depth 2 is
+the default only for the (small) deny list.
+
+The index is immutable once built: build a new RuleSet for a new version
+(e.g. in a worker thread) and swap the reference; readers never see a
+half-built index.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from gated.errors import RulesError
+from gated.model import Edit, Match, MatchKind
+from gated.plates import MAX_PLATE_LEN, MAX_TAG_LEN, confusion_key, distance, edits, normalise
+from gated.rules_model import RuleSource
+
+LISTS: tuple[str, ...] = ("deny", "resident", "visitor_pass")  # Match.list names, in row order
+TAG_LIST = "tag"
+_LIST_INDEX = {name: i for i, name in enumerate(LISTS)}
+
+_M64 = (1 << 64) - 1
+_BASE = 37
+_GOLD = 0x9E3779B97F4A7C15  # Fibonacci hashing multiplier: spreads packed codes over 32 bits
+_ROW_BITS = 30
+_ROW_MASK = (1 << _ROW_BITS) - 1
+_LEVEL_MASK = 3
+_MAX_ROWS = 1 << _ROW_BITS
+_CHUNK = 1 << 16  # rows per vectorised build step: bounds the temporary arrays
+_NORMALISED = re.compile(r"[A-Z0-9]+")
+
+_POW = [pow(_BASE, e, 1 << 64) for e in range(MAX_TAG_LEN + 2)]
+_POWS_DOWN = [[_POW[n - 1 - i] for i in range(n)] for n in range(MAX_TAG_LEN + 1)]
+_KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
+
+
+def _symbol_table(text_map: dict[str, str]) -> list[int]:
+    """byte -> symbol (1..36 for 0-9A-Z after `text_map`), 0 for padding, 255 invalid."""
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    table = [255] * 256
+    table[0] = 0
+    for ch in alphabet:
+        table[ord(ch)] = alphabet.index(text_map.get(ch, ch)) + 1
+    return table
+
+
+_PLAIN_SYM = _symbol_table({})
+_CONF_SYM = _symbol_table({c: confusion_key(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"})
+_PLAIN_BYTES = bytes(_PLAIN_SYM)  # for bytes.translate on the query side
+_CONF_BYTES = bytes(_CONF_SYM)
+_PLAIN_LUT = np.array(_PLAIN_SYM, dtype=np.uint8)
+_CONF_LUT = np.array(_CONF_SYM, dtype=np.uint8)
+_POW_NP = np.array(_POW, dtype=np.uint64)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A rule-set entry a read matched: the store's row key and how it matched."""
+
+    key: int
+    match: Match
+
+
+@dataclass(frozen=True, slots=True)
+class PlateCandidates:
+    """Everything a plate matched, per list, best first (exact, confusion, then by distance)."""
+
+    deny: tuple[Candidate, ...] = ()
+    resident: tuple[Candidate, ...] = ()
+    visitor_pass: tuple[Candidate, ...] = ()
+
+
+# --- packing (scalar: the query side) ------------------------------------------------
+
+
+def _h32(code: int) -> int:
+    return ((code * _GOLD) & _M64) >> 32
+
+
+def _pack(syms: bytes) -> tuple[int, list[int]]:
+    """(code of syms, codes of each one-character deletion), base 37 modulo 2**64."""
+    code = 0
+    removed = []
+    for c in syms:
+        removed.append(code * 36 + c)
+        code = code * _BASE + c
+    # Deleting character i takes (prefix_i * 36 + c_i) * 37**(n-1-i) off the code:
+    # the prefix moves down one power, the suffix stays put.
+    return code & _M64, [
+        (code - r * p) & _M64 for r, p in zip(removed, _POWS_DOWN[len(syms)], strict=True)
+    ]
+
+
+def _del_hashes(syms: bytes) -> list[int]:
+    """hash32 of each one-character deletion of syms (the query side's hot loop)."""
+    code = 0
+    removed = []
+    for c in syms:
+        removed.append(code * 36 + c)
+        code = code * _BASE + c
+    return [
+        (((code - r * p) & _M64) * _GOLD & _M64) >> 32
+        for r, p in zip(removed, _POWS_DOWN[len(syms)], strict=True)
+    ]
+
+
+# --- packing (vectorised: the build side) --------------------------------------------
+
+
+def _pack_matrix(sym: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised _pack over rows of a padded symbol matrix: (codes, deletion codes, valid)."""
+    n, width = sym.shape
+    s = sym.astype(np.uint64)
+    prefix = np.zeros((n, width + 1), dtype=np.uint64)
+    base = np.uint64(_BASE)
+    for i in range(width):
+        prefix[:, i + 1] = prefix[:, i] * base + s[:, i]
+    cols = np.arange(width)
+    exps = np.clip(lens[:, None] - 1 - cols[None, :], 0, None)
+    terms = s * _POW_NP[exps]  # padding symbols are 0, so their terms vanish
+    suffix = np.zeros((n, width + 1), dtype=np.uint64)
+    suffix[:, :width] = np.cumsum(terms[:, ::-1], axis=1, dtype=np.uint64)[:, ::-1]
+    dels = prefix[:, :width] * _POW_NP[exps] + suffix[:, 1:]
+    valid = cols[None, :] < lens[:, None]
+    return suffix[:, 0], dels, valid
+
+
+def _entries(codes: np.ndarray, level: int, rows: np.ndarray) -> np.ndarray:
+    """Table entries hash32(code) << 32 | level << 30 | row."""
+    h = (codes * np.uint64(_GOLD)) >> np.uint64(32)
+    return (h << np.uint64(32)) | np.uint64(level << _ROW_BITS) | rows.astype(np.uint64)
+
+
+def _sorted_unique(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate, sort and de-duplicate table entries."""
+    if not parts:
+        return np.zeros(0, dtype=np.uint64)
+    table = np.concatenate(parts)
+    parts.clear()
+    table.sort()
+    if len(table) < 2:
+        return table
+    keep = np.empty(len(table), dtype=bool)
+    keep[0] = True
+    np.not_equal(table[1:], table[:-1], out=keep[1:])
+    return table[keep]
+
+
+def _text_array(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-width ASCII array of normalised texts and a mask of the usable ones."""
+    usable = np.ones(len(texts), dtype=bool)
+    try:
+        arr = np.array(texts, dtype=f"S{max(1, max(map(len, texts), default=1))}")
+    except UnicodeEncodeError:
+        arr = None
+    if arr is not None:
+        width = arr.dtype.itemsize
+        raw = arr.view(np.uint8).reshape(len(texts), width)
+        nonzero = (raw != 0).sum(axis=1)
+        # 255: a byte outside A-Z0-9; a count mismatch: a NUL inside the text
+        bad = (_PLAIN_LUT[raw] == 255).any(axis=1) | (nonzero != np.char.str_len(arr))
+    else:
+        bad = np.ones(len(texts), dtype=bool)
+    if bad.any():
+        # The store promises normalised text; repair the rows that are not, in Python.
+        texts = list(texts)
+        for i in np.flatnonzero(bad).tolist():
+            try:
+                texts[i] = normalise(texts[i])
+            except Exception:  # hostile text in a store row: skip the row, never fail the build
+                texts[i] = ""
+        arr = np.array(texts, dtype=f"S{max(1, max(map(len, texts), default=1))}")
+    lens = np.char.str_len(arr) if len(texts) else np.zeros(0, dtype=np.int64)
+    usable &= (lens > 0) & (lens <= max_len)
+    if not usable.all():
+        arr = arr[usable]
+    if len(arr) and arr.dtype.itemsize > max_len:
+        arr = arr.astype(f"S{max_len}")
+    return arr, usable
+
+
+class _HashTable:
+    """Sorted uint64 entries (hash32 in the top half), probed by hash in O(1).
+
+    A large table keeps a bucket-start array over the top bits of the hash
+    (about two entries per bucket): a probe reads two starts and scans a few
+    entries, instead of a 24-step binary search through a table far larger
+    than the CPU cache, and without numpy call overhead. A small table (the
+    deny list, tags of a small site) is a plain dict, which is faster still.
+    """
+
+    __slots__ = ("_dict", "_entries", "_shift", "_starts", "entries")
+
+    SMALL = 1 << 16  # entries up to which a dict is used (about 100 bytes each)
+
+    def __init__(self, entries: np.ndarray) -> None:
+        self.entries = entries
+        self._dict: dict[int, list[int]] | None = None
+        if len(entries) <= self.SMALL:
+            self._dict = {}
+            for e in entries.tolist():
+                self._dict.setdefault(e >> 32, []).append(e)
+            self._shift = 0
+            self._starts = self._entries = memoryview(b"")
+            return
+        bits = int(np.clip(np.ceil(np.log2(len(entries) / 2)), 4, 26))
+        self._shift = 32 - bits
+        bucket = (entries >> np.uint64(64 - bits)).astype(np.intp)
+        starts = np.zeros((1 << bits) + 1, dtype=np.uint32 if len(entries) < 2**32 else np.int64)
+        np.cumsum(np.bincount(bucket, minlength=1 << bits), out=starts[1:])
+        del bucket
+        # memoryviews: indexing them yields Python ints at C speed
+        self._starts = memoryview(starts)
+        self._entries = memoryview(entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (a dict table is counted at about 100 bytes per entry)."""
+        if self._dict is not None:
+            return self.entries.nbytes + 100 * len(self.entries)
+        return self.entries.nbytes + self._starts.nbytes
+
+    def probe(self, h: int) -> list[int]:
+        """The entries whose hash is h."""
+        if self._dict is not None:
+            return self._dict.get(h, _NONE)
+        b = h >> self._shift
+        lo = self._starts[b]
+        hi = self._starts[b + 1]
+        if lo == hi:
+            return _NONE
+        return [e for e in self._entries[lo:hi].tolist() if e >> 32 == h]
+
+
+_NONE: list[int] = []
+_EMPTY = _HashTable(np.zeros(0, dtype=np.uint64))
+
+
+class RuleSet:
+    """A RuleSource plus its compact plate/tag index; immutable once built."""
+
+    __slots__ = (
+        "_bounds",
+        "_deny_table",
+        "_keys",
+        "_plates",
+        "_table",
+        "_tag_keys",
+        "_tag_table",
+        "_tags",
+        "depths",
+        "skipped",
+        "source",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        """Use RuleSet.build; the constructor makes an empty index."""
+        self.source: RuleSource | None = None
+        self.version = 0
+        self.depths: dict[str, int] = dict.fromkeys(LISTS, 0)
+        self.skipped = 0  # store rows that were empty or too long to index
+        self._bounds = (0, 0, 0, 0)
+        self._plates = np.zeros(0, dtype="S1")
+        self._keys = np.zeros(0, dtype=np.int64)
+        self._deny_table = _EMPTY
+        self._table = _EMPTY
+        self._tags = np.zeros(0, dtype="S1")
+        self._tag_keys = np.zeros(0, dtype=np.int64)
+        self._tag_table = _EMPTY
+
+    # --- building ---------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        source: RuleSource,
+        *,
+        deny_depth: int = 2,
+        resident_depth: int = 1,
+        pass_depth: int = 1,
+    ) -> RuleSet:
+        """Index every plate and tag of `source`; raises RulesError if it changes meanwhile.
+
+        Depths are the largest fuzzy distance each list can answer (0-2); the
+        defaults cover every PolicyConfig except resident_fuzzy_distance = 2,
+        which needs resident_depth=2 and about length² more entries per car.
+        """
+        depths = (deny_depth, resident_depth, pass_depth)
+        if any(d not in (0, 1, 2) for d in depths):
+            raise ValueError("fuzzy depths must be 0, 1 or 2")
+        self = cls()
+        self.source = source
+        self.version = source.version
+        self.depths = dict(zip(LISTS, depths, strict=True))
+        iters: list[Iterator[tuple[int, str]]] = [
+            source.iter_deny_plates(),
+            source.iter_vehicle_plates(),
+            source.iter_pass_plates(),
+        ]
+        texts: list[str] = []
+        keys: list[int] = []
+        counts: list[int] = []
+        for it in iters:
+            before = len(texts)
+            for key, text in it:
+                keys.append(key)
+                texts.append(text)
+            counts.append(len(texts) - before)
+        arr, usable = _text_array(texts, MAX_PLATE_LEN)
+        del texts
+        key_arr = _key_array(keys, usable)
+        del keys
+        self.skipped = int((~usable).sum())
+        # list boundaries after dropping unusable rows
+        edges = np.cumsum([0, *counts])
+        kept = [int(usable[edges[i] : edges[i + 1]].sum()) for i in range(3)]
+        if sum(kept) >= _MAX_ROWS:
+            raise RulesError(f"rule set too large to index ({sum(kept)} plates)")
+        self._bounds = (0, kept[0], kept[0] + kept[1], sum(kept))
+        self._plates = arr
+        self._keys = key_arr
+        self._deny_table = self._build_table(arr, (0,), depths)
+        self._table = self._build_table(arr, (1, 2), depths)
+        self._build_tags(source)
+        if source.version != self.version:
+            raise RulesError("rule set changed while the index was being built; build again")
+        return self
+
+    def _build_table(
+        self, arr: np.ndarray, lists: tuple[int, ...], depths: tuple[int, int, int]
+    ) -> _HashTable:
+        parts: list[np.ndarray] = []
+        b = self._bounds
+        for lst in lists:
+            for start in range(b[lst], b[lst + 1], _CHUNK):
+                stop = min(start + _CHUNK, b[lst + 1])
+                parts.extend(self._chunk_entries(arr[start:stop], start, depths[lst]))
+        return _HashTable(_sorted_unique(parts))
+
+    @staticmethod
+    def _chunk_entries(chunk: np.ndarray, first_row: int, depth: int) -> list[np.ndarray]:
+        width = chunk.dtype.itemsize
+        sym = _CONF_LUT[chunk.view(np.uint8).reshape(len(chunk), width)]
+        lens = (sym != 0).sum(axis=1)
+        rows = np.arange(first_row, first_row + len(chunk), dtype=np.uint64)
+        codes, dels, valid = _pack_matrix(sym, lens)
+        out = [_entries(codes, 0, rows)]
+        if depth >= 1:
+            row_grid = np.broadcast_to(rows[:, None], dels.shape)
+            out.append(_entries(dels[valid], 1, row_grid[valid]))
+        if depth >= 2:
+            for i in range(width):
+                has = lens > i
+                if not has.any():
+                    continue
+                sub = np.delete(sym[has], i, axis=1)
+                _, dels2, valid2 = _pack_matrix(sub, lens[has] - 1)
+                grid2 = np.broadcast_to(rows[has][:, None], dels2.shape)
+                out.append(_entries(dels2[valid2], 2, grid2[valid2]))
+        return out
+
+    def _build_tags(self, source: RuleSource) -> None:
+        keys: list[int] = []
+        texts: list[str] = []
+        for key, text in source.iter_tags():
+            keys.append(key)
+            texts.append(text)
+        arr, usable = _text_array(texts, MAX_TAG_LEN)
+        self.skipped += int((~usable).sum())
+        self._tags = arr
+        self._tag_keys = _key_array(keys, usable)
+        if not len(arr):
+            return
+        width = arr.dtype.itemsize
+        sym = _PLAIN_LUT[arr.view(np.uint8).reshape(len(arr), width)]
+        codes, _, _ = _pack_matrix(sym, (sym != 0).sum(axis=1))
+        rows = np.arange(len(arr), dtype=np.uint64)
+        self._tag_table = _HashTable(_sorted_unique([_entries(codes, 0, rows)]))
+
+    # --- queries ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of indexed plate rows (all lists)."""
+        return self._bounds[3]
+
+    def counts(self) -> dict[str, int]:
+        """Indexed rows per list, tags and the table size (for status pages and benchmarks)."""
+        b = self._bounds
+        tables = (self._deny_table, self._table, self._tag_table)
+        return {
+            "deny": b[1] - b[0],
+            "resident": b[2] - b[1],
+            "visitor_pass": b[3] - b[2],
+            "tag": len(self._tags),
+            "entries": sum(len(t.entries) for t in tables),
+            "skipped": self.skipped,
+        }
+
+    def nbytes(self) -> int:
+        """Bytes held by the index (arrays, bucket starts, small dict tables)."""
+        arrays = (self._plates, self._keys, self._tags, self._tag_keys)
+        tables = (self._deny_table, self._table, self._tag_table)
+        return sum(a.nbytes for a in arrays) + sum(t.nbytes for t in tables)
+
+    def effective_distance(self, list_name: str, wanted: int) -> int:
+        """The fuzzy distance a query on `list_name` really gets (capped by the build depth)."""
+        return max(0, min(wanted, self.depths[list_name]))
+
+    def query(self, plate: str) -> PlateQuery:
+        """A lookup of one normalised plate; ask it for candidates list by list."""
+        return PlateQuery(self, plate)
+
+    def match_plate(
+        self, plate: str, *, deny: int = 0, resident: int = 0, visitor_pass: int = 0
+    ) -> PlateCandidates:
+        """Candidates of a normalised plate in each list, within the given fuzzy distances."""
+        q = PlateQuery(self, plate)
+        return PlateCandidates(
+            q.candidates("deny", deny),
+            q.candidates("resident", resident),
+            q.candidates("visitor_pass", visitor_pass),
+        )
+
+    def lookup(self, list_name: str, plate: str, max_distance: int = 0) -> tuple[Candidate, ...]:
+        """Candidates of a normalised plate in one list ("deny", "resident", "visitor_pass")."""
+        return PlateQuery(self, plate).candidates(list_name, max_distance)
+
+    def match_tag(self, tag: str) -> tuple[Candidate, ...]:
+        """Tags equal to a normalised tag (exact only: a tag number has no OCR errors)."""
+        if not tag or len(tag) > MAX_TAG_LEN or not len(self._tags):
+            return ()
+        if not _NORMALISED.fullmatch(tag):
+            raise ValueError("match_tag wants a normalised tag (gated.plates.normalise)")
+        code, _ = _pack(tag.encode("ascii").translate(_PLAIN_BYTES))
+        out = []
+        for entry in self._tag_table.probe(_h32(code)):
+            row = entry & _ROW_MASK
+            if self._tags[row].decode("ascii") == tag:
+                match = Match(MatchKind.EXACT, TAG_LIST, tag)
+                out.append(Candidate(int(self._tag_keys[row]), match))
+        return tuple(sorted(out, key=lambda c: c.key))
+
+
+class PlateQuery:
+    """One normalised plate being looked up; hashes and probes are computed once, when needed."""
+
+    __slots__ = ("_dels", "_dels2", "_h0", "_rules", "_syms", "ckey", "plate")
+
+    def __init__(self, rules: RuleSet, plate: str) -> None:
+        """Prepare the lookup; raises ValueError unless `plate` is normalised."""
+        if len(plate) > MAX_PLATE_LEN or (plate and not _NORMALISED.fullmatch(plate)):
+            raise ValueError("a plate query wants a normalised plate (gated.plates.normalise)")
+        self._rules = rules
+        self.plate = plate
+        self.ckey = confusion_key(plate)
+        self._syms = plate.encode("ascii").translate(_CONF_BYTES)
+        code = 0
+        for c in self._syms:
+            code = code * _BASE + c
+        self._h0 = [_h32(code & _M64)]
+        self._dels: list[int] | None = None
+        self._dels2: list[int] | None = None
+
+    def _hashes(self, level: int) -> list[int]:
+        """Hashes of the read's key with `level` characters deleted (deduplicated)."""
+        if level == 0:
+            return self._h0
+        if level == 1:
+            if self._dels is None:
+                self._dels = list(dict.fromkeys(_del_hashes(self._syms)))
+            return self._dels
+        if self._dels2 is None:
+            syms = self._syms
+            seen: dict[int, None] = {}
+            for i in range(len(syms)):
+                for h in _del_hashes(syms[:i] + syms[i + 1 :]):
+                    seen[h] = None
+            self._dels2 = list(seen)
+        return self._dels2
+
+    def candidates(self, list_name: str, max_distance: int = 0) -> tuple[Candidate, ...]:
+        """Entries of one list matching the plate, best first (exact, confusion, by distance)."""
+        rules = self._rules
+        lst = _LIST_INDEX[list_name]
+        limit = max(0, min(max_distance, rules.depths[list_name]))
+        lo, hi = rules._bounds[lst], rules._bounds[lst + 1]
+        if not self.plate or lo == hi:
+            return ()
+        table = rules._deny_table if lst == 0 else rules._table
+        rows: set[int] = set()
+        # The probe loops are inlined (no method call per hash): this is the
+        # hottest code of a decision.
+        small = table._dict
+        starts, stored, shift = table._starts, table._entries, table._shift
+        for qlevel in range(limit + 1):
+            for h in self._hashes(qlevel):
+                if small is not None:
+                    entries = small.get(h)
+                    if entries is None:
+                        continue
+                else:
+                    b = h >> shift
+                    first, end = starts[b], starts[b + 1]
+                    if first == end:
+                        continue
+                    entries = stored[first:end].tolist()
+                for entry in entries:
+                    # a pair within distance d always shows up with both levels <= d
+                    if entry >> 32 == h and (entry >> _ROW_BITS) & _LEVEL_MASK <= limit:
+                        row = entry & _ROW_MASK
+                        if lo <= row < hi:
+                            rows.add(row)
+        if not rows:
+            return ()
+        found = []
+        plates, keys = rules._plates, rules._keys
+        for row in rows:
+            match = _verify(self.plate, self.ckey, plates[row].decode("ascii"), list_name, limit)
+            if match is not None:
+                found.append(Candidate(int(keys[row]), match))
+        if len(found) > 1:
+            found.sort(key=_candidate_order)
+        return tuple(found)
+
+
+def _verify(plate: str, ckey: str, stored: str, name: str, limit: int) -> Match | None:
+    """How `plate` matches `stored`, if within `limit` (fuzzy distance on confusion keys)."""
+    if stored == plate:
+        return Match(MatchKind.EXACT, name, stored)
+    skey = confusion_key(stored)
+    if skey == ckey:
+        # same key, same length: the differences are the confused characters themselves
+        pairs = enumerate(zip(plate, stored, strict=True))
+        subs = tuple(Edit("sub", i, r, t) for i, (r, t) in pairs if r != t)
+        return Match(MatchKind.CONFUSION, name, stored, 0, subs)
+    d = distance(ckey, skey, limit)
+    if d is None:
+        return None
+    return Match(MatchKind.FUZZY, name, stored, d, edits(plate, stored))
+
+
+def _key_array(keys: list[int], usable: np.ndarray) -> np.ndarray:
+    """Store row keys of the usable rows, as int32 when they fit (they usually do)."""
+    arr = np.asarray(keys, dtype=np.int64)[usable] if keys else np.zeros(0, np.int64)
+    if len(arr) and arr.min() >= -(2**31) and arr.max() < 2**31:
+        return arr.astype(np.int32)
+    return arr
+
+
+def _candidate_order(c: Candidate) -> tuple[int, int, str, int]:
+    return (_KIND_RANK[c.match.kind], c.match.distance, c.match.stored, c.key)

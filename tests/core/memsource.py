@@ -1,0 +1,122 @@
+"""An in-memory RuleSource for tests of the index and the policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from gated.rules_model import (
+    DenyEntry,
+    Group,
+    Resident,
+    Schedule,
+    Tag,
+    Vehicle,
+    VisitorPass,
+)
+
+
+@dataclass
+class MemoryRuleSource:
+    """Rule-set entities held in dicts; row keys are assigned in insertion order."""
+
+    version: int = 1
+    vehicles: dict[int, Vehicle] = field(default_factory=dict)
+    passes: dict[int, VisitorPass] = field(default_factory=dict)
+    deny: dict[int, DenyEntry] = field(default_factory=dict)
+    tags: dict[int, Tag] = field(default_factory=dict)
+    residents: dict[str, Resident] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    _next: int = 1
+
+    def _key(self) -> int:
+        self._next += 1
+        return self._next - 1
+
+    # --- filling ---------------------------------------------------------------------
+
+    def add_resident(self, resident: Resident) -> Resident:
+        """Store a resident."""
+        self.residents[resident.id] = resident
+        return resident
+
+    def add_vehicle(self, vehicle: Vehicle) -> int:
+        """Store a vehicle; returns its row key."""
+        key = self._key()
+        self.vehicles[key] = vehicle
+        return key
+
+    def add_pass(self, visitor_pass: VisitorPass) -> int:
+        """Store a visitor pass; returns its row key."""
+        key = self._key()
+        self.passes[key] = visitor_pass
+        return key
+
+    def add_deny(self, entry: DenyEntry) -> int:
+        """Store a deny-list entry; returns its row key."""
+        key = self._key()
+        self.deny[key] = entry
+        return key
+
+    def add_tag(self, tag: Tag) -> int:
+        """Store a tag; returns its row key."""
+        key = self._key()
+        self.tags[key] = tag
+        return key
+
+    def add_group(self, group: Group) -> Group:
+        """Store a group."""
+        self.groups[group.id] = group
+        return group
+
+    def add_schedule(self, schedule: Schedule) -> Schedule:
+        """Store a schedule."""
+        self.schedules[schedule.id] = schedule
+        return schedule
+
+    # --- RuleSource ------------------------------------------------------------------
+
+    def iter_vehicle_plates(self) -> Iterator[tuple[int, str]]:
+        """(row key, plate) of every vehicle."""
+        return ((k, v.plate) for k, v in self.vehicles.items())
+
+    def iter_pass_plates(self) -> Iterator[tuple[int, str]]:
+        """(row key, plate) of every pass."""
+        return ((k, p.plate) for k, p in self.passes.items())
+
+    def iter_deny_plates(self) -> Iterator[tuple[int, str]]:
+        """(row key, plate) of every deny entry."""
+        return ((k, d.plate) for k, d in self.deny.items())
+
+    def iter_tags(self) -> Iterator[tuple[int, str]]:
+        """(row key, tag) of every tag."""
+        return ((k, t.tag) for k, t in self.tags.items())
+
+    def vehicle(self, key: int) -> Vehicle | None:
+        """The vehicle under a row key."""
+        return self.vehicles.get(key)
+
+    def visitor_pass(self, key: int) -> VisitorPass | None:
+        """The pass under a row key."""
+        return self.passes.get(key)
+
+    def deny_entry(self, key: int) -> DenyEntry | None:
+        """The deny entry under a row key."""
+        return self.deny.get(key)
+
+    def tag(self, key: int) -> Tag | None:
+        """The tag under a row key."""
+        return self.tags.get(key)
+
+    def resident(self, resident_id: str) -> Resident | None:
+        """The resident with an id."""
+        return self.residents.get(resident_id)
+
+    def group(self, group_id: str) -> Group | None:
+        """The group with an id."""
+        return self.groups.get(group_id)
+
+    def schedule(self, schedule_id: str) -> Schedule | None:
+        """The schedule with an id."""
+        return self.schedules.get(schedule_id)
