@@ -84,7 +84,7 @@ def export(path: str | os.PathLike[str], out: str | os.PathLike[str] | TextIO, *
             sink: TextIO = out  # type: ignore[assignment]
         else:
             try:
-                sink = stack.enter_context(open(out, "w", encoding="utf-8", newline=""))  # noqa: SIM115
+                sink = stack.enter_context(open(out, "w", encoding="utf-8", newline=""))
             except OSError as err:
                 raise JournalError(f"cannot write {out}: {err}") from err
         encoder = msgspec.json.Encoder(order="sorted")
