@@ -118,14 +118,13 @@ class PolicyState(Protocol):
 def subject_for(
     vehicle_id: str | None, resident_id: str | None, pass_id: str | None
 ) -> str | None:
-    """The anti-passback subject of a passage: the vehicle, else the pass, else the resident."""
-    if vehicle_id is not None:
-        return f"vehicle:{vehicle_id}"
-    if pass_id is not None:
-        return f"pass:{pass_id}"
-    if resident_id is not None:
-        return f"resident:{resident_id}"
-    return None
+    """The anti-passback subject of a passage: the vehicle, else the pass, else the resident.
+
+    Plain ids, as the journal stores them, so state seeded from the journal
+    matches. A visitor's decision carries the host as resident_id, which is why
+    the pass comes before the resident: two visitors of one host are two subjects.
+    """
+    return vehicle_id or pass_id or resident_id
 
 
 class MemoryPolicyState:

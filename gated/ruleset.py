@@ -466,10 +466,10 @@ class RuleSet:
 
     def match_tag(self, tag: str) -> tuple[Candidate, ...]:
         """Tags equal to a normalised tag (exact only: a tag number has no OCR errors)."""
+        if tag and not _NORMALISED.fullmatch(tag):
+            raise ValueError("match_tag wants a normalised tag (gated.plates.normalise)")
         if not tag or len(tag) > MAX_TAG_LEN or not len(self._tags):
             return ()
-        if not _NORMALISED.fullmatch(tag):
-            raise ValueError("match_tag wants a normalised tag (gated.plates.normalise)")
         code, _ = _pack(tag.encode("ascii").translate(_PLAIN_BYTES))
         out = []
         for entry in self._tag_table.probe(_h32(code)):
@@ -520,7 +520,9 @@ class PlateQuery:
     def candidates(self, list_name: str, max_distance: int = 0) -> tuple[Candidate, ...]:
         """Entries of one list matching the plate, best first (exact, confusion, by distance)."""
         rules = self._rules
-        lst = _LIST_INDEX[list_name]
+        lst = _LIST_INDEX.get(list_name)
+        if lst is None:
+            raise ValueError(f"unknown list {list_name!r} (one of {', '.join(LISTS)})")
         limit = max(0, min(max_distance, rules.depths[list_name]))
         lo, hi = rules._bounds[lst], rules._bounds[lst + 1]
         if not self.plate or lo == hi:
