@@ -106,16 +106,22 @@ class Daemon:
         from gated.journal import Journal
 
         loop = asyncio.get_running_loop()
-        for sig, action in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
-                            (signal.SIGHUP, self.request_reload)):
+        for sig, action in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, action)
         self.journal = await Journal.open(self.cfg.journal.path)
         self.health.set("journal", True, critical=True)
         self.auditor = Auditor(self._append, self.cfg.site.identity, self.clock)
         await self._seed_state()
-        await self.auditor.record("daemon_start", "daemon", new_values={"version": __version__,
-                                                                         "config": redacted(self.cfg)})
+        await self.auditor.record(
+            "daemon_start",
+            "daemon",
+            new_values={"version": __version__, "config": redacted(self.cfg)},
+        )
         health_task = asyncio.create_task(self.health.run(), name="health")
         status = 0
         try:
@@ -126,7 +132,9 @@ class Daemon:
         except* TooManyFailuresError as group:
             err = group.exceptions[0]
             log.critical("%s", err)
-            await self.auditor.record("daemon_exit", "daemon", status="failure", error_message=str(err))
+            await self.auditor.record(
+                "daemon_exit", "daemon", status="failure", error_message=str(err)
+            )
             status = 1
         finally:
             self.health.stopping()
@@ -150,7 +158,7 @@ class Daemon:
         return seq
 
     async def _seed_state(self) -> None:
-        """Rebuild pass uses and anti-passback state from the journal (it is the source of truth)."""
+        """Rebuild pass uses and anti-passback state from the journal, the source of truth."""
         for pass_id, uses in (await self.journal.pass_uses()).items():
             for _ in range(uses):
                 self.state.record_pass_use(pass_id)
@@ -213,42 +221,53 @@ class Daemon:
             new = load_config(self.config_path)
         except ConfigError as err:
             log.error("reload refused, keeping the running config: %s", err)
-            await self.auditor.record("config_reload", "config", status="failure", error_message=str(err))
+            await self.auditor.record(
+                "config_reload", "config", status="failure", error_message=str(err)
+            )
             return False
         if new.journal.path != self.cfg.journal.path:
             log.warning("journal.path changed: takes effect at the next restart")
-        await self.auditor.record("config_reload", "config", old_values=redacted(self.cfg),
-                                  new_values=redacted(new))
+        await self.auditor.record(
+            "config_reload", "config", old_values=redacted(self.cfg), new_values=redacted(new)
+        )
         self.cfg = new
         return True
 
     def _on_component_failure(self, name: str, err: BaseException, count: int) -> None:
         assert self.auditor is not None
         self.health.set(name, False, str(err))
-        self.auditor.emit("component_failure", "component", resource_id=name, status="failure",
-                          error_message=f"{type(err).__name__}: {err}", metadata={"failures_in_window": count})
+        self.auditor.emit(
+            "component_failure",
+            "component",
+            resource_id=name,
+            status="failure",
+            error_message=f"{type(err).__name__}: {err}",
+            metadata={"failures_in_window": count},
+        )
 
     # --- building ------------------------------------------------------------
 
     async def _build(self, cfg: Config) -> Generation:
-        from gated.ruleset import RuleSet
         from gated.rules import RuleStore
         from gated.snapshots import SnapshotStore
 
         assert self.auditor is not None
         gen = Generation(cfg)
-        gen.store = RuleStore.open(cfg.rules.path)
-        ruleset = await asyncio.to_thread(RuleSet.build, gen.store)
+        gen.store = RuleStore(cfg.rules.path)
+        ruleset = await self._index_rules(cfg, gen)
         gen.rules = RulesHolder(ruleset)
         self.health.set("rules", True, f"version {ruleset.version}")
-        snapshots = SnapshotStore(cfg.journal.snapshot_dir, cfg.journal.snapshot_quota_mb * 1024 * 1024)
+        snapshots = SnapshotStore(
+            cfg.journal.snapshot_dir, cfg.journal.snapshot_quota_mb * 1024 * 1024
+        )
         tz = zoneinfo.ZoneInfo(cfg.site.timezone)
         pin_factory = self.pin_factory or _pin_factory(cfg.gpio.pin_factory)
         for lane_cfg in cfg.lanes:
             if not self._modes_seeded:
                 self.state.set_mode(lane_cfg.id, lane_cfg.mode)
-            relay = self._make_relay(lane_cfg, pin_factory)
+            relay = self._make_relay(lane_cfg, pin_factory, gen)
             gen.relays[lane_cfg.id] = relay
+            gen.services.append((relay.name, relay.run))
             camera = None
             if lane_cfg.camera is not None:
                 from gated.hardware.cameras import OpenCvCamera
@@ -273,13 +292,18 @@ class Daemon:
             gen.lanes[lane_cfg.id] = lane
             gen.services.append((f"{lane_cfg.id}-gate", lane.tick))
             if lane.mode == Mode.HOLD_OPEN:
-                await relay.hold()
+                from gated import gate as gm
+
+                with contextlib.suppress(
+                    GatedError
+                ):  # a serial board not open yet re-holds on recovery
+                    await lane.apply(gm.HoldRequested())
         self._modes_seeded = True
         self._build_sources(cfg, gen)
         self._build_inputs(cfg, gen, pin_factory)
         return gen
 
-    def _make_relay(self, lane_cfg: Any, pin_factory: Any) -> Any:
+    def _make_relay(self, lane_cfg: Any, pin_factory: Any, gen: Generation) -> Any:
         from gated.hardware.relays import make_relay
 
         name = f"{lane_cfg.id}-relay"
@@ -287,8 +311,16 @@ class Daemon:
         def on_fault(relay_name: str, fault: str | None) -> None:
             assert self.auditor is not None
             self.health.set(relay_name, fault is None, fault or "")
-            self.auditor.emit("relay_fault" if fault else "relay_recovered", "relay", resource_id=relay_name,
-                              status="failure" if fault else "success", error_message=fault)
+            self.auditor.emit(
+                "relay_fault" if fault else "relay_recovered",
+                "relay",
+                resource_id=relay_name,
+                status="failure" if fault else "success",
+                error_message=fault,
+            )
+            lane = gen.lanes.get(lane_cfg.id)
+            if fault is None and lane is not None:
+                asyncio.get_running_loop().create_task(lane.relay_recovered())
 
         return make_relay(name, lane_cfg.relay, pin_factory=pin_factory, on_fault=on_fault)
 
@@ -314,18 +346,26 @@ class Daemon:
                         from gated.hardware.anpr_http import AnprListener
 
                         listeners[port] = AnprListener(
-                            cfg.cameras_listener.host, port, cfg.cameras_listener.max_body_kb,
+                            cfg.cameras_listener.host,
+                            port,
+                            cfg.cameras_listener.max_body_kb,
                             on_refused=self._on_camera_refused,
                         )
                     listeners[port].add_camera(src, lane_cfg.id)
                 elif isinstance(src, FrigateSourceConfig):
                     frigate.append((src, lane_cfg.id))
                 elif isinstance(src, SerialLineSourceConfig):
-                    gen.services.append(_source(readers.SerialLineReader(src, lane_cfg.id), self._emit))
+                    gen.services.append(
+                        _source(readers.SerialLineReader(src, lane_cfg.id), self._emit)
+                    )
                 elif isinstance(src, Rdm6300SourceConfig):
-                    gen.services.append(_source(readers.Rdm6300Reader(src, lane_cfg.id), self._emit))
+                    gen.services.append(
+                        _source(readers.Rdm6300Reader(src, lane_cfg.id), self._emit)
+                    )
                 elif isinstance(src, SimulatorSourceConfig):
-                    gen.services.append(_source(readers.SimulatorSource(src, lane_cfg.id), self._emit))
+                    gen.services.append(
+                        _source(readers.SimulatorSource(src, lane_cfg.id), self._emit)
+                    )
         for listener in listeners.values():
             gen.listeners.append(listener)
             gen.services.append(_source(listener, self._emit))
@@ -337,28 +377,42 @@ class Daemon:
 
     def _on_camera_refused(self, camera: str, remote_ip: str | None, reason: str) -> None:
         assert self.auditor is not None
-        self.auditor.emit("camera_push_refused", "camera", resource_id=camera, actor_type="camera",
-                          ip_address=remote_ip, status="failure", error_message=reason)
+        self.auditor.emit(
+            "camera_push_refused",
+            "camera",
+            resource_id=camera,
+            actor_type="camera",
+            ip_address=remote_ip,
+            status="failure",
+            error_message=reason,
+        )
 
     def _build_inputs(self, cfg: Config, gen: Generation, pin_factory: Any) -> None:
-        if not cfg.buttons and not any(
-            lane.sensors.closed_pin is not None or lane.sensors.presence_pin is not None for lane in cfg.lanes
-        ):
+        wired = [
+            lane
+            for lane in cfg.lanes
+            if lane.sensors.closed_pin is not None or lane.sensors.presence_pin is not None
+        ]
+        if not cfg.buttons and not wired:
             return
-        from gated.hardware.inputs import build_inputs
+        from gated.hardware.inputs import GateSensors, GuardButton
 
-        for source in build_inputs(cfg, pin_factory=pin_factory):
-            gen.services.append((source.name, _bind(source.run, self._on_input)))
+        for button in cfg.buttons:
+            source = GuardButton(button, pin_factory=pin_factory)
+            gen.services.append((f"button-{button.name}", _bind(source.run, self._on_input)))
+        for lane in wired:
+            sensors = GateSensors(lane.id, lane.sensors, pin_factory=pin_factory)
+            gen.services.append((f"{lane.id}-sensors", _bind(sensors.run, self._on_input)))
 
     def _on_input(self, event: Any) -> None:
         """A debounced button press or sensor edge."""
         gen = self.generation
         if gen is None:
             return
-        for lane in gen.lanes.values():
-            if event.input in (f"{lane.id}.closed", f"{lane.id}.presence"):
-                lane.on_sensor(event)
-                return
+        lane_id, sep, _ = event.input.partition(":")
+        if sep and lane_id in gen.lanes:
+            gen.lanes[lane_id].on_sensor(event)
+            return
         for button in gen.cfg.buttons:
             if button.name == event.input:
                 wanted = "long_press" if button.long_press_s > 0 else "press"
@@ -369,22 +423,49 @@ class Daemon:
     async def _button(self, button: Any, gen: Generation) -> None:
         assert self.auditor is not None
         targets = [gen.lanes[i] for i in button.lanes] if button.lanes else list(gen.lanes.values())
-        await self.auditor.record("button_press", "button", resource_id=button.name, actor_type="guard_button",
-                                  actor_id=button.name, metadata={"action": button.action,
-                                                                  "lanes": [lane.id for lane in targets]})
+        await self.auditor.record(
+            "button_press",
+            "button",
+            resource_id=button.name,
+            actor_type="guard_button",
+            actor_id=button.name,
+            metadata={"action": button.action, "lanes": [lane.id for lane in targets]},
+        )
         for lane in targets:
             if button.action == "open":
-                await lane.open_manually(method=AuthorizationMethod.GUARD_BUTTON, actor_type="guard_button",
-                                         actor_id=button.name)
+                await lane.open_manually(
+                    method=AuthorizationMethod.GUARD_BUTTON,
+                    actor_type="guard_button",
+                    actor_id=button.name,
+                )
             else:
                 mode = Mode.HOLD_OPEN if button.action == "hold_open" else Mode.LOCKDOWN
                 new = Mode.NORMAL if lane.mode == mode else mode
                 await lane.set_mode(new, actor_type="guard_button", actor_id=button.name)
 
-    async def _watch_rules(self, gen: Generation) -> None:
-        """Pick up a new rule-set version (an import by the CLI, later a downlink) without a restart."""
+    async def _index_rules(self, cfg: Config, gen: Generation) -> Any:
+        """Build the plate index in a worker thread; decisions keep using the old one meanwhile."""
+        from gated.rules import RuleStore
         from gated.ruleset import RuleSet
 
+        def build() -> RuleSet:
+            # sqlite3 connections belong to one thread: the worker reads through its own.
+            with RuleStore(cfg.rules.path) as worker_store:
+                return RuleSet.build(
+                    worker_store,
+                    deny_depth=cfg.policy.deny_fuzzy_distance,
+                    resident_depth=cfg.policy.resident_fuzzy_distance,
+                )
+
+        ruleset = await asyncio.to_thread(build)
+        # Entity look-ups at decision time go through the event loop's own connection;
+        # the policy re-checks each candidate's stored plate, so a row key reused by a
+        # newer version between the build and the swap can never grant access.
+        ruleset.source = gen.store
+        return ruleset
+
+    async def _watch_rules(self, gen: Generation) -> None:
+        """Pick up a new rule-set version (a CLI import, later a downlink) without a restart."""
         assert gen.rules is not None
         while True:
             await asyncio.sleep(RULES_POLL_S)
@@ -392,7 +473,7 @@ class Daemon:
                 version = gen.store.version
                 if version == gen.rules.current.version:
                     continue
-                ruleset = await asyncio.to_thread(RuleSet.build, gen.store)
+                ruleset = await self._index_rules(gen.cfg, gen)
             except Exception as err:
                 self.health.set("rules", False, str(err))
                 log.error("could not load rule-set version: %s", err)
@@ -419,24 +500,14 @@ def _bind(run: Callable[[Any], Any], arg: Any) -> Callable[[], Any]:
 
 def _pin_factory(name: str) -> Any:
     """A gpiozero pin factory by config name; None lets gpiozero choose."""
-    if name == "auto":
-        return None
-    if name == "mock":
-        from gpiozero.pins.mock import MockFactory
-
-        return MockFactory()
-    module, cls = {
-        "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory"),
-        "rpigpio": ("gpiozero.pins.rpigpio", "RPiGPIOFactory"),
-        "pigpio": ("gpiozero.pins.pigpio", "PiGPIOFactory"),
-        "native": ("gpiozero.pins.native", "NativeFactory"),
-    }[name]
-    import importlib
+    from gated.hardware.relays import make_pin_factory
 
     try:
-        return getattr(importlib.import_module(module), cls)()
+        return make_pin_factory(name)
     except Exception as err:
-        raise ConfigError(f"gpio.pin_factory: {name!r} is not usable on this machine: {err}") from err
+        raise ConfigError(
+            f"gpio.pin_factory: {name!r} is not usable on this machine: {err}"
+        ) from err
 
 
 def run_daemon(cfg: Config, *, config_path: str | None = None) -> int:

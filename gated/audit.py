@@ -26,7 +26,9 @@ Append = Callable[[AccessEvent | AuditEvent], Awaitable[int]]
 class Auditor:
     """Writes audit events for one device."""
 
-    def __init__(self, append: Append, identity: SiteIdentity, clock: ClockWatch | None = None) -> None:
+    def __init__(
+        self, append: Append, identity: SiteIdentity, clock: ClockWatch | None = None
+    ) -> None:
         self._append = append
         self.identity = identity
         self.clock = clock or ClockWatch()

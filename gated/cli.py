@@ -30,7 +30,7 @@ def _setup_logging(level: str = "info") -> None:
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
 
 
-def _load_config_or_exit(path: str):  # noqa: ANN202 - returns gated.config.Config
+def _load_config_or_exit(path: str):
     from gated.config import load_config
     from gated.errors import ConfigError
 
@@ -61,7 +61,10 @@ def _paths(args: argparse.Namespace) -> tuple[str, str, str]:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file: exit 0 when valid, 78 with a one-line message when not."""
     cfg = _load_config_or_exit(args.path)
-    print(f"{args.path}: ok ({len(cfg.lanes)} lane(s), site {cfg.site.site_id}, device {cfg.site.device_id})")
+    print(
+        f"{args.path}: ok ({len(cfg.lanes)} lane(s), "
+        f"site {cfg.site.site_id}, device {cfg.site.device_id})"
+    )
     return EX_OK
 
 
@@ -79,7 +82,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     from gated.demo import run_demo
 
-    return run_demo(Path(args.dir), duration_s=args.duration, interval_s=args.interval, port=args.port)
+    return run_demo(
+        Path(args.dir), duration_s=args.duration, interval_s=args.interval, port=args.port
+    )
 
 
 def cmd_journal_verify(args: argparse.Namespace) -> int:
@@ -139,18 +144,28 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `gated` command."""
-    parser = argparse.ArgumentParser(prog="gated", description="Edge daemon for gates, barriers and doors.")
+    parser = argparse.ArgumentParser(
+        prog="gated", description="Edge daemon for gates, barriers and doors."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the daemon")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run on simulated hardware with generated traffic")
-    p.add_argument("--dir", default="var/demo", help="where the demo's config, journal and rules go")
+    p.add_argument(
+        "--dir", default="var/demo", help="where the demo's config, journal and rules go"
+    )
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between simulated reads per lane")
-    p.add_argument("--port", type=int, default=8081, help="camera listener port on 127.0.0.1 (0: any free)")
+    p.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between simulated reads per lane"
+    )
+    p.add_argument(
+        "--port", type=int, default=8081, help="camera listener port on 127.0.0.1 (0: any free)"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("check-config", help="validate a config file (exit 0 or 78)")
@@ -159,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def db_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--db", help="journal database (default: from the config)")
-        q.add_argument("--config", help=f"config file to take paths from (default {DEFAULT_CONFIG} if present)")
+        q.add_argument(
+            "--config", help=f"config file to take paths from (default {DEFAULT_CONFIG} if present)"
+        )
 
     journal = sub.add_parser("journal", help="inspect the journal").add_subparsers(
         dest="journal_command", required=True, metavar="SUBCOMMAND"
@@ -186,8 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules-db", help="rules database (default: from the config)")
     p.add_argument("file")
     p.add_argument("--format", choices=["json", "csv"], help="default: from the file name")
-    p.add_argument("--merge", action="store_true", help="merge into the current rules instead of replacing them")
-    p.add_argument("--actor", default=os.environ.get("SUDO_USER") or os.environ.get("USER") or "installer")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge into the current rules instead of replacing them",
+    )
+    p.add_argument(
+        "--actor", default=os.environ.get("SUDO_USER") or os.environ.get("USER") or "installer"
+    )
     p.set_defaults(func=cmd_rules_import)
     p = rules.add_parser("export", help="export the rule set")
     db_args(p)

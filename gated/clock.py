@@ -18,7 +18,11 @@ _TIME_ERROR = 5
 class _Timex(ctypes.Structure):
     # struct timex from <sys/timex.h>; only `status` is read, the rest is padding
     # large enough for every Linux ABI (the kernel struct is 208 bytes on 64-bit).
-    _fields_ = [("modes", ctypes.c_uint), ("_pad", ctypes.c_char * 4), ("rest", ctypes.c_char * 512)]
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("_pad", ctypes.c_char * 4),
+        ("rest", ctypes.c_char * 512),
+    ]
 
 
 def _kernel_says_synchronised() -> bool | None:

@@ -49,7 +49,10 @@ class SiteConfig(_Section, frozen=True):
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
-            raise ValueError(f"timezone: unknown time zone {self.timezone!r} (use an IANA name such as 'Europe/Amsterdam')") from err
+            raise ValueError(
+                f"timezone: unknown time zone {self.timezone!r} "
+                "(use an IANA name such as 'Europe/Amsterdam')"
+            ) from err
 
     @property
     def identity(self) -> SiteIdentity:
@@ -356,15 +359,22 @@ def _check_cross_references(cfg: Config) -> None:
         claim_pin(lane.sensors.presence_pin, f"lanes[{i}].sensors.presence_pin")
         for j, src in enumerate(lane.sources):
             if src.name in source_names:
-                raise ValueError(f"lanes[{i}].sources[{j}].name: duplicate source name {src.name!r}")
+                raise ValueError(
+                    f"lanes[{i}].sources[{j}].name: duplicate source name {src.name!r}"
+                )
             source_names.add(src.name)
             if isinstance(src, AnprHttpSourceConfig):
                 route = (src.port or cfg.cameras_listener.port, src.path)
                 if route in routes:
-                    raise ValueError(f"lanes[{i}].sources[{j}].path: {src.path!r} is already used on port {route[0]}")
+                    raise ValueError(
+                        f"lanes[{i}].sources[{j}].path: {src.path!r} "
+                        f"is already used on port {route[0]}"
+                    )
                 routes.add(route)
             if isinstance(src, FrigateSourceConfig) and cfg.mqtt is None:
-                raise ValueError(f"lanes[{i}].sources[{j}]: a frigate source needs an [mqtt] section")
+                raise ValueError(
+                    f"lanes[{i}].sources[{j}]: a frigate source needs an [mqtt] section"
+                )
     for i, button in enumerate(cfg.buttons):
         claim_pin(button.pin, f"buttons[{i}].pin")
         for lane_id in button.lanes:
@@ -387,7 +397,9 @@ def _humanise(message: str) -> tuple[str, str]:
     unknown = re.match(r"Object contains unknown field `(.+)`", message)
     if unknown:
         key = unknown.group(1)
-        return (f"{path}.{key}" if path else key), "unknown key (check the spelling against config/gated.example.toml)"
+        return (
+            f"{path}.{key}" if path else key
+        ), "unknown key (check the spelling against config/gated.example.toml)"
     missing = re.match(r"Object missing required field `(.+)`", message)
     if missing:
         key = missing.group(1)
@@ -395,7 +407,9 @@ def _humanise(message: str) -> tuple[str, str]:
     message = message.replace("`", "")
     message = re.sub(r"^Expected (.+), got (.+)$", r"expected \1, got \2", message)
     message = re.sub(r"^Expected (.+)$", r"expected \1", message)
-    message = message.replace("Invalid enum value", "invalid value").replace("Invalid value", "invalid value")
+    message = message.replace("Invalid enum value", "invalid value").replace(
+        "Invalid value", "invalid value"
+    )
     # messages from __post_init__ may carry their own `key: ` prefix relative to the section
     inner = re.match(r"^([A-Za-z_][\w.\[\]]*): (.*)$", message)
     if inner:
@@ -438,9 +452,7 @@ def redacted(value: Any) -> Any:
     if isinstance(value, msgspec.Struct):
         value = msgspec.to_builtins(value)
     if isinstance(value, dict):
-        return {
-            k: ("***" if k in SECRET_KEYS and v else redacted(v)) for k, v in value.items()
-        }
+        return {k: ("***" if k in SECRET_KEYS and v else redacted(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [redacted(v) for v in value]
     return value

@@ -64,7 +64,9 @@ class ComponentStatus:
 class Health:
     """Registry of component health, and the watchdog loop."""
 
-    def __init__(self, notifier: SystemdNotifier | None = None, *, max_loop_lag_s: float = 2.0) -> None:
+    def __init__(
+        self, notifier: SystemdNotifier | None = None, *, max_loop_lag_s: float = 2.0
+    ) -> None:
         self.notifier = notifier or SystemdNotifier()
         self.components: dict[str, ComponentStatus] = {}
         self.max_loop_lag_s = max_loop_lag_s

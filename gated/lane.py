@@ -27,12 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gated import gate as gm
 from gated.audit import Append, Auditor
 from gated.clock import ClockWatch
 from gated.coalesce import Coalescer, Outcome
 from gated.config import LaneConfig
 from gated.errors import GatedError, HardwareError, JournalError
-from gated.gate import GateMachine
 from gated.hardware.base import FrameSource, InputEvent, Relay
 from gated.ids import new_event_id
 from gated.metrics import LaneMetrics
@@ -90,12 +90,13 @@ class Lane:
         self.p = parts
         self.metrics = LaneMetrics()
         self.coalescer = Coalescer(cfg.dedup_window_s)
-        self.gate = GateMachine(
-            has_position_switch=cfg.sensors.closed_pin is not None,
-            has_presence=cfg.sensors.presence_pin is not None,
+        setup = gm.GateSetup(
             open_time_s=cfg.sensors.open_time_s,
             held_open_alarm_s=cfg.sensors.held_open_alarm_s,
+            position_switch=cfg.sensors.closed_pin is not None,
+            presence_sensor=cfg.sensors.presence_pin is not None,
         )
+        self.gate = gm.initial(setup, time.monotonic())
         self.listeners: list[EventListener] = []
         self._pending: set[asyncio.Task[None]] = set()
         # decision outcome of the event each coalesced vehicle last produced
@@ -138,8 +139,7 @@ class Lane:
             # allow is acted on (Axis-style new → update); otherwise nothing changes.
             self.metrics.updates += 1
             return
-        if decision.allowed:
-            self._record_passage(decision, now)  # before any await: see module docstring
+        self.p.state.record(decision, now)  # before any await: see module docstring
         relay_ms, relay_error = None, None
         if decision.allowed and self.mode != Mode.HOLD_OPEN:
             relay_ms, relay_error = await self._pulse(read.received_mono)
@@ -173,7 +173,9 @@ class Lane:
             event_type=self._event_type(decision).value,
             access_point=self.id,
             authorization_method=(
-                AuthorizationMethod.AUTO_TAG if read.kind == CredentialKind.TAG else AuthorizationMethod.AUTO_PLATE
+                AuthorizationMethod.AUTO_TAG
+                if read.kind == CredentialKind.TAG
+                else AuthorizationMethod.AUTO_PLATE
             ).value,
             decision_reason=decision.reason.value,
             rules_version=decision.rules_version,
@@ -194,8 +196,12 @@ class Lane:
         await self._journal(event, read.received_mono)
         if relay_error:
             await self.p.auditor.record(
-                "relay_pulse", "relay", resource_id=self.id, status="failure",
-                error_message=relay_error, metadata={"event_id": event_id},
+                "relay_pulse",
+                "relay",
+                resource_id=self.id,
+                status="failure",
+                error_message=relay_error,
+                metadata={"event_id": event_id},
             )
         self._notify(event, decision)
 
@@ -206,24 +212,22 @@ class Lane:
             return EventType.EXIT
         return EventType.VISITOR_ENTRY if decision.pass_id else EventType.ENTRY
 
-    def _record_passage(self, decision: Decision, now: float) -> None:
-        subject = decision.vehicle_id or decision.resident_id or decision.pass_id
-        if subject:
-            self.p.state.record_passage(subject, self.p.access_point.direction, now)
-        if decision.pass_id:
-            self.p.state.record_pass_use(decision.pass_id)
-
     async def _pulse(self, received_mono: float) -> tuple[float | None, str | None]:
-        """Pulse the relay; (read→relay ms, None) or (None, error)."""
+        """Open once through the gate machine; (read→relay ms, None) or (None, error).
+
+        The latency is None when the machine gave no order (the relay is already
+        held, e.g. for a vehicle standing in the gate).
+        """
         try:
-            await self.p.relay.pulse(self.pulse_ms)
+            ordered = await self.apply(gm.OpenRequested(self.pulse_ms))
         except HardwareError as err:
             self.metrics.relay_failures += 1
             log.error("lane %s: relay did not open: %s", self.id, err)
             return None, str(err)
+        if not ordered:
+            return None, None
         latency = (time.monotonic() - received_mono) * 1000
         self.metrics.read_to_relay_ms.observe(latency)
-        self._gate_step("relay_pulse")
         return latency, None
 
     @property
@@ -231,7 +235,9 @@ class Lane:
         """How long an open pulse energises this lane's relay."""
         return self.cfg.relay.pulse_ms
 
-    async def _snapshot(self, event_id: str, read: PlateRead) -> tuple[str | None, str | None, bool]:
+    async def _snapshot(
+        self, event_id: str, read: PlateRead
+    ) -> tuple[str | None, str | None, bool]:
         """Store the payload's picture, else the camera's latest frame; (path, sha256, missing)."""
         camera = self.p.camera
         if read.snapshot is None and camera is None:
@@ -242,7 +248,9 @@ class Lane:
             if jpeg is None:
                 return None, None, True
             if len(jpeg) > self.p.snapshot_max_bytes:
-                log.warning("lane %s: snapshot of %d bytes over the limit; not stored", self.id, len(jpeg))
+                log.warning(
+                    "lane %s: snapshot of %d bytes over the limit; not stored", self.id, len(jpeg)
+                )
                 return None, None, True
             try:
                 path, sha = self.p.snapshots.save(event_id, jpeg, read.read_at)
@@ -293,7 +301,9 @@ class Lane:
         started = time.monotonic()
         now = time.time()
         relay_ms, relay_error = await self._pulse(started)
-        reason = Reason.REMOTE_COMMAND if method == AuthorizationMethod.REMOTE else Reason.GUARD_OVERRIDE
+        reason = (
+            Reason.REMOTE_COMMAND if method == AuthorizationMethod.REMOTE else Reason.GUARD_OVERRIDE
+        )
         event_id = new_event_id()
         event = AccessEvent(
             event_id=event_id,
@@ -301,7 +311,11 @@ class Lane:
             site_id=self.p.identity.site_id,
             device_id=self.p.identity.device_id,
             created_at=now,
-            event_type=(EventType.EXIT if self.p.access_point.direction == Direction.OUT else EventType.ENTRY).value,
+            event_type=(
+                EventType.EXIT
+                if self.p.access_point.direction == Direction.OUT
+                else EventType.ENTRY
+            ).value,
             access_point=self.id,
             authorization_method=method.value,
             decision_reason=reason.value,
@@ -314,9 +328,15 @@ class Lane:
         )
         await self._journal(event, started)
         await self.p.auditor.record(
-            "gate_open", "gate", resource_id=self.id, actor_type=actor_type, actor_id=actor_id,
-            ip_address=ip_address, request_id=request_id,
-            status="failure" if relay_error else "success", error_message=relay_error,
+            "gate_open",
+            "gate",
+            resource_id=self.id,
+            actor_type=actor_type,
+            actor_id=actor_id,
+            ip_address=ip_address,
+            request_id=request_id,
+            status="failure" if relay_error else "success",
+            error_message=relay_error,
             metadata={"access_event_id": event_id, "method": method.value},
         )
         self._notify(event, None)
@@ -330,42 +350,92 @@ class Lane:
         error = None
         try:
             if mode == Mode.HOLD_OPEN:
-                await self.p.relay.hold()
-                self._gate_step("relay_hold")
+                await self.apply(gm.HoldRequested())
             elif old == Mode.HOLD_OPEN:
-                await self._release_when_clear()
+                # the machine defers the release while a vehicle stands in the gate
+                await self.apply(gm.ReleaseRequested())
         except HardwareError as err:
             error = str(err)
         self.p.state.set_mode(self.id, mode)
         await self.p.auditor.record(
-            "mode_change", "gate", resource_id=self.id, actor_type=actor_type, actor_id=actor_id,
-            old_values={"mode": old.value}, new_values={"mode": mode.value},
-            status="partial" if error else "success", error_message=error,
+            "mode_change",
+            "gate",
+            resource_id=self.id,
+            actor_type=actor_type,
+            actor_id=actor_id,
+            old_values={"mode": old.value},
+            new_values={"mode": mode.value},
+            status="partial" if error else "success",
+            error_message=error,
         )
 
-    async def _release_when_clear(self) -> None:
-        """Release a held relay, but never onto a vehicle standing in the gate."""
-        while self.gate.presence:
-            await asyncio.sleep(0.2)
-        await self.p.relay.release()
-        self._gate_step("relay_release")
+    # --- the gate state machine and wired sensors -----------------------------
 
-    # --- wired sensors -------------------------------------------------------
+    async def apply(self, event: gm.GateEvent, at: float | None = None) -> bool:
+        """Step the gate machine and carry out its relay order; True when one was given."""
+        t = gm.step(self.gate, event, time.monotonic() if at is None else at)
+        self.gate = t.gate
+        for alarm in t.raised:
+            log.warning("lane %s: gate alarm %s", self.id, alarm.value)
+            self.p.auditor.emit(
+                "gate_alarm",
+                "gate",
+                resource_id=self.id,
+                status="failure",
+                error_message=alarm.value,
+                metadata={"alarm": alarm.value, "state": t.state.value},
+            )
+        for alarm in t.cleared:
+            self.p.auditor.emit(
+                "gate_alarm_cleared",
+                "gate",
+                resource_id=self.id,
+                metadata={"alarm": alarm.value, "state": t.state.value},
+            )
+        order = t.order
+        if order is None:
+            return False
+        if order.action == "pulse":
+            await self.p.relay.pulse(order.ms)
+        elif order.action == "hold":
+            await self.p.relay.hold()
+        else:
+            await self.p.relay.release()
+        return True
 
     def on_sensor(self, event: InputEvent) -> None:
         """Feed a position-switch or presence edge into the gate state machine."""
-        self._gate_step(event.input, event.kind, event.at_mono)
+        active = event.kind == "active"
+        gate_event: gm.GateEvent = (
+            gm.PositionChanged(closed=active)
+            if event.input.endswith(":closed")
+            else gm.PresenceChanged(present=active)
+        )
+        task = asyncio.get_running_loop().create_task(self._sensor(gate_event, event.at_mono))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
-    def _gate_step(self, what: str, kind: str = "", at: float | None = None) -> None:
-        for alarm in self.gate.step(what, kind, time.monotonic() if at is None else at):
-            self.p.auditor.emit("gate_alarm", "gate", resource_id=self.id, status="failure",
-                                error_message=alarm, metadata={"alarm": alarm, "state": self.gate.state})
+    async def _sensor(self, event: gm.GateEvent, at: float) -> None:
+        try:
+            await self.apply(event, at)
+        except HardwareError as err:
+            log.error("lane %s: relay order after a sensor change failed: %s", self.id, err)
 
     async def tick(self) -> None:
-        """Advance time-based gate alarms once a second until cancelled."""
+        """Step the machine at its deadlines (alarms, deferred releases) until cancelled."""
         while True:
-            await asyncio.sleep(1.0)
-            self._gate_step("tick")
+            deadline = gm.next_deadline(self.gate)
+            wait = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(wait)
+            try:
+                await self.apply(gm.Tick())
+            except HardwareError as err:
+                log.error("lane %s: relay order on a tick failed: %s", self.id, err)
+
+    async def relay_recovered(self) -> None:
+        """Re-apply hold-open after a relay board came back (a reconnect always releases)."""
+        if self.mode == Mode.HOLD_OPEN or self.gate.hold_presence:
+            await self.p.relay.hold()
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -385,5 +455,8 @@ def _match_meta(decision: Decision) -> dict[str, object] | None:
         "list": m.list,
         "stored": m.stored,
         "distance": m.distance,
-        "edits": [{"op": e.op, "position": e.position, "read": e.read, "stored": e.stored} for e in m.edits],
+        "edits": [
+            {"op": e.op, "position": e.position, "read": e.read, "stored": e.stored}
+            for e in m.edits
+        ],
     }

@@ -22,7 +22,9 @@ def parse_since(text: str, now: float | None = None) -> float:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError as err:
-        raise GatedError(f"--since: {text!r} is neither an ISO 8601 time nor a duration like 24h") from err
+        raise GatedError(
+            f"--since: {text!r} is neither an ISO 8601 time nor a duration like 24h"
+        ) from err
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)  # naive times are UTC, as the journal stores them
     return when.timestamp()

@@ -1,4 +1,4 @@
-"""Config: the example documents every key, errors name the key path, nothing but ConfigError escapes."""
+"""Config: the example documents every key, errors name the key path, only ConfigError escapes."""
 
 from __future__ import annotations
 
@@ -53,26 +53,60 @@ def test_example_documents_every_setting() -> None:
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ({"lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 99}}]}, "lanes[0].relay.pin: expected int <= 53"),
-        ({"lanes": [{"id": "a"}, {"id": "b", "relay": {"kind": "lcus", "port": "/dev/x", "pulse_ms": 0}}]},
-         "lanes[1].relay.pulse_ms: expected int >= 1"),
-        ({"lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 4, "pulse": 5}}]},
-         "lanes[0].relay.pulse: unknown key"),
-        ({"lanes": [{"id": "a", "relay": {"kind": "solenoid"}}]}, "lanes[0].relay.kind: invalid value 'solenoid'"),
+        (
+            {"lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 99}}]},
+            "lanes[0].relay.pin: expected int <= 53",
+        ),
+        (
+            {
+                "lanes": [
+                    {"id": "a"},
+                    {"id": "b", "relay": {"kind": "lcus", "port": "/dev/x", "pulse_ms": 0}},
+                ]
+            },
+            "lanes[1].relay.pulse_ms: expected int >= 1",
+        ),
+        (
+            {"lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 4, "pulse": 5}}]},
+            "lanes[0].relay.pulse: unknown key",
+        ),
+        (
+            {"lanes": [{"id": "a", "relay": {"kind": "solenoid"}}]},
+            "lanes[0].relay.kind: invalid value 'solenoid'",
+        ),
         ({"lanes": [{"id": "a"}, {"id": "a"}]}, "lanes[1].id: duplicate lane id 'a'"),
         ({"lanes": [{"id": "a", "paired_lane": "b"}]}, "lanes[0].paired_lane: no lane with id 'b'"),
         ({"policy": {"min_confidence": 1.5}}, "policy.min_confidence: expected float <= 1.0"),
         ({"policy": {"plate_formats": ["("]}}, "policy.plate_formats[0]: not a valid regex"),
         ({"policy": {"anti_passback": "maybe"}}, "policy.anti_passback: invalid value 'maybe'"),
-        ({"lanes": [{"id": "a", "sources": [{"kind": "serial_line", "name": "s", "port": "/dev/x",
-                                             "pattern": "abc"}]}]},
-         "lanes[0].sources[0].pattern: needs a named group"),
-        ({"lanes": [{"id": "a", "sources": [{"kind": "frigate", "name": "f", "camera": "c"}]}]},
-         "lanes[0].sources[0]: a frigate source needs an [mqtt] section"),
-        ({"lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 5}}], "buttons": [
-            {"name": "b", "pin": 5, "action": "open"}]}, "buttons[0].pin: GPIO pin 5 is already used"),
-        ({"buttons": [{"name": "b", "pin": 5, "action": "open", "lanes": ["zz"]}]},
-         "buttons[0].lanes: no lane with id 'zz'"),
+        (
+            {
+                "lanes": [
+                    {
+                        "id": "a",
+                        "sources": [
+                            {"kind": "serial_line", "name": "s", "port": "/dev/x", "pattern": "abc"}
+                        ],
+                    }
+                ]
+            },
+            "lanes[0].sources[0].pattern: needs a named group",
+        ),
+        (
+            {"lanes": [{"id": "a", "sources": [{"kind": "frigate", "name": "f", "camera": "c"}]}]},
+            "lanes[0].sources[0]: a frigate source needs an [mqtt] section",
+        ),
+        (
+            {
+                "lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 5}}],
+                "buttons": [{"name": "b", "pin": 5, "action": "open"}],
+            },
+            "buttons[0].pin: GPIO pin 5 is already used",
+        ),
+        (
+            {"buttons": [{"name": "b", "pin": 5, "action": "open", "lanes": ["zz"]}]},
+            "buttons[0].lanes: no lane with id 'zz'",
+        ),
         ({"nonsense": 1}, "nonsense: unknown key"),
     ],
 )
@@ -121,15 +155,25 @@ def test_secrets_are_redacted() -> None:
 
 
 _toml_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(section=st.sampled_from(["site", "journal", "policy", "lanes", "buttons", "mqtt", "gpio", "log", "x"]),
-       value=_toml_values)
+@given(
+    section=st.sampled_from(
+        ["site", "journal", "policy", "lanes", "buttons", "mqtt", "gpio", "log", "x"]
+    ),
+    value=_toml_values,
+)
 def test_hostile_documents_only_raise_config_error(section: str, value: Any) -> None:
     try:
         parse_config({**SITE, section: value})

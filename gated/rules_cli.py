@@ -1,0 +1,100 @@
+"""`gated rules import|export`: the rule-set files, with the import audited in the journal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from gated.audit import Auditor
+from gated.config import Config, load_config
+from gated.errors import RulesError
+from gated.model import SiteIdentity
+
+
+def _site(config_path: str | None) -> tuple[SiteIdentity, str]:
+    """Identity and time zone from the config, when there is one."""
+    from gated.cli import DEFAULT_CONFIG
+
+    path = config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    if path is None:
+        return SiteIdentity("unknown", "unknown", "unknown"), "UTC"
+    cfg: Config = load_config(path)
+    return cfg.site.identity, cfg.site.timezone
+
+
+async def _audit(journal_path: str, identity: SiteIdentity, **kwargs: object) -> None:
+    from gated.journal import Journal
+
+    journal = await Journal.open(journal_path)
+    try:
+        await Auditor(journal.append, identity).record(
+            "rules_import", "rules", actor_type="installer", **kwargs
+        )
+    finally:
+        await journal.close()
+
+
+def rules_import(
+    args: argparse.Namespace, *, journal_path: str, rules_path: str, config_path: str | None
+) -> int:
+    """Import a rule-set file atomically; print a summary or every bad row; audit either way."""
+    from gated.rules import RuleStore
+    from gated.rules_io import import_rules
+
+    identity, tz = _site(config_path)
+    Path(rules_path).parent.mkdir(parents=True, exist_ok=True)
+    meta = {"file": str(args.file), "merge": bool(args.merge)}
+    with RuleStore(rules_path) as store:
+        try:
+            result = import_rules(
+                store, args.file, fmt=args.format, merge=args.merge, actor=args.actor, tz=tz
+            )
+        except RulesError as err:
+            print(f"gated: rules not imported, nothing changed:\n{err}", file=sys.stderr)
+            asyncio.run(
+                _audit(
+                    journal_path,
+                    identity,
+                    actor_id=args.actor,
+                    status="failure",
+                    error_message=str(err)[:2000],
+                    metadata=meta,
+                )
+            )
+            return 1
+    new_values = {
+        "version": result.version,
+        "format": result.format,
+        "sha256": result.sha256,
+        "counts": result.counts,
+        "written": result.written,
+        "deleted": result.deleted,
+    }
+    asyncio.run(
+        _audit(journal_path, identity, actor_id=args.actor, new_values=new_values, metadata=meta)
+    )
+    counts = ", ".join(f"{n} {kind}" for kind, n in result.counts.items())
+    print(
+        f"rules imported as version {result.version} "
+        f"({'merged' if result.merge else 'replaced'}): {counts}"
+    )
+    return 0
+
+
+def rules_export(args: argparse.Namespace, *, rules_path: str) -> int:
+    """Write the rule set as JSON (file or stdout) or CSV (a folder)."""
+    from gated.rules import RuleStore
+    from gated.rules_io import export_rules
+
+    if not Path(rules_path).exists():
+        raise RulesError(f"no rule store at {rules_path}")
+    with RuleStore(rules_path) as store:
+        if args.format == "csv":
+            if not args.out:
+                raise RulesError("CSV export writes one file per kind: give a folder with --out")
+            export_rules(store, args.out, "csv")
+        else:
+            export_rules(store, args.out or sys.stdout, "json")
+    return 0
