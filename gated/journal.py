@@ -36,6 +36,7 @@ import hashlib
 import heapq
 import logging
 import math
+import operator
 import os
 import re
 import sqlite3
@@ -88,6 +89,9 @@ HASHED: dict[str, tuple[str, ...]] = {
     s: tuple(c for c in cols if c not in _UNHASHED and c not in PERSONAL[s])
     for s, cols in COLUMNS.items()
 }
+_HASHED_GET = {s: operator.itemgetter(*cols) for s, cols in HASHED.items()}
+_COLUMNS_GET = {s: operator.itemgetter(*cols) for s, cols in COLUMNS.items()}
+_CANONICAL = msgspec.json.Encoder(order="sorted")
 # Metadata keys the journal itself writes into its own audit records; verify reads them.
 ERASED_KEY = "journal.erased_seqs"
 PRUNED_SEQ_KEY = "journal.pruned_through_seq"
@@ -109,9 +113,9 @@ _TAIL_CHECK_ROWS = 64
 
 def canonical(stream: str, row: Mapping[str, Any]) -> bytes:
     """Canonical bytes of a row's hashed content: sorted-key JSON of the hashed columns."""
-    content = {c: row[c] for c in HASHED[stream]}
+    content = dict(zip(HASHED[stream], _HASHED_GET[stream](row), strict=True))
     content["stream"] = stream
-    return msgspec.json.encode(content, order="sorted")
+    return _CANONICAL.encode(content)
 
 
 def row_hash(stream: str, row: Mapping[str, Any]) -> str:
@@ -173,6 +177,11 @@ def is_erased(stream: str, row: Mapping[str, Any]) -> bool:
 
 
 def _text(name: str, value: Any, *, required: bool = False) -> str | None:
+    # Fast path for the common case (short ASCII ids); appends are on the hot path.
+    if type(value) is str and value.isascii() and len(value) <= MAX_TEXT and (
+        value or not required
+    ):
+        return value
     if value is None:
         if required:
             raise JournalError(f"{name}: required")
@@ -268,7 +277,7 @@ def prepare(event: AccessEvent | AuditEvent) -> tuple[Stream, dict[str, Any]]:
         if not -(2**63) <= event.rules_version < 2**63:
             raise JournalError("rules_version: out of range")
         path = _text("snapshot_path", event.snapshot_path)
-        if path is not None and (path.startswith("/") or ".." in Path(path).parts):
+        if path is not None and (path.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", path)):
             raise JournalError("snapshot_path: must be relative to the snapshot directory")
         row.update(
             event_type=str(event.event_type),
@@ -483,9 +492,11 @@ class _Writer:
         seqs = []
         for stream, prepared in items:
             seq += 1
-            row = dict(prepared, seq=seq, prev_hash=prev, synced_at=None)
+            # The prepared dict is the journal's own: fill it in place (retries overwrite).
+            row = prepared
+            row["seq"], row["prev_hash"], row["synced_at"] = seq, prev, None
             row["row_hash"] = prev = row_hash(stream, row)
-            grouped[stream].append(tuple(row[c] for c in COLUMNS[stream]))
+            grouped[stream].append(_COLUMNS_GET[stream](row))
             seqs.append(seq)
         for stream, rows in grouped.items():
             if rows:
@@ -662,9 +673,10 @@ def _new_event_id() -> str:
 
 @dataclass(slots=True)
 class _Pending:
-    stream: Stream
-    row: dict[str, Any]
-    future: asyncio.Future[int] = field(repr=False)
+    """One caller's events (at most max_batch) and the future of their results."""
+
+    items: list[tuple[Stream, dict[str, Any]]]
+    future: asyncio.Future[list[int | JournalError]] = field(repr=False)
 
 
 class Journal:
@@ -729,37 +741,46 @@ class Journal:
         """Journal several events (all validated first); return their seqs in order."""
         if self._closed:
             raise JournalError("journal is closed")
-        prepared = [prepare(e) for e in events]
+        prepared = [prepare(e) for e in events]  # all validated before any is queued
         loop = asyncio.get_running_loop()
-        items = [_Pending(s, r, loop.create_future()) for s, r in prepared]
-        self._pending.extend(items)
+        # One future per chunk, not per event: cheap bookkeeping for large appends.
+        chunks = [_Pending(prepared[i:i + self._max_batch], loop.create_future())
+                  for i in range(0, len(prepared), self._max_batch)]
+        self._pending.extend(chunks)
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush(), name="journal-writer")
-        results = await asyncio.gather(*(i.future for i in items), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return [int(r) for r in results]  # type: ignore[arg-type]
+        seqs: list[int] = []
+        for chunk in chunks:
+            for result in await chunk.future:
+                if isinstance(result, BaseException):
+                    raise result
+                seqs.append(result)
+        return seqs
 
     async def _flush(self) -> None:
         # The writer: runs while anything is pending, one transaction per batch.
         loop = asyncio.get_running_loop()
         while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
+            taken = 0
+            rows = 0
+            while taken < len(self._pending) and (
+                    rows == 0 or rows + len(self._pending[taken].items) <= self._max_batch):
+                rows += len(self._pending[taken].items)
+                taken += 1
+            batch = self._pending[:taken]
+            del self._pending[:taken]
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._writer.append_batch,
-                    [(p.stream, p.row) for p in batch])
+                    [item for p in batch for item in p.items])
             except Exception as err:  # the thread itself failed: every caller hears it
-                results = [JournalError(f"journal write failed: {err}")] * len(batch)
-            for item, result in zip(batch, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+                results = [JournalError(f"journal write failed: {err}")] * rows
+            start = 0
+            for pending in batch:
+                end = start + len(pending.items)
+                if not pending.future.done():  # a cancelled caller's events are still journaled
+                    pending.future.set_result(results[start:end])
+                start = end
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         if self._closed:
