@@ -413,3 +413,50 @@ async def test_tail_problem_is_reported_at_open(tmp_path: Path) -> None:
     j = await Journal.open(path)
     assert j.tail_problem is not None and "seq 3" in j.tail_problem
     await j.close()
+
+
+async def test_cancelled_append_is_still_journaled(journal: Journal) -> None:
+    event = access_event()
+    task = asyncio.create_task(journal.append(event))
+    await asyncio.sleep(0)
+    task.cancel()
+    assert await journal.append(audit_event()) == 2
+    assert [r["event_id"] for r in await journal.recent("access", 5)] == [event.event_id]
+
+
+async def test_append_many_returns_seqs_in_order_across_chunks(tmp_path: Path) -> None:
+    j = await Journal.open(tmp_path / "j.sqlite3", max_batch=4)
+    events = [access_event() if i % 2 else audit_event() for i in range(11)]
+    assert await j.append_many(events) == list(range(1, 12))
+    with pytest.raises(JournalError, match="event_type"):
+        await j.append_many([access_event(), access_event(event_type="bogus")])
+    assert j.head_seq == 11  # validated before anything was queued
+    await j.close()
+    assert verify(tmp_path / "j.sqlite3").ok
+
+
+async def test_erasure_by_event_id_and_visitor_name(journal: Journal) -> None:
+    target = access_event(vehicle_plate=None, visitor_name="Bob")
+    await journal.append(target)
+    audit = audit_event()
+    await journal.append(audit)
+    await journal.append(access_event(visitor_name="Carol"))
+    request = audit_event(action="erase_personal", actor_type="installer")
+    erasure = await journal.erase_personal(request, visitor_name="Bob", event_ids=[audit.event_id])
+    assert erasure.erased_seqs == (1, 2)
+    recent = {r["seq"]: r for r in await journal.recent("all", 10)}
+    assert recent[1]["visitor_name"] is None and recent[2]["ip_address"] is None
+    assert recent[3]["visitor_name"] == "Carol"
+    await journal.close()
+    assert verify(journal.path).ok
+
+
+async def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    j = await Journal.open(path)
+    await j.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(JournalError, match="newer"):
+        await Journal.open(path)
