@@ -459,7 +459,8 @@ def _confidence(read: PlateRead, policy: PolicyConfig, flags: list[str]) -> bool
     """True when the read's confidence is too low for it to open the gate by itself."""
     c = read.confidence
     if c is None:
-        flags.append("no_confidence")
+        if read.kind == CredentialKind.PLATE:
+            flags.append("no_confidence")  # a tag reader never gives one: not worth a flag
         return False
     if not isinstance(c, int | float) or math.isnan(c) or not 0.0 <= c <= 1.0:
         flags.append("invalid_confidence")

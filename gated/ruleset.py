@@ -7,11 +7,15 @@ a million vehicles on a Raspberry Pi:
   order) gets a global row number; its normalised text lives in one
   fixed-width bytes array and its store row key in an int array.
 * A table holds, per row, uint64 entries
-  ``hash32(code) << 32 | level << 30 | row`` where ``code`` packs a string
-  over A-Z0-9 as a base-37 number (exact up to 12 characters, a wrapping hash
-  beyond) and ``level`` says how many characters were deleted from the row's
-  confusion key to get it: level 0 is the key itself, levels 1-2 its
-  symmetric-deletion ('SymSpell') neighbourhood. Entries are built with
+  ``hash28(code) << 36 | position << 32 | level << 30 | row`` where ``code``
+  packs a string over A-Z0-9 as a base-37 number (exact up to 12 characters,
+  a wrapping hash beyond) and ``level`` says how many characters were deleted
+  from the row's confusion key to get it: level 0 is the key itself, levels
+  1-2 its symmetric-deletion ('SymSpell') neighbourhood. ``position`` is the
+  deleted index at level 1: a substitution at i shows as equal deletions *at
+  i* on both sides, so distance-1 lookups skip pairs deleted at different
+  places (mostly distance 2), which in a dense million-plate fleet are most
+  of the hits. Entries are built with
   vectorised numpy and kept sorted, with a bucket-start array so a probe is
   two or three memory reads (see `_HashTable`). The deny list has its own
   small table (a dict), because every read probes it with all deletions.
@@ -63,6 +67,8 @@ _GOLD = 0x9E3779B97F4A7C15  # Fibonacci hashing multiplier: spreads packed codes
 _ROW_BITS = 30
 _ROW_MASK = (1 << _ROW_BITS) - 1
 _LEVEL_MASK = 3
+_POS_SHIFT = 32  # 4 bits: MAX_PLATE_LEN is 16
+_HASH_SHIFT = 36  # 28 hash bits: about 0.03 false entries per probe of 8 M entries
 _MAX_ROWS = 1 << _ROW_BITS
 _CHUNK = 1 << 16  # rows per vectorised build step: bounds the temporary arrays
 _NORMALISED = re.compile(r"[A-Z0-9]+")
@@ -111,8 +117,8 @@ class PlateCandidates:
 # --- packing (scalar: the query side) ------------------------------------------------
 
 
-def _h32(code: int) -> int:
-    return ((code * _GOLD) & _M64) >> 32
+def _h28(code: int) -> int:
+    return ((code * _GOLD) & _M64) >> _HASH_SHIFT
 
 
 def _pack(syms: bytes) -> tuple[int, list[int]]:
@@ -130,14 +136,14 @@ def _pack(syms: bytes) -> tuple[int, list[int]]:
 
 
 def _del_hashes(syms: bytes) -> list[int]:
-    """hash32 of each one-character deletion of syms (the query side's hot loop)."""
+    """hash28 of each one-character deletion of syms, by position (the query's hot loop)."""
     code = 0
     removed = []
     for c in syms:
         removed.append(code * 36 + c)
         code = code * _BASE + c
     return [
-        (((code - r * p) & _M64) * _GOLD & _M64) >> 32
+        (((code - r * p) & _M64) * _GOLD & _M64) >> _HASH_SHIFT
         for r, p in zip(removed, _POWS_DOWN[len(syms)], strict=True)
     ]
 
@@ -163,10 +169,15 @@ def _pack_matrix(sym: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndar
     return suffix[:, 0], dels, valid
 
 
-def _entries(codes: np.ndarray, level: int, rows: np.ndarray) -> np.ndarray:
-    """Table entries hash32(code) << 32 | level << 30 | row."""
-    h = (codes * np.uint64(_GOLD)) >> np.uint64(32)
-    return (h << np.uint64(32)) | np.uint64(level << _ROW_BITS) | rows.astype(np.uint64)
+def _entries(
+    codes: np.ndarray, level: int, rows: np.ndarray, positions: np.ndarray | None = None
+) -> np.ndarray:
+    """Table entries hash28(code) << 36 | position << 32 | level << 30 | row."""
+    h = (codes * np.uint64(_GOLD)) >> np.uint64(_HASH_SHIFT)
+    out = (h << np.uint64(_HASH_SHIFT)) | np.uint64(level << _ROW_BITS) | rows.astype(np.uint64)
+    if positions is not None:
+        out |= positions.astype(np.uint64) << np.uint64(_POS_SHIFT)
+    return out
 
 
 def _sorted_unique(parts: list[np.ndarray]) -> np.ndarray:
@@ -218,7 +229,7 @@ def _text_array(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]
 
 
 class _HashTable:
-    """Sorted uint64 entries (hash32 in the top half), probed by hash in O(1).
+    """Sorted uint64 entries (hash28 in the top bits), probed by hash in O(1).
 
     A large table keeps a bucket-start array over the top bits of the hash
     (about two entries per bucket): a probe reads two starts and scans a few
@@ -237,12 +248,12 @@ class _HashTable:
         if len(entries) <= self.SMALL:
             self._dict = {}
             for e in entries.tolist():
-                self._dict.setdefault(e >> 32, []).append(e)
+                self._dict.setdefault(e >> _HASH_SHIFT, []).append(e)
             self._shift = 0
             self._starts = self._entries = memoryview(b"")
             return
-        bits = int(np.clip(np.ceil(np.log2(len(entries) / 2)), 4, 26))
-        self._shift = 32 - bits
+        bits = int(np.clip(np.ceil(np.log2(len(entries) / 2)), 4, 64 - _HASH_SHIFT))
+        self._shift = 64 - _HASH_SHIFT - bits
         bucket = (entries >> np.uint64(64 - bits)).astype(np.intp)
         starts = np.zeros((1 << bits) + 1, dtype=np.uint32 if len(entries) < 2**32 else np.int64)
         np.cumsum(np.bincount(bucket, minlength=1 << bits), out=starts[1:])
@@ -267,7 +278,7 @@ class _HashTable:
         hi = self._starts[b + 1]
         if lo == hi:
             return _NONE
-        return [e for e in self._entries[lo:hi].tolist() if e >> 32 == h]
+        return [e for e in self._entries[lo:hi].tolist() if e >> _HASH_SHIFT == h]
 
 
 _NONE: list[int] = []
@@ -386,7 +397,8 @@ class RuleSet:
         out = [_entries(codes, 0, rows)]
         if depth >= 1:
             row_grid = np.broadcast_to(rows[:, None], dels.shape)
-            out.append(_entries(dels[valid], 1, row_grid[valid]))
+            pos_grid = np.broadcast_to(np.arange(width)[None, :], dels.shape)
+            out.append(_entries(dels[valid], 1, row_grid[valid], pos_grid[valid]))
         if depth >= 2:
             for i in range(width):
                 has = lens > i
@@ -472,7 +484,7 @@ class RuleSet:
             return ()
         code, _ = _pack(tag.encode("ascii").translate(_PLAIN_BYTES))
         out = []
-        for entry in self._tag_table.probe(_h32(code)):
+        for entry in self._tag_table.probe(_h28(code)):
             row = entry & _ROW_MASK
             if self._tags[row].decode("ascii") == tag:
                 match = Match(MatchKind.EXACT, TAG_LIST, tag)
@@ -483,7 +495,7 @@ class RuleSet:
 class PlateQuery:
     """One normalised plate being looked up; hashes and probes are computed once, when needed."""
 
-    __slots__ = ("_dels", "_dels2", "_h0", "_rules", "_syms", "ckey", "plate")
+    __slots__ = ("_cache", "_dels", "_dels2", "_h0", "_rules", "_syms", "ckey", "plate")
 
     def __init__(self, rules: RuleSet, plate: str) -> None:
         """Prepare the lookup; raises ValueError unless `plate` is normalised."""
@@ -496,17 +508,18 @@ class PlateQuery:
         code = 0
         for c in self._syms:
             code = code * _BASE + c
-        self._h0 = [_h32(code & _M64)]
+        self._h0 = [_h28(code & _M64)]
         self._dels: list[int] | None = None
         self._dels2: list[int] | None = None
+        self._cache: dict[int, list[tuple[int, int]]] = {}
 
     def _hashes(self, level: int) -> list[int]:
-        """Hashes of the read's key with `level` characters deleted (deduplicated)."""
+        """Hashes of the read's key with `level` characters deleted (level 1: by position)."""
         if level == 0:
             return self._h0
         if level == 1:
             if self._dels is None:
-                self._dels = list(dict.fromkeys(_del_hashes(self._syms)))
+                self._dels = _del_hashes(self._syms)
             return self._dels
         if self._dels2 is None:
             syms = self._syms
@@ -516,6 +529,43 @@ class PlateQuery:
                     seen[h] = None
             self._dels2 = list(seen)
         return self._dels2
+
+    def _hits(self, deny: bool, qlevel: int) -> list[tuple[int, int]]:
+        """(query position, entry) of every entry whose hash equals a query hash of `qlevel`.
+
+        Cached per table and level: residents and passes share the main table,
+        so their probes are made once. The probe is inlined (no call per hash):
+        this is the hottest loop of a decision.
+        """
+        cache_key = qlevel + (4 if deny else 0)
+        hits = self._cache.get(cache_key)
+        if hits is not None:
+            return hits
+        table = self._rules._deny_table if deny else self._rules._table
+        small = table._dict
+        starts, stored, shift = table._starts, table._entries, table._shift
+        hits = []
+        hashes = self._hashes(qlevel)
+        if small is not None and small.keys().isdisjoint(hashes):
+            # one C-level test instead of a lookup per hash: the usual answer for a deny list
+            self._cache[cache_key] = hits
+            return hits
+        for qpos, h in enumerate(hashes):
+            if small is not None:
+                entries = small.get(h)
+                if entries is None:
+                    continue
+            else:
+                b = h >> shift
+                first, end = starts[b], starts[b + 1]
+                if first == end:
+                    continue
+                entries = stored[first:end].tolist()
+            for entry in entries:
+                if entry >> _HASH_SHIFT == h:
+                    hits.append((qpos, entry))
+        self._cache[cache_key] = hits
+        return hits
 
     def candidates(self, list_name: str, max_distance: int = 0) -> tuple[Candidate, ...]:
         """Entries of one list matching the plate, best first (exact, confusion, by distance)."""
@@ -527,30 +577,20 @@ class PlateQuery:
         lo, hi = rules._bounds[lst], rules._bounds[lst + 1]
         if not self.plate or lo == hi:
             return ()
-        table = rules._deny_table if lst == 0 else rules._table
         rows: set[int] = set()
-        # The probe loops are inlined (no method call per hash): this is the
-        # hottest code of a decision.
-        small = table._dict
-        starts, stored, shift = table._starts, table._entries, table._shift
+        positional = limit == 1
         for qlevel in range(limit + 1):
-            for h in self._hashes(qlevel):
-                if small is not None:
-                    entries = small.get(h)
-                    if entries is None:
-                        continue
-                else:
-                    b = h >> shift
-                    first, end = starts[b], starts[b + 1]
-                    if first == end:
-                        continue
-                    entries = stored[first:end].tolist()
-                for entry in entries:
-                    # a pair within distance d always shows up with both levels <= d
-                    if entry >> 32 == h and (entry >> _ROW_BITS) & _LEVEL_MASK <= limit:
-                        row = entry & _ROW_MASK
-                        if lo <= row < hi:
-                            rows.add(row)
+            for qpos, entry in self._hits(lst == 0, qlevel):
+                row = entry & _ROW_MASK
+                if not lo <= row < hi:
+                    continue
+                # a pair within distance d always shows up with both levels <= d
+                slevel = (entry >> _ROW_BITS) & _LEVEL_MASK
+                if slevel > limit:
+                    continue
+                if positional and qlevel == slevel == 1 and (entry >> _POS_SHIFT) & 15 != qpos:
+                    continue  # deleted at different places: not one substitution
+                rows.add(row)
         if not rows:
             return ()
         found = []
