@@ -77,7 +77,7 @@ from gated.plates import (
     plate_matches_format,
 )
 from gated.rules_model import Resident, RuleSource, Schedule
-from gated.ruleset import Candidate, RuleSet
+from gated.ruleset import Candidate, RuleSet, with_edits
 
 _KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
 _AUTO_EXACT = frozenset((MatchKind.EXACT,))
@@ -208,7 +208,10 @@ def schedule_open(schedule: Schedule, now: float, tz: zoneinfo.ZoneInfo) -> bool
     previous evening's window (closed all day means closed all day); a window
     of an exception date that crosses midnight does run into the next day.
     """
-    local = dt.datetime.fromtimestamp(now, tz)
+    return _open_at(schedule, dt.datetime.fromtimestamp(now, tz))
+
+
+def _open_at(schedule: Schedule, local: dt.datetime) -> bool:
     t = local.time()
     today = local.date()
     if any(_in_interval(t, s, e, True) for s, e in _intervals(schedule, today)):
@@ -239,7 +242,17 @@ class _Outcome:
 class _Context:
     """Per-call values shared by the checks (keeps helper signatures short)."""
 
-    __slots__ = ("ap", "direction", "flags", "format_ok", "inputs", "now", "source", "state")
+    __slots__ = (
+        "ap",
+        "direction",
+        "flags",
+        "format_ok",
+        "inputs",
+        "local",
+        "now",
+        "source",
+        "state",
+    )
 
     def __init__(
         self,
@@ -258,6 +271,7 @@ class _Context:
         self.inputs = inputs
         self.flags: list[str] = []
         self.format_ok = True
+        self.local: dt.datetime | None = None  # `now` on the site's wall clock, once needed
 
     def schedule_ok(self, schedule_id: str | None) -> bool:
         if schedule_id is None:
@@ -266,11 +280,13 @@ class _Context:
         if schedule is None:
             self.flags.append("missing_schedule")  # dangling reference: fail closed
             return False
-        try:
-            return schedule_open(schedule, self.now, self.ap.tz)
-        except (OverflowError, ValueError, OSError):
-            self.flags.append("bad_clock")  # `now` outside what a calendar can hold
-            return False
+        if self.local is None:
+            try:
+                self.local = dt.datetime.fromtimestamp(self.now, self.ap.tz)
+            except (OverflowError, ValueError, OSError):
+                self.flags.append("bad_clock")  # `now` outside what a calendar can hold
+                return False
+        return _open_at(schedule, self.local)
 
     def resident_reason(self, resident: Resident | None) -> Reason | None:
         """None when the resident may pass here now, else why not."""
@@ -291,18 +307,6 @@ class _Context:
         return Reason.OUTSIDE_SCHEDULE
 
 
-def _best_tier(candidates: tuple[Candidate, ...]) -> list[Candidate]:
-    """The candidates sharing the best (kind, distance); the input is sorted best first."""
-    if not candidates:
-        return []
-    first = candidates[0].match
-    return [
-        c
-        for c in candidates
-        if c.match.kind == first.kind and c.match.distance == first.distance
-    ]
-
-
 def _pick(outcomes: list[_Outcome]) -> _Outcome | None:
     for o in outcomes:
         if o.allowed:
@@ -310,27 +314,38 @@ def _pick(outcomes: list[_Outcome]) -> _Outcome | None:
     return outcomes[0] if outcomes else None
 
 
-def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome | None:
-    live = []
+def _live_tier(candidates: tuple[Candidate, ...], fetch: Any) -> list[tuple[Candidate, Any]]:
+    """The best tier of candidates whose entity still exists with the indexed plate.
+
+    Entities are fetched tier by tier, so the lower tiers of a dense fleet are
+    never read; a row deleted or re-plated since the index was built is skipped.
+    """
+    tier: list[tuple[Candidate, Any]] = []
+    current: tuple[MatchKind, int] | None = None
     for c in candidates:
-        vehicle = ctx.source.vehicle(c.key)
-        # skip rows deleted or re-plated since the index was built
-        if vehicle is not None and _same_text(vehicle.plate, c.match.stored):
-            live.append((c, vehicle))
-    if not live:
+        rank = (c.match.kind, c.match.distance)
+        if rank != current:
+            if tier:
+                return tier
+            current = rank
+        entity = fetch(c.key)
+        if entity is not None and _same_text(entity.plate, c.match.stored):
+            tier.append((c, entity))
+    return tier
+
+
+def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome | None:
+    tier = _live_tier(candidates, ctx.source.vehicle)
+    if not tier:
         return None
-    tier = _best_tier(tuple(c for c, _ in live))
-    tier_keys = {c.key for c in tier}
-    match = tier[0].match
-    if match.kind != MatchKind.EXACT and len({c.match.stored for c in tier}) > 1:
-        v = next(v for c, v in live if c.key == tier[0].key)
+    match = tier[0][0].match
+    if match.kind != MatchKind.EXACT and len({c.match.stored for c, _ in tier}) > 1:
+        v = tier[0][1]
         return _Outcome(
             False, Reason.NEEDS_GUARD, match, v.resident_id, v.id, flags=("ambiguous_match",)
         )
     outcomes = []
-    for c, vehicle in live:
-        if c.key not in tier_keys:
-            continue
+    for c, vehicle in tier:
         resident = ctx.source.resident(vehicle.resident_id)
         reason = Reason.INACTIVE if not vehicle.active else ctx.resident_reason(resident)
         o = _Outcome(
@@ -361,19 +376,9 @@ def _tag_outcome(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome |
 def _pass_outcome(
     ctx: _Context, candidates: tuple[Candidate, ...], auto: frozenset[MatchKind]
 ) -> _Outcome | None:
-    live = []
-    for c in candidates:
-        vp = ctx.source.visitor_pass(c.key)
-        if vp is not None and _same_text(vp.plate, c.match.stored):
-            live.append((c, vp))
-    if not live:
-        return None
-    tier = _best_tier(tuple(c for c, _ in live))
-    tier_keys = {c.key for c in tier}
+    tier = _live_tier(candidates, ctx.source.visitor_pass)
     outcomes = []
-    for c, vp in live:
-        if c.key not in tier_keys:
-            continue
+    for c, vp in tier:
         host = ctx.source.resident(vp.host_resident_id)
         if host is None or not host.active:
             reason: Reason | None = Reason.INACTIVE
@@ -525,7 +530,7 @@ def decide(
         )
         if deny_d < policy.deny_fuzzy_distance:
             ctx.flags.append("deny_distance_capped")  # index built shallower than the policy
-        query = rules.query(text)
+        query = rules.query(text, ckey)
         for c in query.candidates("deny", deny_d):
             entry = source.deny_entry(c.key)  # type: ignore[union-attr]
             if entry is None or not _same_text(entry.plate, c.match.stored):
@@ -541,8 +546,11 @@ def decide(
         resident = _vehicle_outcomes(ctx, query.candidates("resident", 0))
         visitor = _pass_outcome(ctx, query.candidates("visitor_pass", 0), auto)
         if resident is None and visitor is None:
-            resident = _vehicle_outcomes(ctx, query.candidates("resident", resident_d))
-            visitor = _pass_outcome(ctx, query.candidates("visitor_pass", 1), auto)
+            # edits of fuzzy candidates are filled in below, for the reported match only
+            fuzzy = query.candidates("resident", resident_d, with_edits=False)
+            resident = _vehicle_outcomes(ctx, fuzzy)
+            fuzzy = query.candidates("visitor_pass", 1, with_edits=False)
+            visitor = _pass_outcome(ctx, fuzzy, auto)
         if resident is None or visitor is None:
             outcome = resident or visitor
         else:
@@ -573,12 +581,15 @@ def _decision(
     flags = tuple(ctx.flags) + (outcome.flags if outcome is not None else ())
     if outcome is None:
         return Decision(allowed, reason, ap.id, rules.version, flags=flags, inputs=ctx.inputs)
+    match = outcome.match
+    if match is not None and match.kind == MatchKind.FUZZY and not match.edits:
+        match = with_edits(ctx.inputs["normalised"], match)
     return Decision(
         allowed,
         reason,
         ap.id,
         rules.version,
-        match=outcome.match,
+        match=match,
         resident_id=outcome.resident_id,
         vehicle_id=outcome.vehicle_id,
         pass_id=outcome.pass_id,

@@ -457,9 +457,9 @@ class RuleSet:
         """The fuzzy distance a query on `list_name` really gets (capped by the build depth)."""
         return max(0, min(wanted, self.depths[list_name]))
 
-    def query(self, plate: str) -> PlateQuery:
-        """A lookup of one normalised plate; ask it for candidates list by list."""
-        return PlateQuery(self, plate)
+    def query(self, plate: str, ckey: str | None = None) -> PlateQuery:
+        """A lookup of one normalised plate (and its confusion key, if already known)."""
+        return PlateQuery(self, plate, ckey)
 
     def match_plate(
         self, plate: str, *, deny: int = 0, resident: int = 0, visitor_pass: int = 0
@@ -497,13 +497,13 @@ class PlateQuery:
 
     __slots__ = ("_cache", "_dels", "_dels2", "_h0", "_rules", "_syms", "ckey", "plate")
 
-    def __init__(self, rules: RuleSet, plate: str) -> None:
+    def __init__(self, rules: RuleSet, plate: str, ckey: str | None = None) -> None:
         """Prepare the lookup; raises ValueError unless `plate` is normalised."""
         if len(plate) > MAX_PLATE_LEN or (plate and not _NORMALISED.fullmatch(plate)):
             raise ValueError("a plate query wants a normalised plate (gated.plates.normalise)")
         self._rules = rules
         self.plate = plate
-        self.ckey = confusion_key(plate)
+        self.ckey = confusion_key(plate) if ckey is None else ckey
         self._syms = plate.encode("ascii").translate(_CONF_BYTES)
         code = 0
         for c in self._syms:
@@ -567,8 +567,14 @@ class PlateQuery:
         self._cache[cache_key] = hits
         return hits
 
-    def candidates(self, list_name: str, max_distance: int = 0) -> tuple[Candidate, ...]:
-        """Entries of one list matching the plate, best first (exact, confusion, by distance)."""
+    def candidates(
+        self, list_name: str, max_distance: int = 0, *, with_edits: bool = True
+    ) -> tuple[Candidate, ...]:
+        """Entries of one list matching the plate, best first (exact, confusion, by distance).
+
+        with_edits=False leaves fuzzy matches' edits empty (the policy fills
+        them in only for the match it reports; see `with_edits`).
+        """
         rules = self._rules
         lst = _LIST_INDEX.get(list_name)
         if lst is None:
@@ -596,7 +602,8 @@ class PlateQuery:
         found = []
         plates, keys = rules._plates, rules._keys
         for row in rows:
-            match = _verify(self.plate, self.ckey, plates[row].decode("ascii"), list_name, limit)
+            stored = plates[row].decode("ascii")
+            match = _verify(self.plate, self.ckey, stored, list_name, limit, with_edits)
             if match is not None:
                 found.append(Candidate(int(keys[row]), match))
         if len(found) > 1:
@@ -604,7 +611,16 @@ class PlateQuery:
         return tuple(found)
 
 
-def _verify(plate: str, ckey: str, stored: str, name: str, limit: int) -> Match | None:
+def with_edits(plate: str, match: Match) -> Match:
+    """The match with its edits filled in (for one made with with_edits=False)."""
+    if match.edits or match.kind == MatchKind.EXACT:
+        return match
+    return Match(match.kind, match.list, match.stored, match.distance, edits(plate, match.stored))
+
+
+def _verify(
+    plate: str, ckey: str, stored: str, name: str, limit: int, want_edits: bool = True
+) -> Match | None:
     """How `plate` matches `stored`, if within `limit` (fuzzy distance on confusion keys)."""
     if stored == plate:
         return Match(MatchKind.EXACT, name, stored)
@@ -617,7 +633,7 @@ def _verify(plate: str, ckey: str, stored: str, name: str, limit: int) -> Match 
     d = distance(ckey, skey, limit)
     if d is None:
         return None
-    return Match(MatchKind.FUZZY, name, stored, d, edits(plate, stored))
+    return Match(MatchKind.FUZZY, name, stored, d, edits(plate, stored) if want_edits else ())
 
 
 def _key_array(keys: list[int], usable: np.ndarray) -> np.ndarray:
