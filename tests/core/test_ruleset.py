@@ -261,3 +261,39 @@ def test_normalised_store_plates_match_their_raw_forms() -> None:
     rules = RuleSet.build(source_with(vehicles=["AB12CDE"]))
     for raw in ["ab 12 cde", "AB-12-CDE", "\u0430b12cde"]:
         assert rules.lookup("resident", normalise(raw))[0].match.kind == MatchKind.EXACT
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=40), max_size=20))
+def test_hostile_store_rows_never_break_the_build(texts: list[str]) -> None:
+    src = source_with(vehicles=texts, deny=texts, tags=texts)
+    rules = RuleSet.build(src)
+    for text in texts:
+        try:
+            plate = normalise(text)
+        except Exception:
+            continue
+        if 0 < len(plate) <= 16:
+            found = rules.match_plate(plate, deny=1, resident=1)
+            assert plate in {c.match.stored for c in found.resident}
+            assert plate in {c.match.stored for c in found.deny}
+
+
+def test_fuzzy_edits_can_be_deferred_and_filled_in() -> None:
+    from gated.ruleset import with_edits
+
+    rules = RuleSet.build(source_with(vehicles=["AB12CDE"]))
+    query = rules.query("AB12CDX")
+    bare = query.candidates("resident", 1, with_edits=False)[0].match
+    assert bare.kind == MatchKind.FUZZY and bare.edits == ()
+    full = with_edits("AB12CDX", bare)
+    assert full == rules.lookup("resident", "AB12CDX", 1)[0].match
+    assert full.edits[0].stored == "E"
+    exact = rules.lookup("resident", "AB12CDE")[0].match
+    assert with_edits("AB12CDE", exact) is exact
+
+
+def test_query_rejects_oversized_plates() -> None:
+    rules = RuleSet.build(source_with(vehicles=["AB12"]))
+    with pytest.raises(ValueError, match="normalised"):
+        rules.query("A" * 17)
