@@ -13,9 +13,11 @@ Order of checks, and why:
    ``deny_fuzzy_distance``, *whatever the confidence or the mode*. A deny
    list is for vehicles that must be stopped and reported; a blurred read of
    one is exactly the case it exists for, so it must not be filtered first.
-3. **Mode**: ``lockdown`` denies every automated entry; ``hold_open`` allows
-   with reason ``hold_open``. Both still look the read up and report what it
-   matched (resident, vehicle, pass) so the journal says who came through.
+3. **Mode**: ``lockdown`` denies every automated opening, exits included (a
+   lockdown is also for keeping a vehicle in); guards and signed commands
+   still open. ``hold_open`` allows with reason ``hold_open``. Both still
+   look the read up and report what it matched (resident, vehicle, pass) so
+   the journal says who came through.
 4. **Confidence**: a read below ``min_confidence`` never opens by itself:
    ``low_confidence``, with the match it would have had.
    A read whose source reports no confidence (``None``: serial readers, RFID)
@@ -473,6 +475,48 @@ def _confidence(read: PlateRead, policy: PolicyConfig, flags: list[str]) -> bool
     return c < policy.min_confidence
 
 
+def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
+    """Deny list, then residents and passes, for a normalised plate (see the module doc)."""
+    policy = ctx.ap.policy
+    inputs = ctx.inputs
+    ckey = confusion_key(text)
+    ctx.format_ok = plate_matches_format(text, policy.plate_formats)
+    deny_d = rules.effective_distance("deny", policy.deny_fuzzy_distance)
+    resident_d = rules.effective_distance("resident", policy.resident_fuzzy_distance)
+    inputs["confusion_key"] = ckey
+    inputs["plate_format_ok"] = ctx.format_ok
+    inputs["deny_distance"] = deny_d
+    inputs["resident_distance"] = resident_d
+    inputs["visitor_match"] = policy.visitor_match
+    if deny_d < policy.deny_fuzzy_distance:
+        ctx.flags.append("deny_distance_capped")  # index built shallower than the policy
+    query = rules.query(text, ckey)
+    for c in query.candidates("deny", deny_d):
+        entry = ctx.source.deny_entry(c.key)
+        if entry is None or not _same_text(entry.plate, c.match.stored):
+            continue
+        if entry.until is not None and ctx.now >= entry.until:
+            continue
+        inputs["deny_entry"] = entry.id
+        return _Outcome(False, Reason.DENY_LISTED, c.match)
+    auto = _AUTO_CONFUSION if policy.visitor_match == "confusion" else _AUTO_EXACT
+    # Exact and confusion hits first; fuzzy ones only when neither list has one,
+    # since a fuzzy match never outranks an exact or confusion match.
+    resident = _vehicle_outcomes(ctx, query.candidates("resident", 0))
+    visitor = _pass_outcome(ctx, query.candidates("visitor_pass", 0), auto)
+    if resident is None and visitor is None:
+        # edits of fuzzy candidates are filled in by _decision, for the reported match only
+        fuzzy = query.candidates("resident", resident_d, with_edits=False)
+        resident = _vehicle_outcomes(ctx, fuzzy)
+        fuzzy = query.candidates("visitor_pass", 1, with_edits=False)
+        visitor = _pass_outcome(ctx, fuzzy, auto)
+    if resident is None or visitor is None:
+        return resident or visitor
+    # The closest match explains the read; at equal quality an allowing
+    # outcome wins (a pass issued for a car whose own schedule is shut).
+    return min((resident, visitor), key=lambda o: (*_rank(o), not o.allowed))
+
+
 def decide(
     read: PlateRead,
     access_point: AccessPoint,
@@ -517,47 +561,9 @@ def decide(
     if text and is_tag:
         outcome = _tag_outcome(ctx, rules.match_tag(text))
     elif text:
-        ckey = confusion_key(text)
-        ctx.format_ok = plate_matches_format(text, policy.plate_formats)
-        deny_d = rules.effective_distance("deny", policy.deny_fuzzy_distance)
-        resident_d = rules.effective_distance("resident", policy.resident_fuzzy_distance)
-        inputs.update(
-            confusion_key=ckey,
-            plate_format_ok=ctx.format_ok,
-            deny_distance=deny_d,
-            resident_distance=resident_d,
-            visitor_match=policy.visitor_match,
-        )
-        if deny_d < policy.deny_fuzzy_distance:
-            ctx.flags.append("deny_distance_capped")  # index built shallower than the policy
-        query = rules.query(text, ckey)
-        for c in query.candidates("deny", deny_d):
-            entry = source.deny_entry(c.key)  # type: ignore[union-attr]
-            if entry is None or not _same_text(entry.plate, c.match.stored):
-                continue
-            if entry.until is not None and now >= entry.until:
-                continue
-            inputs["deny_entry"] = entry.id
-            return _decision(False, Reason.DENY_LISTED, access_point, rules, ctx,
-                             _Outcome(False, Reason.DENY_LISTED, c.match))  # fmt: skip
-        auto = _AUTO_CONFUSION if policy.visitor_match == "confusion" else _AUTO_EXACT
-        # Exact and confusion hits first; fuzzy ones only when neither list has one,
-        # since a fuzzy match never outranks an exact or confusion match.
-        resident = _vehicle_outcomes(ctx, query.candidates("resident", 0))
-        visitor = _pass_outcome(ctx, query.candidates("visitor_pass", 0), auto)
-        if resident is None and visitor is None:
-            # edits of fuzzy candidates are filled in below, for the reported match only
-            fuzzy = query.candidates("resident", resident_d, with_edits=False)
-            resident = _vehicle_outcomes(ctx, fuzzy)
-            fuzzy = query.candidates("visitor_pass", 1, with_edits=False)
-            visitor = _pass_outcome(ctx, fuzzy, auto)
-        if resident is None or visitor is None:
-            outcome = resident or visitor
-        else:
-            # The closest match explains the read; at equal quality an allowing
-            # outcome wins (a pass issued for a car whose own schedule is shut).
-            outcome = min((resident, visitor), key=lambda o: (*_rank(o), not o.allowed))
-
+        outcome = _plate_outcome(ctx, rules, text)
+        if outcome is not None and outcome.reason == Reason.DENY_LISTED:
+            return _decision(False, Reason.DENY_LISTED, access_point, rules, ctx, outcome)
     if mode == Mode.LOCKDOWN:
         return _decision(False, Reason.LOCKDOWN, access_point, rules, ctx, outcome)
     if mode == Mode.HOLD_OPEN:
