@@ -15,10 +15,10 @@ a million vehicles on a Raspberry Pi:
   deleted index at level 1: a substitution at i shows as equal deletions *at
   i* on both sides, so distance-1 lookups skip pairs deleted at different
   places (mostly distance 2), which in a dense million-plate fleet are most
-  of the hits. Entries are built with
-  vectorised numpy and kept sorted, with a bucket-start array so a probe is
-  two or three memory reads (see `_HashTable`). The deny list has its own
-  small table (a dict), because every read probes it with all deletions.
+  of the hits. Entries are built with vectorised numpy and kept sorted, with
+  a bucket-start array so a probe is two or three memory reads (see
+  `_HashTable`). The deny list has its own small table (a dict), because
+  every read probes it with all its deletions.
 * A query (`PlateQuery`) hashes the read's confusion key and, only when a
   list needs it, the key's own deletions. Every hit is verified on the real
   strings, so a hash collision only costs a comparison. Residents and passes
@@ -37,7 +37,8 @@ answers fuzzy queries up to the depth it was built with (``depths``); asking
 for more is capped to the depth and the effective distance is reported by
 ``effective_distance``. Memory per plate is about (1 + length) entries of
 8 bytes at depth 1 and about length² more at depth 2, which is why depth 2 is
-the default only for the (small) deny list.
+the default only for the (small) deny list. A million 7-character plates plus
+100,000 passes take about 93 MB (8.3 M entries, bucket starts, texts, keys).
 
 The index is immutable once built: build a new RuleSet for a new version
 (e.g. in a worker thread) and swap the reference; readers never see a
