@@ -2,7 +2,8 @@
 
 No clock, no network, no writes: the caller passes `now` (epoch seconds) and a
 PolicyState to read modes, anti-passback history and pass use counts from.
-Reading the RuleSet and its RuleSource is the only other input.
+Reading the RuleSet (its index and its cached entity getters over the
+RuleSource) is the only other input.
 
 Order of checks, and why:
 
@@ -78,7 +79,7 @@ from gated.plates import (
     normalise,
     plate_matches_format,
 )
-from gated.rules_model import Resident, RuleSource, Schedule
+from gated.rules_model import Resident, Schedule
 from gated.ruleset import Candidate, RuleSet, with_edits
 
 _KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
@@ -252,21 +253,21 @@ class _Context:
         "inputs",
         "local",
         "now",
-        "source",
+        "rules",
         "state",
     )
 
     def __init__(
         self,
         ap: AccessPoint,
-        source: RuleSource,
+        rules: RuleSet,
         state: PolicyState,
         now: float,
         direction: Direction,
         inputs: dict[str, Any],
     ) -> None:
         self.ap = ap
-        self.source = source
+        self.rules = rules
         self.state = state
         self.now = now
         self.direction = direction
@@ -278,7 +279,7 @@ class _Context:
     def schedule_ok(self, schedule_id: str | None) -> bool:
         if schedule_id is None:
             return True
-        schedule = self.source.schedule(schedule_id)
+        schedule = self.rules.schedule(schedule_id)
         if schedule is None:
             self.flags.append("missing_schedule")  # dangling reference: fail closed
             return False
@@ -299,7 +300,7 @@ class _Context:
         if resident.access_points is None or ap_id in resident.access_points:
             schedules.append(resident.schedule_id)
         for group_id in resident.groups:
-            group = self.source.group(group_id)
+            group = self.rules.group(group_id)
             if group is not None and (group.access_points is None or ap_id in group.access_points):
                 schedules.append(group.schedule_id)
         if not schedules:
@@ -337,7 +338,7 @@ def _live_tier(candidates: tuple[Candidate, ...], fetch: Any) -> list[tuple[Cand
 
 
 def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome | None:
-    tier = _live_tier(candidates, ctx.source.vehicle)
+    tier = _live_tier(candidates, ctx.rules.vehicle)
     if not tier:
         return None
     match = tier[0][0].match
@@ -348,7 +349,7 @@ def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outc
         )
     outcomes = []
     for c, vehicle in tier:
-        resident = ctx.source.resident(vehicle.resident_id)
+        resident = ctx.rules.resident(vehicle.resident_id)
         reason = Reason.INACTIVE if not vehicle.active else ctx.resident_reason(resident)
         o = _Outcome(
             reason is None, reason or Reason.RESIDENT, c.match, vehicle.resident_id, vehicle.id
@@ -363,11 +364,11 @@ def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outc
 def _tag_outcome(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome | None:
     outcomes = []
     for c in candidates:
-        tag = ctx.source.tag(c.key)
+        tag = ctx.rules.tag(c.key)
         if tag is None or not _same_text(tag.tag, c.match.stored):
             continue
         reason = Reason.INACTIVE if not tag.active else ctx.resident_reason(
-            ctx.source.resident(tag.resident_id)
+            ctx.rules.resident(tag.resident_id)
         )
         outcomes.append(
             _Outcome(reason is None, reason or Reason.RESIDENT, c.match, tag.resident_id)
@@ -378,10 +379,10 @@ def _tag_outcome(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome |
 def _pass_outcome(
     ctx: _Context, candidates: tuple[Candidate, ...], auto: frozenset[MatchKind]
 ) -> _Outcome | None:
-    tier = _live_tier(candidates, ctx.source.visitor_pass)
+    tier = _live_tier(candidates, ctx.rules.visitor_pass)
     outcomes = []
     for c, vp in tier:
-        host = ctx.source.resident(vp.host_resident_id)
+        host = ctx.rules.resident(vp.host_resident_id)
         if host is None or not host.active:
             reason: Reason | None = Reason.INACTIVE
         elif vp.access_points is not None and ctx.ap.id not in vp.access_points:
@@ -492,7 +493,7 @@ def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
         ctx.flags.append("deny_distance_capped")  # index built shallower than the policy
     query = rules.query(text, ckey)
     for c in query.candidates("deny", deny_d):
-        entry = ctx.source.deny_entry(c.key)
+        entry = ctx.rules.deny_entry(c.key)
         if entry is None or not _same_text(entry.plate, c.match.stored):
             continue
         if entry.until is not None and ctx.now >= entry.until:
@@ -541,8 +542,7 @@ def decide(
         "now": now,
         "rules_version": rules.version,
     }
-    source = rules.source
-    ctx = _Context(access_point, source, state, now, direction, inputs)  # type: ignore[arg-type]
+    ctx = _Context(access_point, rules, state, now, direction, inputs)
     low = _confidence(read, policy, ctx.flags)
 
     try:

@@ -48,15 +48,25 @@ half-built index.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from gated.errors import RulesError
 from gated.model import Edit, Match, MatchKind
 from gated.plates import MAX_PLATE_LEN, MAX_TAG_LEN, confusion_key, distance, edits, normalise
-from gated.rules_model import RuleSource
+from gated.rules_model import (
+    DenyEntry,
+    Group,
+    Resident,
+    RuleSource,
+    Schedule,
+    Tag,
+    Vehicle,
+    VisitorPass,
+)
 
 LISTS: tuple[str, ...] = ("deny", "resident", "visitor_pass")  # Match.list names, in row order
 TAG_LIST = "tag"
@@ -72,6 +82,7 @@ _POS_SHIFT = 32  # 4 bits: MAX_PLATE_LEN is 16
 _HASH_SHIFT = 36  # 28 hash bits: about 0.03 false entries per probe of 8 M entries
 _MAX_ROWS = 1 << _ROW_BITS
 _CHUNK = 1 << 16  # rows per vectorised build step: bounds the temporary arrays
+_CACHE = 4096  # entities kept per kind (a few MB at most)
 _NORMALISED = re.compile(r"[A-Z0-9]+")
 
 _POW = [pow(_BASE, e, 1 << 64) for e in range(MAX_TAG_LEN + 2)]
@@ -283,6 +294,10 @@ class _HashTable:
 
 
 _NONE: list[int] = []
+
+
+def _none(_: object) -> None:
+    return None
 _EMPTY = _HashTable(np.zeros(0, dtype=np.uint64))
 
 
@@ -298,10 +313,17 @@ class RuleSet:
         "_tag_keys",
         "_tag_table",
         "_tags",
+        "deny_entry",
         "depths",
+        "group",
+        "resident",
+        "schedule",
         "skipped",
         "source",
+        "tag",
+        "vehicle",
         "version",
+        "visitor_pass",
     )
 
     def __init__(self) -> None:
@@ -318,6 +340,30 @@ class RuleSet:
         self._tags = np.zeros(0, dtype="S1")
         self._tag_keys = np.zeros(0, dtype=np.int64)
         self._tag_table = _EMPTY
+        self._cache_reads(None)
+
+    def _cache_reads(self, source: RuleSource | None) -> None:
+        """Entity getters of the source behind small LRU caches, one set per rule-set version.
+
+        A decision reads three to six entities; from SQLite each costs a query
+        (about 10 µs here), so the residents, groups and schedules that come to
+        the gate every day are kept. lru_cache is thread-safe; the caches go
+        away with the RuleSet when a new version replaces it.
+        """
+        if source is None:
+            for name in ("deny_entry", "group", "resident", "schedule", "tag", "vehicle"):
+                setattr(self, name, _none)
+            self.visitor_pass = _none
+            return
+        self.vehicle: Callable[[int], Vehicle | None] = lru_cache(_CACHE)(source.vehicle)
+        self.visitor_pass: Callable[[int], VisitorPass | None] = lru_cache(_CACHE)(
+            source.visitor_pass
+        )
+        self.deny_entry: Callable[[int], DenyEntry | None] = lru_cache(_CACHE)(source.deny_entry)
+        self.tag: Callable[[int], Tag | None] = lru_cache(_CACHE)(source.tag)
+        self.resident: Callable[[str], Resident | None] = lru_cache(_CACHE)(source.resident)
+        self.group: Callable[[str], Group | None] = lru_cache(_CACHE)(source.group)
+        self.schedule: Callable[[str], Schedule | None] = lru_cache(_CACHE)(source.schedule)
 
     # --- building ---------------------------------------------------------------------
 
@@ -342,6 +388,7 @@ class RuleSet:
         self = cls()
         self.source = source
         self.version = source.version
+        self._cache_reads(source)
         self.depths = dict(zip(LISTS, depths, strict=True))
         iters: list[Iterator[tuple[int, str]]] = [
             source.iter_deny_plates(),
