@@ -489,8 +489,11 @@ def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
     inputs["deny_distance"] = deny_d
     inputs["resident_distance"] = resident_d
     inputs["visitor_match"] = policy.visitor_match
+    # an index built shallower than the policy asks: say so on every decision
     if deny_d < policy.deny_fuzzy_distance:
-        ctx.flags.append("deny_distance_capped")  # index built shallower than the policy
+        ctx.flags.append("deny_distance_capped")
+    if resident_d < policy.resident_fuzzy_distance:
+        ctx.flags.append("resident_distance_capped")
     query = rules.query(text, ckey)
     for c in query.candidates("deny", deny_d):
         entry = ctx.rules.deny_entry(c.key)

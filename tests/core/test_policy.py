@@ -612,3 +612,34 @@ def test_decide_is_deterministic_and_never_raises(
         second.match,
         second.flags,
     )
+
+
+def test_a_shallow_resident_index_is_flagged() -> None:
+    d = run("AB12CDE", policy=PolicyConfig(resident_fuzzy_distance=2))
+    assert d.allowed and "resident_distance_capped" in d.flags
+    assert d.inputs["resident_distance"] == 1
+
+
+class CountingSource(MemoryRuleSource):
+    """Counts entity reads, as a SQLite store would pay a query for each."""
+
+    reads = 0
+
+    def resident(self, resident_id: str) -> Resident | None:
+        CountingSource.reads += 1
+        return super().resident(resident_id)
+
+
+def test_entity_reads_are_cached_per_rule_set_version() -> None:
+    src = CountingSource()
+    for r in world().residents.values():
+        src.add_resident(r)
+    src.add_vehicle(Vehicle("v-alice", "AB12CDE", "alice"))
+    rules = RuleSet.build(src)
+    CountingSource.reads = 0
+    for _ in range(5):
+        assert run("AB12CDE", rules=rules).allowed
+    assert CountingSource.reads == 1
+    src.add_resident(Resident("alice", active=False))
+    src.version += 1
+    assert run("AB12CDE", rules=RuleSet.build(src)).reason == Reason.INACTIVE
