@@ -549,6 +549,10 @@ def decide(
     low = _confidence(read, policy, ctx.flags)
 
     try:
+        if not isinstance(now, int | float) or not math.isfinite(now):
+            # validity windows and schedules cannot be judged: nothing opens by itself
+            ctx.flags.append("bad_clock")
+            raise PayloadError(f"decision time {now!r} is not a finite number")
         text = normalise(read.text)
         limit = MAX_TAG_LEN if is_tag else MAX_PLATE_LEN
         if not text or len(text) > limit:

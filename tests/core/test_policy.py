@@ -643,3 +643,17 @@ def test_entity_reads_are_cached_per_rule_set_version() -> None:
     src.add_resident(Resident("alice", active=False))
     src.version += 1
     assert run("AB12CDE", rules=RuleSet.build(src)).reason == Reason.INACTIVE
+
+
+@pytest.mark.parametrize("bad_now", [math.nan, math.inf, -math.inf])
+def test_a_broken_clock_opens_nothing(bad_now: float) -> None:
+    for text in ["AB12CDE", "VIS123"]:
+        d = run(text, now=bad_now)
+        assert not d.allowed
+        assert "bad_clock" in d.flags
+
+
+def test_a_time_beyond_the_calendar_fails_closed() -> None:
+    d = run("KX55PRM", now=1e20)  # staff: needs the office schedule
+    assert (d.allowed, d.reason) == (False, Reason.OUTSIDE_SCHEDULE)
+    assert "bad_clock" in d.flags
