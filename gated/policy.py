@@ -495,7 +495,8 @@ def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
     if resident_d < policy.resident_fuzzy_distance:
         ctx.flags.append("resident_distance_capped")
     query = rules.query(text, ckey)
-    for c in query.candidates("deny", deny_d):
+    deny, residents, passes = query.first_pass(deny_d)
+    for c in deny:
         entry = ctx.rules.deny_entry(c.key)
         if entry is None or not _same_text(entry.plate, c.match.stored):
             continue
@@ -506,8 +507,8 @@ def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
     auto = _AUTO_CONFUSION if policy.visitor_match == "confusion" else _AUTO_EXACT
     # Exact and confusion hits first; fuzzy ones only when neither list has one,
     # since a fuzzy match never outranks an exact or confusion match.
-    resident = _vehicle_outcomes(ctx, query.candidates("resident", 0))
-    visitor = _pass_outcome(ctx, query.candidates("visitor_pass", 0), auto)
+    resident = _vehicle_outcomes(ctx, residents)
+    visitor = _pass_outcome(ctx, passes, auto)
     if resident is None and visitor is None:
         # edits of fuzzy candidates are filled in by _decision, for the reported match only
         fuzzy = query.candidates("resident", resident_d, with_edits=False)

@@ -546,8 +546,14 @@ class PlateQuery:
     __slots__ = ("_cache", "_dels", "_dels2", "_h0", "_rules", "_syms", "ckey", "plate")
 
     def __init__(self, rules: RuleSet, plate: str, ckey: str | None = None) -> None:
-        """Prepare the lookup; raises ValueError unless `plate` is normalised."""
-        if len(plate) > MAX_PLATE_LEN or (plate and not _NORMALISED.fullmatch(plate)):
+        """Prepare the lookup; raises ValueError unless `plate` is normalised.
+
+        A caller passing `ckey` (the policy, which just normalised the plate)
+        vouches for the plate; it is not checked again.
+        """
+        if len(plate) > MAX_PLATE_LEN or (
+            ckey is None and plate and not _NORMALISED.fullmatch(plate)
+        ):
             raise ValueError("a plate query wants a normalised plate (gated.plates.normalise)")
         self._rules = rules
         self.plate = plate
@@ -614,6 +620,57 @@ class PlateQuery:
                     hits.append((qpos, entry))
         self._cache[cache_key] = hits
         return hits
+
+    def first_pass(
+        self, deny_distance: int
+    ) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...], tuple[Candidate, ...]]:
+        """(deny within deny_distance, exact/confusion residents, exact/confusion passes).
+
+        The same answers as three `candidates` calls, fused for the policy's
+        common path: the deny table is tested with one set operation over all
+        the read's hashes, and the main table is probed once with the read's key.
+        """
+        rules = self._rules
+        b0, b1, b2, b3 = rules._bounds
+        if not self.plate:
+            return (), (), ()
+        deny: tuple[Candidate, ...] = ()
+        if b1 > b0:
+            small = rules._deny_table._dict
+            limit = max(0, min(deny_distance, rules.depths["deny"]))
+            hashes = self._h0 if limit == 0 else self._h0 + self._hashes(1)
+            if limit == 2:
+                hashes = hashes + self._hashes(2)
+            if small is None or not small.keys().isdisjoint(hashes):
+                deny = self.candidates("deny", deny_distance)
+        if b3 == b1:
+            return deny, (), ()
+        h = self._h0[0]
+        table = rules._table
+        if table._dict is not None:
+            entries = table._dict.get(h, _NONE)
+        else:
+            b = h >> table._shift
+            first, end = table._starts[b], table._starts[b + 1]
+            entries = table._entries[first:end].tolist() if first != end else _NONE
+        if not entries:
+            return deny, (), ()
+        resident: list[Candidate] = []
+        visitor: list[Candidate] = []
+        plates, keys = rules._plates, rules._keys
+        for entry in entries:
+            if entry >> _HASH_SHIFT != h or (entry >> _ROW_BITS) & _LEVEL_MASK:
+                continue
+            row = entry & _ROW_MASK
+            name = "resident" if row < b2 else "visitor_pass"
+            match = _verify(self.plate, self.ckey, plates[row].decode("ascii"), name, 0)
+            if match is not None:
+                (resident if row < b2 else visitor).append(Candidate(int(keys[row]), match))
+        if len(resident) > 1:
+            resident.sort(key=_candidate_order)
+        if len(visitor) > 1:
+            visitor.sort(key=_candidate_order)
+        return deny, tuple(resident), tuple(visitor)
 
     def candidates(
         self, list_name: str, max_distance: int = 0, *, with_edits: bool = True
