@@ -482,8 +482,9 @@ def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
     inputs = ctx.inputs
     ckey = confusion_key(text)
     ctx.format_ok = plate_matches_format(text, policy.plate_formats)
-    deny_d = rules.effective_distance("deny", policy.deny_fuzzy_distance)
-    resident_d = rules.effective_distance("resident", policy.resident_fuzzy_distance)
+    depths = rules.depths
+    deny_d = min(policy.deny_fuzzy_distance, depths["deny"])
+    resident_d = min(policy.resident_fuzzy_distance, depths["resident"])
     inputs["confusion_key"] = ckey
     inputs["plate_format_ok"] = ctx.format_ok
     inputs["deny_distance"] = deny_d

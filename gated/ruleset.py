@@ -154,9 +154,13 @@ def _del_hashes(syms: bytes) -> list[int]:
     for c in syms:
         removed.append(code * 36 + c)
         code = code * _BASE + c
+    pows = _POWS_DOWN[len(syms)]
+    if len(syms) <= 12:  # 37**12 < 2**63: no wrap-around, so no masking until the hash
+        pairs = zip(removed, pows, strict=True)
+        return [((code - r * p) * _GOLD & _M64) >> _HASH_SHIFT for r, p in pairs]
     return [
         (((code - r * p) & _M64) * _GOLD & _M64) >> _HASH_SHIFT
-        for r, p in zip(removed, _POWS_DOWN[len(syms)], strict=True)
+        for r, p in zip(removed, pows, strict=True)
     ]
 
 
