@@ -313,6 +313,7 @@ class RuleSet:
         "_deny_table",
         "_keys",
         "_plates",
+        "_source",
         "_table",
         "_tag_keys",
         "_tag_table",
@@ -323,7 +324,6 @@ class RuleSet:
         "resident",
         "schedule",
         "skipped",
-        "source",
         "tag",
         "vehicle",
         "version",
@@ -332,7 +332,7 @@ class RuleSet:
 
     def __init__(self) -> None:
         """Use RuleSet.build; the constructor makes an empty index."""
-        self.source: RuleSource | None = None
+        self._source: RuleSource | None = None
         self.version = 0
         self.depths: dict[str, int] = dict.fromkeys(LISTS, 0)
         self.skipped = 0  # store rows that were empty or too long to index
@@ -345,6 +345,18 @@ class RuleSet:
         self._tag_keys = np.zeros(0, dtype=np.int64)
         self._tag_table = _EMPTY
         self._cache_reads(None)
+
+    @property
+    def source(self) -> RuleSource | None:
+        """The store decisions read entities from."""
+        return self._source
+
+    @source.setter
+    def source(self, source: RuleSource | None) -> None:
+        """Read entities from another store from now on (e.g. the event loop's own
+        connection after a build in a worker thread); the entity caches start empty."""
+        self._source = source
+        self._cache_reads(source)
 
     def _cache_reads(self, source: RuleSource | None) -> None:
         """Entity getters of the source behind small LRU caches, one set per rule-set version.
@@ -392,7 +404,6 @@ class RuleSet:
         self = cls()
         self.source = source
         self.version = source.version
-        self._cache_reads(source)
         self.depths = dict(zip(LISTS, depths, strict=True))
         iters: list[Iterator[tuple[int, str]]] = [
             source.iter_deny_plates(),

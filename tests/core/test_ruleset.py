@@ -297,3 +297,15 @@ def test_query_rejects_oversized_plates() -> None:
     rules = RuleSet.build(source_with(vehicles=["AB12"]))
     with pytest.raises(ValueError, match="normalised"):
         rules.query("A" * 17)
+
+
+def test_the_source_can_be_swapped_after_a_build_elsewhere() -> None:
+    builder = source_with(vehicles=["AB12CDE"])
+    rules = RuleSet.build(builder)
+    key = rules.lookup("resident", "AB12CDE")[0].key
+    assert rules.vehicle(key) is not None and rules.vehicle(key).id == "v0"
+    live = MemoryRuleSource()  # e.g. the event loop's own connection to the same store
+    live.vehicles[key] = Vehicle("v-live", "AB12CDE", "r1")
+    rules.source = live
+    assert rules.source is live
+    assert rules.vehicle(key).id == "v-live"  # caches were reset with the new source
