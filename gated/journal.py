@@ -443,6 +443,7 @@ class _Writer:
         self.conn: sqlite3.Connection | None = None
         self.head = _Head()
         self.tail_problem: str | None = None
+        self._data_version = -1
 
     def open(self, migrations: Path | None) -> None:
         try:
@@ -475,6 +476,28 @@ class _Writer:
             expect_seq, expect_prev = row["seq"] + 1, row["row_hash"]
         last = tail[-1][1]
         self.head = _Head(last["seq"], last["row_hash"])
+        self._data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def _refresh_head(self) -> None:
+        """Re-read the chain's head if another connection committed since we last looked.
+
+        The daemon is not the only writer: `gated rules import` appends its audit
+        row from its own process. PRAGMA data_version changes only for commits made
+        through other connections, so the common case costs one pragma, and inside
+        BEGIN IMMEDIATE nobody can commit between this read and our insert.
+        """
+        assert self.conn is not None
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        self._data_version = version
+        row = self.conn.execute(
+            "SELECT seq, row_hash FROM access_logs WHERE seq = (SELECT max(seq) FROM access_logs) "
+            "UNION ALL SELECT seq, row_hash FROM audit_logs WHERE seq = (SELECT max(seq) FROM audit_logs) "
+            "ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is not None and row[0] > self.head.seq:
+            self.head = _Head(row[0], row[1])
 
     def close(self) -> None:
         if self.conn is not None:
@@ -512,6 +535,7 @@ class _Writer:
         saved = _Head(self.head.seq, self.head.row_hash)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            self._refresh_head()
             result = work()
             self.conn.execute("COMMIT")
         except BaseException:
@@ -827,25 +851,24 @@ class Journal:
         return await self._rows(stream, "", (), "DESC", limit)
 
     async def pass_uses(self) -> dict[str, int]:
-        """Allowed (not denied) access events per visitor pass, surviving retention."""
+        """Entries made with each visitor pass (exits do not use a pass up), surviving retention."""
         async with self._reader.execute("SELECT pass_id, uses FROM pass_use_counts") as cur:
             return {pass_id: uses for pass_id, uses in await cur.fetchall()}
 
     async def last_passages(self, since: float) -> dict[str, tuple[str, float]]:
-        """Resident and vehicle ids → (direction, created_at) of their last allowed passage.
+        """Anti-passback subjects → (direction, created_at) of their last allowed passage.
 
+        The subject is the vehicle, else the visitor pass, else the resident, exactly
+        as gated.policy.subject_for picks it, so seeded state matches live state.
         "Last" is by seq, never by timestamp (the clock may have stepped).
         """
-        found: dict[str, tuple[int, str, float]] = {}
-        for column in ("resident_id", "vehicle_id"):
-            sql = (f"SELECT {column}, direction, created_at, max(seq) FROM access_logs "
-                   f"WHERE created_at >= ? AND event_type != 'denied' AND direction IS NOT NULL "
-                   f"AND {column} IS NOT NULL GROUP BY {column}")
-            async with self._reader.execute(sql, (float(since),)) as cur:
-                for subject, direction, created_at, seq in await cur.fetchall():
-                    if subject not in found or found[subject][0] < seq:
-                        found[subject] = (seq, direction, created_at)
-        return {k: (d, t) for k, (_, d, t) in found.items()}
+        sql = (
+            "SELECT coalesce(vehicle_id, pass_id, resident_id) AS subject, direction, created_at, "
+            "max(seq) FROM access_logs WHERE created_at >= ? AND event_type != 'denied' "
+            "AND direction IS NOT NULL AND subject IS NOT NULL GROUP BY subject"
+        )
+        async with self._reader.execute(sql, (float(since),)) as cur:
+            return {subject: (d, t) for subject, d, t, _ in await cur.fetchall()}
 
     async def unsynced(self, stream: str, limit: int = 100,
                        after_seq: int = 0) -> list[dict[str, Any]]:

@@ -128,8 +128,9 @@ BEGIN
     SELECT RAISE(ABORT, 'seq already used by access_logs');
 END;
 
+-- Entries only: a visitor whose pass is used up must still be able to leave.
 CREATE TRIGGER access_logs_pass_use AFTER INSERT ON access_logs
-WHEN NEW.pass_id IS NOT NULL AND NEW.event_type != 'denied'
+WHEN NEW.pass_id IS NOT NULL AND NEW.event_type IN ('entry', 'visitor_entry')
 BEGIN
     INSERT INTO pass_use_counts (pass_id, uses) VALUES (NEW.pass_id, 1)
     ON CONFLICT (pass_id) DO UPDATE SET uses = uses + 1;

@@ -213,16 +213,18 @@ async def test_recent_newest_first_per_stream_and_all(journal: Journal) -> None:
         await journal.recent("bogus")
 
 
-async def test_pass_uses_counts_allowed_events_and_survives_retention(journal: Journal) -> None:
+async def test_pass_uses_counts_entries_and_survives_retention(journal: Journal) -> None:
     await journal.append(access_event(pass_id="p1", event_type="visitor_entry"))
     await journal.append(access_event(pass_id="p1", event_type="exit", direction="out"))
     await journal.append(access_event(pass_id="p1", event_type="denied"))
+    await journal.append(access_event(pass_id="p1", event_type="entry"))
     await journal.append(access_event(pass_id="p2", event_type="visitor_entry"))
+    # exits and denials never use a pass up
     assert await journal.pass_uses() == {"p1": 2, "p2": 1}
     synced = [r["event_id"] for r in await journal.unsynced("access", 10)]
     await journal.mark_synced("access", synced)
     pruned = await journal.prune(older_than=2e9)
-    assert pruned.rows == 3  # the newest row always stays
+    assert pruned.rows == 4  # the newest row always stays
     assert await journal.pass_uses() == {"p1": 2, "p2": 1}
 
 
@@ -242,8 +244,16 @@ async def test_last_passages_by_seq_not_timestamp(journal: Journal) -> None:
     await journal.append(
         access_event(resident_id="r2", vehicle_id=None, direction="in", created_at=100.0)
     )
+    await journal.append(
+        access_event(resident_id="host", vehicle_id=None, pass_id="p9", direction="in",
+                     event_type="visitor_entry", created_at=3000.0)
+    )
+    await journal.append(
+        access_event(resident_id="r3", vehicle_id=None, direction="in", created_at=3001.0)
+    )
     passages = await journal.last_passages(since=1000.0)
-    assert passages == {"r1": ("out", 1500.0), "v1": ("out", 1500.0)}
+    # subjects as policy.subject_for picks them: vehicle, else pass, else resident
+    assert passages == {"v1": ("out", 1500.0), "p9": ("in", 3000.0), "r3": ("in", 3001.0)}
 
 
 async def test_unsynced_and_mark_synced(journal: Journal) -> None:
