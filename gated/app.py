@@ -132,12 +132,12 @@ class Daemon:
         except* TooManyFailuresError as group:
             err = group.exceptions[0]
             log.critical("%s", err)
+            self.health.stopping()
             await self.auditor.record(
                 "daemon_exit", "daemon", status="failure", error_message=str(err)
             )
             status = 1
         finally:
-            self.health.stopping()
             health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health_task
@@ -183,6 +183,7 @@ class Daemon:
                 while True:
                     what = await self._wake.get()
                     if what == "stop":
+                        self.health.stopping()  # before draining: systemd may take a while to hear
                         break
                     if what == "reload" and await self._reload():
                         break

@@ -89,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_journal_verify(args: argparse.Namespace) -> int:
     """Check the journal's hash chain; exit 1 naming the first bad sequence number."""
-    from gated.journal import verify
+    from gated.journal_verify import verify
 
     db, _, _ = _paths(args)
     result = verify(db)
@@ -99,7 +99,7 @@ def cmd_journal_verify(args: argparse.Namespace) -> int:
 
 def cmd_journal_export(args: argparse.Namespace) -> int:
     """Write journal rows as JSON lines or CSV to stdout or --out."""
-    from gated.journal import export
+    from gated.journal_export import export
     from gated.timeparse import parse_since
 
     db, _, _ = _paths(args)
@@ -116,7 +116,7 @@ def cmd_journal_stats(args: argparse.Namespace) -> int:
     """Print journal counts, oldest unsynced event and sizes as JSON."""
     import json
 
-    from gated.journal import stats
+    from gated.journal_export import stats
 
     db, _, snaps = _paths(args)
     print(json.dumps(stats(db, snapshot_dir=snaps), indent=2, sort_keys=True, default=str))

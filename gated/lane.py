@@ -150,13 +150,14 @@ class Lane:
             for stale in list(self._last_allowed)[:1024]:
                 del self._last_allowed[stale]
         snap_path, snap_sha, snap_missing = await self._snapshot(event_id, read)
+        # Personal data (the plate as read, the stored plate) lives only in the
+        # journal's erasable columns, never in metadata: see gated.journal.
         metadata: dict[str, object] = {
             "source": read.source,
             "vendor": read.vendor,
-            "raw_plate": read.text,
             "match": _match_meta(decision),
             "flags": list(decision.flags),
-            "inputs": dict(decision.inputs),
+            "inputs": {k: v for k, v in decision.inputs.items() if k not in _PERSONAL_INPUTS},
         }
         if previous is not None:
             metadata["updates_event_id"] = previous[0]
@@ -446,6 +447,10 @@ class Lane:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
 
+# Decision inputs that carry the plate itself; the row's vehicle_plate column holds it.
+_PERSONAL_INPUTS = frozenset({"raw_text", "normalised", "confusion_key"})
+
+
 def _match_meta(decision: Decision) -> dict[str, object] | None:
     m = decision.match
     if m is None:
@@ -453,7 +458,6 @@ def _match_meta(decision: Decision) -> dict[str, object] | None:
     return {
         "kind": m.kind.value,
         "list": m.list,
-        "stored": m.stored,
         "distance": m.distance,
         "edits": [
             {"op": e.op, "position": e.position, "read": e.read, "stored": e.stored}
