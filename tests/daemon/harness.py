@@ -1,4 +1,4 @@
-"""Drive the real `gated run` process: config files, pty relay ports, systemd notify, camera pushes."""
+"""Drive the real `gated run` process: config, pty relay ports, systemd notify, camera pushes."""
 
 from __future__ import annotations
 
@@ -293,7 +293,8 @@ def hikvision_alarm(plate: str, jpeg: bytes, when: str | None = None) -> tuple[b
     for name, ctype, data in parts:
         body += (
             (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}"\r\n'
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="{name}"; filename="{name}"\r\n'
                 f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n"
             ).encode()
             + data
