@@ -34,9 +34,11 @@ ok = [0]
 def push(lane, mine):
     with httpx.Client(timeout=10) as client:
         for plate in mine:
-            r = client.post(f"http://127.0.0.1:{port}/anpr/{lane}", json={"plate": plate, "confidence": 0.95})
+            body = {"plate": plate, "confidence": 0.95}
+            r = client.post(f"http://127.0.0.1:{port}/anpr/{lane}", json=body)
             ok[0] += r.status_code == 200
-threads = [threading.Thread(target=push, args=(lane, plates[i::len(lanes)])) for i, lane in enumerate(lanes)]
+threads = [threading.Thread(target=push, args=(lane, plates[i::len(lanes)]))
+           for i, lane in enumerate(lanes)]
 start = time.monotonic()
 for t in threads: t.start()
 for t in threads: t.join()
@@ -89,8 +91,8 @@ def _free_port() -> int:
 
 
 def _plate(i: int) -> str:
-    letters = "ABCDEFGHJKLMNPRSTUVWXYZ"
-    return f"{letters[i % 23]}{letters[(i // 23) % 23]}{i % 1000:03d}{letters[(i // 529) % 23]}{letters[(i // 7) % 23]}"
+    a = "ABCDEFGHJKLMNPRSTUVWXYZ"
+    return f"{a[i % 23]}{a[(i // 23) % 23]}{i % 1000:03d}{a[(i // 529) % 23]}{a[(i // 7) % 23]}"
 
 
 async def _run(reads: int, residents: int) -> dict[str, object]:
