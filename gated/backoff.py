@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -18,13 +18,18 @@ class Backoff:
     initial: float = 0.5
     maximum: float = 60.0
     factor: float = 2.0
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random | None = None
     attempt: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rng is None:
+            self.rng = random.Random()
 
     def next_delay(self) -> float:
         """The delay before the next attempt; advances the schedule."""
         base = min(self.maximum, self.initial * self.factor**self.attempt)
         self.attempt = min(self.attempt + 1, 64)
+        assert self.rng is not None
         return base / 2 + self.rng.uniform(0, base / 2)
 
     def reset(self) -> None:

@@ -30,9 +30,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from gated.backoff import Backoff
 from gated.config import CameraConfig
 from gated.errors import HardwareError
-from gated.hardware.readers import call_in_loop, jittered_backoff
+from gated.hardware.readers import call_in_loop
 
 __all__ = ["CameraStatus", "OpenCvCamera"]
 
@@ -182,7 +183,7 @@ class OpenCvCamera:
     # --- capture thread -----------------------------------------------------------
 
     def _capture_forever(self) -> None:
-        attempt = 0
+        backoff = Backoff(self._reconnect_initial, self._reconnect_max, rng=self._rng)
         while not self._stop.is_set():
             cap = _open_capture(self._cfg.url, self._open_timeout_ms, self._read_timeout_ms)
             try:
@@ -194,17 +195,14 @@ class OpenCvCamera:
             finally:
                 cap.release()
             if got_frames:
-                attempt = 0
+                backoff.reset()
                 if self._is_file:
                     continue  # end of a demo file: loop it at once
                 self._lost("stream dropped")
             elif self._state == "up":
                 self._lost("stream gave no frames")
-            if self._stop.wait(
-                jittered_backoff(attempt, self._reconnect_initial, self._reconnect_max, self._rng)
-            ):
+            if self._stop.wait(backoff.next_delay()):
                 return
-            attempt += 1
 
     def _read_until_drop(self, cap: cv2.VideoCapture) -> bool:
         """Read frames into the one-frame slot until the stream ends; True if any arrived."""

@@ -35,6 +35,7 @@ from typing import Any
 
 import serial
 
+from gated.backoff import Backoff
 from gated.config import Rdm6300SourceConfig, SerialLineSourceConfig, SimulatorSourceConfig
 from gated.errors import HardwareError, PayloadError
 from gated.hardware.base import Emit
@@ -53,7 +54,6 @@ __all__ = [
     "TagFrame",
     "call_in_loop",
     "encode_rdm6300_frame",
-    "jittered_backoff",
     "parse_line",
     "parse_rdm6300_frame",
     "render_plate_jpeg",
@@ -73,16 +73,6 @@ def call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args:
     except RuntimeError:  # loop closed during shutdown: nothing left to deliver to
         return False
     return True
-
-
-def jittered_backoff(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Delay before retry number `attempt` (0-based): doubling, capped, with 50-100 % jitter.
-
-    Jitter keeps a site's readers and cameras from retrying in lock-step after a
-    shared power or USB hub glitch.
-    """
-    ceiling = min(max_s, initial_s * (2 ** min(attempt, 30)))
-    return ceiling * (0.5 + 0.5 * rng.random())
 
 
 @dataclass(slots=True)
@@ -417,18 +407,15 @@ class SerialLink:
         raise HardwareError(f"serial reader {self.name}: reader thread stopped")
 
     def _pump(self, loop: asyncio.AbstractEventLoop, on_data: OnData) -> None:
-        attempt = 0
+        backoff = Backoff(self._reopen_initial, self._reopen_max, rng=self._rng)
         while not self._stop.is_set():
             try:
                 port = self._opener()
             except (serial.SerialException, OSError, ValueError) as err:
                 self._lost(err)
-                self._stop.wait(
-                    jittered_backoff(attempt, self._reopen_initial, self._reopen_max, self._rng)
-                )
-                attempt += 1
+                self._stop.wait(backoff.next_delay())
                 continue
-            attempt = 0
+            backoff.reset()
             self._serial = port
             self._up()
             try:

@@ -31,12 +31,13 @@ import logging
 import os
 import random
 import select
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import serial
 
+from gated.backoff import Backoff
 from gated.config import (
     FakeRelayConfig,
     GpioRelayConfig,
@@ -55,7 +56,6 @@ __all__ = [
     "LcusRelay",
     "ModbusRefusedError",
     "ModbusRelay",
-    "backoff_delays",
     "check_write_coil_reply",
     "crc16_modbus",
     "lcus_frame",
@@ -143,22 +143,6 @@ def check_write_coil_reply(request: bytes, reply: bytes) -> None:
         raise HardwareError(f"modbus reply from slave {reply[0]}, expected {request[0]}")
     if reply != request:
         raise HardwareError("modbus reply does not echo the request")
-
-
-# --- backoff -----------------------------------------------------------------
-
-
-def backoff_delays(
-    base_s: float, cap_s: float, rng: random.Random | None = None
-) -> Iterator[float]:
-    """Capped exponential delays with jitter in [d/2, d]: gates that lose power together
-    do not all hammer their boards (or a shared RS-485 bus) in step."""
-    rng = rng or random.Random()
-    attempt = 0
-    while True:
-        d = min(cap_s, base_s * (2 ** min(attempt, 30)))
-        yield rng.uniform(d / 2, d)
-        attempt += 1
 
 
 # --- shared behaviour ----------------------------------------------------------
@@ -418,7 +402,7 @@ class _SerialRelay(_RelayCore):
 
     async def run(self) -> None:
         """Open the port, watch it while idle, reopen it with backoff; until cancelled."""
-        delays: Iterator[float] | None = None
+        delays: Backoff | None = None
         while not self._closed:
             if self._serial is None:
                 try:
@@ -429,10 +413,10 @@ class _SerialRelay(_RelayCore):
                         return
                     self._set_fault(str(err))
                     if delays is None:
-                        delays = backoff_delays(
-                            self._reconnect_base_s, self._reconnect_max_s, self._rng
+                        delays = Backoff(
+                            self._reconnect_base_s, self._reconnect_max_s, rng=self._rng
                         )
-                    await asyncio.sleep(next(delays))
+                    await asyncio.sleep(delays.next_delay())
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), self._check_interval_s)

@@ -24,7 +24,6 @@ from gated.hardware.relays import (
     GpioRelay,
     LcusRelay,
     ModbusRelay,
-    backoff_delays,
     check_write_coil_reply,
     crc16_modbus,
     lcus_frame,
@@ -240,16 +239,6 @@ def test_any_reply_is_accepted_only_if_it_is_the_echo(reply: bytes) -> None:
         assert reply != MB_ON
     else:
         assert reply == MB_ON
-
-
-def test_backoff_is_capped_and_jittered() -> None:
-    import random
-
-    delays = backoff_delays(0.5, 30.0, random.Random(1))
-    seq = [next(delays) for _ in range(20)]
-    assert all(0.25 <= d <= 30.0 for d in seq)
-    assert max(seq[-5:]) <= 30.0 and min(seq[-5:]) >= 15.0
-    assert len(set(seq)) == len(seq)
 
 
 # --- LCUS over a pty ------------------------------------------------------------------
