@@ -7,11 +7,11 @@ a million vehicles on a Raspberry Pi:
   order) gets a global row number; its normalised text lives in one
   fixed-width bytes array and its store row key in an int array.
 * A table holds, per row, uint64 entries
-  ``hash28(code) << 36 | position << 32 | level << 30 | row`` where ``code``
-  packs a string over A-Z0-9 as a base-37 number (exact up to 12 characters,
-  a wrapping hash beyond) and ``level`` says how many characters were deleted
-  from the row's confusion key to get it: level 0 is the key itself, levels
-  1-2 its symmetric-deletion ('SymSpell') neighbourhood. ``position`` is the
+  ``hash << 36 | position << 32 | level << 30 | row`` where ``hash`` is the
+  string's ASCII bytes read as a big-endian number modulo a 28-bit prime
+  (one-character differences never collide) and ``level`` says how many
+  characters were deleted from the row's confusion key to get it: level 0 is
+  the key itself, levels 1-2 its symmetric-deletion ('SymSpell') neighbourhood. ``position`` is the
   deleted index at level 1: a substitution at i shows as equal deletions *at
   i* on both sides, so distance-1 lookups skip pairs deleted at different
   places (mostly distance 2), which in a dense million-plate fleet are most
@@ -72,9 +72,11 @@ LISTS: tuple[str, ...] = ("deny", "resident", "visitor_pass")  # Match.list name
 TAG_LIST = "tag"
 _LIST_INDEX = {name: i for i, name in enumerate(LISTS)}
 
-_M64 = (1 << 64) - 1
-_BASE = 37
-_GOLD = 0x9E3779B97F4A7C15  # Fibonacci hashing multiplier: spreads packed codes over 32 bits
+# A key hashes to (its ASCII bytes read as one big-endian number) mod a prime
+# just under 2**28. Modulo a prime, keys differing in one character never
+# collide (the difference c * 256**i is never a multiple of it), and the query
+# side is two C calls (int.from_bytes, %) instead of a Python loop per character.
+_PRIME = 268_435_399  # largest prime below 2**28
 _ROW_BITS = 30
 _ROW_MASK = (1 << _ROW_BITS) - 1
 _LEVEL_MASK = 3
@@ -85,28 +87,26 @@ _CHUNK = 1 << 16  # rows per vectorised build step: bounds the temporary arrays
 _CACHE = 4096  # entities kept per kind (a few MB at most)
 _NORMALISED = re.compile(r"[A-Z0-9]+")
 
-_POW = [pow(_BASE, e, 1 << 64) for e in range(MAX_TAG_LEN + 2)]
-_POWS_DOWN = [[_POW[n - 1 - i] for i in range(n)] for n in range(MAX_TAG_LEN + 1)]
+_POW_NP = np.array([pow(256, e, _PRIME) for e in range(MAX_TAG_LEN + 2)], dtype=np.uint64)
+# index pairs (i, j), i < j, whose deletion from an n-character key gives its level-2 keys
+_PAIRS = [[(i, j) for i in range(n) for j in range(i + 1, n)] for n in range(MAX_PLATE_LEN + 1)]
 _KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
 
 
-def _symbol_table(text_map: dict[str, str]) -> list[int]:
-    """byte -> symbol (1..36 for 0-9A-Z after `text_map`), 0 for padding, 255 invalid."""
-    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+def _byte_table(text_map: dict[str, str]) -> list[int]:
+    """byte -> byte of A-Z0-9 after `text_map`, 0 for padding, 255 for anything else."""
     table = [255] * 256
     table[0] = 0
-    for ch in alphabet:
-        table[ord(ch)] = alphabet.index(text_map.get(ch, ch)) + 1
+    for ch in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        table[ord(ch)] = ord(text_map.get(ch, ch))
     return table
 
 
-_PLAIN_SYM = _symbol_table({})
-_CONF_SYM = _symbol_table({c: confusion_key(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"})
-_PLAIN_BYTES = bytes(_PLAIN_SYM)  # for bytes.translate on the query side
-_CONF_BYTES = bytes(_CONF_SYM)
-_PLAIN_LUT = np.array(_PLAIN_SYM, dtype=np.uint8)
-_CONF_LUT = np.array(_CONF_SYM, dtype=np.uint8)
-_POW_NP = np.array(_POW, dtype=np.uint64)
+_PLAIN_LUT = np.array(_byte_table({}), dtype=np.uint8)
+_CONF_LUT = np.array(
+    _byte_table({c: confusion_key(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"}),
+    dtype=np.uint8,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,71 +126,63 @@ class PlateCandidates:
     visitor_pass: tuple[Candidate, ...] = ()
 
 
-# --- packing (scalar: the query side) ------------------------------------------------
+# --- hashing (scalar: the query side) -----------------------------------------------
 
 
-def _h28(code: int) -> int:
-    return ((code * _GOLD) & _M64) >> _HASH_SHIFT
+def _hash(key: bytes) -> int:
+    """The 28-bit hash of an ASCII key."""
+    return int.from_bytes(key, "big") % _PRIME
 
 
-def _pack(syms: bytes) -> tuple[int, list[int]]:
-    """(code of syms, codes of each one-character deletion), base 37 modulo 2**64."""
-    code = 0
-    removed = []
-    for c in syms:
-        removed.append(code * 36 + c)
-        code = code * _BASE + c
-    # Deleting character i takes (prefix_i * 36 + c_i) * 37**(n-1-i) off the code:
-    # the prefix moves down one power, the suffix stays put.
-    return code & _M64, [
-        (code - r * p) & _M64 for r, p in zip(removed, _POWS_DOWN[len(syms)], strict=True)
-    ]
+def _del_hashes(key: bytes) -> list[int]:
+    """Hashes of each one-character deletion of key, by deleted position."""
+    p = _PRIME
+    frombytes = int.from_bytes
+    return [frombytes(key[:i] + key[i + 1 :], "big") % p for i in range(len(key))]
 
 
-def _del_hashes(syms: bytes) -> list[int]:
-    """hash28 of each one-character deletion of syms, by position (the query's hot loop)."""
-    code = 0
-    removed = []
-    for c in syms:
-        removed.append(code * 36 + c)
-        code = code * _BASE + c
-    pows = _POWS_DOWN[len(syms)]
-    if len(syms) <= 12:  # 37**12 < 2**63: no wrap-around, so no masking until the hash
-        pairs = zip(removed, pows, strict=True)
-        return [((code - r * p) * _GOLD & _M64) >> _HASH_SHIFT for r, p in pairs]
-    return [
-        (((code - r * p) & _M64) * _GOLD & _M64) >> _HASH_SHIFT
-        for r, p in zip(removed, pows, strict=True)
-    ]
+def _del2_hashes(key: bytes) -> list[int]:
+    """Distinct hashes of the key with two characters deleted."""
+    p = _PRIME
+    frombytes = int.from_bytes
+    return list(
+        {frombytes(key[:i] + key[i + 1 : j] + key[j + 1 :], "big") % p for i, j in _PAIRS[len(key)]}
+    )
 
 
 # --- packing (vectorised: the build side) --------------------------------------------
 
 
 def _pack_matrix(sym: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorised _pack over rows of a padded symbol matrix: (codes, deletion codes, valid)."""
+    """Hashes of the rows of a 0-padded byte matrix: (key hashes, deletion hashes, valid).
+
+    The vectorised twin of `_hash`/`_del_hashes`: every product stays below
+    2**56 because both factors are reduced modulo the 28-bit prime first.
+    """
     n, width = sym.shape
     s = sym.astype(np.uint64)
+    p = np.uint64(_PRIME)
     prefix = np.zeros((n, width + 1), dtype=np.uint64)
-    base = np.uint64(_BASE)
     for i in range(width):
-        prefix[:, i + 1] = prefix[:, i] * base + s[:, i]
+        prefix[:, i + 1] = (prefix[:, i] * np.uint64(256) + s[:, i]) % p
     cols = np.arange(width)
     exps = np.clip(lens[:, None] - 1 - cols[None, :], 0, None)
-    terms = s * _POW_NP[exps]  # padding symbols are 0, so their terms vanish
+    weights = _POW_NP[exps]
+    terms = s * weights % p  # padding bytes are 0, so their terms vanish
     suffix = np.zeros((n, width + 1), dtype=np.uint64)
-    suffix[:, :width] = np.cumsum(terms[:, ::-1], axis=1, dtype=np.uint64)[:, ::-1]
-    dels = prefix[:, :width] * _POW_NP[exps] + suffix[:, 1:]
+    # at most 16 terms below 2**28 each: the sum cannot overflow before the modulo
+    suffix[:, :width] = np.cumsum(terms[:, ::-1], axis=1, dtype=np.uint64)[:, ::-1] % p
+    dels = (prefix[:, :width] * weights + suffix[:, 1:]) % p
     valid = cols[None, :] < lens[:, None]
     return suffix[:, 0], dels, valid
 
 
 def _entries(
-    codes: np.ndarray, level: int, rows: np.ndarray, positions: np.ndarray | None = None
+    hashes: np.ndarray, level: int, rows: np.ndarray, positions: np.ndarray | None = None
 ) -> np.ndarray:
-    """Table entries hash28(code) << 36 | position << 32 | level << 30 | row."""
-    h = (codes * np.uint64(_GOLD)) >> np.uint64(_HASH_SHIFT)
-    out = (h << np.uint64(_HASH_SHIFT)) | np.uint64(level << _ROW_BITS) | rows.astype(np.uint64)
+    """Table entries hash << 36 | position << 32 | level << 30 | row."""
+    out = (hashes << np.uint64(_HASH_SHIFT)) | np.uint64(level << _ROW_BITS)
+    out |= rows.astype(np.uint64)
     if positions is not None:
         out |= positions.astype(np.uint64) << np.uint64(_POS_SHIFT)
     return out
@@ -545,9 +537,8 @@ class RuleSet:
             raise ValueError("match_tag wants a normalised tag (gated.plates.normalise)")
         if not tag or len(tag) > MAX_TAG_LEN or not len(self._tags):
             return ()
-        code, _ = _pack(tag.encode("ascii").translate(_PLAIN_BYTES))
         out = []
-        for entry in self._tag_table.probe(_h28(code)):
+        for entry in self._tag_table.probe(_hash(tag.encode("ascii"))):
             row = entry & _ROW_MASK
             if self._tags[row].decode("ascii") == tag:
                 match = Match(MatchKind.EXACT, TAG_LIST, tag)
@@ -558,7 +549,7 @@ class RuleSet:
 class PlateQuery:
     """One normalised plate being looked up; hashes and probes are computed once, when needed."""
 
-    __slots__ = ("_cache", "_dels", "_dels2", "_h0", "_rules", "_syms", "ckey", "plate")
+    __slots__ = ("_cache", "_dels", "_dels2", "_h0", "_key", "_rules", "ckey", "plate")
 
     def __init__(self, rules: RuleSet, plate: str, ckey: str | None = None) -> None:
         """Prepare the lookup; raises ValueError unless `plate` is normalised.
@@ -573,11 +564,8 @@ class PlateQuery:
         self._rules = rules
         self.plate = plate
         self.ckey = confusion_key(plate) if ckey is None else ckey
-        self._syms = plate.encode("ascii").translate(_CONF_BYTES)
-        code = 0
-        for c in self._syms:
-            code = code * _BASE + c
-        self._h0 = [_h28(code & _M64)]
+        self._key = self.ckey.encode("ascii")
+        self._h0 = [int.from_bytes(self._key, "big") % _PRIME]
         self._dels: list[int] | None = None
         self._dels2: list[int] | None = None
         self._cache: dict[int, list[tuple[int, int]]] = {}
@@ -588,15 +576,10 @@ class PlateQuery:
             return self._h0
         if level == 1:
             if self._dels is None:
-                self._dels = _del_hashes(self._syms)
+                self._dels = _del_hashes(self._key)
             return self._dels
         if self._dels2 is None:
-            syms = self._syms
-            seen: dict[int, None] = {}
-            for i in range(len(syms)):
-                for h in _del_hashes(syms[:i] + syms[i + 1 :]):
-                    seen[h] = None
-            self._dels2 = list(seen)
+            self._dels2 = _del2_hashes(self._key)
         return self._dels2
 
     def _hits(self, deny: bool, qlevel: int) -> list[tuple[int, int]]:
