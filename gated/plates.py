@@ -17,6 +17,8 @@ import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
+from rapidfuzz.distance import Hamming, Levenshtein
+
 from gated.errors import PayloadError
 from gated.model import Edit
 
@@ -114,69 +116,16 @@ def plate_matches_format(plate: str, patterns: Sequence[str]) -> bool:
     return any(_compiled(p).fullmatch(plate) for p in patterns)
 
 
-def _within_one(a: str, b: str) -> int | None:
-    """Levenshtein distance of a and b when it is at most 1, else None (linear time)."""
-    la, lb = len(a), len(b)
-    if la == lb:
-        diffs = 0
-        for x, y in zip(a, b, strict=True):
-            if x != y:
-                diffs += 1
-                if diffs > 1:
-                    return None
-        return diffs
-    if la < lb:
-        a, b, la, lb = b, a, lb, la
-    if la - lb != 1:
-        return None
-    # a is one longer: find the first difference and skip it in a
-    i = 0
-    while i < lb and a[i] == b[i]:
-        i += 1
-    return 1 if a[i + 1 :] == b[i:] else None
-
-
 def distance(a: str, b: str, max_distance: int) -> int | None:
     """Levenshtein distance of a and b, or None when it exceeds max_distance (exits early)."""
     if a == b:
         return 0
-    if max_distance <= 0:
+    if max_distance <= 0 or abs(len(a) - len(b)) > max_distance:
         return None
-    la, lb = len(a), len(b)
-    if abs(la - lb) > max_distance:
-        return None
-    if max_distance == 1:
-        return _within_one(a, b)
-    k = max_distance
-    big = k + 1
-    # Banded DP (Ukkonen): only cells with |i - j| <= k can hold a value <= k.
-    prev = [j if j <= k else big for j in range(lb + 1)]
-    for i in range(1, la + 1):
-        ca = a[i - 1]
-        cur = [big] * (lb + 1)
-        if i <= k:
-            cur[0] = i
-        lo = max(1, i - k)
-        hi = min(lb, i + k)
-        row_min = cur[0]
-        for j in range(lo, hi + 1):
-            v = prev[j - 1] + (ca != b[j - 1])
-            up = prev[j] + 1
-            if up < v:
-                v = up
-            left = cur[j - 1] + 1
-            if left < v:
-                v = left
-            if v > big:
-                v = big
-            cur[j] = v
-            if v < row_min:
-                row_min = v
-        if row_min > k:
-            return None
-        prev = cur
-    d = prev[lb]
-    return d if d <= k else None
+    # rapidfuzz's bit-parallel Levenshtein with a cutoff: about 0.1 us for a plate,
+    # where a banded dynamic programme in Python took 1-10 us
+    d = Levenshtein.distance(a, b, score_cutoff=max_distance)
+    return d if d <= max_distance else None
 
 
 def edits(read: str, stored: str) -> tuple[Edit, ...]:
@@ -202,8 +151,16 @@ def edits(read: str, stored: str) -> tuple[Edit, ...]:
     a = read[start : len(read) - end]
     b = stored[start : len(stored) - end]
     la, lb = len(a), len(b)
-    if la == lb == 1:
-        return (Edit("sub", start, a, b),)
+    # Shortcuts for the usual fuzzy reads; each gives what the table below would:
+    if not lb:  # only extra characters in the read
+        return tuple(Edit("ins", start + i, c, "") for i, c in enumerate(a))
+    if not la:  # only missing characters
+        return tuple(Edit("del", start, "", c) for c in b)
+    if la == lb and Levenshtein.distance(a, b) == Hamming.distance(a, b):
+        # Substitutions alone are optimal, and the backtrack, which tries the
+        # diagonal first, then never leaves it.
+        pairs = enumerate(zip(a, b, strict=True))
+        return tuple(Edit("sub", start + i, x, y) for i, (x, y) in pairs if x != y)
     table = [[0] * (lb + 1) for _ in range(la + 1)]
     for i in range(la + 1):
         table[i][0] = i
