@@ -13,12 +13,13 @@ import subprocess
 import sys
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 
 from tests.support.broker import free_port
@@ -142,7 +143,14 @@ class Site:
     def snapshots(self) -> Path:
         return self.root / "snapshots"
 
-    def write_config(self, lanes: str, extra: str = "") -> Path:
+    def write_config(
+        self,
+        lanes: str,
+        extra: str = "",
+        *,
+        supervisor: str = "restart_backoff_s = 0.05\nrestart_backoff_max_s = 0.5",
+        policy: str = "",
+    ) -> Path:
         """A config with the site's paths, the given [[lanes]] tables and extra sections."""
         self.config.write_text(
             f"""
@@ -163,8 +171,10 @@ host = "127.0.0.1"
 port = {self.listener_port}
 
 [supervisor]
-restart_backoff_s = 0.05
-restart_backoff_max_s = 0.5
+{supervisor}
+
+[policy]
+{policy}
 
 {lanes}
 {extra}
@@ -313,3 +323,84 @@ def running(site: Site, **kwargs: Any) -> Iterator[DaemonProcess]:
         yield daemon
     finally:
         daemon.close()
+
+
+# --- helpers for fault and control tests ------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0, every_s: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy (returned) or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(sqlite3.OperationalError):
+            value = predicate()
+            if value:
+                return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(every_s)
+
+
+def audit(site: Site, action: str) -> list[dict[str, Any]]:
+    """The audit rows with this action, in sequence order (empty before the journal exists)."""
+    if not site.journal.exists():
+        return []
+    return [row for row in site.rows("audit_logs") if row["action"] == action]
+
+
+def wait_audit(
+    site: Site, action: str, count: int = 1, timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """Poll until at least `count` audit rows with this action exist; those rows (maybe fewer)."""
+    wait_until(lambda: len(audit(site, action)) >= count, timeout_s)
+    return audit(site, action)
+
+
+def post_generic(
+    port: int,
+    path: str,
+    plate: str,
+    *,
+    confidence: float | None = 0.95,
+    client: httpx.Client | None = None,
+    timeout_s: float = 10.0,
+) -> int:
+    """Push one read in gated's generic JSON format (no image); the HTTP status."""
+    doc: dict[str, Any] = {"plate": plate}
+    if confidence is not None:
+        doc["confidence"] = confidence
+    url = f"http://127.0.0.1:{port}{path}"
+    sender = client or httpx
+    return sender.post(url, json=doc, timeout=timeout_s).status_code
+
+
+def post_until_accepted(
+    port: int, path: str, plate: str, timeout_s: float = 10.0, **kw: Any
+) -> int:
+    """Push a read, retrying while the listener is not (yet, or again) accepting connections."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return post_generic(port, path, plate, **kw)
+        except httpx.TransportError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def write_video(path: Path, frames: int = 10, width: int = 160, height: int = 120) -> None:
+    """A short MJPG video written by cv2.VideoWriter, moved into place atomically."""
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
+    assert writer.isOpened(), "OpenCV cannot write MJPG video here"
+    rng = np.random.default_rng(len(str(path)))
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8))
+    writer.release()
+    os.replace(tmp, path)
+
+
+def lcus_frames(data: bytes) -> list[bytes]:
+    """Split bytes read from a relay pty into 4-byte LCUS frames (asserting nothing is torn)."""
+    assert len(data) % 4 == 0, f"torn LCUS frames: {data.hex()}"
+    return [data[i : i + 4] for i in range(0, len(data), 4)]
