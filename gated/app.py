@@ -295,10 +295,13 @@ class Daemon:
             if lane.mode == Mode.HOLD_OPEN:
                 from gated import gate as gm
 
-                with contextlib.suppress(
-                    GatedError
-                ):  # a serial board not open yet re-holds on recovery
+                try:
                     await lane.apply(gm.HoldRequested())
+                except GatedError:
+                    # A serial board is opened by its run(), after this. Its first
+                    # successful open is no *recovery* (nothing failed before), so
+                    # on_fault never calls relay_recovered(): hold once it is open.
+                    gen.services.append((f"{lane_cfg.id}-hold", _bind(_hold_when_open, lane)))
         self._modes_seeded = True
         self._build_sources(cfg, gen)
         self._build_inputs(cfg, gen, pin_factory)
@@ -486,6 +489,16 @@ class Daemon:
     def _on_event(self, event: Any, decision: Any) -> None:
         for listener in list(self.event_listeners):
             listener(event, decision)
+
+
+async def _hold_when_open(lane: Lane) -> None:
+    """Energise a hold-open lane's relay as soon as its board is open, then return."""
+    # Polled: the Relay protocol reports faults, not a first open, so there is no event
+    # to wait on; this runs only for a hold-open lane, once per generation.
+    while lane.p.relay.fault is not None:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(GatedError):  # lost again: on_fault's recovery re-holds
+        await lane.relay_recovered()
 
 
 def _source(source: Any, emit: Callable[[PlateRead], None]) -> tuple[str, Callable[[], Any]]:

@@ -253,6 +253,10 @@ class DaemonProcess:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, text: str, count: int = 1, timeout_s: float = 15.0) -> bool:
+        """True once `text` appears at least `count` times in the daemon's output."""
+        return bool(wait_until(lambda: self.log().count(text) >= count, timeout_s))
+
     def alive(self) -> bool:
         """True while the process runs."""
         return self.proc.poll() is None

@@ -1,0 +1,222 @@
+"""Controlling the running daemon: SIGHUP config reload, rule-set hot reload, hold-open lanes,
+guard buttons, the systemd watchdog.
+
+Subprocess tests run `gated run` with LCUS relays on pty pairs; the guard-button test runs the
+in-process Daemon with gpiozero MockFactory pins and a fake relay. No real GPIO, relay board
+or systemd was involved.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon.harness import (
+    LCUS_OFF,
+    LCUS_ON,
+    PtyPort,
+    Site,
+    audit,
+    gated,
+    lcus_frames,
+    post_until_accepted,
+    running,
+    wait_audit,
+    wait_until,
+)
+
+PATH = "/anpr/main-in"
+LISTENING = "listening on 127.0.0.1"  # logged each time a generation's listener is bound
+
+RULES = {
+    "residents": [{"id": "r-1", "name": "Ann Jansen", "access_points": "*"}],
+    "vehicles": [
+        {"id": "v-1", "plate": "AB123CD", "resident_id": "r-1"},
+        {"id": "v-2", "plate": "GH456JK", "resident_id": "r-1"},
+        {"id": "v-3", "plate": "MN789PQ", "resident_id": "r-1"},
+    ],
+}
+
+
+def lane_config(port: PtyPort, *, mode: str = "normal", pulse_ms: int = 200) -> str:
+    """One inbound lane: an LCUS relay on the pty, a generic JSON camera push."""
+    return f"""
+[[lanes]]
+id = "main-in"
+direction = "in"
+mode = "{mode}"
+dedup_window_s = 0.5
+[lanes.relay]
+kind = "lcus"
+port = "{port.link}"
+channel = 1
+pulse_ms = {pulse_ms}
+[[lanes.sources]]
+kind = "anpr_http"
+name = "cam-main-in"
+format = "generic"
+path = "{PATH}"
+"""
+
+
+@pytest.fixture
+def relay_port(tmp_path: Path) -> Iterator[PtyPort]:
+    port = PtyPort(tmp_path / "relay-board")
+    yield port
+    port.close()
+
+
+def row_for(site: Site, plate: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The newest access row for this plate, waiting for it to be journaled."""
+
+    def newest() -> dict[str, Any] | None:
+        rows = [r for r in site.rows() if r["vehicle_plate"] == plate]
+        return rows[-1] if rows else None
+
+    row = wait_until(newest, timeout_s)
+    assert row is not None, f"no journal row for {plate}"
+    return row
+
+
+def push(site: Site, plate: str, confidence: float = 0.95) -> dict[str, Any]:
+    """Push a read (waiting for the listener if a new generation is starting); its row."""
+    before = len([r for r in site.rows() if r["vehicle_plate"] == plate])
+    assert post_until_accepted(site.listener_port, PATH, plate, confidence=confidence) == 200
+    wait_until(lambda: len([r for r in site.rows() if r["vehicle_plate"] == plate]) > before)
+    return row_for(site, plate)
+
+
+def verify_journal(site: Site) -> None:
+    """`gated journal verify` must accept the journal."""
+    result = gated("journal", "verify", "--db", str(site.journal))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- 5. SIGHUP: config reload ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sighup_reloads_a_valid_config_and_refuses_a_broken_one(
+    tmp_path: Path, relay_port: PtyPort
+) -> None:
+    site = Site(tmp_path)
+    site.write_config(lane_config(relay_port), policy="min_confidence = 0.5")
+    site.import_rules(RULES)
+    with running(site) as daemon:
+        assert daemon.wait_log(LISTENING)
+        relay_port.drain()
+        row = push(site, "AB123CD", confidence=0.7)
+        assert row["decision_reason"] == "resident"
+        assert relay_port.read(8) == LCUS_ON + LCUS_OFF
+
+        # A stricter policy, applied by SIGHUP without a restart.
+        site.write_config(lane_config(relay_port), policy="min_confidence = 0.9")
+        daemon.proc.send_signal(signal.SIGHUP)
+        [reload] = wait_audit(site, "config_reload")
+        assert reload["status"] == "success"
+        assert json.loads(reload["old_values"])["policy"]["min_confidence"] == 0.5
+        assert json.loads(reload["new_values"])["policy"]["min_confidence"] == 0.9
+        assert daemon.wait_log(LISTENING, count=2), daemon.log()  # the new generation runs
+        # The board was released by the old generation and reopened (released) by the new.
+        assert set(lcus_frames(relay_port.drain())) == {LCUS_OFF}
+
+        assert push(site, "GH456JK", confidence=0.7)["decision_reason"] == "low_confidence"
+        assert relay_port.drain(0.3) == b""
+        assert push(site, "MN789PQ", confidence=0.95)["decision_reason"] == "resident"
+        assert relay_port.read(8) == LCUS_ON + LCUS_OFF
+
+        # A broken config: refused, audited with the key, the running config stays.
+        site.config.write_text(site.config.read_text().replace("pulse_ms = 200", "pulse_ms = 0"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        reloads = wait_audit(site, "config_reload", count=2)
+        assert len(reloads) == 2 and reloads[1]["status"] == "failure"
+        assert "lanes[0].relay.pulse_ms" in reloads[1]["error_message"]
+        assert daemon.alive()
+        time.sleep(0.6)  # past the dedup window of the earlier reads of these plates
+        assert push(site, "AB123CD", confidence=0.7)["decision_reason"] == "low_confidence"
+        assert push(site, "GH456JK", confidence=0.95)["decision_reason"] == "resident"
+        assert relay_port.read(8) == LCUS_ON + LCUS_OFF
+        assert daemon.log().count(LISTENING) == 2  # no generation was started for it
+        status = daemon.terminate()
+    assert status == 0, daemon.log()
+    verify_journal(site)
+
+
+# --- hold-open lanes keep their serial relay held ----------------------------------------
+
+
+@pytest.mark.slow
+def test_hold_open_lane_holds_its_serial_relay_at_start_and_after_reload(
+    tmp_path: Path, relay_port: PtyPort
+) -> None:
+    site = Site(tmp_path)
+    site.write_config(lane_config(relay_port, mode="hold_open"))
+    site.import_rules(RULES)
+    with running(site) as daemon:
+        # The board opens released, then the lane's hold-open energises it.
+        assert relay_port.read(8) == LCUS_OFF + LCUS_ON, daemon.log()
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert wait_audit(site, "config_reload")[0]["status"] == "success"
+        assert daemon.wait_log(LISTENING, count=2), daemon.log()
+        # Released by the old generation, reopened released, held again by the new one.
+        frames = lcus_frames(relay_port.read(16, timeout_s=10))
+        assert frames[-1] == LCUS_ON and LCUS_OFF in frames, daemon.log()
+        assert relay_port.drain(0.3) == b""  # and it stays held
+        status = daemon.terminate()
+        assert lcus_frames(relay_port.drain(0.3))[-1] == LCUS_OFF  # safe state on the way out
+    assert status == 0, daemon.log()
+
+
+# --- 6. rule-set hot reload ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rules_imported_while_running_take_effect(tmp_path: Path, relay_port: PtyPort) -> None:
+    site = Site(tmp_path)
+    site.write_config(lane_config(relay_port))
+    site.import_rules(RULES)
+    with running(site) as daemon:
+        assert daemon.wait_log(LISTENING)
+        relay_port.drain()
+        first = push(site, "NW2024X")
+        assert first["decision_reason"] == "unknown_plate" and first["rules_version"] == 1
+
+        vehicles = [*RULES["vehicles"], {"id": "v-9", "plate": "NW2024X", "resident_id": "r-1"}]
+        site.import_rules({**RULES, "vehicles": vehicles})  # the CLI, while the daemon runs
+        assert audit(site, "rules_import")[-1]["status"] == "success"
+
+        def opens() -> dict[str, Any] | None:
+            time.sleep(0.6)  # past the dedup window: each push is a new arrival
+            row = push(site, "NW2024X")
+            return row if row["decision_reason"] == "resident" else None
+
+        row = wait_until(opens, timeout_s=15)
+        assert row is not None, daemon.log()
+        assert row["rules_version"] == 2 and row["vehicle_id"] == "v-9"
+        assert LCUS_ON + LCUS_OFF in relay_port.read(8, timeout_s=5)
+        status = daemon.terminate()
+    assert status == 0, daemon.log()
+    verify_journal(site)
+
+
+# --- 8. the systemd watchdog ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_watchdog_is_pinged_while_healthy(tmp_path: Path, relay_port: PtyPort) -> None:
+    site = Site(tmp_path)
+    site.write_config(lane_config(relay_port))
+    site.import_rules(RULES)
+    with running(site, watchdog_usec=600_000) as daemon:
+        pings = wait_until(
+            lambda: daemon.notify.collect(0.2).count("WATCHDOG=1") >= 5, timeout_s=15
+        )
+        assert pings, f"watchdog pings: {daemon.notify.messages}\n{daemon.log()}"
+        status = daemon.terminate()
+    assert status == 0, daemon.log()
