@@ -51,6 +51,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain, combinations
 
 import numpy as np
 
@@ -72,11 +73,15 @@ LISTS: tuple[str, ...] = ("deny", "resident", "visitor_pass")  # Match.list name
 TAG_LIST = "tag"
 _LIST_INDEX = {name: i for i, name in enumerate(LISTS)}
 
-# A key hashes to (its ASCII bytes read as one big-endian number) mod a prime
-# just under 2**28. Modulo a prime, keys differing in one character never
-# collide (the difference c * 256**i is never a multiple of it), and the query
-# side is two C calls (int.from_bytes, %) instead of a Python loop per character.
+# A key hashes to (its ASCII bytes read as one big-endian number) times a
+# mixing constant, modulo a prime just under 2**28. Modulo a prime, keys
+# differing in one character never collide (the difference c * 256**i * mix is
+# never a multiple of it); the mixing constant (about 0.618 of the prime, as
+# in Fibonacci hashing) makes the last characters move the top bits too, which
+# pick the bucket. The query side is a few C-level integer operations instead
+# of a Python loop per character.
 _PRIME = 268_435_399  # largest prime below 2**28
+_MIX = 165_902_377  # about 0.618 * _PRIME
 _ROW_BITS = 30
 _ROW_MASK = (1 << _ROW_BITS) - 1
 _LEVEL_MASK = 3
@@ -88,6 +93,9 @@ _CACHE = 4096  # entities kept per kind (a few MB at most)
 _NORMALISED = re.compile(r"[A-Z0-9]+")
 
 _POW_NP = np.array([pow(256, e, _PRIME) for e in range(MAX_TAG_LEN + 2)], dtype=np.uint64)
+_SCREEN_MAX = 1 << 17  # deny-screen strings kept as a set (about 10 MB at most)
+# strings in the deletion neighbourhood of an n-character key, by depth 0-2
+_NEIGHBOURHOOD = [(1, 1 + n, 1 + n + n * (n - 1) // 2) for n in range(MAX_PLATE_LEN + 1)]
 # index pairs (i, j), i < j, whose deletion from an n-character key gives its level-2 keys
 _PAIRS = [[(i, j) for i in range(n) for j in range(i + 1, n)] for n in range(MAX_PLATE_LEN + 1)]
 _KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
@@ -131,22 +139,23 @@ class PlateCandidates:
 
 def _hash(key: bytes) -> int:
     """The 28-bit hash of an ASCII key."""
-    return int.from_bytes(key, "big") % _PRIME
+    return int.from_bytes(key, "big") * _MIX % _PRIME
 
 
 def _del_hashes(key: bytes) -> list[int]:
     """Hashes of each one-character deletion of key, by deleted position."""
-    p = _PRIME
+    p, mix = _PRIME, _MIX
     frombytes = int.from_bytes
-    return [frombytes(key[:i] + key[i + 1 :], "big") % p for i in range(len(key))]
+    return [frombytes(key[:i] + key[i + 1 :], "big") * mix % p for i in range(len(key))]
 
 
 def _del2_hashes(key: bytes) -> list[int]:
     """Distinct hashes of the key with two characters deleted."""
-    p = _PRIME
+    p, mix = _PRIME, _MIX
     frombytes = int.from_bytes
+    pairs = _PAIRS[len(key)]
     return list(
-        {frombytes(key[:i] + key[i + 1 : j] + key[j + 1 :], "big") % p for i, j in _PAIRS[len(key)]}
+        {frombytes(key[:i] + key[i + 1 : j] + key[j + 1 :], "big") * mix % p for i, j in pairs}
     )
 
 
@@ -174,7 +183,8 @@ def _pack_matrix(sym: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndar
     suffix[:, :width] = np.cumsum(terms[:, ::-1], axis=1, dtype=np.uint64)[:, ::-1] % p
     dels = (prefix[:, :width] * weights + suffix[:, 1:]) % p
     valid = cols[None, :] < lens[:, None]
-    return suffix[:, 0], dels, valid
+    mix = np.uint64(_MIX)
+    return suffix[:, 0] * mix % p, dels * mix % p, valid
 
 
 def _entries(
@@ -302,6 +312,7 @@ class RuleSet:
 
     __slots__ = (
         "_bounds",
+        "_deny_screen",
         "_deny_table",
         "_keys",
         "_plates",
@@ -332,6 +343,7 @@ class RuleSet:
         self._plates = np.zeros(0, dtype="S1")
         self._keys = np.zeros(0, dtype=np.int64)
         self._deny_table = _EMPTY
+        self._deny_screen: frozenset[str] | None = frozenset()
         self._table = _EMPTY
         self._tags = np.zeros(0, dtype="S1")
         self._tag_keys = np.zeros(0, dtype=np.int64)
@@ -425,6 +437,7 @@ class RuleSet:
         self._plates = arr
         self._keys = key_arr
         self._deny_table = self._build_table(arr, (0,), depths)
+        self._deny_screen = _deletion_strings(arr[: kept[0]], deny_depth)
         self._table = self._build_table(arr, (1, 2), depths)
         self._build_tags(source)
         if source.version != self.version:
@@ -547,7 +560,13 @@ class RuleSet:
 
 
 class PlateQuery:
-    """One normalised plate being looked up; hashes and probes are computed once, when needed."""
+    """One normalised plate being looked up; hashes and probes are computed once, when needed.
+
+    The policy's path is `first_pass` (deny screen, exact and confusion tiers)
+    and, only when that finds no resident or pass, `candidates` for the fuzzy
+    tier. Both are written for few Python operations per read: this is the
+    hottest code of a decision.
+    """
 
     __slots__ = ("_cache", "_dels", "_dels2", "_h0", "_key", "_rules", "ckey", "plate")
 
@@ -563,17 +582,19 @@ class PlateQuery:
             raise ValueError("a plate query wants a normalised plate (gated.plates.normalise)")
         self._rules = rules
         self.plate = plate
-        self.ckey = confusion_key(plate) if ckey is None else ckey
-        self._key = self.ckey.encode("ascii")
-        self._h0 = [int.from_bytes(self._key, "big") % _PRIME]
+        if ckey is None:
+            ckey = confusion_key(plate)
+        self.ckey = ckey
+        self._key = key = ckey.encode("ascii")
+        self._h0 = int.from_bytes(key, "big") * _MIX % _PRIME
         self._dels: list[int] | None = None
         self._dels2: list[int] | None = None
-        self._cache: dict[int, list[tuple[int, int]]] = {}
+        self._cache: dict[int, set[int]] = {}
 
     def _hashes(self, level: int) -> list[int]:
         """Hashes of the read's key with `level` characters deleted (level 1: by position)."""
         if level == 0:
-            return self._h0
+            return [self._h0]
         if level == 1:
             if self._dels is None:
                 self._dels = _del_hashes(self._key)
@@ -582,42 +603,73 @@ class PlateQuery:
             self._dels2 = _del2_hashes(self._key)
         return self._dels2
 
-    def _hits(self, deny: bool, qlevel: int) -> list[tuple[int, int]]:
-        """(query position, entry) of every entry whose hash equals a query hash of `qlevel`.
+    def _rows(self, deny: bool, limit: int) -> set[int]:
+        """Rows of one table that may be within `limit` of the read (to be verified).
 
-        Cached per table and level: residents and passes share the main table,
-        so their probes are made once. The probe is inlined (no call per hash):
-        this is the hottest loop of a decision.
+        A pair within distance d always shows up with both deletion levels <= d;
+        at limit 1 a deletion of the read matches a deletion of a row only at
+        the same position (a substitution there); elsewhere they differ twice.
+        Cached per table and limit: residents and passes share the main table.
         """
-        cache_key = qlevel + (4 if deny else 0)
-        hits = self._cache.get(cache_key)
-        if hits is not None:
-            return hits
+        cache_key = limit + (4 if deny else 0)
+        rows = self._cache.get(cache_key)
+        if rows is not None:
+            return rows
         table = self._rules._deny_table if deny else self._rules._table
-        small = table._dict
-        starts, stored, shift = table._starts, table._entries, table._shift
-        hits = []
-        hashes = self._hashes(qlevel)
-        if small is not None and small.keys().isdisjoint(hashes):
-            # one C-level test instead of a lookup per hash: the usual answer for a deny list
-            self._cache[cache_key] = hits
-            return hits
-        for qpos, h in enumerate(hashes):
+        small, starts, stored, shift = table._dict, table._starts, table._entries, table._shift
+        rows = set()
+        add = rows.add
+        h0 = self._h0
+        hashes: list[int] = [h0]
+        if limit:
+            hashes = hashes + self._hashes(1)
+        if limit == 2:
+            hashes = hashes + self._hashes(2)
+        n = len(self._key)
+        for qi, h in enumerate(hashes):
             if small is not None:
                 entries = small.get(h)
                 if entries is None:
                     continue
             else:
                 b = h >> shift
-                first, end = starts[b], starts[b + 1]
+                first = starts[b]
+                end = starts[b + 1]
                 if first == end:
                     continue
                 entries = stored[first:end].tolist()
-            for entry in entries:
-                if entry >> _HASH_SHIFT == h:
-                    hits.append((qpos, entry))
-        self._cache[cache_key] = hits
-        return hits
+            # above its row, an entry holds hash << 6 | position << 2 | level
+            if qi == 0:  # the read's key: a row's own key or any of its deletions
+                for e in entries:
+                    if e >> _HASH_SHIFT == h and (e >> _ROW_BITS) & _LEVEL_MASK <= limit:
+                        add(e & _ROW_MASK)
+            elif qi <= n and limit == 1:  # the read less one character, at position qi - 1
+                accept = (h << 6, h << 6 | (qi - 1) << 2 | 1)  # a row's key; same place
+                for e in entries:
+                    if e >> _ROW_BITS in accept:
+                        add(e & _ROW_MASK)
+            else:  # limit 2: any level up to 2 on both sides
+                for e in entries:
+                    if e >> _HASH_SHIFT == h and (e >> _ROW_BITS) & _LEVEL_MASK <= 2:
+                        add(e & _ROW_MASK)
+        self._cache[cache_key] = rows
+        return rows
+
+    def _deny_maybe(self, limit: int) -> bool:
+        """False when no deny-listed plate can be within `limit` of the read (cheap, exact)."""
+        screen = self._rules._deny_screen
+        if screen is None:  # a hotlist too large for the string screen: probe by hashes
+            return bool(self._rows(True, limit))
+        ckey = self.ckey
+        if ckey in screen:
+            return True
+        if not limit or not screen:
+            return False
+        n = len(ckey)
+        dels = map("".join, combinations(ckey, n - 1))
+        if limit == 2 and n > 1:
+            dels = chain(dels, map("".join, combinations(ckey, n - 2)))
+        return not screen.isdisjoint(dels)
 
     def first_pass(
         self, deny_distance: int
@@ -625,25 +677,20 @@ class PlateQuery:
         """(deny within deny_distance, exact/confusion residents, exact/confusion passes).
 
         The same answers as three `candidates` calls, fused for the policy's
-        common path: the deny table is tested with one set operation over all
-        the read's hashes, and the main table is probed once with the read's key.
+        common path: the deny list is screened with one set test over the
+        read's deletions, and the main table is probed once with the read's key.
         """
         rules = self._rules
         b0, b1, b2, b3 = rules._bounds
-        if not self.plate:
+        plate = self.plate
+        if not plate:
             return (), (), ()
         deny: tuple[Candidate, ...] = ()
-        if b1 > b0:
-            small = rules._deny_table._dict
-            limit = max(0, min(deny_distance, rules.depths["deny"]))
-            hashes = self._h0 if limit == 0 else self._h0 + self._hashes(1)
-            if limit == 2:
-                hashes = hashes + self._hashes(2)
-            if small is None or not small.keys().isdisjoint(hashes):
-                deny = self.candidates("deny", deny_distance)
+        if b1 > b0 and self._deny_maybe(max(0, min(deny_distance, rules.depths["deny"]))):
+            deny = self.candidates("deny", deny_distance)
         if b3 == b1:
             return deny, (), ()
-        h = self._h0[0]
+        h = self._h0
         table = rules._table
         if table._dict is not None:
             entries = table._dict.get(h, _NONE)
@@ -651,19 +698,22 @@ class PlateQuery:
             b = h >> table._shift
             first, end = table._starts[b], table._starts[b + 1]
             entries = table._entries[first:end].tolist() if first != end else _NONE
-        if not entries:
-            return deny, (), ()
         resident: list[Candidate] = []
         visitor: list[Candidate] = []
-        plates, keys = rules._plates, rules._keys
+        same_key = h << 6  # hash, position 0, level 0: the row's own key
         for entry in entries:
-            if entry >> _HASH_SHIFT != h or (entry >> _ROW_BITS) & _LEVEL_MASK:
+            if entry >> _ROW_BITS != same_key:
                 continue
             row = entry & _ROW_MASK
-            name = "resident" if row < b2 else "visitor_pass"
-            match = _verify(self.plate, self.ckey, plates[row].decode("ascii"), name, 0)
-            if match is not None:
-                (resident if row < b2 else visitor).append(Candidate(int(keys[row]), match))
+            stored = rules._plates[row].decode("ascii")
+            if row < b2:
+                match = _verify(plate, self.ckey, stored, "resident", 0)
+                if match is not None:
+                    resident.append(Candidate(int(rules._keys[row]), match))
+            else:
+                match = _verify(plate, self.ckey, stored, "visitor_pass", 0)
+                if match is not None:
+                    visitor.append(Candidate(int(rules._keys[row]), match))
         if len(resident) > 1:
             resident.sort(key=_candidate_order)
         if len(visitor) > 1:
@@ -686,29 +736,15 @@ class PlateQuery:
         lo, hi = rules._bounds[lst], rules._bounds[lst + 1]
         if not self.plate or lo == hi:
             return ()
-        rows: set[int] = set()
-        positional = limit == 1
-        for qlevel in range(limit + 1):
-            for qpos, entry in self._hits(lst == 0, qlevel):
-                row = entry & _ROW_MASK
-                if not lo <= row < hi:
-                    continue
-                # a pair within distance d always shows up with both levels <= d
-                slevel = (entry >> _ROW_BITS) & _LEVEL_MASK
-                if slevel > limit:
-                    continue
-                if positional and qlevel == slevel == 1 and (entry >> _POS_SHIFT) & 15 != qpos:
-                    continue  # deleted at different places: not one substitution
-                rows.add(row)
-        if not rows:
-            return ()
         found = []
         plates, keys = rules._plates, rules._keys
-        for row in rows:
-            stored = plates[row].decode("ascii")
-            match = _verify(self.plate, self.ckey, stored, list_name, limit, with_edits)
-            if match is not None:
-                found.append(Candidate(int(keys[row]), match))
+        plate, ckey = self.plate, self.ckey
+        for row in self._rows(lst == 0, limit):
+            if lo <= row < hi:
+                stored = plates[row].decode("ascii")
+                match = _verify(plate, ckey, stored, list_name, limit, with_edits)
+                if match is not None:
+                    found.append(Candidate(int(keys[row]), match))
         if len(found) > 1:
             found.sort(key=_candidate_order)
         return tuple(found)
@@ -737,6 +773,26 @@ def _verify(
     if d is None:
         return None
     return Match(MatchKind.FUZZY, name, stored, d, edits(plate, stored) if want_edits else ())
+
+
+def _deletion_strings(arr: np.ndarray, depth: int) -> frozenset[str] | None:
+    """Confusion keys of the deny rows and their deletions up to `depth` (None if too many).
+
+    The decision's first question for every read is "could this be a deny-listed
+    plate?"; with these strings it is one C-level set test over the read's own
+    deletions (made by itertools, no Python loop), instead of hashing each of
+    them. A hotlist too large for a set of strings is screened by hashes.
+    """
+    size = sum(_NEIGHBOURHOOD[min(len(p), MAX_PLATE_LEN)][depth] for p in arr.tolist())
+    if size > _SCREEN_MAX:
+        return None
+    out: set[str] = set()
+    for plate in arr.tolist():
+        key = confusion_key(plate.decode("ascii"))
+        out.add(key)
+        for level in range(1, min(depth, len(key)) + 1):
+            out.update(map("".join, combinations(key, len(key) - level)))
+    return frozenset(out)
 
 
 def _key_array(keys: list[int], usable: np.ndarray) -> np.ndarray:
