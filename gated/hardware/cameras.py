@@ -33,7 +33,7 @@ import numpy as np
 from gated.backoff import Backoff
 from gated.config import CameraConfig
 from gated.errors import HardwareError
-from gated.hardware.readers import call_in_loop
+from gated.hardware.threads import run_in_thread
 
 __all__ = ["CameraStatus", "OpenCvCamera"]
 
@@ -154,26 +154,16 @@ class OpenCvCamera:
 
     async def run(self) -> None:
         """Capture until cancelled (then stop and join the thread); HardwareError if it dies."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[BaseException | None] = loop.create_future()
         self._stop.clear()
-
-        def body() -> None:
-            failure: BaseException | None = None
-            try:
-                self._capture_forever()
-            except BaseException as err:  # handed to the owner, which raises HardwareError
-                failure = err
-            call_in_loop(loop, _settle, done, failure)
-
-        thread = threading.Thread(target=body, name=f"camera-{self.name}", daemon=True)
-        thread.start()
         try:
-            failure = await asyncio.shield(done)
-        finally:
-            self._stop.set()
             # A capture blocked in FFmpeg returns within read_timeout_ms.
-            await asyncio.to_thread(thread.join, self._read_timeout_ms / 1000 + 5)
+            failure = await run_in_thread(
+                f"camera-{self.name}",
+                self._capture_forever,
+                self._stop,
+                join_timeout_s=self._read_timeout_ms / 1000 + 5,
+            )
+        finally:
             with self._lock:
                 self._connected = False
         if failure is not None:

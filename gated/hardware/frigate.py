@@ -19,7 +19,6 @@ the documented formats; not against a running Frigate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -34,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gated.config import FrigateSourceConfig, MqttConfig
 from gated.errors import PayloadError
 from gated.hardware.base import Emit
+from gated.hardware.threads import call_in_loop
 from gated.model import PlateRead
 
 __all__ = ["FrigatePlates", "FrigateSource"]
@@ -282,8 +282,7 @@ class FrigateSource:
         loop = self._loop
         if loop is None:
             return
-        with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
-            loop.call_soon_threadsafe(fn, *args)
+        call_in_loop(loop, fn, *args)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -339,4 +338,3 @@ class FrigateSource:
                 log.exception("frigate: emit failed")
                 continue
             self.counters["reads"] += 1
-

@@ -23,7 +23,6 @@ cross into asyncio. Exercised with gpiozero MockFactory pins only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 from gated.config import ButtonConfig, GateSensorsConfig
 from gated.errors import HardwareError
 from gated.hardware.base import InputEvent
+from gated.hardware.threads import call_in_loop
 
 __all__ = [
     "CLOSED",
@@ -67,9 +67,7 @@ def _to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None]) -> Callab
     """Wrap fn so any thread may call it; it runs on `loop`. The one thread seam here."""
 
     def cross(*args: Any) -> None:
-        # RuntimeError: the loop is closed, the daemon is shutting down
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(fn, *args)
+        call_in_loop(loop, fn, *args)
 
     return cross
 
@@ -236,8 +234,9 @@ class GateSensors:
                 if pin is None:
                     continue
                 name = sensor_input(self.lane_id, which)
-                device = _open_device("DigitalInputDevice", pin, self._cfg.pull_up,
-                                      self._pin_factory, name)
+                device = _open_device(
+                    "DigitalInputDevice", pin, self._cfg.pull_up, self._pin_factory, name
+                )
 
                 def changed(active: bool, at_mono: float, name: str = name) -> None:
                     kind = "active" if active else "inactive"
@@ -247,8 +246,9 @@ class GateSensors:
                 line = _Debounced(loop, self._bounce_s, level, changed)
                 opened.append((device, line))
                 _attach(device, loop, line)
-                _safe_emit(emit, InputEvent(name, "active" if level else "inactive",
-                                            time.monotonic()))
+                _safe_emit(
+                    emit, InputEvent(name, "active" if level else "inactive", time.monotonic())
+                )
             await asyncio.Event().wait()
         finally:
             for device, line in opened:

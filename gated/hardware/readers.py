@@ -5,7 +5,7 @@ PlateReads until cancelled, calling `emit` on the event-loop thread.
 
 Serial ports are owned by one thread each (`SerialLink`): pyserial's blocking
 read never touches the event loop, and received bytes cross into asyncio
-through one helper, `call_in_loop` (loop.call_soon_threadsafe). A port that
+through one helper, `gated.hardware.threads.call_in_loop`. A port that
 disappears (USB unplugged) is reopened with capped, jittered backoff; the log
 says "port lost" once and "recovered" once, never once per retry.
 
@@ -31,7 +31,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import serial
 
@@ -39,6 +38,7 @@ from gated.backoff import Backoff
 from gated.config import Rdm6300SourceConfig, SerialLineSourceConfig, SimulatorSourceConfig
 from gated.errors import HardwareError, PayloadError
 from gated.hardware.base import Emit
+from gated.hardware.threads import call_in_loop, run_in_thread
 from gated.model import CredentialKind, PlateRead
 
 __all__ = [
@@ -64,15 +64,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 # --- small shared helpers ------------------------------------------------------
-
-
-def call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:
-    """Run fn(*args) on `loop` from another thread; False when the loop is already closed."""
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # loop closed during shutdown: nothing left to deliver to
-        return False
-    return True
 
 
 @dataclass(slots=True)
@@ -380,28 +371,20 @@ class SerialLink:
     async def run(self, on_data: OnData) -> None:
         """Read until cancelled, calling on_data(bytes, mono, wall) on the loop thread."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[BaseException | None] = loop.create_future()
         self._stop.clear()
 
-        def body() -> None:
-            failure: BaseException | None = None
-            try:
-                self._pump(loop, on_data)
-            except BaseException as err:  # reported to the owner, who raises HardwareError
-                failure = err
-            call_in_loop(loop, _settle, done, failure)
-
-        thread = threading.Thread(target=body, name=f"serial-{self.name}", daemon=True)
-        thread.start()
-        try:
-            failure = await asyncio.shield(done)
-        finally:
-            self._stop.set()
+        def interrupt() -> None:
             port = self._serial
             if port is not None and hasattr(port, "cancel_read"):
                 with contextlib.suppress(Exception):
                     port.cancel_read()
-            await asyncio.to_thread(thread.join, 5.0)
+
+        failure = await run_in_thread(
+            f"serial-{self.name}",
+            lambda: self._pump(loop, on_data),
+            self._stop,
+            interrupt=interrupt,
+        )
         if failure is not None:
             raise HardwareError(f"serial reader {self.name}: reader thread failed") from failure
         raise HardwareError(f"serial reader {self.name}: reader thread stopped")
@@ -452,11 +435,6 @@ class SerialLink:
         what = "lost" if self._state == "up" else "cannot be opened"
         log.warning("serial reader %s: port %s %s: %s", self.name, self.port, what, err)
         self._state = "down"
-
-
-def _settle(fut: asyncio.Future[BaseException | None], value: BaseException | None) -> None:
-    if not fut.done():
-        fut.set_result(value)
 
 
 # --- the sources ---------------------------------------------------------------------

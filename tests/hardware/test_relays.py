@@ -372,7 +372,7 @@ async def test_modbus_address_and_coil(port: FakePort, slave: FakeModbusSlave) -
 )
 async def test_modbus_faults(port: FakePort, slave: FakeModbusSlave, mode: str, words: str) -> None:
     faults = Faults()
-    relay = ModbusRelay("gate", str(port.link), timeout_ms=50, on_fault=faults, **FAST)
+    relay = ModbusRelay("gate", str(port.link), timeout_ms=200, on_fault=faults, **FAST)
     async with running(relay):
         await eventually(lambda: relay.fault is None)  # opened by run()
         slave.mode = mode
