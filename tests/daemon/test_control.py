@@ -8,15 +8,23 @@ or systemd was involved.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gpiozero.pins.mock import MockFactory
 
+from gated.app import Daemon
+from gated.config import parse_config
+from gated.health import Health, SystemdNotifier
+from gated.model import Mode, PlateRead
 from tests.daemon.harness import (
     LCUS_OFF,
     LCUS_ON,
@@ -220,3 +228,131 @@ def test_watchdog_is_pinged_while_healthy(tmp_path: Path, relay_port: PtyPort) -
         assert pings, f"watchdog pings: {daemon.notify.messages}\n{daemon.log()}"
         status = daemon.terminate()
     assert status == 0, daemon.log()
+
+
+# --- 7. guard buttons (in-process daemon, gpiozero mock pins, fake relay) ------------------
+
+OPEN_PIN, LOCKDOWN_PIN, HOLD_PIN = 17, 27, 22
+
+
+def button_config(tmp_path: Path) -> dict[str, Any]:
+    """A config with one fake-relay lane and three guard buttons."""
+    return {
+        "site": {"tenant_id": "t-test", "site_id": "s-test", "device_id": "d-test"},
+        "journal": {
+            "path": str(tmp_path / "journal.sqlite3"),
+            "snapshot_dir": str(tmp_path / "snapshots"),
+        },
+        "rules": {"path": str(tmp_path / "rules.sqlite3")},
+        "lanes": [
+            {"id": "main-in", "dedup_window_s": 0, "relay": {"kind": "fake", "pulse_ms": 100}}
+        ],
+        "buttons": [
+            {"name": "guard-open", "pin": OPEN_PIN, "action": "open", "bounce_ms": 10},
+            {"name": "guard-lock", "pin": LOCKDOWN_PIN, "action": "lockdown", "bounce_ms": 10},
+            {"name": "guard-hold", "pin": HOLD_PIN, "action": "hold_open", "bounce_ms": 10},
+        ],
+    }
+
+
+async def poll(predicate: Any, timeout_s: float = 10.0) -> Any:
+    """Await until predicate() is truthy (returned); None after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(sqlite3.OperationalError):
+            value = predicate()
+            if value:
+                return value
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(0.02)
+
+
+def journal_rows(path: Path, table: str) -> list[dict[str, Any]]:
+    """Every row of a journal table in sequence order."""
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+async def test_guard_buttons_open_lock_down_and_hold(tmp_path: Path) -> None:
+    cfg = parse_config(button_config(tmp_path))
+    site = Site(tmp_path)
+    site.write_config("")  # only for `gated rules import`: same journal and rules paths
+    site.import_rules(RULES)
+    journal = tmp_path / "journal.sqlite3"
+    factory = MockFactory()
+    daemon = Daemon(cfg, pin_factory=factory, health=Health(SystemdNotifier(env={})))
+    task = asyncio.create_task(daemon.run())
+
+    def audits(action: str) -> list[dict[str, Any]]:
+        return [a for a in journal_rows(journal, "audit_logs") if a["action"] == action]
+
+    async def press(pin_number: int) -> None:
+        pin = factory.pin(pin_number)
+        pin.drive_low()  # to ground through the button: active with the pull-up
+        await asyncio.sleep(0.05)  # held past bounce_ms, as a finger does
+        pin.drive_high()
+        await asyncio.sleep(0.05)  # and let go for longer than a bounce too
+
+    def read(plate: str) -> PlateRead:
+        return PlateRead("main-in", plate, "test-camera", time.time(), time.monotonic(), 0.95)
+
+    try:
+        await asyncio.wait_for(daemon.started.wait(), 20)
+        # The buttons' service tasks attach their callbacks once they run.
+        pins = (OPEN_PIN, LOCKDOWN_PIN, HOLD_PIN)
+        assert await poll(lambda: all(factory.pin(p).when_changed for p in pins))
+        assert daemon.generation is not None
+        relay = daemon.generation.relays["main-in"]
+        lane = daemon.lane("main-in")
+
+        # open: one pulse, an access event on the guard's authority, audited twice.
+        await press(OPEN_PIN)
+        assert await poll(lambda: audits("gate_open"))
+        assert relay.pulses_ms == [100]
+        [row] = journal_rows(journal, "access_logs")
+        assert row["authorization_method"] == "guard_button"
+        assert row["decision_reason"] == "guard_override" and row["authorized_by"] == "guard-open"
+        [pressed] = audits("button_press")
+        assert pressed["resource_id"] == "guard-open" and pressed["actor_type"] == "guard_button"
+        [opened] = audits("gate_open")
+        assert opened["status"] == "success"
+        assert json.loads(opened["metadata"])["access_event_id"] == row["event_id"]
+
+        # lockdown: a resident is refused until the second press.
+        await press(LOCKDOWN_PIN)
+        assert await poll(lambda: lane.mode == Mode.LOCKDOWN)
+        lane.on_read(read("AB123CD"))
+        assert await poll(lambda: len(journal_rows(journal, "access_logs")) == 2)
+        denied = journal_rows(journal, "access_logs")[1]
+        assert denied["event_type"] == "denied" and denied["decision_reason"] == "lockdown"
+        assert relay.pulses_ms == [100]
+        await press(LOCKDOWN_PIN)
+        assert await poll(lambda: lane.mode == Mode.NORMAL)
+        lane.on_read(read("GH456JK"))
+        assert await poll(lambda: len(journal_rows(journal, "access_logs")) == 3)
+        assert journal_rows(journal, "access_logs")[2]["decision_reason"] == "resident"
+        assert relay.pulses_ms == [100, 100]
+        changes = audits("mode_change")
+        assert [json.loads(c["new_values"])["mode"] for c in changes] == ["lockdown", "normal"]
+
+        # hold_open: energised until the second press.
+        await poll(lambda: not relay.energised)  # the last pulse has ended
+        await press(HOLD_PIN)
+        assert await poll(lambda: lane.mode == Mode.HOLD_OPEN)
+        assert relay.actions[-1] == "on" and "hold" in relay.actions and relay.energised
+        await press(HOLD_PIN)
+        assert await poll(lambda: lane.mode == Mode.NORMAL)
+        assert await poll(lambda: not relay.energised)
+        assert relay.actions[-2:] == ["release", "off"]
+        assert len(audits("button_press")) == 5
+    finally:
+        daemon.request_stop()
+        status = await asyncio.wait_for(task, 20)
+    assert status == 0
+    verify = gated("journal", "verify", "--db", str(journal))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
