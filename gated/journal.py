@@ -41,6 +41,7 @@ import os
 import re
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -91,6 +92,10 @@ HASHED: dict[str, tuple[str, ...]] = {
     for s, cols in COLUMNS.items()
 }
 _COLUMNS_GET = {s: operator.itemgetter(*cols) for s, cols in COLUMNS.items()}
+_INSERT_SQL = {
+    s: f"INSERT INTO {TABLES[s]} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    for s, cols in COLUMNS.items()
+}
 # JSON columns are written with sorted keys; one reused encoder (no per-call set-up).
 _SORTED_JSON = msgspec.json.Encoder(order="sorted")
 
@@ -714,24 +719,19 @@ class _Writer:
         """Number, chain and insert rows inside the caller's open transaction."""
         assert self.conn is not None
         seq, prev = self.head.seq, self.head.row_hash
+        first = seq + 1
         grouped: dict[str, list[tuple[Any, ...]]] = {"access": [], "audit": []}
-        seqs = []
-        for stream, prepared in items:
+        for stream, row in items:
             seq += 1
             # The prepared dict is the journal's own: fill it in place (retries overwrite).
-            row = prepared
             row["seq"], row["prev_hash"], row["synced_at"] = seq, prev, None
             row["row_hash"] = prev = row_hash(stream, row)
             grouped[stream].append(_COLUMNS_GET[stream](row))
-            seqs.append(seq)
         for stream, rows in grouped.items():
             if rows:
-                marks = ", ".join("?" * len(COLUMNS[stream]))
-                self.conn.executemany(
-                    f"INSERT INTO {TABLES[stream]} ({', '.join(COLUMNS[stream])}) "
-                    f"VALUES ({marks})", rows)
+                self.conn.executemany(_INSERT_SQL[stream], rows)
         self.head = _Head(seq, prev)
-        return seqs
+        return list(range(first, seq + 1))
 
     def _transaction(self, work: Any) -> Any:
         assert self.conn is not None
@@ -916,8 +916,10 @@ class Journal:
         self._executor = executor
         self._reader = reader
         self._max_batch = max_batch
-        self._pending: list[_Pending] = []
-        self._flush_task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._pending: deque[_Pending] = deque()
+        self._in_flight = False  # a batch is on the writer thread
+        self._drained: asyncio.Future[None] | None = None  # close() waits on it
         self._closed = False
 
     @classmethod
@@ -969,13 +971,15 @@ class Journal:
         if self._closed:
             raise JournalError("journal is closed")
         prepared = [prepare(e) for e in events]  # all validated before any is queued
-        loop = asyncio.get_running_loop()
-        # One future per chunk, not per event: cheap bookkeeping for large appends.
-        chunks = [_Pending(prepared[i:i + self._max_batch], loop.create_future())
-                  for i in range(0, len(prepared), self._max_batch)]
+        create = self._loop.create_future
+        if len(prepared) <= self._max_batch:  # the common case: one chunk, one future
+            chunks = [_Pending(prepared, create())]
+        else:  # one future per chunk, not per event: cheap bookkeeping for large appends
+            chunks = [_Pending(prepared[i:i + self._max_batch], create())
+                      for i in range(0, len(prepared), self._max_batch)]
         self._pending.extend(chunks)
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self._flush(), name="journal-writer")
+        if not self._in_flight:
+            self._submit()
         seqs: list[int] = []
         for chunk in chunks:
             for result in await chunk.future:
@@ -984,30 +988,46 @@ class Journal:
                 seqs.append(result)
         return seqs
 
-    async def _flush(self) -> None:
-        # The writer: runs while anything is pending, one transaction per batch.
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            taken = 0
-            rows = 0
-            while taken < len(self._pending) and (
-                    rows == 0 or rows + len(self._pending[taken].items) <= self._max_batch):
-                rows += len(self._pending[taken].items)
-                taken += 1
-            batch = self._pending[:taken]
-            del self._pending[:taken]
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._writer.append_batch,
-                    [item for p in batch for item in p.items])
-            except Exception as err:  # the thread itself failed: every caller hears it
-                results = [JournalError(f"journal write failed: {err}")] * rows
-            start = 0
-            for pending in batch:
-                end = start + len(pending.items)
-                if not pending.future.done():  # a cancelled caller's events are still journaled
-                    pending.future.set_result(results[start:end])
-                start = end
+    # Group commit without a writer task: the loop hands whatever is pending (up to
+    # max_batch rows) to the writer thread, which commits it and calls back into the loop
+    # once (call_soon_threadsafe); the callback answers the callers and hands over the
+    # next batch. One thread hop each way per batch, no task and no extra loop iteration.
+
+    def _submit(self) -> None:
+        pending = self._pending
+        batch = [pending.popleft()]
+        rows = len(batch[0].items)
+        while pending and rows + len(pending[0].items) <= self._max_batch:
+            rows += len(pending[0].items)
+            batch.append(pending.popleft())
+        items = batch[0].items if len(batch) == 1 else [i for p in batch for i in p.items]
+        self._in_flight = True
+        try:
+            self._executor.submit(self._commit, batch, items)
+        except RuntimeError as err:  # the executor is gone (interpreter shutting down)
+            self._delivered(batch, [JournalError(f"journal write failed: {err}")] * rows)
+
+    def _commit(self, batch: list[_Pending], items: list[tuple[Stream, dict[str, Any]]]) -> None:
+        # Runs on the writer thread.
+        try:
+            results = self._writer.append_batch(items)
+        except Exception as err:  # the write itself failed: every caller hears it
+            results = [JournalError(f"journal write failed: {err}")] * len(items)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to tell
+            self._loop.call_soon_threadsafe(self._delivered, batch, results)
+
+    def _delivered(self, batch: list[_Pending], results: list[int | JournalError]) -> None:
+        start = 0
+        for pending in batch:
+            end = start + len(pending.items)
+            if not pending.future.done():  # a cancelled caller's events are still journaled
+                pending.future.set_result(results[start:end])
+            start = end
+        self._in_flight = False
+        if self._pending:
+            self._submit()
+        elif self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         if self._closed:
@@ -1022,8 +1042,9 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        if self._flush_task is not None:
-            await self._flush_task
+        if self._in_flight:
+            self._drained = self._loop.create_future()
+            await self._drained
         loop = asyncio.get_running_loop()
         await self._reader.close()
         await loop.run_in_executor(self._executor, self._writer.close)
