@@ -63,7 +63,7 @@ _HOMOGLYPHS = {
 # a resident's gate like an exact one, so every extra pair widens what opens.
 # Other near-misses (U/V, M/N, P/R, E/F …) are left to the bounded fuzzy match.
 CONFUSION_CLASSES: tuple[str, ...] = ("0ODQ", "1IL", "7T", "2Z", "4A", "5S", "6G", "8B")
-_CONFUSION = str.maketrans({c: cls[0] for cls in CONFUSION_CLASSES for c in cls[1:]})
+CONFUSION_TABLE = str.maketrans({c: cls[0] for cls in CONFUSION_CLASSES for c in cls[1:]})
 
 
 def normalise(text: str) -> str:
@@ -101,7 +101,7 @@ def _normalise_unicode(text: str) -> str:
 
 def confusion_key(normalised: str) -> str:
     """Map each OCR-confusable character of a normalised plate to its class representative."""
-    return normalised.translate(_CONFUSION)
+    return normalised.translate(CONFUSION_TABLE)
 
 
 @lru_cache(maxsize=256)

@@ -83,6 +83,7 @@ from gated.rules_model import Resident, Schedule
 from gated.ruleset import Candidate, RuleSet, with_edits
 
 _KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
+_NUMBER = (int, float)
 _AUTO_EXACT = frozenset((MatchKind.EXACT,))
 _AUTO_CONFUSION = frozenset((MatchKind.EXACT, MatchKind.CONFUSION))
 
@@ -317,28 +318,42 @@ def _pick(outcomes: list[_Outcome]) -> _Outcome | None:
     return outcomes[0] if outcomes else None
 
 
-def _live_tier(candidates: tuple[Candidate, ...], fetch: Any) -> list[tuple[Candidate, Any]]:
+def _live_tier(
+    candidates: tuple[Candidate, ...], fetch: Any, ambiguity: bool = False
+) -> list[tuple[Candidate, Any]]:
     """The best tier of candidates whose entity still exists with the indexed plate.
 
     Entities are fetched tier by tier, so the lower tiers of a dense fleet are
     never read; a row deleted or re-plated since the index was built is skipped.
+    With `ambiguity`, a non-exact tier stops at its second distinct plate: the
+    caller then only needs its first member (a dense fleet's fuzzy tier can
+    name a dozen cars, each an entity read).
     """
     tier: list[tuple[Candidate, Any]] = []
     current: tuple[MatchKind, int] | None = None
     for c in candidates:
-        rank = (c.match.kind, c.match.distance)
+        match = c.match
+        rank = (match.kind, match.distance)
         if rank != current:
             if tier:
                 return tier
             current = rank
         entity = fetch(c.key)
-        if entity is not None and _same_text(entity.plate, c.match.stored):
+        if entity is not None and _same_text(entity.plate, match.stored):
             tier.append((c, entity))
+            if (
+                ambiguity
+                and match.kind != MatchKind.EXACT
+                and match.stored != tier[0][0].match.stored
+            ):
+                return tier
     return tier
 
 
 def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome | None:
-    tier = _live_tier(candidates, ctx.rules.vehicle)
+    if not candidates:
+        return None
+    tier = _live_tier(candidates, ctx.rules.vehicle, ambiguity=True)
     if not tier:
         return None
     match = tier[0][0].match
@@ -470,7 +485,7 @@ def _confidence(read: PlateRead, policy: PolicyConfig, flags: list[str]) -> bool
         if read.kind == CredentialKind.PLATE:
             flags.append("no_confidence")  # a tag reader never gives one: not worth a flag
         return False
-    if not isinstance(c, int | float) or math.isnan(c) or not 0.0 <= c <= 1.0:
+    if not isinstance(c, _NUMBER) or math.isnan(c) or not 0.0 <= c <= 1.0:
         flags.append("invalid_confidence")
         return True
     return c < policy.min_confidence
@@ -551,7 +566,7 @@ def decide(
     low = _confidence(read, policy, ctx.flags)
 
     try:
-        if not isinstance(now, int | float) or not math.isfinite(now):
+        if not isinstance(now, _NUMBER) or not math.isfinite(now):
             # validity windows and schedules cannot be judged: nothing opens by itself
             ctx.flags.append("bad_clock")
             raise PayloadError(f"decision time {now!r} is not a finite number")

@@ -54,10 +54,18 @@ from functools import lru_cache
 from itertools import chain, combinations
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from gated.errors import RulesError
 from gated.model import Edit, Match, MatchKind
-from gated.plates import MAX_PLATE_LEN, MAX_TAG_LEN, confusion_key, distance, edits, normalise
+from gated.plates import (
+    CONFUSION_TABLE,
+    MAX_PLATE_LEN,
+    MAX_TAG_LEN,
+    confusion_key,
+    edits,
+    normalise,
+)
 from gated.rules_model import (
     DenyEntry,
     Group,
@@ -763,14 +771,17 @@ def _verify(
     """How `plate` matches `stored`, if within `limit` (fuzzy distance on confusion keys)."""
     if stored == plate:
         return Match(MatchKind.EXACT, name, stored)
-    skey = confusion_key(stored)
+    skey = stored.translate(CONFUSION_TABLE)
     if skey == ckey:
         # same key, same length: the differences are the confused characters themselves
         pairs = enumerate(zip(plate, stored, strict=True))
         subs = tuple(Edit("sub", i, r, t) for i, (r, t) in pairs if r != t)
         return Match(MatchKind.CONFUSION, name, stored, 0, subs)
-    d = distance(ckey, skey, limit)
-    if d is None:
+    if limit <= 0:
+        return None
+    # gated.plates.distance without its call: this runs for every fuzzy candidate row
+    d = Levenshtein.distance(ckey, skey, score_cutoff=limit)
+    if d > limit:
         return None
     return Match(MatchKind.FUZZY, name, stored, d, edits(plate, stored) if want_edits else ())
 
