@@ -196,7 +196,9 @@ def test_component_failing_too_often_ends_the_process(
     squatter.bind(("127.0.0.1", site.listener_port))
     squatter.listen()
     site.write_config(
-        lane(lcus(relay_port)),
+        # hold-open: if the board opened before the end, it was energised, and must be
+        # released on the way out, not merely left as it was
+        lane(lcus(relay_port), extra='mode = "hold_open"'),
         supervisor="max_failures = 3\nfailure_window_s = 60\nrestart_backoff_s = 0.05",
     )
     site.import_rules(RULES)
@@ -217,7 +219,7 @@ def test_component_failing_too_often_ends_the_process(
     [exit_row] = audit(site, "daemon_exit")
     assert exit_row["status"] == "failure" and "3 times" in exit_row["error_message"]
     assert not audit(site, "daemon_stop")
-    # Whatever reached the board, the last word was "release".
+    # Whatever reached the board (it may not have been opened yet), the last word was "release".
     if written:
         assert lcus_frames(written)[-1] == LCUS_OFF
     verify_journal(site)
