@@ -657,3 +657,27 @@ def test_a_time_beyond_the_calendar_fails_closed() -> None:
     d = run("KX55PRM", now=1e20)  # staff: needs the office schedule
     assert (d.allowed, d.reason) == (False, Reason.OUTSIDE_SCHEDULE)
     assert "bad_clock" in d.flags
+
+
+def test_a_fuzzy_deny_hit_beats_an_exact_resident_hit_on_the_same_read() -> None:
+    # The read is alice's car exactly, and two edits from a stolen plate: the deny
+    # check must not be skipped because the exact tier already found a resident.
+    src = world()
+    src.add_deny(DenyEntry("d-near", "AB12CXY", "stolen"))
+    rules = RuleSet.build(src)
+    d = run("AB12CDE", rules=rules, policy=PolicyConfig(deny_fuzzy_distance=2))
+    assert (d.allowed, d.reason) == (False, Reason.DENY_LISTED)
+    assert d.inputs["deny_entry"] == "d-near"
+    assert (d.match.kind, d.match.distance) == (MatchKind.FUZZY, 2)
+    # at distance 1 the same read is alice's
+    d = run("AB12CDE", rules=rules, policy=PolicyConfig(deny_fuzzy_distance=1))
+    assert (d.allowed, d.reason, d.vehicle_id) == (True, Reason.RESIDENT, "v-alice")
+
+
+def test_an_ambiguous_fuzzy_tier_reports_its_first_plate() -> None:
+    # TWN10X is one edit from both twins: a guard decides, and the decision names
+    # the first plate of the tier (the tier stops reading entities at the second).
+    d = run("TWN10X")
+    assert (d.allowed, d.reason) == (False, Reason.NEEDS_GUARD)
+    assert "ambiguous_match" in d.flags
+    assert (d.match.stored, d.vehicle_id) == ("TWN100", "v-twin1")

@@ -309,3 +309,59 @@ def test_the_source_can_be_swapped_after_a_build_elsewhere() -> None:
     rules.source = live
     assert rules.source is live
     assert rules.vehicle(key).id == "v-live"  # caches were reset with the new source
+
+
+# --- the policy's fast path: deny screen and fused first pass ------------------------
+
+
+def _first_pass_agrees(rules: RuleSet, query: str, deny_distance: int) -> None:
+    """first_pass gives what three candidates() calls give (the policy relies on it)."""
+    q = rules.query(query)
+    deny, resident, visitor = q.first_pass(deny_distance)
+    fresh = rules.query(query)
+    assert deny == fresh.candidates("deny", deny_distance)
+    assert resident == fresh.candidates("resident", 0)
+    assert visitor == fresh.candidates("visitor_pass", 0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.text(alphabet="AB0O18", min_size=1, max_size=7), min_size=1, max_size=25),
+    st.text(alphabet="AB0O18", min_size=1, max_size=8),
+    st.integers(0, 2),
+)
+def test_first_pass_agrees_with_candidates(plates: list[str], query: str, deny_d: int) -> None:
+    half = len(plates) // 2
+    rules = RuleSet.build(source_with(vehicles=plates[half:], passes=plates, deny=plates[:half]))
+    _first_pass_agrees(rules, query, deny_d)
+
+
+def test_a_large_hotlist_is_screened_by_hashes_with_the_same_answers() -> None:
+    rnd = random.Random(11)
+    alphabet = "ABCDEFGH0123"
+    deny = ["".join(rnd.choices(alphabet, k=7)) for _ in range(6000)]
+    src = source_with(deny=deny, vehicles=deny[:100])
+    rules = RuleSet.build(src, deny_depth=2)
+    assert rules._deny_screen is None  # 6000 x 29 strings: too many for the string screen
+    stored = {k: d.plate for k, d in src.deny.items()}
+    queries = deny[:5] + ["".join(rnd.choices(alphabet, k=rnd.randint(5, 8))) for _ in range(10)]
+    for q in queries:
+        for limit in (0, 1, 2):
+            _first_pass_agrees(rules, q, limit)
+            assert as_dict(rules.lookup("deny", q, limit)) == brute_force(stored, q, limit)
+
+
+def test_the_string_screen_sees_every_deny_neighbour() -> None:
+    deny = ["STOLEN1", "AB12CDE", "X1"]
+    rules = RuleSet.build(source_with(deny=deny), deny_depth=2)
+    assert rules._deny_screen is not None
+    reads = ["STOLEN1", "5TOLEN1", "STOLEN", "STXLEN2", "ST0LEN12", "AB2CDE", "A12CD", "X", "XY1"]
+    for text in reads:
+        for limit in (0, 1, 2):
+            q = rules.query(text)
+            want = any(
+                distance(confusion_key(text), confusion_key(d), limit) is not None for d in deny
+            )
+            if want:  # the screen may say "maybe" for nothing, never "no" for a neighbour
+                assert q._deny_maybe(limit)
+            assert bool(q.candidates("deny", limit)) == want
