@@ -160,7 +160,7 @@ def test_sighup_reloads_a_valid_config_and_refuses_a_broken_one(
 
 
 @pytest.mark.slow
-def test_hold_open_lane_holds_its_serial_relay_at_start_and_after_reload(
+def test_hold_open_lane_holds_its_serial_relay_at_start_reload_and_reconnect(
     tmp_path: Path, relay_port: PtyPort
 ) -> None:
     site = Site(tmp_path)
@@ -176,6 +176,13 @@ def test_hold_open_lane_holds_its_serial_relay_at_start_and_after_reload(
         frames = lcus_frames(relay_port.read(16, timeout_s=10))
         assert frames[-1] == LCUS_ON and LCUS_OFF in frames, daemon.log()
         assert relay_port.drain(0.3) == b""  # and it stays held
+
+        # Unplugged and plugged back: the reconnect releases, then the lane holds again.
+        relay_port.unplug()
+        assert wait_audit(site, "relay_fault"), daemon.log()
+        relay_port.replug()
+        assert wait_audit(site, "relay_recovered", timeout_s=15), daemon.log()
+        assert relay_port.read(8, timeout_s=5) == LCUS_OFF + LCUS_ON, daemon.log()
         status = daemon.terminate()
         assert lcus_frames(relay_port.drain(0.3))[-1] == LCUS_OFF  # safe state on the way out
     assert status == 0, daemon.log()
