@@ -1,12 +1,23 @@
 """Journal benchmark: durable single appends, batched and concurrent appends, raw SQLite.
 
-`python -m bench.journal [--dir DIR] [--single N] [--batch N]` prints one JSON object as
-its last line. All figures use synchronous=FULL in WAL mode (the journal's setting), on
-whatever disk --dir is on (default: a temp dir; on a Pi, point it at the SD card).
-batch_events_per_s is Journal.append_many (validation, salted digests, hashing, group
-commit); concurrent_events_per_s is many tasks each awaiting Journal.append.
-The raw baseline inserts comparable rows with plain sqlite3 executemany, committing in
-chunks of the journal's max batch size, without hashing.
+`python -m bench.journal [--dir DIR] [--single N] [--batch N] [--rounds R]` prints one JSON
+object as its last line. All figures use synchronous=FULL in WAL mode (the journal's
+setting), on whatever disk --dir is on (default: a temp dir; on a Pi, point it at the SD
+card).
+
+* append_*: sequential Journal.append latencies (validation, salted digests, hashing,
+  one thread hop each way, one durable commit each).
+* raw_single_commit_*: one plain sqlite3 INSERT + COMMIT of a comparable row on the same
+  disk; thread_hop_p50_ms: a bare run_in_executor round trip (the floor the journal adds).
+  Journal and raw segments alternate (R rounds each), so a noisy neighbour on the disk
+  hits both alike.
+* batch_events_per_s: Journal.append_many of --batch events (group commit in chunks of
+  max_batch); raw_sqlite_events_per_s: plain executemany of comparable rows, prepared
+  beforehand and committed in the same chunks, without hashing. Each is the median of R
+  alternating runs on fresh files; batch_vs_raw is the ratio of the medians. The *_cpu_us
+  figures are process CPU time per event (both threads), steadier than wall time on a
+  shared machine.
+* concurrent_events_per_s: many tasks each awaiting Journal.append (group commit at work).
 """
 
 from __future__ import annotations
@@ -15,16 +26,22 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from gated.ids import new_event_id
 from gated.journal import ACCESS_COLUMNS, Journal, connect, migrate, prepare
 from gated.model import AccessEvent
 
 MAX_BATCH = 256
+_RAW_SQL = (f"INSERT INTO access_logs ({', '.join(ACCESS_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(ACCESS_COLUMNS))})")
 
 
 def _event(n: int) -> AccessEvent:
@@ -39,32 +56,92 @@ def _event(n: int) -> AccessEvent:
     )
 
 
+def _raw_rows(n: int, first_seq: int = 1) -> list[tuple[Any, ...]]:
+    # Comparable rows: the journal's own prepared columns, with a placeholder chain.
+    rows = []
+    for i in range(n):
+        _, row = prepare(_event(i))
+        row.update(seq=first_seq + i, prev_hash="0" * 64, row_hash="f" * 64, synced_at=None)
+        rows.append(tuple(row[c] for c in ACCESS_COLUMNS))
+    return rows
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _single(path: Path, n: int) -> list[float]:
-    journal = await Journal.open(path, max_batch=MAX_BATCH)
+def _raw_conn(path: Path) -> sqlite3.Connection:
+    conn = connect(path)
+    migrate(conn)
+    return conn
+
+
+async def _single(root: Path, n: int, rounds: int) -> dict[str, list[float]]:
+    """Alternate segments of journal appends, raw commits and bare thread hops."""
+    journal = await Journal.open(root / "single.sqlite3", max_batch=MAX_BATCH)
+    raw = _raw_conn(root / "raw_single.sqlite3")
+    raw_rows = _raw_rows(n)
+    hops = ThreadPoolExecutor(max_workers=1)
+    loop = asyncio.get_running_loop()
     await journal.append(_event(0))  # warm up
-    times = []
-    for i in range(n):
-        event = _event(i)
-        start = time.perf_counter()
-        await journal.append(event)
-        times.append((time.perf_counter() - start) * 1000)
+    times: dict[str, list[float]] = {"journal": [], "raw": [], "hop": []}
+    per_round = max(1, n // rounds)
+    for r in range(rounds):
+        for i in range(r * per_round, (r + 1) * per_round):
+            event = _event(i)
+            start = time.perf_counter()
+            await journal.append(event)
+            times["journal"].append((time.perf_counter() - start) * 1000)
+        for i in range(r * per_round, (r + 1) * per_round):
+            start = time.perf_counter()
+            raw.execute(_RAW_SQL, raw_rows[i])  # autocommit: one transaction, one WAL fsync
+            times["raw"].append((time.perf_counter() - start) * 1000)
+        for _ in range(per_round):
+            start = time.perf_counter()
+            await loop.run_in_executor(hops, int)
+            times["hop"].append((time.perf_counter() - start) * 1000)
+    hops.shutdown()
+    raw.close()
     await journal.close()
     return times
 
 
-async def _batched(path: Path, n: int) -> float:
-    journal = await Journal.open(path, max_batch=MAX_BATCH)
+def _timed(run: Callable[[], None]) -> tuple[float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _batched(path: Path, n: int) -> tuple[float, float]:
+    """(wall s, cpu s) of one Journal.append_many of n events on a fresh file."""
     events = [_event(i) for i in range(n)]
-    start = time.perf_counter()
-    await journal.append_many(events)
-    elapsed = time.perf_counter() - start
-    await journal.close()
-    return n / elapsed
+
+    async def run() -> tuple[float, float]:
+        journal = await Journal.open(path, max_batch=MAX_BATCH)
+        cpu, wall = time.process_time(), time.perf_counter()
+        await journal.append_many(events)
+        figures = time.perf_counter() - wall, time.process_time() - cpu
+        await journal.close()
+        return figures
+
+    return asyncio.run(run())
+
+
+def _raw(path: Path, n: int) -> tuple[float, float]:
+    """(wall s, cpu s) of inserting n prepared rows with executemany, chunked like the journal."""
+    conn = _raw_conn(path)
+    rows = _raw_rows(n)
+
+    def run() -> None:
+        for chunk in range(0, n, MAX_BATCH):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_RAW_SQL, rows[chunk:chunk + MAX_BATCH])
+            conn.execute("COMMIT")
+
+    figures = _timed(run)
+    conn.close()
+    return figures
 
 
 async def _concurrent(path: Path, n: int, producers: int) -> float:
@@ -83,76 +160,49 @@ async def _concurrent(path: Path, n: int, producers: int) -> float:
     return n / elapsed
 
 
-def _raw_single(path: Path, n: int) -> list[float]:
-    # Context for append latency: one plain durable commit of one row on this disk.
-    conn = connect(path)
-    migrate(conn)
-    sql = (f"INSERT INTO access_logs ({', '.join(ACCESS_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(ACCESS_COLUMNS))})")
-    times = []
-    for i in range(n):
-        _, row = prepare(_event(i))
-        row.update(seq=i + 1, prev_hash="0" * 64, row_hash="f" * 64, synced_at=None)
-        values = tuple(row[c] for c in ACCESS_COLUMNS)
-        start = time.perf_counter()
-        conn.execute(sql, values)  # autocommit: one transaction, one WAL fsync
-        times.append((time.perf_counter() - start) * 1000)
-    conn.close()
-    return times
-
-
-def _raw(path: Path, n: int) -> float:
-    conn = connect(path)
-    migrate(conn)
-    rows = []
-    for i in range(n):
-        _, row = prepare(_event(i))
-        row.update(seq=i + 1, prev_hash="0" * 64, row_hash="f" * 64, synced_at=None)
-        rows.append(tuple(row[c] for c in ACCESS_COLUMNS))
-    sql = (f"INSERT INTO access_logs ({', '.join(ACCESS_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(ACCESS_COLUMNS))})")
-    start = time.perf_counter()
-    for chunk in range(0, n, MAX_BATCH):
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sql, rows[chunk:chunk + MAX_BATCH])
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    conn.close()
-    return n / elapsed
-
-
 def main() -> None:
-    """Run the three measurements and print the JSON figures."""
+    """Run the measurements and print the JSON figures."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default=None, help="directory for the benchmark databases")
     parser.add_argument("--single", type=int, default=500, help="sequential durable appends")
     parser.add_argument("--batch", type=int, default=10_000, help="batched appends")
     parser.add_argument("--producers", type=int, default=64, help="concurrent producers")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="gated-bench-") as tmp:
         root = Path(tmp)
-        single = asyncio.run(_single(root / "single.sqlite3", args.single))
-        batch_rate = asyncio.run(_batched(root / "batch.sqlite3", args.batch))
+        single = asyncio.run(_single(root, args.single, args.rounds))
+        batch: list[tuple[float, float]] = []
+        raw: list[tuple[float, float]] = []
+        for r in range(max(1, args.rounds // 2 + 1)):
+            batch.append(_batched(root / f"batch{r}.sqlite3", args.batch))
+            raw.append(_raw(root / f"raw{r}.sqlite3", args.batch))
         concurrent_rate = asyncio.run(
             _concurrent(root / "concurrent.sqlite3", args.batch, args.producers))
-        raw_rate = _raw(root / "raw.sqlite3", args.batch)
-        raw_single = _raw_single(root / "raw_single.sqlite3", args.single)
+    batch_rate = args.batch / statistics.median(w for w, _ in batch)
+    raw_rate = args.batch / statistics.median(w for w, _ in raw)
+    batch_cpu = statistics.median(c for _, c in batch) / args.batch * 1e6
+    raw_cpu = statistics.median(c for _, c in raw) / args.batch * 1e6
     figures = {
-        "append_p50_ms": round(statistics.median(single), 3),
-        "append_p99_ms": round(_pct(single, 0.99), 3),
-        "append_max_ms": round(max(single), 3),
-        "raw_single_commit_p50_ms": round(statistics.median(raw_single), 3),
-        "raw_single_commit_p99_ms": round(_pct(raw_single, 0.99), 3),
+        "append_p50_ms": round(statistics.median(single["journal"]), 3),
+        "append_p99_ms": round(_pct(single["journal"], 0.99), 3),
+        "append_max_ms": round(max(single["journal"]), 3),
+        "raw_single_commit_p50_ms": round(statistics.median(single["raw"]), 3),
+        "raw_single_commit_p99_ms": round(_pct(single["raw"], 0.99), 3),
+        "thread_hop_p50_ms": round(statistics.median(single["hop"]), 3),
         "batch_events_per_s": round(batch_rate),
-        "concurrent_events_per_s": round(concurrent_rate),
-        "concurrent_producers": args.producers,
         "raw_sqlite_events_per_s": round(raw_rate),
         "batch_vs_raw": round(batch_rate / raw_rate, 3),
+        "batch_cpu_us_per_event": round(batch_cpu, 1),
+        "raw_cpu_us_per_event": round(raw_cpu, 1),
+        "concurrent_events_per_s": round(concurrent_rate),
+        "concurrent_producers": args.producers,
         "synchronous": "FULL",
         "journal_mode": "wal",
         "max_batch": MAX_BATCH,
-        "single_appends": args.single,
+        "single_appends": len(single["journal"]),
         "batched_appends": args.batch,
+        "rounds": args.rounds,
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(figures))

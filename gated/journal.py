@@ -38,12 +38,13 @@ import logging
 import math
 import operator
 import os
+import queue
 import re
 import sqlite3
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from math import isfinite
@@ -898,6 +899,59 @@ def _new_event_id() -> str:
 # --- the async journal -------------------------------------------------------------------------
 
 
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if not future.done():  # the awaiting caller may have been cancelled
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+class _WriterThread:
+    """The journal's one writer thread: runs jobs in order, each answering on the loop.
+
+    A plain thread on a SimpleQueue instead of a ThreadPoolExecutor: a put is a C call
+    (no Future, work item and semaphore per job) and jobs answer with one
+    call_soon_threadsafe, so a durable append costs one wake-up each way. Daemon: an
+    unclosed journal must not hang interpreter exit; a write cut short there is rolled
+    back by SQLite at the next open like any crash.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()  # jobs catch and report their own errors
+
+    def post(self, job: Callable[[], None]) -> None:
+        """Queue a job that reports its own outcome (the group-commit path)."""
+        self._jobs.put(job)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(*args) on the writer thread and return (or raise) what it did."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def job() -> None:
+            try:
+                result, error = fn(*args), None
+            except BaseException as err:  # handed to the awaiting caller, never lost
+                result, error = None, err
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+        self._jobs.put(job)
+        return await future
+
+    def stop(self) -> None:
+        """Finish the queued jobs, then end the thread."""
+        self._jobs.put(None)
+        self._thread.join()
+
+
 @dataclass(slots=True)
 class _Pending:
     """One caller's events (at most max_batch) and the future of their results."""
@@ -909,11 +963,11 @@ class _Pending:
 class Journal:
     """The device's append-only, hash-chained event journal (one per SQLite file)."""
 
-    def __init__(self, path: Path, writer: _Writer, executor: ThreadPoolExecutor,
+    def __init__(self, path: Path, writer: _Writer, thread: _WriterThread,
                  reader: aiosqlite.Connection, max_batch: int) -> None:
         self.path = path
         self._writer = writer
-        self._executor = executor
+        self._thread = thread
         self._reader = reader
         self._max_batch = max_batch
         self._loop = asyncio.get_running_loop()
@@ -927,25 +981,24 @@ class Journal:
                    migrations: Path | None = None) -> Journal:
         """Open (creating dirs and schema as needed) and check the tail of the chain."""
         path = Path(path)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gated-journal")
+        thread = _WriterThread("gated-journal")
         writer = _Writer(path)
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(executor, writer.open, migrations)
+            await thread.call(writer.open, migrations)
         except BaseException:
-            executor.shutdown(wait=False)
+            thread.stop()
             raise
         try:
             reader = await aiosqlite.connect(path)
             await reader.execute("PRAGMA query_only = ON")
         except sqlite3.Error as err:
-            await loop.run_in_executor(executor, writer.close)
-            executor.shutdown(wait=False)
+            await thread.call(writer.close)
+            thread.stop()
             raise JournalError(f"cannot open journal {path} for reading: {err}") from err
         if writer.tail_problem:
             log.error("journal tail does not verify: %s (run `gated journal verify`)",
                       writer.tail_problem)
-        return cls(path, writer, executor, reader, max_batch)
+        return cls(path, writer, thread, reader, max_batch)
 
     @property
     def head_seq(self) -> int:
@@ -1002,16 +1055,13 @@ class Journal:
             batch.append(pending.popleft())
         items = batch[0].items if len(batch) == 1 else [i for p in batch for i in p.items]
         self._in_flight = True
-        try:
-            self._executor.submit(self._commit, batch, items)
-        except RuntimeError as err:  # the executor is gone (interpreter shutting down)
-            self._delivered(batch, [JournalError(f"journal write failed: {err}")] * rows)
+        self._thread.post(lambda: self._commit(batch, items))
 
     def _commit(self, batch: list[_Pending], items: list[tuple[Stream, dict[str, Any]]]) -> None:
         # Runs on the writer thread.
         try:
             results = self._writer.append_batch(items)
-        except Exception as err:  # the write itself failed: every caller hears it
+        except BaseException as err:  # the write itself failed: every caller hears it
             results = [JournalError(f"journal write failed: {err}")] * len(items)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to tell
             self._loop.call_soon_threadsafe(self._delivered, batch, results)
@@ -1033,7 +1083,7 @@ class Journal:
         if self._closed:
             raise JournalError("journal is closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await self._thread.call(fn, *args)
         except sqlite3.Error as err:
             raise JournalError(f"journal write failed: {err}") from err
 
@@ -1045,10 +1095,9 @@ class Journal:
         if self._in_flight:
             self._drained = self._loop.create_future()
             await self._drained
-        loop = asyncio.get_running_loop()
         await self._reader.close()
-        await loop.run_in_executor(self._executor, self._writer.close)
-        self._executor.shutdown(wait=True)
+        await self._thread.call(self._writer.close)
+        self._thread.stop()
 
     async def __aenter__(self) -> Journal:
         return self
