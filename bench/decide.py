@@ -1,6 +1,7 @@
 """Benchmark: build the plate index over a large rule set and time decide().
 
     python -m bench.decide [--vehicles N] [--passes N] [--decisions N] [--seed N]
+                           [--deny-distance 0-2]
 
 Prints progress, then one JSON object as the last line. The rule set lives in
 a lean in-memory RuleSource (entities made on demand), so the figures measure
@@ -201,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--deny", type=int, default=1_000)
     ap.add_argument("--decisions", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--deny-distance", type=int, default=1, choices=(0, 1, 2),
+        help="policy deny_fuzzy_distance (the index is built to depth 2 either way)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     # 10:00 local on a weekday, so schedules are open for most reads
@@ -225,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     rss1 = _rss_bytes()
     print(f"built index in {build_s:.2f}s: {rules.counts()}", flush=True)
 
-    policy = PolicyConfig(anti_passback=AntiPassback.SOFT)
+    policy = PolicyConfig(
+        anti_passback=AntiPassback.SOFT, deny_fuzzy_distance=args.deny_distance
+    )
     access_point = AccessPoint("main-in", Direction.IN, policy, tz)
     state = MemoryPolicyState()
     reads, mix = _reads(src, args.decisions, now, args.seed)
@@ -255,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         "passes": args.passes,
         "deny": args.deny,
         "decisions": len(reads),
+        "deny_distance": args.deny_distance,
         "decide_p50_us": round(float(np.percentile(us, 50)), 2),
         "decide_p99_us": round(float(np.percentile(us, 99)), 2),
         "decide_p999_us": round(float(np.percentile(us, 99.9)), 2),

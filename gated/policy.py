@@ -80,7 +80,7 @@ from gated.plates import (
     plate_matches_format,
 )
 from gated.rules_model import Resident, Schedule
-from gated.ruleset import Candidate, RuleSet, with_edits
+from gated.ruleset import Candidate, RuleSet, slot_setters, with_edits
 
 _KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
 _NUMBER = (int, float)
@@ -600,6 +600,36 @@ def decide(
     return _decision(outcome.allowed, outcome.reason, access_point, rules, ctx, outcome)
 
 
+_DECISION_SETTERS = slot_setters(
+    Decision,
+    (
+        "allowed", "reason", "access_point", "rules_version", "match", "resident_id",
+        "vehicle_id", "pass_id", "visitor_name", "flags", "inputs",
+    ),
+)  # fmt: skip
+
+
+def _new_decision(*values: Any) -> Decision:
+    """Decision(*values) without the frozen dataclass __init__ (see ruleset.new_match)."""
+    if not _DECISION_SETTERS:
+        return Decision(*values)
+    d = object.__new__(Decision)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = _DECISION_SETTERS
+    v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10 = values
+    s0(d, v0)  # unrolled: a loop over zip() costs more than the __init__ it replaces
+    s1(d, v1)
+    s2(d, v2)
+    s3(d, v3)
+    s4(d, v4)
+    s5(d, v5)
+    s6(d, v6)
+    s7(d, v7)
+    s8(d, v8)
+    s9(d, v9)
+    s10(d, v10)
+    return d
+
+
 def _decision(
     allowed: bool,
     reason: Reason,
@@ -610,22 +640,24 @@ def _decision(
 ) -> Decision:
     flags = tuple(ctx.flags) + (outcome.flags if outcome is not None else ())
     if outcome is None:
-        return Decision(allowed, reason, ap.id, rules.version, flags=flags, inputs=ctx.inputs)
+        return _new_decision(
+            allowed, reason, ap.id, rules.version, None, None, None, None, None, flags, ctx.inputs
+        )
     match = outcome.match
     if match is not None and match.kind == MatchKind.FUZZY and not match.edits:
         match = with_edits(ctx.inputs["normalised"], match)
-    return Decision(
+    return _new_decision(
         allowed,
         reason,
         ap.id,
         rules.version,
-        match=match,
-        resident_id=outcome.resident_id,
-        vehicle_id=outcome.vehicle_id,
-        pass_id=outcome.pass_id,
-        visitor_name=outcome.visitor_name,
-        flags=flags,
-        inputs=ctx.inputs,
+        match,
+        outcome.resident_id,
+        outcome.vehicle_id,
+        outcome.pass_id,
+        outcome.visitor_name,
+        flags,
+        ctx.inputs,
     )
 
 

@@ -47,11 +47,13 @@ half-built index.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain, combinations
+from typing import Any
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -765,25 +767,59 @@ def with_edits(plate: str, match: Match) -> Match:
     return Match(match.kind, match.list, match.stored, match.distance, edits(plate, match.stored))
 
 
+def slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot setters of a frozen slots dataclass, if its fields are exactly `names`."""
+    fields = tuple(f.name for f in dataclasses.fields(cls))
+    if fields != names or getattr(cls, "__slots__", None) != names:
+        return ()
+    if hasattr(cls, "__post_init__"):
+        return ()
+    return tuple(getattr(cls, n).__set__ for n in names)
+
+
+# A frozen dataclass's __init__ goes through object.__setattr__ once per field,
+# about three times the cost of setting its slots directly; a decision makes a
+# Match per verified candidate and one Decision. Same type, same fields set:
+# the objects are indistinguishable. If the model's fields ever differ from
+# these, the setters are empty and the class itself is used.
+_MATCH_SETTERS = slot_setters(Match, ("kind", "list", "stored", "distance", "edits"))
+
+
+def new_match(
+    kind: MatchKind, list_name: str, stored: str, distance: int = 0, edits: tuple[Edit, ...] = ()
+) -> Match:
+    """Match(kind, list_name, stored, distance, edits), made without the dataclass __init__."""
+    if not _MATCH_SETTERS:
+        return Match(kind, list_name, stored, distance, edits)
+    m = object.__new__(Match)
+    s_kind, s_list, s_stored, s_distance, s_edits = _MATCH_SETTERS
+    s_kind(m, kind)
+    s_list(m, list_name)
+    s_stored(m, stored)
+    s_distance(m, distance)
+    s_edits(m, edits)
+    return m
+
+
 def _verify(
     plate: str, ckey: str, stored: str, name: str, limit: int, want_edits: bool = True
 ) -> Match | None:
     """How `plate` matches `stored`, if within `limit` (fuzzy distance on confusion keys)."""
     if stored == plate:
-        return Match(MatchKind.EXACT, name, stored)
+        return new_match(MatchKind.EXACT, name, stored)
     skey = stored.translate(CONFUSION_TABLE)
     if skey == ckey:
         # same key, same length: the differences are the confused characters themselves
         pairs = enumerate(zip(plate, stored, strict=True))
         subs = tuple(Edit("sub", i, r, t) for i, (r, t) in pairs if r != t)
-        return Match(MatchKind.CONFUSION, name, stored, 0, subs)
+        return new_match(MatchKind.CONFUSION, name, stored, 0, subs)
     if limit <= 0:
         return None
     # gated.plates.distance without its call: this runs for every fuzzy candidate row
     d = Levenshtein.distance(ckey, skey, score_cutoff=limit)
     if d > limit:
         return None
-    return Match(MatchKind.FUZZY, name, stored, d, edits(plate, stored) if want_edits else ())
+    return new_match(MatchKind.FUZZY, name, stored, d, edits(plate, stored) if want_edits else ())
 
 
 def _deletion_strings(arr: np.ndarray, depth: int) -> frozenset[str] | None:

@@ -681,3 +681,11 @@ def test_an_ambiguous_fuzzy_tier_reports_its_first_plate() -> None:
     assert (d.allowed, d.reason) == (False, Reason.NEEDS_GUARD)
     assert "ambiguous_match" in d.flags
     assert (d.match.stored, d.vehicle_id) == ("TWN100", "v-twin1")
+
+
+@pytest.mark.parametrize("text", ["AB12CDE", "ZZ99ZZZ", "A812CDF", "STOLEN7", ""])
+def test_decisions_are_plain_decisions(text: str) -> None:
+    d = run(text)
+    assert type(d) is Decision
+    again = dataclasses.replace(d)  # goes through Decision.__init__
+    assert again == d and repr(again) == repr(d)

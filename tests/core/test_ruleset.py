@@ -365,3 +365,20 @@ def test_the_string_screen_sees_every_deny_neighbour() -> None:
             if want:  # the screen may say "maybe" for nothing, never "no" for a neighbour
                 assert q._deny_maybe(limit)
             assert bool(q.candidates("deny", limit)) == want
+
+
+def test_matches_made_by_slot_setters_are_plain_matches() -> None:
+    import dataclasses
+
+    from gated.model import Edit, Match
+    from gated.ruleset import new_match, slot_setters
+
+    edit = (Edit("sub", 1, "8", "B"),)
+    fast = new_match(MatchKind.CONFUSION, "resident", "AB12CDE", 0, edit)
+    slow = Match(MatchKind.CONFUSION, "resident", "AB12CDE", 0, edit)
+    assert type(fast) is Match
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert dataclasses.replace(fast) == slow
+    assert new_match(MatchKind.EXACT, "deny", "X1") == Match(MatchKind.EXACT, "deny", "X1")
+    # a class whose fields are not the expected ones gets no setters (its own __init__ is used)
+    assert slot_setters(Match, ("kind", "list", "stored")) == ()
