@@ -17,8 +17,10 @@ a million vehicles on a Raspberry Pi:
   places (mostly distance 2), which in a dense million-plate fleet are most
   of the hits. Entries are built with vectorised numpy and kept sorted, with
   a bucket-start array so a probe is two or three memory reads (see
-  `_HashTable`). The deny list has its own small table (a dict), because
-  every read probes it with all its deletions.
+  `_HashTable`). The deny list has its own small table (a dict), and every
+  read is first screened against the deny rows' deletion neighbourhood kept
+  as a set of strings (`_deletion_strings`): one C-level set test over the
+  read's deletions, because every read must be checked against the deny list.
 * A query (`PlateQuery`) hashes the read's confusion key and, only when a
   list needs it, the key's own deletions. Every hit is verified on the real
   strings, so a hash collision only costs a comparison. Residents and passes
