@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -83,6 +84,7 @@ class Daemon:
         self.started = asyncio.Event()
         self._wake: asyncio.Queue[str] = asyncio.Queue()
         self._modes_seeded = False
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- public control ------------------------------------------------------
 
@@ -177,6 +179,10 @@ class Daemon:
                     tasks.append(tg.create_task(supervisor.keep_running(name, run), name=name))
                 tasks.append(tg.create_task(self._watch_rules(gen), name="rules-watch"))
                 if not self.started.is_set():
+                    await self._listeners_bound(gen)
+                    # Everything built so far is long-lived: keep it out of the cyclic
+                    # collector's generations so its pauses stay short on the read path.
+                    gc.freeze()
                     self.health.ready()
                     self.started.set()
                     log.info("gated %s running: %d lane(s)", __version__, len(gen.lanes))
@@ -189,16 +195,33 @@ class Daemon:
                         break
                 await self._end_generation(gen, tasks)
         finally:
+            # Also when a component gave up: reads already taken are journaled first.
+            await self._drain(gen)
             await self._release(gen)
         return "stop" if what == "stop" else "reload"
+
+    async def _listeners_bound(self, gen: Generation, timeout_s: float = 10.0) -> None:
+        """Wait until camera listeners accept connections, so READY means cameras can push."""
+        waits = [listener.started.wait() for listener in gen.listeners]
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+            except TimeoutError:
+                log.warning("a camera listener did not start within %g s", timeout_s)
+
+    async def _drain(self, gen: Generation, timeout_s: float = 10.0) -> None:
+        """Let reads in flight reach the journal (bounded: shutdown must not hang)."""
+        drains = [lane.drain() for lane in gen.lanes.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*drains), timeout_s)
+        except TimeoutError:
+            log.error("reads still in flight after %g s at shutdown", timeout_s)
 
     async def _end_generation(self, gen: Generation, tasks: list[asyncio.Task[Any]]) -> None:
         # Sources first, so no new reads arrive; then let reads in flight finish.
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for lane in gen.lanes.values():
-            await lane.drain()
 
     async def _release(self, gen: Generation) -> None:
         """Leave every relay in its safe state (released) and free its port."""
@@ -324,9 +347,29 @@ class Daemon:
             )
             lane = gen.lanes.get(lane_cfg.id)
             if fault is None and lane is not None:
-                asyncio.get_running_loop().create_task(lane.relay_recovered())
+                self._background(lane.relay_recovered(), f"re-hold {lane_cfg.id}")
 
         return make_relay(name, lane_cfg.relay, pin_factory=pin_factory, on_fault=on_fault)
+
+    def _background(self, coro: Any, what: str) -> None:
+        """Run a fire-and-forget coroutine whose failure is logged and audited, never lost."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                err = t.exception()
+                log.error("%s failed: %s", what, err)
+                if self.auditor is not None:
+                    self.auditor.emit(
+                        "background_failure",
+                        "daemon",
+                        status="failure",
+                        error_message=f"{what}: {err}",
+                    )
+
+        task.add_done_callback(done)
 
     def _emit(self, read: PlateRead) -> None:
         """Route a read from any source to its lane."""
@@ -421,7 +464,7 @@ class Daemon:
             if button.name == event.input:
                 wanted = "long_press" if button.long_press_s > 0 else "press"
                 if event.kind == wanted:
-                    asyncio.get_running_loop().create_task(self._button(button, gen))
+                    self._background(self._button(button, gen), f"button {button.name}")
                 return
 
     async def _button(self, button: Any, gen: Generation) -> None:
