@@ -45,6 +45,7 @@ from gated.supervise import Supervisor, TooManyFailuresError
 log = logging.getLogger(__name__)
 
 RULES_POLL_S = 2.0
+SNAPSHOT_QUOTA_CHECK_S = 60.0
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Daemon:
         self._wake: asyncio.Queue[str] = asyncio.Queue()
         self._modes_seeded = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.snapshot_quota_check_s = SNAPSHOT_QUOTA_CHECK_S
 
     # --- public control ------------------------------------------------------
 
@@ -284,6 +286,7 @@ class Daemon:
         snapshots = SnapshotStore(
             cfg.journal.snapshot_dir, cfg.journal.snapshot_quota_mb * 1024 * 1024
         )
+        gen.services.append(("snapshot-quota", _bind(self._keep_snapshot_quota, snapshots)))
         tz = zoneinfo.ZoneInfo(cfg.site.timezone)
         pin_factory = self.pin_factory or _pin_factory(cfg.gpio.pin_factory)
         for lane_cfg in cfg.lanes:
@@ -528,6 +531,42 @@ class Daemon:
             gen.rules.current = ruleset  # atomic swap: decisions in flight keep the old one
             self.health.set("rules", True, f"version {ruleset.version}")
             log.info("rule set version %d loaded", ruleset.version)
+
+    async def _keep_snapshot_quota(self, snapshots: Any) -> None:
+        """Keep snapshots under their disk quota: synced events' pictures go first."""
+        assert self.auditor is not None
+        while True:
+            await asyncio.sleep(self.snapshot_quota_check_s)
+            removed = await asyncio.to_thread(self._enforce_quota, snapshots)
+            for gone in removed:
+                # An unsynced event's picture is evidence nobody else has: say so loudly.
+                self.auditor.emit(
+                    "snapshot_removed",
+                    "snapshot",
+                    resource_id=gone.event_id,
+                    status="success" if gone.synced else "failure",
+                    error_message=None if gone.synced else "over quota: unsynced evidence removed",
+                    metadata={
+                        "path": gone.relative_path,
+                        "bytes": gone.size,
+                        "synced": gone.synced,
+                    },
+                )
+            if removed:
+                log.warning("snapshot quota: removed %d picture(s)", len(removed))
+
+    def _enforce_quota(self, snapshots: Any) -> list[Any]:
+        """One quota pass (worker thread) asking the journal which events were synced."""
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{self.cfg.journal.path}?mode=ro", uri=True)
+        query = "SELECT synced_at IS NOT NULL FROM access_logs WHERE event_id = ?"
+        try:
+            return snapshots.enforce(
+                lambda event_id: bool((conn.execute(query, (event_id,)).fetchone() or (0,))[0])
+            )
+        finally:
+            conn.close()
 
     def _on_event(self, event: Any, decision: Any) -> None:
         for listener in list(self.event_listeners):
