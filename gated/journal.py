@@ -991,7 +991,7 @@ class Journal:
         self._max_batch = max_batch
         self._loop = asyncio.get_running_loop()
         self._pending: deque[_Pending] = deque()
-        self._in_flight = False  # a batch is on the writer thread
+        self._in_flight = False  # a batch is on the writer thread or about to be
         self._drained: asyncio.Future[None] | None = None  # close() waits on it
         self._closed = False
 
@@ -1054,7 +1054,8 @@ class Journal:
                       for i in range(0, len(prepared), self._max_batch)]
         self._pending.extend(chunks)
         if not self._in_flight:
-            self._submit()
+            self._in_flight = True
+            self._loop.call_soon(self._submit)
         seqs: list[int] = []
         for chunk in chunks:
             for result in await chunk.future:
@@ -1066,7 +1067,10 @@ class Journal:
     # Group commit without a writer task: the loop hands whatever is pending (up to
     # max_batch rows) to the writer thread, which commits it and calls back into the loop
     # once (call_soon_threadsafe); the callback answers the callers and hands over the
-    # next batch. One thread hop each way per batch, no task and no extra loop iteration.
+    # next batch. One thread hop each way per batch. After an idle spell the hand-over
+    # waits for the end of the loop iteration (call_soon): the producers that a delivery
+    # woke all append in that iteration, and without the wait the first of them would
+    # commit alone (one fsync for one row) while the rest queue behind it.
 
     def _submit(self) -> None:
         pending = self._pending

@@ -85,3 +85,26 @@ async def test_appends_interleave_with_sync_state_writes_in_order(tmp_path: Path
         assert await marked == 3
         unsynced = await journal.unsynced("access")
         assert [r["event_id"] for r in unsynced] == [e.event_id for e in events[3:]]
+
+
+async def test_producers_woken_together_commit_together(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite3")
+    writer = journal._writer
+    batches: list[int] = []
+    commit = writer.append_batch
+
+    def counted(items):  # count transactions on this one instance
+        batches.append(len(items))
+        return commit(items)
+
+    writer.append_batch = counted  # type: ignore[method-assign]
+
+    async def produce() -> None:
+        for _ in range(4):
+            await journal.append(access_event())
+
+    await asyncio.gather(*(produce() for _ in range(32)))
+    await journal.close()
+    # Every round of 32 appends is one transaction: the first producer woken by a
+    # delivery does not commit alone.
+    assert batches == [32, 32, 32, 32]
