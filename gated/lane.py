@@ -139,16 +139,18 @@ class Lane:
             # allow is acted on (Axis-style new → update); otherwise nothing changes.
             self.metrics.updates += 1
             return
-        self.p.state.record(decision, now)  # before any await: see module docstring
-        relay_ms, relay_error = None, None
-        if decision.allowed and self.mode != Mode.HOLD_OPEN:
-            relay_ms, relay_error = await self._pulse(read.received_mono)
-        self.metrics.decisions[decision.reason.value] += 1
+        # Before any await (see module docstring): a racing read of the same vehicle
+        # must see this decision, and state such as pass uses must already count it.
+        self.p.state.record(decision, now)
         event_id = new_event_id()
         self._last_allowed[key] = (event_id, decision.allowed)
         if len(self._last_allowed) > 4096:  # bounded: oldest entries go first
             for stale in list(self._last_allowed)[:1024]:
                 del self._last_allowed[stale]
+        relay_ms, relay_error = None, None
+        if decision.allowed and self.mode != Mode.HOLD_OPEN:
+            relay_ms, relay_error = await self._pulse(read.received_mono)
+        self.metrics.decisions[decision.reason.value] += 1
         snap_path, snap_sha, snap_missing = await self._snapshot(event_id, read)
         # Personal data (the plate as read, the stored plate) lives only in the
         # journal's erasable columns, never in metadata: see gated.journal.
