@@ -644,6 +644,9 @@ class SimulatorSource:
             confidence = self._cfg.confidence
         else:
             text, confidence = self._random_read()
+        # The picture comes with the read, as a camera's does: rendering it is not
+        # part of the read → relay latency the daemon measures from received_mono.
+        snapshot = render_plate_jpeg(text) if self._snapshots else None
         return PlateRead(
             access_point=self.access_point,
             text=text,
@@ -651,7 +654,7 @@ class SimulatorSource:
             read_at=self._clock(),
             received_mono=self._mono(),
             confidence=confidence,
-            snapshot=render_plate_jpeg(text) if self._snapshots else None,
+            snapshot=snapshot,
             vendor=self.vendor,
         )
 
