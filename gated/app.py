@@ -126,6 +126,17 @@ class Daemon:
             "daemon",
             new_values={"version": __version__, "config": redacted(self.cfg)},
         )
+        if self.journal.tail_problem:
+            # The gate keeps working (a new event is worth more than a refusal to start),
+            # but the chain's end does not verify: someone edited the file, or the disk lied.
+            log.error("journal chain check failed at start-up: %s", self.journal.tail_problem)
+            self.health.set("journal-chain", False, self.journal.tail_problem)
+            await self.auditor.record(
+                "journal_check",
+                "journal",
+                status="failure",
+                error_message=self.journal.tail_problem,
+            )
         health_task = asyncio.create_task(self.health.run(), name="health")
         status = 0
         try:
