@@ -298,6 +298,8 @@ class Daemon:
             cfg.journal.snapshot_dir, cfg.journal.snapshot_quota_mb * 1024 * 1024
         )
         gen.services.append(("snapshot-quota", _bind(self._keep_snapshot_quota, snapshots)))
+        if cfg.metrics.textfile:
+            gen.services.append(("metrics-textfile", _bind(self._write_metrics, gen)))
         tz = zoneinfo.ZoneInfo(cfg.site.timezone)
         pin_factory = self.pin_factory or _pin_factory(cfg.gpio.pin_factory)
         for lane_cfg in cfg.lanes:
@@ -578,6 +580,32 @@ class Daemon:
             )
         finally:
             conn.close()
+
+    def metrics_text(self) -> str:
+        """Prometheus exposition of the running lanes and component health."""
+        from gated.metrics import render_prometheus
+
+        lanes = (
+            {lane_id: lane.metrics for lane_id, lane in self.generation.lanes.items()}
+            if self.generation
+            else {}
+        )
+        components = {name: c.ok for name, c in self.health.components.items()}
+        return render_prometheus(lanes, components)
+
+    async def _write_metrics(self, gen: Generation) -> None:
+        """Rewrite the metrics textfile atomically every interval (node_exporter reads it)."""
+        from pathlib import Path
+
+        target = Path(gen.cfg.metrics.textfile)
+        while True:
+            text = self.metrics_text()
+            tmp = target.with_name(f".{target.name}.tmp")
+            # No fsync: the file is rebuilt every interval and belongs on a tmpfs (/run).
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            tmp.replace(target)
+            await asyncio.sleep(gen.cfg.metrics.interval_s)
 
     def _on_event(self, event: Any, decision: Any) -> None:
         for listener in list(self.event_listeners):

@@ -299,6 +299,13 @@ class SupervisorConfig(_Section, frozen=True):
     failure_window_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
 
+class MetricsConfig(_Section, frozen=True):
+    """Prometheus metrics written for node_exporter's textfile collector."""
+
+    textfile: str = ""  # e.g. "/run/gated/gated.prom"; empty: not written
+    interval_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 15.0
+
+
 class LogConfig(_Section, frozen=True):
     """Logging."""
 
@@ -318,6 +325,7 @@ class Config(_Section, frozen=True):
     mqtt: MqttConfig | None = None
     gpio: GpioConfig = GpioConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
     def __post_init__(self) -> None:

@@ -66,3 +66,80 @@ class LaneMetrics:
     snapshots_missing: int = 0
     read_to_relay_ms: Histogram = field(default_factory=Histogram)
     journal_lag_ms: Histogram = field(default_factory=Histogram)
+
+
+def _labels(**labels: str) -> str:
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}"
+
+
+def _histogram_seconds(out: list[str], name: str, lane: str, hist: Histogram) -> None:
+    """Append a histogram kept in milliseconds as Prometheus seconds."""
+    running = 0
+    for bound, count in zip(hist.buckets, hist.counts, strict=False):
+        running += count
+        out.append(f"{name}_bucket{_labels(lane=lane, le=f'{bound / 1000:g}')} {running}")
+    out.append(f"{name}_bucket{_labels(lane=lane, le='+Inf')} {hist.n}")
+    out.append(f"{name}_sum{_labels(lane=lane)} {hist.total / 1000:.6f}")
+    out.append(f"{name}_count{_labels(lane=lane)} {hist.n}")
+
+
+def render_prometheus(lanes: dict[str, LaneMetrics], components: dict[str, bool]) -> str:
+    """The Prometheus text exposition of every lane's counters and the components' health."""
+    out: list[str] = []
+    counters = (
+        ("gated_reads_total", "Plate and tag reads received", "reads"),
+        ("gated_reads_duplicate_total", "Reads merged into an earlier event", "duplicates"),
+        ("gated_reads_update_total", "Better reads of a vehicle already decided", "updates"),
+        ("gated_relay_failures_total", "Relay commands that failed", "relay_failures"),
+        (
+            "gated_journal_failures_total",
+            "Journal appends that had to be retried",
+            "journal_failures",
+        ),
+        (
+            "gated_snapshots_missing_total",
+            "Events journaled without their snapshot",
+            "snapshots_missing",
+        ),
+    )
+    for name, help_text, attr in counters:
+        out += [f"# HELP {name} {help_text}.", f"# TYPE {name} counter"]
+        out += [
+            f"{name}{_labels(lane=lane)} {getattr(m, attr)}" for lane, m in sorted(lanes.items())
+        ]
+    out += [
+        "# HELP gated_decisions_total Decisions by reason code.",
+        "# TYPE gated_decisions_total counter",
+    ]
+    for lane, m in sorted(lanes.items()):
+        out += [
+            f"gated_decisions_total{_labels(lane=lane, reason=reason)} {n}"
+            for reason, n in sorted(m.decisions.items())
+        ]
+    for name, help_text, attr in (
+        (
+            "gated_read_to_relay_seconds",
+            "From a read's receipt to the relay command",
+            "read_to_relay_ms",
+        ),
+        (
+            "gated_journal_lag_seconds",
+            "From a read's receipt to its durable journal row",
+            "journal_lag_ms",
+        ),
+    ):
+        out += [f"# HELP {name} {help_text}.", f"# TYPE {name} histogram"]
+        for lane, m in sorted(lanes.items()):
+            _histogram_seconds(out, name, lane, getattr(m, attr))
+    out += [
+        "# HELP gated_component_up 1 while a component is healthy.",
+        "# TYPE gated_component_up gauge",
+    ]
+    out += [
+        f"gated_component_up{_labels(component=name)} {int(ok)}"
+        for name, ok in sorted(components.items())
+    ]
+    return "\n".join(out) + "\n"
