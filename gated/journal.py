@@ -110,6 +110,9 @@ HASHED: dict[str, tuple[str, ...]] = {
     for s, cols in COLUMNS.items()
 }
 _COLUMNS_GET = {s: operator.itemgetter(*cols) for s, cols in COLUMNS.items()}
+# Positions both streams share (a test holds the column lists to them): the append path
+# indexes value lists.
+_SEQ, _EVENT_ID_AT, _PREV_HASH, _ROW_HASH, _SYNCED_AT = 0, 1, -3, -2, -1
 _INSERT_SQL = {
     s: f"INSERT INTO {TABLES[s]} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
     for s, cols in COLUMNS.items()
@@ -118,20 +121,24 @@ _INSERT_SQL = {
 _SORTED_JSON = msgspec.json.Encoder(order="sorted")
 
 
-def _canonical_layout(stream: str) -> tuple[type[msgspec.Struct], Any, Any]:
+def _canonical_layout(stream: str) -> tuple[type[msgspec.Struct], Any, Any, Any, Any]:
     # The canonical form is sorted-key JSON of the hashed columns plus "stream". A Struct
     # whose fields are declared in that sorted order encodes to exactly the same bytes as
     # the sorted dict, but is built positionally from two itemgetters instead of a dict
     # that the encoder then has to sort on every row (about 3x less CPU per row).
+    # Getters come twice: by name for rows as mappings, by position for value lists.
     names = sorted((*HASHED[stream], "stream"))
     cut = names.index("stream")
     struct = msgspec.defstruct(f"{stream.title()}Canonical", names, gc=False)
+    position = {name: i for i, name in enumerate(COLUMNS[stream])}
 
-    def getter(cols: Sequence[str]) -> Any:
-        get = operator.itemgetter(*cols)
-        return get if len(cols) > 1 else (lambda row: (get(row),))
+    def getter(keys: Sequence[Any]) -> Any:
+        get = operator.itemgetter(*keys)
+        return get if len(keys) > 1 else (lambda row: (get(row),))
 
-    return struct, getter(names[:cut]), getter(names[cut + 1:])
+    before, after = names[:cut], names[cut + 1:]
+    return (struct, getter(before), getter(after),
+            getter([position[n] for n in before]), getter([position[n] for n in after]))
 
 
 _CANONICAL_LAYOUT = {s: _canonical_layout(s) for s in COLUMNS}
@@ -159,8 +166,15 @@ _DIGEST_PREFIX = {n: n.encode() + b"\0" for names in PERSONAL.values() for n in 
 
 def canonical(stream: str, row: Mapping[str, Any]) -> bytes:
     """Canonical bytes of a row's hashed content: sorted-key JSON of the hashed columns."""
-    struct, before, after = _CANONICAL_LAYOUT[stream]
+    struct, before, after, _, _ = _CANONICAL_LAYOUT[stream]
     return _CANONICAL.encode(struct(*before(row), stream, *after(row)))
+
+
+def _values_hash(stream: str, values: Sequence[Any]) -> str:
+    # row_hash of a row held as values in COLUMNS order (the append path's form).
+    struct, _, _, before, after = _CANONICAL_LAYOUT[stream]
+    return hashlib.sha256(_CANONICAL.encode(struct(*before(values), stream, *after(values))))\
+        .hexdigest()
 
 
 def row_hash(stream: str, row: Mapping[str, Any]) -> str:
@@ -349,9 +363,29 @@ def prepare(event: AccessEvent | AuditEvent) -> tuple[Stream, dict[str, Any]]:
     Raises JournalError naming the field on any malformed, oversized or hostile value,
     so one bad event never aborts a whole group-committed batch.
     """
+    stream, values = prepare_values(event)
+    row = dict(zip(COLUMNS[stream], values, strict=True))
+    for name in ("seq", "prev_hash", "row_hash", "synced_at"):
+        del row[name]
+    return stream, row
+
+
+def prepare_values(event: AccessEvent | AuditEvent) -> tuple[Stream, list[Any]]:
+    """Like prepare, but the row as a list in COLUMNS order (seq, hashes, sync state None).
+
+    The append path's form: a list is built ~6x faster than a dict of 31 keys, takes a
+    third of the memory, and is itself the statement's parameter sequence.
+    """
     salt = _SALTS.take()
     fast = _prepare_fast(event, salt)
-    return fast if fast is not None else _prepare_checked(event, salt)
+    if fast is not None:
+        return fast
+    stream, row = _prepare_checked(event, salt)
+    return stream, _as_values(stream, row)
+
+
+def _as_values(stream: str, row: Mapping[str, Any]) -> list[Any]:
+    return [row.get(name) for name in COLUMNS[stream]]
 
 
 def _prepare_checked(event: AccessEvent | AuditEvent,
@@ -474,8 +508,8 @@ def _digest(salt: bytes, prefix: bytes, value: str | None) -> str | None:
     return None if value is None else hashlib.sha256(salt + prefix + value.encode()).hexdigest()
 
 
-def _prepare_fast(event: Any, salt: bytes) -> tuple[Stream, dict[str, Any]] | None:
-    """The common valid event as a row, or None when the checked path must look at it."""
+def _prepare_fast(event: Any, salt: bytes) -> tuple[Stream, list[Any]] | None:
+    """The common valid event as row values, or None when the checked path must look."""
     kind = type(event)
     if kind is AccessEvent:
         required, optional = _ACCESS_REQUIRED(event), _ACCESS_OPTIONAL(event)
@@ -507,25 +541,17 @@ def _prepare_fast(event: Any, salt: bytes) -> tuple[Stream, dict[str, Any]] | No
                 and _optional_finite(event.read_to_relay_ms)
                 and type(event.snapshot_missing) is bool):
             return None
-        salt_or_none = None if plate is None and visitor_name is None else salt
-        return "access", {
-            "event_id": event_id, "tenant_id": tenant_id, "site_id": site_id,
-            "device_id": device_id, "created_at": event.created_at,
-            "clock_unsynced": int(event.clock_unsynced), "metadata": metadata,
-            "event_type": str(event_type), "access_point": a,
-            "direction": None if direction is None else str(direction),
-            "resident_id": resident_id, "vehicle_id": vehicle_id, "pass_id": pass_id,
-            "authorization_method": b, "authorized_by": authorized_by, "decision_reason": c,
-            "rules_version": rules_version, "confidence_score": event.confidence_score,
-            "snapshot_path": path, "snapshot_sha256": snapshot_sha256,
-            "snapshot_missing": int(event.snapshot_missing),
-            "read_to_relay_ms": event.read_to_relay_ms,
-            "pii_salt": salt_or_none,
-            "vehicle_plate": plate,
-            "vehicle_plate_digest": _digest(salt, _DIGEST_PREFIX["vehicle_plate"], plate),
-            "visitor_name": visitor_name,
-            "visitor_name_digest": _digest(salt, _DIGEST_PREFIX["visitor_name"], visitor_name),
-        }
+        # In ACCESS_COLUMNS order; None for seq, prev_hash, row_hash and synced_at.
+        return "access", [
+            None, event_id, tenant_id, site_id, device_id, event.created_at,
+            int(event.clock_unsynced), str(event_type), a,
+            None if direction is None else str(direction), resident_id, vehicle_id, pass_id,
+            visitor_name, _digest(salt, _DIGEST_PREFIX["visitor_name"], visitor_name),
+            plate, _digest(salt, _DIGEST_PREFIX["vehicle_plate"], plate),
+            b, authorized_by, c, rules_version, event.confidence_score, path,
+            snapshot_sha256, int(event.snapshot_missing), event.read_to_relay_ms, metadata,
+            None if plate is None and visitor_name is None else salt, None, None, None,
+        ]
     resource_id, actor_id, actor_role, request_id, error_message, ip, agent = optional
     status = event.status
     old_values = None if event.old_values is None else _plain_json(event.old_values)
@@ -535,19 +561,15 @@ def _prepare_fast(event: Any, salt: bytes) -> tuple[Stream, dict[str, Any]] | No
             and (new_values is not None or event.new_values is None)
             and _optional_finite(event.duration_ms)):
         return None
-    return "audit", {
-        "event_id": event_id, "tenant_id": tenant_id, "site_id": site_id,
-        "device_id": device_id, "created_at": event.created_at,
-        "clock_unsynced": int(event.clock_unsynced), "metadata": metadata,
-        "action": a, "resource_type": b, "resource_id": resource_id, "actor_id": actor_id,
-        "actor_type": c, "actor_role": actor_role, "request_id": request_id,
-        "old_values": old_values, "new_values": new_values, "status": status,
-        "error_message": error_message, "duration_ms": event.duration_ms,
-        "pii_salt": None if ip is None and agent is None else salt,
-        "ip_address": ip, "ip_address_digest": _digest(salt, _DIGEST_PREFIX["ip_address"], ip),
-        "user_agent": agent,
-        "user_agent_digest": _digest(salt, _DIGEST_PREFIX["user_agent"], agent),
-    }
+    # In AUDIT_COLUMNS order; None for seq, prev_hash, row_hash and synced_at.
+    return "audit", [
+        None, event_id, tenant_id, site_id, device_id, event.created_at,
+        int(event.clock_unsynced), a, b, resource_id, actor_id, c, actor_role,
+        ip, _digest(salt, _DIGEST_PREFIX["ip_address"], ip),
+        agent, _digest(salt, _DIGEST_PREFIX["user_agent"], agent),
+        request_id, old_values, new_values, status, error_message, event.duration_ms,
+        metadata, None if ip is None and agent is None else salt, None, None, None,
+    ]
 
 
 # --- migrations -----------------------------------------------------------------------------
@@ -735,18 +757,18 @@ class _Writer:
             self.conn.close()
             self.conn = None
 
-    def _insert(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[int]:
-        """Number, chain and insert rows inside the caller's open transaction."""
+    def _insert(self, items: Sequence[tuple[str, list[Any]]]) -> list[int]:
+        """Number, chain and insert rows (values in COLUMNS order) in the open transaction."""
         assert self.conn is not None
         seq, prev = self.head.seq, self.head.row_hash
         first = seq + 1
-        grouped: dict[str, list[tuple[Any, ...]]] = {"access": [], "audit": []}
+        grouped: dict[str, list[list[Any]]] = {"access": [], "audit": []}
         for stream, row in items:
             seq += 1
-            # The prepared dict is the journal's own: fill it in place (retries overwrite).
-            row["seq"], row["prev_hash"], row["synced_at"] = seq, prev, None
-            row["row_hash"] = prev = row_hash(stream, row)
-            grouped[stream].append(_COLUMNS_GET[stream](row))
+            # The values list is the journal's own: fill it in place (retries overwrite).
+            row[_SEQ], row[_PREV_HASH], row[_SYNCED_AT] = seq, prev, None
+            row[_ROW_HASH] = prev = _values_hash(stream, row)
+            grouped[stream].append(row)
         for stream, rows in grouped.items():
             if rows:
                 self.conn.executemany(_INSERT_SQL[stream], rows)
@@ -768,7 +790,7 @@ class _Writer:
             raise
         return result
 
-    def append_batch(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[int | JournalError]:
+    def append_batch(self, items: Sequence[tuple[str, list[Any]]]) -> list[int | JournalError]:
         """Commit a batch in one transaction; on failure retry one by one so only bad rows fail."""
         if self.conn is None:
             return [JournalError("journal is closed")] * len(items)
@@ -776,15 +798,15 @@ class _Writer:
             return list(self._transaction(lambda: self._insert(items)))
         except sqlite3.Error as err:
             if len(items) == 1:
-                return [self._explain(err, items[0][1])]
+                return [self._explain(err, items[0][1][_EVENT_ID_AT])]
         results: list[int | JournalError] = []
         for item in items:
             results.extend(self.append_batch([item]))
         return results
 
-    def _explain(self, err: sqlite3.Error, row: Mapping[str, Any]) -> JournalError:
+    def _explain(self, err: sqlite3.Error, event_id: str) -> JournalError:
         if isinstance(err, sqlite3.IntegrityError) and "event_id" in str(err):
-            return JournalError(f"event {row['event_id']} is already in the journal")
+            return JournalError(f"event {event_id} is already in the journal")
         error = JournalError(f"journal write failed: {err}")
         error.__cause__ = err
         return error
@@ -837,7 +859,7 @@ class _Writer:
             meta = msgspec.json.decode(record["metadata"])
             meta[ERASED_KEY] = seqs
             record["metadata"] = msgspec.json.encode(meta, order="sorted").decode()
-            (audit_seq,) = self._insert([("audit", record)])
+            (audit_seq,) = self._insert([("audit", _as_values("audit", record))])
             return Erasure(tuple(seqs), audit_seq)
 
         return self._transaction(work)
@@ -901,7 +923,7 @@ class _Writer:
                 "older_than": float(older_than)}, order="sorted").decode(),
         }
         _personal(record, "audit", {"ip_address": None, "user_agent": None})
-        (audit_seq,) = self._insert([("audit", record)])
+        (audit_seq,) = self._insert([("audit", _as_values("audit", record))])
         return Pruned(
             rows=len(doomed), through_seq=last["seq"], unsynced_rows=unsynced,
             snapshot_paths=tuple(r["snapshot_path"] for s, r in doomed
@@ -975,7 +997,7 @@ class _WriterThread:
 class _Pending:
     """One caller's events (at most max_batch) and the future of their results."""
 
-    items: list[tuple[Stream, dict[str, Any]]]
+    items: list[tuple[Stream, list[Any]]]
     future: asyncio.Future[list[int | JournalError]] = field(repr=False)
 
 
@@ -1043,7 +1065,7 @@ class Journal:
         """Journal several events (all validated first); return their seqs in order."""
         if self._closed:
             raise JournalError("journal is closed")
-        prepared = [prepare(e) for e in events]  # all validated before any is queued
+        prepared = [prepare_values(e) for e in events]  # all validated before any is queued
         if not prepared:
             return []
         create = self._loop.create_future
@@ -1083,7 +1105,7 @@ class Journal:
         self._in_flight = True
         self._thread.post(lambda: self._commit(batch, items))
 
-    def _commit(self, batch: list[_Pending], items: list[tuple[Stream, dict[str, Any]]]) -> None:
+    def _commit(self, batch: list[_Pending], items: list[tuple[Stream, list[Any]]]) -> None:
         # Runs on the writer thread.
         try:
             results = self._writer.append_batch(items)

@@ -14,13 +14,20 @@ from hypothesis import strategies as st
 
 from gated.errors import JournalError
 from gated.journal import (
+    _EVENT_ID_AT,
+    _PREV_HASH,
+    _ROW_HASH,
     _SALTS,
+    _SEQ,
+    _SYNCED_AT,
     COLUMNS,
     HASHED,
     _prepare_checked,
     _prepare_fast,
+    _values_hash,
     canonical,
     prepare,
+    prepare_values,
     row_hash,
 )
 from gated.model import AccessEvent, AuditEvent
@@ -100,15 +107,30 @@ def test_fast_path_agrees_with_the_checked_path(audit: bool, data: st.DataObject
     salt = os.urandom(16)
     fast = _prepare_fast(event, salt)
     try:
-        checked = _prepare_checked(event, salt)
+        stream, checked = _prepare_checked(event, salt)
     except JournalError:
         assert fast is None  # the fast path never accepts what the checked path refuses
         event_note("refused")
         return
     event_note("fast" if fast is not None else "checked")
     if fast is not None:
-        assert fast == checked
-        assert list(map(type, fast[1].values())) == [type(checked[1][k]) for k in fast[1]]
+        expected = [checked.get(name) for name in COLUMNS[stream]]
+        assert fast == (stream, expected)
+        assert list(map(type, fast[1])) == list(map(type, expected))
+
+
+def test_value_lists_and_dict_rows_agree() -> None:
+    for cols in COLUMNS.values():
+        assert [cols[i] for i in (_SEQ, _EVENT_ID_AT, _PREV_HASH, _ROW_HASH, _SYNCED_AT)] == [
+            "seq", "event_id", "prev_hash", "row_hash", "synced_at"]
+    for event in (access_event(), audit_event(), access_event(confidence_score=1)):
+        stream, values = prepare_values(event)
+        values[_SEQ], values[_PREV_HASH] = 3, "cd" * 32
+        row = dict(zip(COLUMNS[stream], values, strict=True))
+        assert _values_hash(stream, values) == row_hash(stream, row)
+        _, public = prepare(event)
+        assert set(public) == set(COLUMNS[stream]) - {"seq", "prev_hash", "row_hash",
+                                                      "synced_at"}
 
 
 def test_the_common_events_take_the_fast_path() -> None:
