@@ -1013,7 +1013,8 @@ class Journal:
         self._max_batch = max_batch
         self._loop = asyncio.get_running_loop()
         self._pending: deque[_Pending] = deque()
-        self._in_flight = False  # a batch is on the writer thread or about to be
+        self._in_flight = False  # a batch is on the writer thread
+        self._held = False  # a delivery's callers run before the next hand-over
         self._drained: asyncio.Future[None] | None = None  # close() waits on it
         self._closed = False
 
@@ -1075,9 +1076,8 @@ class Journal:
             chunks = [_Pending(prepared[i:i + self._max_batch], create())
                       for i in range(0, len(prepared), self._max_batch)]
         self._pending.extend(chunks)
-        if not self._in_flight:
-            self._in_flight = True
-            self._loop.call_soon(self._submit)
+        if not self._in_flight and not self._held:
+            self._submit()
         seqs: list[int] = []
         for chunk in chunks:
             for result in await chunk.future:
@@ -1089,10 +1089,11 @@ class Journal:
     # Group commit without a writer task: the loop hands whatever is pending (up to
     # max_batch rows) to the writer thread, which commits it and calls back into the loop
     # once (call_soon_threadsafe); the callback answers the callers and hands over the
-    # next batch. One thread hop each way per batch. After an idle spell the hand-over
-    # waits for the end of the loop iteration (call_soon): the producers that a delivery
-    # woke all append in that iteration, and without the wait the first of them would
-    # commit alone (one fsync for one row) while the rest queue behind it.
+    # next batch. One thread hop each way per batch. An append finding the writer idle
+    # hands over at once (no extra loop iteration for a lone event). After a delivery the
+    # hand-over is held until the callers it woke have run (call_soon queues it behind
+    # their wake-ups): producers append again right away, and without the hold the first
+    # of them would commit alone (one fsync for one row) while the rest queue behind it.
 
     def _submit(self) -> None:
         pending = self._pending
@@ -1122,8 +1123,14 @@ class Journal:
                 pending.future.set_result(results[start:end])
             start = end
         self._in_flight = False
+        self._held = True
+        self._loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        self._held = False
         if self._pending:
-            self._submit()
+            if not self._in_flight:
+                self._submit()
         elif self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -1140,7 +1147,7 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        if self._in_flight:
+        if self._in_flight or self._held:
             self._drained = self._loop.create_future()
             await self._drained
         await self._reader.close()
