@@ -79,13 +79,23 @@ from gated.plates import (
     normalise,
     plate_matches_format,
 )
-from gated.rules_model import Resident, Schedule
-from gated.ruleset import Candidate, RuleSet, slot_setters, with_edits
+from gated.rules_model import Grant, Resident, Schedule
+from gated.ruleset import (
+    RESIDENT_ACTIVE,
+    RESIDENT_KNOWN,
+    VEHICLE_ACTIVE,
+    Candidate,
+    RuleSet,
+    slot_setters,
+    with_edits,
+)
 
 _KIND_RANK = {MatchKind.EXACT: 0, MatchKind.CONFUSION: 1, MatchKind.FUZZY: 2}
 _NUMBER = (int, float)
 _AUTO_EXACT = frozenset((MatchKind.EXACT,))
 _AUTO_CONFUSION = frozenset((MatchKind.EXACT, MatchKind.CONFUSION))
+_ANSWERS = 4096  # schedule answers and compiled grants kept per rule set
+_LIVE = VEHICLE_ACTIVE | RESIDENT_KNOWN | RESIDENT_ACTIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +288,20 @@ class _Context:
         self.local: dt.datetime | None = None  # `now` on the site's wall clock, once needed
 
     def schedule_ok(self, schedule_id: str | None) -> bool:
+        """Is the schedule open now at this access point (flags why not, if it cannot say)?
+
+        Answers are kept per (schedule, time zone, minute) on the rule set: the
+        reads of one minute share them. Only plain answers are kept; a missing
+        schedule or an unusable clock is worked out (and flagged) every time.
+        """
         if schedule_id is None:
             return True
+        answers = self.rules.schedule_answers
+        minute = self.now // 60
+        cache_key = (schedule_id, self.ap.tz, minute)
+        answer = answers.get(cache_key)
+        if answer is not None:
+            return answer
         schedule = self.rules.schedule(schedule_id)
         if schedule is None:
             self.flags.append("missing_schedule")  # dangling reference: fail closed
@@ -290,25 +312,79 @@ class _Context:
             except (OverflowError, ValueError, OSError):
                 self.flags.append("bad_clock")  # `now` outside what a calendar can hold
                 return False
-        return _open_at(schedule, self.local)
+        answer = _open_at(schedule, self.local)
+        if _same_all_minute(schedule, self.local, minute, self.ap.tz):
+            if len(answers) >= _ANSWERS:
+                answers.clear()  # a new minute's answers replace the old ones
+            answers[cache_key] = answer
+        return answer
 
     def resident_reason(self, resident: Resident | None) -> Reason | None:
         """None when the resident may pass here now, else why not."""
         if resident is None or not resident.active:
             return Reason.INACTIVE
+        grant = (resident.groups, resident.access_points, resident.schedule_id)
+        return self.grant_reason(self._schedules(grant))
+
+    def _schedules(self, grant: Grant) -> tuple[str | None, ...]:
+        """The schedules under which a grant lets through at this access point (none: not here).
+
+        Own access points first, then each existing group's, in order.
+        """
+        groups, access_points, schedule_id = grant
         ap_id = self.ap.id
         schedules: list[str | None] = []
-        if resident.access_points is None or ap_id in resident.access_points:
-            schedules.append(resident.schedule_id)
-        for group_id in resident.groups:
+        if access_points is None or ap_id in access_points:
+            schedules.append(schedule_id)
+        for group_id in groups:
             group = self.rules.group(group_id)
             if group is not None and (group.access_points is None or ap_id in group.access_points):
                 schedules.append(group.schedule_id)
+        return tuple(schedules)
+
+    def compiled_grant(self, number: int, grant: Grant) -> tuple[str | None, ...]:
+        """`_schedules` of the rule set's grant `number`, kept per (grant, access point)."""
+        compiled = self.rules._grant_schedules
+        cache_key = (number, self.ap.id)
+        schedules = compiled.get(cache_key)
+        if schedules is None:
+            schedules = self._schedules(grant)
+            if len(compiled) >= _ANSWERS:
+                compiled.clear()
+            compiled[cache_key] = schedules
+        return schedules
+
+    def grant_reason(self, schedules: tuple[str | None, ...]) -> Reason | None:
+        """None when one of the schedules is open now, else why not."""
         if not schedules:
             return Reason.NOT_PERMITTED
         if any(self.schedule_ok(s) for s in schedules):
             return None
         return Reason.OUTSIDE_SCHEDULE
+
+
+def _same_all_minute(
+    schedule: Schedule, local: dt.datetime, minute: float, tz: zoneinfo.ZoneInfo
+) -> bool:
+    """Does the schedule give one answer for the whole epoch minute of `local`?
+
+    True when every boundary of the schedule is a whole minute and the zone's
+    offset is a whole number of minutes that does not change within the minute.
+    """
+    offset = local.utcoffset()
+    if offset is None or offset.seconds % 60 or offset.microseconds:
+        return False
+    start = minute * 60
+    try:
+        first = dt.datetime.fromtimestamp(start, tz).utcoffset()
+        last = dt.datetime.fromtimestamp(start + 59, tz).utcoffset()
+    except (OverflowError, ValueError, OSError):
+        return False
+    if not first == offset == last:
+        return False
+    times = [t for w in schedule.windows for t in (w.start, w.end)]
+    times.extend(t for spans in schedule.exceptions.values() for span in spans for t in span)
+    return all(not (t.second or t.microsecond) for t in times)
 
 
 def _pick(outcomes: list[_Outcome]) -> _Outcome | None:
@@ -353,6 +429,8 @@ def _live_tier(
 def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome | None:
     if not candidates:
         return None
+    if ctx.rules.vehicle_facts is not None and candidates[0].row >= 0:
+        return _vehicle_outcomes_from_facts(ctx, candidates)
     tier = _live_tier(candidates, ctx.rules.vehicle, ambiguity=True)
     if not tier:
         return None
@@ -372,6 +450,59 @@ def _vehicle_outcomes(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outc
         if o.allowed and c.match.kind != MatchKind.EXACT and not ctx.format_ok:
             o = _Outcome(False, Reason.NEEDS_GUARD, c.match, o.resident_id, o.vehicle_id,
                          flags=("plate_format_mismatch",))  # fmt: skip
+        outcomes.append(o)
+    return _pick(outcomes)
+
+
+def _vehicle_outcomes_from_facts(
+    ctx: _Context, candidates: tuple[Candidate, ...]
+) -> _Outcome | None:
+    """`_vehicle_outcomes` from the rule set's compact vehicle facts: no entity is read.
+
+    The same tier, checks and outcomes as the entity path. The facts were
+    loaded with the index at its version, so every candidate row is live with
+    the plate it was indexed under: the entity path's plate re-check holds by
+    construction.
+    """
+    facts = ctx.rules.vehicle_facts
+    assert facts is not None
+    first = candidates[0]
+    match = first.match
+    exact = match.kind == MatchKind.EXACT
+    tier: tuple[Candidate, ...] | list[Candidate] = candidates
+    if len(candidates) > 1:
+        tier = [first]
+        for c in candidates[1:]:
+            m = c.match
+            if m.kind != match.kind or m.distance != match.distance:
+                break
+            tier.append(c)
+            if not exact and m.stored != match.stored:
+                # two plates in a non-exact tier: ambiguous; the first one is reported
+                row = first.row
+                return _Outcome(False, Reason.NEEDS_GUARD, match, facts.resident_id(row),
+                                facts.vehicle_id(row), flags=("ambiguous_match",))  # fmt: skip
+    flags, grant_of, grants = facts.flags, facts.grant_of, facts.grants
+    base = facts.base
+    outcomes = []
+    for c in tier:
+        i = c.row - base
+        bits = flags[i]
+        reason: Reason | None
+        if bits == _LIVE:
+            number = grant_of[i]
+            reason = ctx.grant_reason(ctx.compiled_grant(number, grants[number]))
+        else:  # the vehicle, or its resident, is suspended or missing
+            reason = Reason.INACTIVE
+        resident_id = facts.resident_ids[i]
+        vehicle_id = facts.vehicle_ids[i]
+        if reason is None and c.match.kind != MatchKind.EXACT and not ctx.format_ok:
+            o = _Outcome(False, Reason.NEEDS_GUARD, c.match, resident_id, vehicle_id,
+                         flags=("plate_format_mismatch",))  # fmt: skip
+        else:
+            o = _Outcome(
+                reason is None, reason or Reason.RESIDENT, c.match, resident_id, vehicle_id
+            )
         outcomes.append(o)
     return _pick(outcomes)
 

@@ -113,7 +113,8 @@ class RuleSource(Protocol):
 
     Row keys are small integers chosen by the store (SQLite rowids) so that the
     in-memory index can hold them compactly; entity getters return None for a
-    key that no longer exists.
+    key that no longer exists. A store that can also list vehicles with their
+    residents in bulk implements `VehicleFactsSource` (optional).
     """
 
     @property
@@ -163,4 +164,28 @@ class RuleSource(Protocol):
 
     def schedule(self, schedule_id: str) -> Schedule | None:
         """The schedule with this id."""
+        ...
+
+
+# A resident's own grant and groups, as the index compiles them: (groups,
+# access_points, schedule_id) with the meaning of the Resident fields. Residents
+# of a site share few distinct grants, so a store may hand out the same tuple.
+Grant = tuple[tuple[str, ...], frozenset[str] | None, str | None]
+
+# One vehicle with its resident, as `VehicleFactsSource.iter_vehicle_facts` yields it:
+# (row key, normalised plate, vehicle id, vehicle active, resident id,
+#  resident active or None when no such resident exists, the resident's Grant or None).
+VehicleFactsRow = tuple[int, str, str, bool, str, bool | None, Grant | None]
+
+
+class VehicleFactsSource(RuleSource, Protocol):
+    """A RuleSource that can also list every vehicle joined with its resident in one pass.
+
+    Optional: the index builder uses it when a source has it (`gated.rules.RuleStore`
+    does) and then decides the common resident case from compact in-memory facts,
+    without reading a Vehicle or Resident per decision; a plain RuleSource still works.
+    """
+
+    def iter_vehicle_facts(self) -> Iterator[VehicleFactsRow]:
+        """Every vehicle with its resident's facts (see VehicleFactsRow), in one pass."""
         ...

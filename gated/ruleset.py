@@ -54,7 +54,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain, combinations
+from itertools import chain, combinations, islice
 from typing import Any
 
 import numpy as np
@@ -72,12 +72,14 @@ from gated.plates import (
 )
 from gated.rules_model import (
     DenyEntry,
+    Grant,
     Group,
     Resident,
     RuleSource,
     Schedule,
     Tag,
     Vehicle,
+    VehicleFactsRow,
     VisitorPass,
 )
 
@@ -131,10 +133,11 @@ _CONF_LUT = np.array(
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A rule-set entry a read matched: the store's row key and how it matched."""
+    """A rule-set entry a read matched: the store's row key, how it matched, its index row."""
 
     key: int
     match: Match
+    row: int = -1  # the index's own row number (for its compact facts); -1: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +322,172 @@ def _none(_: object) -> None:
 _EMPTY = _HashTable(np.zeros(0, dtype=np.uint64))
 
 
+class _Strings:
+    """Many short strings in one bytes blob with an offsets array (no object per string).
+
+    A million ids as Python strings take about 60 MB; here they take their
+    UTF-8 length plus four bytes each. Reading one decodes a short slice.
+    """
+
+    __slots__ = ("_blob", "_offsets")
+
+    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
+        self._blob = blob
+        self._offsets = memoryview(offsets)  # indexing a memoryview yields a Python int
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        """The i-th string."""
+        off = self._offsets
+        return self._blob[off[i] : off[i + 1]].decode("utf-8", "surrogatepass")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return len(self._blob) + self._offsets.nbytes
+
+
+class _StringsBuilder:
+    """Collects strings chunk by chunk into a `_Strings`."""
+
+    __slots__ = ("_lens", "_parts")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._lens: list[np.ndarray] = []
+
+    def extend(self, texts: tuple[object, ...]) -> None:
+        """Append a chunk of strings (anything else is stored as its str())."""
+        enc = [
+            (t if type(t) is str else str(t)).encode("utf-8", "surrogatepass") for t in texts
+        ]
+        self._parts.append(b"".join(enc))
+        self._lens.append(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)))
+
+    def finish(self, keep: np.ndarray | None) -> _Strings:
+        """The strings collected, only those where `keep` is true (all when None)."""
+        blob = b"".join(self._parts)
+        lens = np.concatenate(self._lens) if self._lens else np.zeros(0, np.int64)
+        self._parts, self._lens = [], []
+        if keep is not None and not keep.all():
+            ends = np.cumsum(lens).tolist()
+            starts = [0, *ends[:-1]]
+            raw = memoryview(blob)
+            rows = np.flatnonzero(keep).tolist()
+            blob = b"".join([raw[starts[i] : ends[i]] for i in rows])
+            lens = lens[keep]
+        offsets = np.zeros(len(lens) + 1, dtype=np.uint32 if len(blob) < 2**32 else np.uint64)
+        np.cumsum(lens, out=offsets[1:])
+        return _Strings(blob, offsets)
+
+
+# bits of VehicleFacts.flags
+VEHICLE_ACTIVE = 1
+RESIDENT_KNOWN = 2  # the vehicle's resident exists
+RESIDENT_ACTIVE = 4
+
+
+class VehicleFacts:
+    """What a decision needs of each indexed vehicle, loaded with the index: no entity reads.
+
+    Per vehicle row (in index order): its id, its resident's id, a flags byte
+    (`VEHICLE_ACTIVE`, `RESIDENT_KNOWN`, `RESIDENT_ACTIVE`) and the number of
+    its resident's grant in `grants`. Residents share few distinct grants
+    (own access points, own schedule, groups), so each is stored once. About
+    25 bytes per vehicle. Read at the same rule-set version as the plates, so
+    an index row and its facts always agree.
+    """
+
+    __slots__ = ("base", "flags", "grant_of", "grants", "resident_ids", "vehicle_ids")
+
+    def __init__(
+        self,
+        base: int,
+        flags: np.ndarray,
+        grant_of: np.ndarray,
+        grants: tuple[Grant, ...],
+        vehicle_ids: _Strings,
+        resident_ids: _Strings,
+    ) -> None:
+        self.base = base  # index row of the first vehicle
+        self.flags = memoryview(flags)
+        self.grant_of = memoryview(grant_of)
+        self.grants = grants
+        self.vehicle_ids = vehicle_ids
+        self.resident_ids = resident_ids
+
+    def __len__(self) -> int:
+        return len(self.flags)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the grants themselves are few and not counted)."""
+        return (
+            self.flags.nbytes
+            + self.grant_of.nbytes
+            + self.vehicle_ids.nbytes
+            + self.resident_ids.nbytes
+        )
+
+    def vehicle_id(self, row: int) -> str:
+        """The vehicle id at an index row."""
+        return self.vehicle_ids[row - self.base]
+
+    def resident_id(self, row: int) -> str:
+        """The resident id of the vehicle at an index row."""
+        return self.resident_ids[row - self.base]
+
+
+class _VehicleFactsBuilder:
+    """Reads `iter_vehicle_facts` chunk-wise: plates and keys for the index, facts aside."""
+
+    def __init__(self) -> None:
+        self._flags: list[np.ndarray] = []
+        self._grant_of: list[np.ndarray] = []
+        self._grants: dict[Grant, int] = {}
+        self._vids = _StringsBuilder()
+        self._rids = _StringsBuilder()
+
+    def read(self, rows: Iterator[VehicleFactsRow], keys: list[int], texts: list[str]) -> None:
+        """Append every row's key and plate to keys/texts and keep its facts."""
+        grants = self._grants
+        while True:
+            # columns of a chunk at a time: C-level zip and comprehensions, bounded temporaries
+            chunk = list(islice(rows, _CHUNK))
+            if not chunk:
+                return
+            ks, plates, vids, vactive, rids, ractive, grant = zip(*chunk, strict=True)
+            del chunk
+            keys.extend(ks)
+            texts.extend(plates)
+            self._vids.extend(vids)
+            self._rids.extend(rids)
+            flags = np.array([0 if r is None else (6 if r else 2) for r in ractive], np.uint8)
+            flags |= np.array([bool(v) for v in vactive], dtype=np.uint8)
+            self._flags.append(flags)
+            ids = [0 if g is None else grants.setdefault(g, len(grants)) for g in grant]
+            self._grant_of.append(np.array(ids, dtype=np.uint32))
+
+    def finish(self, base: int, keep: np.ndarray) -> VehicleFacts:
+        """The facts of the rows the index kept (`keep`: one flag per row read)."""
+        flags = np.concatenate(self._flags) if self._flags else np.zeros(0, np.uint8)
+        n = len(self._grants)
+        dtype = np.uint8 if n <= 256 else np.uint16 if n <= 65536 else np.uint32
+        grant_of = (
+            np.concatenate(self._grant_of).astype(dtype) if self._grant_of else np.zeros(0, dtype)
+        )
+        self._grant_of = []
+        mask = None if keep.all() else keep
+        if mask is not None:
+            flags, grant_of = flags[mask], grant_of[mask]
+        grants = tuple(self._grants)  # dict order is numbering order
+        return VehicleFacts(
+            base, flags, grant_of, grants, self._vids.finish(mask), self._rids.finish(mask)
+        )
+
+
 class RuleSet:
     """A RuleSource plus its compact plate/tag index; immutable once built."""
 
@@ -326,6 +495,7 @@ class RuleSet:
         "_bounds",
         "_deny_screen",
         "_deny_table",
+        "_grant_schedules",
         "_keys",
         "_plates",
         "_source",
@@ -338,9 +508,11 @@ class RuleSet:
         "group",
         "resident",
         "schedule",
+        "schedule_answers",
         "skipped",
         "tag",
         "vehicle",
+        "vehicle_facts",
         "version",
         "visitor_pass",
     )
@@ -360,6 +532,7 @@ class RuleSet:
         self._tags = np.zeros(0, dtype="S1")
         self._tag_keys = np.zeros(0, dtype=np.int64)
         self._tag_table = _EMPTY
+        self.vehicle_facts: VehicleFacts | None = None  # when the source lists them in bulk
         self._cache_reads(None)
 
     @property
@@ -380,8 +553,12 @@ class RuleSet:
         A decision reads three to six entities; from SQLite each costs a query
         (about 10 µs here), so the residents, groups and schedules that come to
         the gate every day are kept. lru_cache is thread-safe; the caches go
-        away with the RuleSet when a new version replaces it.
+        away with the RuleSet when a new version replaces it. Answers derived
+        from the source's groups and schedules (compiled grants, schedule
+        answers per minute) start afresh with it too.
         """
+        self._grant_schedules: dict[tuple[int, str], tuple[str | None, ...]] = {}
+        self.schedule_answers: dict[tuple[str, Any, float], bool] = {}
         if source is None:
             for name in ("deny_entry", "group", "resident", "schedule", "tag", "vehicle"):
                 setattr(self, name, _none)
@@ -407,12 +584,18 @@ class RuleSet:
         deny_depth: int = 2,
         resident_depth: int = 1,
         pass_depth: int = 1,
+        vehicle_facts: bool = True,
     ) -> RuleSet:
         """Index every plate and tag of `source`; raises RulesError if it changes meanwhile.
 
         Depths are the largest fuzzy distance each list can answer (0-2); the
         defaults cover every PolicyConfig except resident_fuzzy_distance = 2,
         which needs resident_depth=2 and about length² more entries per car.
+
+        When the source is a `VehicleFactsSource` (and `vehicle_facts` is left
+        on) the vehicles' ids, active flags and grants are loaded too, about 25
+        bytes per vehicle, and the policy decides a resident's car from them
+        without reading entities; `vehicle_facts=False` keeps the entity path.
         """
         depths = (deny_depth, resident_depth, pass_depth)
         if any(d not in (0, 1, 2) for d in depths):
@@ -421,19 +604,27 @@ class RuleSet:
         self.source = source
         self.version = source.version
         self.depths = dict(zip(LISTS, depths, strict=True))
-        iters: list[Iterator[tuple[int, str]]] = [
-            source.iter_deny_plates(),
-            source.iter_vehicle_plates(),
-            source.iter_pass_plates(),
+        iters: list[Callable[[], Iterator[tuple[int, str]]]] = [
+            source.iter_deny_plates,
+            source.iter_vehicle_plates,
+            source.iter_pass_plates,
         ]
         texts: list[str] = []
         keys: list[int] = []
         counts: list[int] = []
-        for it in iters:
+        bulk = getattr(source, "iter_vehicle_facts", None) if vehicle_facts else None
+        facts = _VehicleFactsBuilder() if bulk is not None else None
+        for lst, rows in enumerate(iters):
             before = len(texts)
-            for key, text in it:
-                keys.append(key)
-                texts.append(text)
+            if lst == 1 and facts is not None and bulk is not None:
+                try:
+                    facts.read(bulk(), keys, texts)
+                except (TypeError, ValueError) as err:
+                    raise RulesError(f"malformed vehicle facts in the rule source: {err}") from err
+            else:
+                for key, text in rows():
+                    keys.append(key)
+                    texts.append(text)
             counts.append(len(texts) - before)
         arr, usable = _text_array(texts, MAX_PLATE_LEN)
         del texts
@@ -446,6 +637,8 @@ class RuleSet:
         if sum(kept) >= _MAX_ROWS:
             raise RulesError(f"rule set too large to index ({sum(kept)} plates)")
         self._bounds = (0, kept[0], kept[0] + kept[1], sum(kept))
+        if facts is not None:
+            self.vehicle_facts = facts.finish(kept[0], usable[edges[1] : edges[2]])
         self._plates = arr
         self._keys = key_arr
         self._deny_table = self._build_table(arr, (0,), depths)
@@ -454,6 +647,7 @@ class RuleSet:
         self._build_tags(source)
         if source.version != self.version:
             raise RulesError("rule set changed while the index was being built; build again")
+        release_free_memory()
         return self
 
     def _build_table(
@@ -528,10 +722,11 @@ class RuleSet:
         }
 
     def nbytes(self) -> int:
-        """Bytes held by the index (arrays, bucket starts, small dict tables)."""
+        """Bytes held by the index (arrays, bucket starts, small dict tables, vehicle facts)."""
         arrays = (self._plates, self._keys, self._tags, self._tag_keys)
         tables = (self._deny_table, self._table, self._tag_table)
-        return sum(a.nbytes for a in arrays) + sum(t.nbytes for t in tables)
+        facts = self.vehicle_facts.nbytes if self.vehicle_facts is not None else 0
+        return sum(a.nbytes for a in arrays) + sum(t.nbytes for t in tables) + facts
 
     def effective_distance(self, list_name: str, wanted: int) -> int:
         """The fuzzy distance a query on `list_name` really gets (capped by the build depth)."""
@@ -721,11 +916,11 @@ class PlateQuery:
             if row < b2:
                 match = _verify(plate, self.ckey, stored, "resident", 0)
                 if match is not None:
-                    resident.append(Candidate(int(rules._keys[row]), match))
+                    resident.append(Candidate(int(rules._keys[row]), match, row))
             else:
                 match = _verify(plate, self.ckey, stored, "visitor_pass", 0)
                 if match is not None:
-                    visitor.append(Candidate(int(rules._keys[row]), match))
+                    visitor.append(Candidate(int(rules._keys[row]), match, row))
         if len(resident) > 1:
             resident.sort(key=_candidate_order)
         if len(visitor) > 1:
@@ -756,7 +951,7 @@ class PlateQuery:
                 stored = plates[row].decode("ascii")
                 match = _verify(plate, ckey, stored, list_name, limit, with_edits)
                 if match is not None:
-                    found.append(Candidate(int(keys[row]), match))
+                    found.append(Candidate(int(keys[row]), match, row))
         if len(found) > 1:
             found.sort(key=_candidate_order)
         return tuple(found)
@@ -842,6 +1037,28 @@ def _deletion_strings(arr: np.ndarray, depth: int) -> frozenset[str] | None:
         for level in range(1, min(depth, len(key)) + 1):
             out.update(map("".join, combinations(key, len(key) - level)))
     return frozenset(out)
+
+
+_TRIM: list[Callable[[int], int] | None] = []
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by a build back to the OS, where the C library allows it (glibc).
+
+    A build frees tens of MB of temporaries (row lists, hash chunks); glibc
+    keeps freed heap pages mapped, so without this a Pi would carry them as
+    resident memory until the next build reuses them. Elsewhere a no-op.
+    """
+    if not _TRIM:
+        try:
+            import ctypes
+
+            _TRIM.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError):
+            _TRIM.append(None)
+    trim = _TRIM[0]
+    if trim is not None:
+        trim(0)
 
 
 def _key_array(keys: list[int], usable: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""An in-memory RuleSource for tests of the index and the policy."""
+"""An in-memory RuleSource (with bulk vehicle facts) for tests of the index and the policy."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from gated.rules_model import (
     Schedule,
     Tag,
     Vehicle,
+    VehicleFactsRow,
     VisitorPass,
 )
 
@@ -92,6 +93,16 @@ class MemoryRuleSource:
     def iter_tags(self) -> Iterator[tuple[int, str]]:
         """(row key, tag) of every tag."""
         return ((k, t.tag) for k, t in self.tags.items())
+
+    def iter_vehicle_facts(self) -> Iterator[VehicleFactsRow]:
+        """Every vehicle with its resident's facts (VehicleFactsSource)."""
+        for key, v in self.vehicles.items():
+            r = self.residents.get(v.resident_id)
+            if r is None:
+                yield key, v.plate, v.id, v.active, v.resident_id, None, None
+            else:
+                grant = (r.groups, r.access_points, r.schedule_id)
+                yield key, v.plate, v.id, v.active, v.resident_id, r.active, grant
 
     def vehicle(self, key: int) -> Vehicle | None:
         """The vehicle under a row key."""

@@ -630,19 +630,23 @@ class CountingSource(MemoryRuleSource):
         return super().resident(resident_id)
 
 
-def test_entity_reads_are_cached_per_rule_set_version() -> None:
+@pytest.mark.parametrize(("facts", "reads"), [(False, 1), (True, 0)])
+def test_entity_reads_are_cached_per_rule_set_version(facts: bool, reads: int) -> None:
+    # the entity path reads the resident once per version; the facts path never does
     src = CountingSource()
     for r in world().residents.values():
         src.add_resident(r)
     src.add_vehicle(Vehicle("v-alice", "AB12CDE", "alice"))
-    rules = RuleSet.build(src)
+    rules = RuleSet.build(src, vehicle_facts=facts)
+    assert (rules.vehicle_facts is not None) == facts
     CountingSource.reads = 0
     for _ in range(5):
         assert run("AB12CDE", rules=rules).allowed
-    assert CountingSource.reads == 1
+    assert CountingSource.reads == reads
     src.add_resident(Resident("alice", active=False))
     src.version += 1
-    assert run("AB12CDE", rules=RuleSet.build(src)).reason == Reason.INACTIVE
+    rules = RuleSet.build(src, vehicle_facts=facts)
+    assert run("AB12CDE", rules=rules).reason == Reason.INACTIVE
 
 
 @pytest.mark.parametrize("bad_now", [math.nan, math.inf, -math.inf])
