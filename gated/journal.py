@@ -173,8 +173,8 @@ def canonical(stream: str, row: Mapping[str, Any]) -> bytes:
 def _values_hash(stream: str, values: Sequence[Any]) -> str:
     # row_hash of a row held as values in COLUMNS order (the append path's form).
     struct, _, _, before, after = _CANONICAL_LAYOUT[stream]
-    return hashlib.sha256(_CANONICAL.encode(struct(*before(values), stream, *after(values))))\
-        .hexdigest()
+    content = _CANONICAL.encode(struct(*before(values), stream, *after(values)))
+    return hashlib.sha256(content).hexdigest()
 
 
 def row_hash(stream: str, row: Mapping[str, Any]) -> str:
@@ -449,7 +449,7 @@ def _prepare_checked(event: AccessEvent | AuditEvent,
 
 
 # The fast path checks the common, valid event with a few C-level operations instead of a
-# function call per field, and builds the row in one dict display. It never raises: on
+# function call per field, and builds the row in one list display. It never raises: on
 # anything unusual it returns None and the checked path decides (and words the error), so
 # it only has to accept a subset of what the checked path accepts, with the same result
 # (tests/journal/test_prepare.py holds it to that).
