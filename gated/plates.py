@@ -12,6 +12,7 @@ opens) for an error the camera does not make.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -128,6 +129,34 @@ def distance(a: str, b: str, max_distance: int) -> int | None:
     return d if d <= max_distance else None
 
 
+def _edit_setters() -> tuple[object, ...]:
+    names = ("op", "position", "read", "stored")
+    if tuple(f.name for f in dataclasses.fields(Edit)) != names or Edit.__slots__ != names:
+        return ()
+    return tuple(getattr(Edit, n).__set__ for n in names)
+
+
+_EDIT_SETTERS = _edit_setters()
+
+
+def new_edit(op: str, position: int, read: str, stored: str) -> Edit:
+    """Edit(op, position, read, stored), made without the frozen dataclass __init__.
+
+    A frozen dataclass sets each field through object.__setattr__, about three
+    times the cost of its slot setters; a confusion or fuzzy decision makes one
+    Edit per differing character. Same type, same fields: indistinguishable.
+    """
+    if not _EDIT_SETTERS:
+        return Edit(op, position, read, stored)
+    e = object.__new__(Edit)
+    s_op, s_position, s_read, s_stored = _EDIT_SETTERS
+    s_op(e, op)  # type: ignore[operator]
+    s_position(e, position)  # type: ignore[operator]
+    s_read(e, read)  # type: ignore[operator]
+    s_stored(e, stored)  # type: ignore[operator]
+    return e
+
+
 def edits(read: str, stored: str) -> tuple[Edit, ...]:
     """The character edits turning `read` into `stored` along one minimal Levenshtein alignment.
 
@@ -153,14 +182,14 @@ def edits(read: str, stored: str) -> tuple[Edit, ...]:
     la, lb = len(a), len(b)
     # Shortcuts for the usual fuzzy reads; each gives what the table below would:
     if not lb:  # only extra characters in the read
-        return tuple(Edit("ins", start + i, c, "") for i, c in enumerate(a))
+        return tuple(new_edit("ins", start + i, c, "") for i, c in enumerate(a))
     if not la:  # only missing characters
-        return tuple(Edit("del", start, "", c) for c in b)
+        return tuple(new_edit("del", start, "", c) for c in b)
     if la == lb and Levenshtein.distance(a, b) == Hamming.distance(a, b):
         # Substitutions alone are optimal, and the backtrack, which tries the
         # diagonal first, then never leaves it.
         pairs = enumerate(zip(a, b, strict=True))
-        return tuple(Edit("sub", start + i, x, y) for i, (x, y) in pairs if x != y)
+        return tuple(new_edit("sub", start + i, x, y) for i, (x, y) in pairs if x != y)
     table = [[0] * (lb + 1) for _ in range(la + 1)]
     for i in range(la + 1):
         table[i][0] = i
@@ -181,13 +210,13 @@ def edits(read: str, stored: str) -> tuple[Edit, ...]:
         here = table[i][j]
         if i > 0 and j > 0 and here == table[i - 1][j - 1] + (a[i - 1] != b[j - 1]):
             if a[i - 1] != b[j - 1]:
-                out.append(Edit("sub", start + i - 1, a[i - 1], b[j - 1]))
+                out.append(new_edit("sub", start + i - 1, a[i - 1], b[j - 1]))
             i, j = i - 1, j - 1
         elif i > 0 and here == table[i - 1][j] + 1:
-            out.append(Edit("ins", start + i - 1, a[i - 1], ""))
+            out.append(new_edit("ins", start + i - 1, a[i - 1], ""))
             i -= 1
         else:
-            out.append(Edit("del", start + i, "", b[j - 1]))
+            out.append(new_edit("del", start + i, "", b[j - 1]))
             j -= 1
     out.reverse()
     return tuple(out)

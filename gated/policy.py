@@ -525,6 +525,8 @@ def _tag_outcome(ctx: _Context, candidates: tuple[Candidate, ...]) -> _Outcome |
 def _pass_outcome(
     ctx: _Context, candidates: tuple[Candidate, ...], auto: frozenset[MatchKind]
 ) -> _Outcome | None:
+    if not candidates:
+        return None
     tier = _live_tier(candidates, ctx.rules.visitor_pass)
     outcomes = []
     for c, vp in tier:
@@ -658,10 +660,9 @@ def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
     visitor = _pass_outcome(ctx, passes, auto)
     if resident is None and visitor is None:
         # edits of fuzzy candidates are filled in by _decision, for the reported match only
-        fuzzy = query.candidates("resident", resident_d, with_edits=False)
-        resident = _vehicle_outcomes(ctx, fuzzy)
-        fuzzy = query.candidates("visitor_pass", 1, with_edits=False)
-        visitor = _pass_outcome(ctx, fuzzy, auto)
+        fuzzy_residents, fuzzy_passes = query.fuzzy_pass(resident_d, 1)
+        resident = _vehicle_outcomes(ctx, fuzzy_residents)
+        visitor = _pass_outcome(ctx, fuzzy_passes, auto)
     if resident is None or visitor is None:
         return resident or visitor
     # The closest match explains the read; at equal quality an allowing

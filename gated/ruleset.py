@@ -68,6 +68,7 @@ from gated.plates import (
     MAX_TAG_LEN,
     confusion_key,
     edits,
+    new_edit,
     normalise,
 )
 from gated.rules_model import (
@@ -157,11 +158,22 @@ def _hash(key: bytes) -> int:
     return int.from_bytes(key, "big") * _MIX % _PRIME
 
 
+# Per key length n and deleted position i: (shift dropping the tail from i on,
+# shift putting that head back one byte lower, mask of the tail after i). The
+# key read as one big-endian number v less its byte i is then
+# (v >> a) << b | v & m: three integer operations instead of two slices and a
+# conversion per deletion.
+_DEL_SPLITS = [
+    [(8 * (n - i), 8 * (n - 1 - i), (1 << 8 * (n - 1 - i)) - 1) for i in range(n)]
+    for n in range(MAX_TAG_LEN + 1)
+]
+
+
 def _del_hashes(key: bytes) -> list[int]:
     """Hashes of each one-character deletion of key, by deleted position."""
     p, mix = _PRIME, _MIX
-    frombytes = int.from_bytes
-    return [frombytes(key[:i] + key[i + 1 :], "big") * mix % p for i in range(len(key))]
+    v = int.from_bytes(key, "big")
+    return [((v >> a) << b | v & m) * mix % p for a, b, m in _DEL_SPLITS[len(key)]]
 
 
 def _del2_hashes(key: bytes) -> list[int]:
@@ -525,7 +537,7 @@ class RuleSet:
         self.skipped = 0  # store rows that were empty or too long to index
         self._bounds = (0, 0, 0, 0)
         self._plates = np.zeros(0, dtype="S1")
-        self._keys = np.zeros(0, dtype=np.int64)
+        self._keys = memoryview(np.zeros(0, dtype=np.int64))  # indexing gives Python ints
         self._deny_table = _EMPTY
         self._deny_screen: frozenset[str] | None = frozenset()
         self._table = _EMPTY
@@ -640,7 +652,7 @@ class RuleSet:
         if facts is not None:
             self.vehicle_facts = facts.finish(kept[0], usable[edges[1] : edges[2]])
         self._plates = arr
-        self._keys = key_arr
+        self._keys = memoryview(key_arr)
         self._deny_table = self._build_table(arr, (0,), depths)
         self._deny_screen = _deletion_strings(arr[: kept[0]], deny_depth)
         self._table = self._build_table(arr, (1, 2), depths)
@@ -827,6 +839,30 @@ class PlateQuery:
         rows = set()
         add = rows.add
         h0 = self._h0
+        if small is None and limit == 1:
+            # The common fuzzy probe of a large table, spelled out: iterating a
+            # memoryview slice yields ints without building a list, and the
+            # accepted tags (hash << 6 | position << 2 | level) are precomputed.
+            b = h0 >> shift
+            for e in stored[starts[b] : starts[b + 1]]:
+                if e >> _HASH_SHIFT == h0 and (e >> _ROW_BITS) & _LEVEL_MASK <= 1:
+                    add(e & _ROW_MASK)
+            same_place = 1  # position 0, level 1
+            for h in self._hashes(1):
+                b = h >> shift
+                first = starts[b]
+                end = starts[b + 1]
+                if first != end:
+                    own_key = h << 6
+                    here = own_key | same_place
+                    for e in stored[first:end]:
+                        tag = e >> _ROW_BITS
+                        # two comparisons beat a tuple test here (measured)
+                        if tag == own_key or tag == here:  # noqa: SIM109
+                            add(e & _ROW_MASK)
+                same_place += 4
+            self._cache[cache_key] = rows
+            return rows
         hashes: list[int] = [h0]
         if limit:
             hashes = hashes + self._hashes(1)
@@ -916,16 +952,53 @@ class PlateQuery:
             if row < b2:
                 match = _verify(plate, self.ckey, stored, "resident", 0)
                 if match is not None:
-                    resident.append(Candidate(int(rules._keys[row]), match, row))
+                    resident.append(Candidate(rules._keys[row], match, row))
             else:
                 match = _verify(plate, self.ckey, stored, "visitor_pass", 0)
                 if match is not None:
-                    visitor.append(Candidate(int(rules._keys[row]), match, row))
+                    visitor.append(Candidate(rules._keys[row], match, row))
         if len(resident) > 1:
             resident.sort(key=_candidate_order)
         if len(visitor) > 1:
             visitor.sort(key=_candidate_order)
         return deny, tuple(resident), tuple(visitor)
+
+    def fuzzy_pass(
+        self, resident_distance: int, pass_distance: int
+    ) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...]]:
+        """(residents, passes) within the given distances, fuzzy edits left empty.
+
+        The same answers as ``candidates("resident", resident_distance,
+        with_edits=False)`` and ``candidates("visitor_pass", pass_distance,
+        with_edits=False)``, in one walk over the main table's rows: the
+        policy's fuzzy tier, asked when `first_pass` found no resident or pass.
+        """
+        rules = self._rules
+        depths = rules.depths
+        r_limit = max(0, min(resident_distance, depths["resident"]))
+        p_limit = max(0, min(pass_distance, depths["visitor_pass"]))
+        _, b1, b2, b3 = rules._bounds
+        if not self.plate or b3 == b1:
+            return (), ()
+        resident: list[Candidate] = []
+        visitor: list[Candidate] = []
+        plates, keys = rules._plates, rules._keys
+        plate, ckey = self.plate, self.ckey
+        for row in self._rows(False, max(r_limit, p_limit)):
+            stored = plates[row].decode("ascii")
+            if row < b2:
+                match = _verify(plate, ckey, stored, "resident", r_limit, False)
+                if match is not None:
+                    resident.append(Candidate(keys[row], match, row))
+            else:
+                match = _verify(plate, ckey, stored, "visitor_pass", p_limit, False)
+                if match is not None:
+                    visitor.append(Candidate(keys[row], match, row))
+        if len(resident) > 1:
+            resident.sort(key=_candidate_order)
+        if len(visitor) > 1:
+            visitor.sort(key=_candidate_order)
+        return tuple(resident), tuple(visitor)
 
     def candidates(
         self, list_name: str, max_distance: int = 0, *, with_edits: bool = True
@@ -951,7 +1024,7 @@ class PlateQuery:
                 stored = plates[row].decode("ascii")
                 match = _verify(plate, ckey, stored, list_name, limit, with_edits)
                 if match is not None:
-                    found.append(Candidate(int(keys[row]), match, row))
+                    found.append(Candidate(keys[row], match, row))
         if len(found) > 1:
             found.sort(key=_candidate_order)
         return tuple(found)
@@ -1008,7 +1081,7 @@ def _verify(
     if skey == ckey:
         # same key, same length: the differences are the confused characters themselves
         pairs = enumerate(zip(plate, stored, strict=True))
-        subs = tuple(Edit("sub", i, r, t) for i, (r, t) in pairs if r != t)
+        subs = tuple(new_edit("sub", i, r, t) for i, (r, t) in pairs if r != t)
         return new_match(MatchKind.CONFUSION, name, stored, 0, subs)
     if limit <= 0:
         return None

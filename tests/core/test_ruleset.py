@@ -336,6 +336,26 @@ def test_first_pass_agrees_with_candidates(plates: list[str], query: str, deny_d
     _first_pass_agrees(rules, query, deny_d)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.text(alphabet="AB0O18C", min_size=1, max_size=7), min_size=1, max_size=25),
+    st.text(alphabet="AB0O18C", min_size=1, max_size=8),
+    st.integers(0, 2),
+    st.integers(0, 2),
+    st.integers(0, 2),
+)
+def test_fuzzy_pass_agrees_with_candidates(
+    plates: list[str], query: str, depth: int, resident_d: int, pass_d: int
+) -> None:
+    half = len(plates) // 2
+    src = source_with(vehicles=plates[:half], passes=plates[half:])
+    rules = RuleSet.build(src, resident_depth=depth, pass_depth=depth)
+    residents, passes = rules.query(query).fuzzy_pass(resident_d, pass_d)
+    fresh = rules.query(query)
+    assert residents == fresh.candidates("resident", resident_d, with_edits=False)
+    assert passes == fresh.candidates("visitor_pass", pass_d, with_edits=False)
+
+
 def test_a_large_hotlist_is_screened_by_hashes_with_the_same_answers() -> None:
     rnd = random.Random(11)
     alphabet = "ABCDEFGH0123"
@@ -382,3 +402,18 @@ def test_matches_made_by_slot_setters_are_plain_matches() -> None:
     assert new_match(MatchKind.EXACT, "deny", "X1") == Match(MatchKind.EXACT, "deny", "X1")
     # a class whose fields are not the expected ones gets no setters (its own __init__ is used)
     assert slot_setters(Match, ("kind", "list", "stored")) == ()
+
+
+def test_a_bucketed_table_answers_fuzzy_queries_like_brute_force() -> None:
+    rnd = random.Random(5)
+    alphabet = "ABCDEF0123"
+    plates = ["".join(rnd.choices(alphabet, k=rnd.randint(5, 7))) for _ in range(14000)]
+    src = source_with(vehicles=plates)
+    rules = RuleSet.build(src)
+    assert rules._table._dict is None  # more entries than a dict table holds
+    stored = {k: v.plate for k, v in src.vehicles.items()}
+    queries = [p[:-1] + "F" for p in plates[:15]] + plates[15:20] + ["ABCDEF", "F0F0F0F"]
+    for q in queries:
+        assert as_dict(rules.lookup("resident", q, 1)) == brute_force(stored, q, 1)
+        residents, _ = rules.query(q).fuzzy_pass(1, 1)
+        assert {c.key for c in residents} == set(brute_force(stored, q, 1))
