@@ -3,7 +3,11 @@
 No clock, no network, no writes: the caller passes `now` (epoch seconds) and a
 PolicyState to read modes, anti-passback history and pass use counts from.
 Reading the RuleSet (its index and its cached entity getters over the
-RuleSource) is the only other input.
+RuleSource) is the only other input. A RuleSet built with vehicle facts (see
+`gated.ruleset`) answers a resident's car from them: same checks, same order,
+same Decision, no entity read; passes, tags and the deny list always use
+entities. Schedule answers are kept per (schedule, time zone, minute) on the
+RuleSet, since the reads of one minute share them.
 
 Order of checks, and why:
 

@@ -159,9 +159,45 @@ class BrokenFacts(MemoryRuleSource):
         yield (1, "AB12", "v1")  # type: ignore[misc]
 
 
-def test_malformed_bulk_rows_are_a_rules_error() -> None:
+class OddFacts(MemoryRuleSource):
+    """A source whose bulk rows have the right shape and wrong values."""
+
+    def __init__(self, row: tuple[object, ...]) -> None:
+        super().__init__()
+        self.row = row
+
+    def iter_vehicle_facts(self) -> Iterator[VehicleFactsRow]:
+        yield self.row  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        (1, "AB12", "v1", True, "r1", "yes", None),  # resident active neither bool nor None
+        (1, "AB12", "v1", True, "r1", True, ([], None, None)),  # unhashable grant
+    ],
+)
+def test_malformed_bulk_rows_are_a_rules_error(row: tuple[object, ...]) -> None:
     with pytest.raises(RulesError, match="malformed"):
         RuleSet.build(BrokenFacts())
+    with pytest.raises(RulesError, match="malformed"):
+        RuleSet.build(OddFacts(row))
+
+
+def test_odd_but_usable_bulk_values_are_taken_as_meant() -> None:
+    src = OddFacts((7, "AB12", 42, 1, "r1", 1, ((), None, None)))  # ints for flags and an id
+    rules = RuleSet.build(src)
+    (c,) = rules.lookup("resident", "AB12")
+    assert c.key == 7 and rules.vehicle_facts is not None
+    assert rules.vehicle_facts.vehicle_id(c.row) == "42"
+    d = decide(
+        PlateRead("main-in", "AB12", "c", NOW, 0.0, 0.95),
+        AccessPoint("main-in", Direction.IN, PolicyConfig(), TZ),
+        rules,
+        MemoryPolicyState(),
+        NOW,
+    )
+    assert (d.allowed, d.vehicle_id, d.resident_id) == (True, "42", "r1")
 
 
 def test_a_large_fleet_keeps_ids_in_order() -> None:
