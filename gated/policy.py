@@ -85,6 +85,7 @@ from gated.plates import (
 )
 from gated.rules_model import Grant, Resident, Schedule
 from gated.ruleset import (
+    GRANT_SHIFT,
     RESIDENT_ACTIVE,
     RESIDENT_KNOWN,
     VEHICLE_ACTIVE,
@@ -486,20 +487,22 @@ def _vehicle_outcomes_from_facts(
                 row = first.row
                 return _Outcome(False, Reason.NEEDS_GUARD, match, facts.resident_id(row),
                                 facts.vehicle_id(row), flags=("ambiguous_match",))  # fmt: skip
-    flags, grant_of, grants = facts.flags, facts.grant_of, facts.grants
-    base = facts.base
+    info, grants, base = facts.info, facts.grants, facts.base
+    offsets, blob = facts.ids.offsets, facts.ids.blob
     outcomes = []
     for c in tier:
         i = c.row - base
-        bits = flags[i]
+        word = info[i]
         reason: Reason | None
-        if bits == _LIVE:
-            number = grant_of[i]
+        if word & _LIVE == _LIVE:
+            number = word >> GRANT_SHIFT
             reason = ctx.grant_reason(ctx.compiled_grant(number, grants[number]))
         else:  # the vehicle, or its resident, is suspended or missing
             reason = Reason.INACTIVE
-        resident_id = facts.resident_ids[i]
-        vehicle_id = facts.vehicle_ids[i]
+        j = 2 * i
+        start, middle, end = offsets[j], offsets[j + 1], offsets[j + 2]
+        vehicle_id = blob[start:middle].decode("utf-8", "surrogatepass")
+        resident_id = blob[middle:end].decode("utf-8", "surrogatepass")
         if reason is None and c.match.kind != MatchKind.EXACT and not ctx.format_ok:
             o = _Outcome(False, Reason.NEEDS_GUARD, c.match, resident_id, vehicle_id,
                          flags=("plate_format_mismatch",))  # fmt: skip

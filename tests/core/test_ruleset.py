@@ -417,3 +417,29 @@ def test_a_bucketed_table_answers_fuzzy_queries_like_brute_force() -> None:
         assert as_dict(rules.lookup("resident", q, 1)) == brute_force(stored, q, 1)
         residents, _ = rules.query(q).fuzzy_pass(1, 1)
         assert {c.key for c in residents} == set(brute_force(stored, q, 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ABC0O18X", min_size=1, max_size=9), min_size=1, max_size=12),
+    st.data(),
+)
+def test_the_deny_screen_never_misses_a_neighbour_one_edit_away(
+    deny: list[str], data: st.DataObject
+) -> None:
+    rules = RuleSet.build(source_with(deny=deny))
+    base = data.draw(st.sampled_from(deny))
+    i = data.draw(st.integers(0, len(base)))
+    ch = data.draw(st.sampled_from("ABC0O18XYZ"))
+    op = data.draw(st.sampled_from(["sub", "ins", "del", "same"]))
+    read = {
+        "sub": base[:i] + ch + base[i + 1 :],
+        "ins": base[:i] + ch + base[i:],
+        "del": base[:i] + base[i + 1 :],
+        "same": base,
+    }[op] or "Z"
+    q = rules.query(read)
+    near = any(distance(confusion_key(read), confusion_key(d), 1) is not None for d in deny)
+    if near:
+        assert q._deny_maybe(1)
+    assert bool(rules.query(read).first_pass(1)[0]) == near
