@@ -5,7 +5,10 @@
 
 Prints progress, then one JSON object as the last line. The rule set lives in
 a lean in-memory RuleSource (entities made on demand), so the figures measure
-the index and the policy, not a store.
+the index and the policy, not a store. Like the SQLite store it also lists its
+vehicles with their residents in bulk, so resident decisions take the vehicle
+facts path; --entity-path builds without facts (a Vehicle and a Resident per
+decision, as from a plain RuleSource).
 """
 
 from __future__ import annotations

@@ -443,7 +443,9 @@ class VehicleFacts:
 
     __slots__ = ("base", "grants", "ids", "info")
 
-    def __init__(self, base: int, info: np.ndarray, grants: tuple[Grant, ...], ids: _Strings):
+    def __init__(
+        self, base: int, info: np.ndarray, grants: tuple[Grant, ...], ids: _Strings
+    ) -> None:
         self.base = base  # index row of the first vehicle
         self.info = memoryview(info)  # indexing a memoryview yields Python ints
         self.grants = grants

@@ -211,3 +211,27 @@ def test_a_large_fleet_keeps_ids_in_order() -> None:
     for i in (0, 1, 65_535, 65_536, 69_999):
         (c,) = rules.lookup("resident", f"P{i:06d}")
         assert facts.vehicle_id(c.row) == f"v{i}" and facts.resident_id(c.row) == "r"
+
+
+def test_after_a_source_swap_the_facts_still_answer_for_the_built_version() -> None:
+    # The daemon builds in a worker thread, then points the rule set at the event
+    # loop's own connection, which may already see a newer version: the facts are
+    # the built version's, as the decision's rules_version says.
+    rules = RuleSet.build(rich_world())
+    newer = rich_world()
+    newer.vehicles = {k: v for k, v in newer.vehicles.items() if v.id != "v-alice"}
+    newer.version += 1
+    run_kx = PlateRead("main-in", "KX55PRM", "c", NOW, 0.0, 0.95)
+    access_point = AccessPoint("main-in", Direction.IN, PolicyConfig(), TZ)
+    assert decide(run_kx, access_point, rules, MemoryPolicyState(), NOW).allowed
+    assert rules.schedule_answers  # bob's office schedule, answered for this minute
+    rules.source = newer
+    assert not rules.schedule_answers  # answers from the old source are dropped
+    d = decide(
+        PlateRead("main-in", "AB12CDE", "c", NOW, 0.0, 0.95),
+        AccessPoint("main-in", Direction.IN, PolicyConfig(), TZ),
+        rules,
+        MemoryPolicyState(),
+        NOW,
+    )
+    assert (d.allowed, d.vehicle_id, d.rules_version) == (True, "v-alice", 1)
