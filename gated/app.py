@@ -521,14 +521,17 @@ class Daemon:
                 )
 
         ruleset = await asyncio.to_thread(build)
-        # Entity look-ups at decision time go through the event loop's own connection;
-        # the policy re-checks each candidate's stored plate, so a row key reused by a
-        # newer version between the build and the swap can never grant access.
+        # Residents' cars are decided from facts read with the index (one version);
+        # passes, tags and deny entries are read at decision time through the event
+        # loop's own connection, and the policy re-checks each such candidate's stored
+        # plate, so rows changed by a newer version before the swap never grant access.
         ruleset.source = gen.store
         return ruleset
 
     async def _watch_rules(self, gen: Generation) -> None:
         """Pick up a new rule-set version (a CLI import, later a downlink) without a restart."""
+        from gated.ruleset import release_free_memory
+
         assert gen.rules is not None
         while True:
             await asyncio.sleep(RULES_POLL_S)
@@ -544,6 +547,8 @@ class Daemon:
             gen.rules.current = ruleset  # atomic swap: decisions in flight keep the old one
             self.health.set("rules", True, f"version {ruleset.version}")
             log.info("rule set version %d loaded", ruleset.version)
+            # The old index (tens of MB at a large site) is garbage now: give it back.
+            await asyncio.to_thread(release_free_memory)
 
     async def _keep_snapshot_quota(self, snapshots: Any) -> None:
         """Keep snapshots under their disk quota: synced events' pictures go first."""
