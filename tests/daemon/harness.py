@@ -408,3 +408,40 @@ def lcus_frames(data: bytes) -> list[bytes]:
     """Split bytes read from a relay pty into 4-byte LCUS frames (asserting nothing is torn)."""
     assert len(data) % 4 == 0, f"torn LCUS frames: {data.hex()}"
     return [data[i : i + 4] for i in range(0, len(data), 4)]
+
+
+# --- a standard one-lane site: a resident with three cars, an LCUS relay, a JSON camera ----
+
+CAMERA_PATH = "/anpr/main-in"
+
+RESIDENT_RULES = {
+    "residents": [{"id": "r-1", "name": "Ann Jansen", "access_points": "*"}],
+    "vehicles": [
+        {"id": "v-1", "plate": "AB123CD", "resident_id": "r-1"},
+        {"id": "v-2", "plate": "GH456JK", "resident_id": "r-1"},
+        {"id": "v-3", "plate": "MN789PQ", "resident_id": "r-1"},
+    ],
+}
+
+
+def generic_lane(relay: str, *, extra: str = "", dedup_window_s: float = 0.5) -> str:
+    """One inbound lane fed by a generic JSON camera push, with the given [lanes.relay] body."""
+    return f"""
+[[lanes]]
+id = "main-in"
+direction = "in"
+dedup_window_s = {dedup_window_s}
+{extra}
+[lanes.relay]
+{relay}
+[[lanes.sources]]
+kind = "anpr_http"
+name = "cam-main-in"
+format = "generic"
+path = "{CAMERA_PATH}"
+"""
+
+
+def lcus_relay(port: PtyPort, pulse_ms: int = 200) -> str:
+    """A [lanes.relay] body for an LCUS board on this pty."""
+    return f'kind = "lcus"\nport = "{port.link}"\nchannel = 1\npulse_ms = {pulse_ms}'

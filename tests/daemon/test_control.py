@@ -26,51 +26,32 @@ from gated.config import parse_config
 from gated.health import Health, SystemdNotifier
 from gated.model import Mode, PlateRead
 from tests.daemon.harness import (
+    CAMERA_PATH,
     LCUS_OFF,
     LCUS_ON,
+    RESIDENT_RULES,
     PtyPort,
     Site,
     audit,
     gated,
+    generic_lane,
     lcus_frames,
+    lcus_relay,
     post_until_accepted,
     running,
     wait_audit,
     wait_until,
 )
 
-PATH = "/anpr/main-in"
+PATH = CAMERA_PATH
 LISTENING = "listening on 127.0.0.1"  # logged each time a generation's listener is bound
 
-RULES = {
-    "residents": [{"id": "r-1", "name": "Ann Jansen", "access_points": "*"}],
-    "vehicles": [
-        {"id": "v-1", "plate": "AB123CD", "resident_id": "r-1"},
-        {"id": "v-2", "plate": "GH456JK", "resident_id": "r-1"},
-        {"id": "v-3", "plate": "MN789PQ", "resident_id": "r-1"},
-    ],
-}
+RULES = RESIDENT_RULES
 
 
 def lane_config(port: PtyPort, *, mode: str = "normal", pulse_ms: int = 200) -> str:
     """One inbound lane: an LCUS relay on the pty, a generic JSON camera push."""
-    return f"""
-[[lanes]]
-id = "main-in"
-direction = "in"
-mode = "{mode}"
-dedup_window_s = 0.5
-[lanes.relay]
-kind = "lcus"
-port = "{port.link}"
-channel = 1
-pulse_ms = {pulse_ms}
-[[lanes.sources]]
-kind = "anpr_http"
-name = "cam-main-in"
-format = "generic"
-path = "{PATH}"
-"""
+    return generic_lane(lcus_relay(port, pulse_ms), extra=f'mode = "{mode}"')
 
 
 @pytest.fixture

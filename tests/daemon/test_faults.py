@@ -22,14 +22,18 @@ import pytest
 
 from gated.plates import confusion_key
 from tests.daemon.harness import (
+    CAMERA_PATH,
     LCUS_OFF,
     LCUS_ON,
+    RESIDENT_RULES,
     DaemonProcess,
     PtyPort,
     Site,
     audit,
     gated,
+    generic_lane,
     lcus_frames,
+    lcus_relay,
     post_generic,
     post_until_accepted,
     running,
@@ -40,39 +44,10 @@ from tests.daemon.harness import (
 
 pytestmark = pytest.mark.slow
 
-PATH = "/anpr/main-in"
-
-RULES = {
-    "residents": [{"id": "r-1", "name": "Ann Jansen", "access_points": "*"}],
-    "vehicles": [
-        {"id": "v-1", "plate": "AB123CD", "resident_id": "r-1"},
-        {"id": "v-2", "plate": "GH456JK", "resident_id": "r-1"},
-        {"id": "v-3", "plate": "MN789PQ", "resident_id": "r-1"},
-    ],
-}
-
-
-def lane(relay: str, *, extra: str = "", dedup_window_s: float = 0.5) -> str:
-    """One inbound lane fed by a generic JSON camera push, with the given [lanes.relay] body."""
-    return f"""
-[[lanes]]
-id = "main-in"
-direction = "in"
-dedup_window_s = {dedup_window_s}
-{extra}
-[lanes.relay]
-{relay}
-[[lanes.sources]]
-kind = "anpr_http"
-name = "cam-main-in"
-format = "generic"
-path = "{PATH}"
-"""
-
-
-def lcus(port: PtyPort) -> str:
-    """A [lanes.relay] body for an LCUS board on this pty."""
-    return f'kind = "lcus"\nport = "{port.link}"\nchannel = 1\npulse_ms = 200'
+PATH = CAMERA_PATH
+RULES = RESIDENT_RULES
+lane = generic_lane
+lcus = lcus_relay
 
 
 @pytest.fixture
@@ -188,9 +163,7 @@ def test_camera_stream_dropped_and_restored(tmp_path: Path) -> None:
 # --- 3. a component that keeps crashing ---------------------------------------------------
 
 
-def test_component_failing_too_often_ends_the_process(
-    tmp_path: Path, relay_port: PtyPort
-) -> None:
+def test_component_failing_too_often_ends_the_process(tmp_path: Path, relay_port: PtyPort) -> None:
     site = Site(tmp_path)
     squatter = socket.socket()  # another program already holds the camera listener's port
     squatter.bind(("127.0.0.1", site.listener_port))
@@ -253,9 +226,7 @@ def far_apart_plates(count: int, seed: int) -> list[str]:
     return plates
 
 
-def test_sigterm_under_load_loses_no_acknowledged_read(
-    tmp_path: Path, relay_port: PtyPort
-) -> None:
+def test_sigterm_under_load_loses_no_acknowledged_read(tmp_path: Path, relay_port: PtyPort) -> None:
     plates = far_apart_plates(1200, seed=4)
     allowed, unknown = plates[:600], plates[600:]
     site = Site(tmp_path)
