@@ -295,7 +295,9 @@ class Daemon:
         gen.rules = RulesHolder(ruleset)
         self.health.set("rules", True, f"version {ruleset.version}")
         snapshots = SnapshotStore(
-            cfg.journal.snapshot_dir, cfg.journal.snapshot_quota_mb * 1024 * 1024
+            cfg.journal.snapshot_dir,
+            cfg.journal.snapshot_quota_mb * 1024 * 1024,
+            max_bytes=cfg.journal.snapshot_max_kb * 1024,  # larger pictures: row says missing
         )
         gen.services.append(("snapshot-quota", _bind(self._keep_snapshot_quota, snapshots)))
         if cfg.metrics.textfile:
@@ -325,7 +327,6 @@ class Daemon:
                 auditor=self.auditor,
                 clock=self.clock,
                 camera=camera,
-                snapshot_max_bytes=cfg.journal.snapshot_max_kb * 1024,
             )
             lane = Lane(lane_cfg, parts)
             lane.listeners.append(self._on_event)

@@ -78,7 +78,6 @@ class LaneParts:
     auditor: Auditor
     clock: ClockWatch
     camera: FrameSource | None = None
-    snapshot_max_bytes: int = 2 * 1024 * 1024
 
 
 class Lane:
@@ -249,11 +248,6 @@ class Lane:
         def grab_and_save() -> tuple[str | None, str | None, bool]:
             jpeg = read.snapshot if read.snapshot is not None else camera.snapshot_jpeg()  # type: ignore[union-attr]
             if jpeg is None:
-                return None, None, True
-            if len(jpeg) > self.p.snapshot_max_bytes:
-                log.warning(
-                    "lane %s: snapshot of %d bytes over the limit; not stored", self.id, len(jpeg)
-                )
                 return None, None, True
             try:
                 path, sha = self.p.snapshots.save(event_id, jpeg, read.read_at)

@@ -183,3 +183,19 @@ async def test_open_manually_is_an_access_event_and_an_audit_row(rig: Rig) -> No
     assert row["authorization_method"] == "guard_button" and row["authorized_by"] == "btn-1"
     assert row["decision_reason"] == "guard_override"
     assert [a["action"] for a in rig.rows("audit_logs")] == ["gate_open"]
+
+
+async def test_oversized_or_broken_picture_is_recorded_as_missing(rig: Rig) -> None:
+    huge = b"\xff\xd8" + b"\x00" * (3 * 1024 * 1024)  # over the store's 2 MiB limit
+    for plate, picture in (("AB123CD", huge), ("QQ111QQ", b"not a jpeg")):
+        rig.lane.on_read(
+            PlateRead(
+                "main-in", plate, "cam", time.time(), time.monotonic(), 0.95, snapshot=picture
+            )
+        )
+    await rig.settle()
+    rows = rig.rows()
+    assert [r["snapshot_missing"] for r in rows] == [1, 1]
+    assert all(r["snapshot_path"] is None and r["snapshot_sha256"] is None for r in rows)
+    assert rig.relay.pulses_ms == [800]  # the gate opened anyway
+    assert rig.lane.metrics.snapshots_missing == 2
