@@ -62,6 +62,8 @@ kind = "anpr_http"
 name = "cam-{lane}"
 format = "generic"
 path = "/anpr/{lane}"
+[lanes.sources.auth]
+allowed_ips = ["127.0.0.1/32"]
 """
     return f"""
 [site]

@@ -8,6 +8,7 @@ path (`lanes[1].relay.pulse_ms`, indices from 0) and what is wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 import zoneinfo
@@ -138,11 +139,26 @@ RelayConfig = GpioRelayConfig | LcusRelayConfig | ModbusRelayConfig | FakeRelayC
 
 
 class CameraAuthConfig(_Section, frozen=True):
-    """Optional authentication a camera must present when it pushes a read."""
+    """How a camera proves it may push reads: credentials, its address, or both."""
 
     username: str = ""
     password: str = ""  # secret: never logged
     token: str = ""  # shared secret sent as `Authorization: Bearer …` or `?token=…`
+    allowed_ips: list[str] = []  # addresses/networks the camera pushes from, e.g. "10.0.5.21/32"
+
+    def __post_init__(self) -> None:
+        if self.username and not self.password:
+            raise ValueError("password: required with username")
+        for i, net in enumerate(self.allowed_ips):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as err:
+                raise ValueError(f"allowed_ips[{i}]: {err}") from err
+
+    @property
+    def configured(self) -> bool:
+        """True when at least one way of checking the camera is set."""
+        return bool(self.username or self.token or self.allowed_ips)
 
 
 class AnprHttpSourceConfig(_Section, frozen=True, tag_field="kind", tag="anpr_http"):
@@ -372,6 +388,12 @@ def _check_cross_references(cfg: Config) -> None:
                 )
             source_names.add(src.name)
             if isinstance(src, AnprHttpSourceConfig):
+                if not src.auth.configured:
+                    # A push for a resident's plate opens the gate: never from just anyone.
+                    raise ValueError(
+                        f"lanes[{i}].sources[{j}].auth: set username and password, a token, "
+                        "or allowed_ips (nothing unauthenticated may open the gate)"
+                    )
                 route = (src.port or cfg.cameras_listener.port, src.path)
                 if route in routes:
                     raise ValueError(

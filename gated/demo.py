@@ -121,6 +121,8 @@ kind = "anpr_http"
 name = "cam-entry"
 format = "generic"
 path = "/anpr/main-in"
+[lanes.sources.auth]
+allowed_ips = ["127.0.0.1/32", "::1/128"]  # the demo's camera is this machine
 
 [[lanes]]
 id = "main-out"

@@ -39,6 +39,10 @@ class RemovedSnapshot:
     synced: bool
 
 
+# A temp file older than this cannot belong to a save still in progress.
+_STALE_TMP_S = 300.0
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -124,8 +128,10 @@ class SnapshotStore:
                 full = Path(root) / name
                 if name.endswith(_TMP_SUFFIX):
                     # Left by a crash between write and rename: never referenced by a row.
+                    # A fresh one is a save in flight on another thread: leave it alone.
                     with contextlib.suppress(OSError):
-                        full.unlink()
+                        if full.stat().st_mtime < time.time() - _STALE_TMP_S:
+                            full.unlink()
                     continue
                 if not name.endswith(".jpg"):
                     continue

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ COUNTER_KEYS = (
     "requests",  # every request that reached a camera's path
     "reads",  # reads emitted
     "no_plate",  # valid messages without a plate (heartbeats, other events)
-    "refused",  # 401: missing or wrong credentials
+    "refused",  # 401: missing or wrong credentials; 403: address not allowed
     "bad_payload",  # 400: malformed, truncated or unknown payload
     "too_large",  # 413
     "wrong_method",  # 405
@@ -59,6 +60,7 @@ class _Camera:
 
     cfg: AnprHttpSourceConfig
     lane_id: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 class AnprListener:
@@ -94,7 +96,8 @@ class AnprListener:
         """Serve `cfg.path` for this camera; reads carry `lane_id` as their access point."""
         if cfg.path in self._cameras:
             raise ConfigError(f"sources.{cfg.name}.path: {cfg.path!r} is already used on this port")
-        self._cameras[cfg.path] = _Camera(cfg, lane_id)
+        networks = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.auth.allowed_ips)
+        self._cameras[cfg.path] = _Camera(cfg, lane_id, networks)
         self.counters[cfg.name] = dict.fromkeys(COUNTER_KEYS, 0)
 
     @property
@@ -144,16 +147,13 @@ class AnprListener:
             self._log_once(name, "wrong_method", f"method {request.method} not allowed")
             return _reply(405, "use POST", headers={"Allow": ", ".join(_ALLOWED_METHODS)})
 
+        remote = request.remote or ""
+        if not _address_allowed(camera.networks, remote):
+            self._refuse(camera, remote, "address not allowed")
+            return _reply(403, "not allowed from this address")
         refusal = _check_auth(camera.cfg, request)
         if refusal is not None:
-            counts["refused"] += 1
-            remote = request.remote or ""
-            self._log_once(name, "refused", f"refused push from {remote}: {refusal}")
-            if self.on_refused is not None:
-                try:
-                    self.on_refused(name, remote, refusal)
-                except Exception:  # the audit hook must not take the listener down
-                    log.exception("%s: on_refused callback failed", name)
+            self._refuse(camera, remote, refusal)
             return _reply(401, "authentication required", headers=_challenge(camera.cfg))
 
         if request.content_length is not None and request.content_length > self.max_body:
@@ -193,6 +193,17 @@ class AnprListener:
             return _reply(500, "not accepted")
         counts["reads"] += len(parsed)
         return _reply(200, "ok")
+
+    def _refuse(self, camera: _Camera, remote: str, reason: str) -> None:
+        """Count, log once and report a refused push (the daemon audits it)."""
+        name = camera.cfg.name
+        self.counters[name]["refused"] += 1
+        self._log_once(name, "refused", f"refused push from {remote}: {reason}")
+        if self.on_refused is not None:
+            try:
+                self.on_refused(name, remote, reason)
+            except Exception:  # the audit hook must not take the listener down
+                log.exception("%s: on_refused callback failed", name)
 
     def _emit_read(self, camera: _Camera, item: ParsedRead, received_mono: float) -> None:
         assert self._emit is not None
@@ -243,6 +254,21 @@ def _challenge(cfg: AnprHttpSourceConfig) -> dict[str, str]:
 def _same(given: str, expected: str) -> bool:
     """Constant-time comparison of two secrets."""
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _address_allowed(
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], remote: str
+) -> bool:
+    """True when no address list is configured, or the peer is in it."""
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return any(address in net for net in networks)
 
 
 def _check_auth(cfg: AnprHttpSourceConfig, request: web.Request) -> str | None:

@@ -439,6 +439,8 @@ kind = "anpr_http"
 name = "cam-main-in"
 format = "generic"
 path = "{CAMERA_PATH}"
+[lanes.sources.auth]
+allowed_ips = ["127.0.0.1/32"]
 """
 
 

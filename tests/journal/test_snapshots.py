@@ -94,9 +94,13 @@ def test_stale_temp_files_are_cleaned_and_remove_frees_bytes(tmp_path: Path) -> 
     rel, _ = store.save(new_event_id(), jpeg(), DAY)
     stale = tmp_path / "2024" / "06" / "10" / "crashed.jpg.tmp"
     stale.write_bytes(b"partial")
+    os.utime(stale, (DAY - 3600, DAY - 3600))  # left by a crash an hour before
+    in_flight = tmp_path / "2024" / "06" / "10" / "saving.jpg.tmp"
+    in_flight.write_bytes(b"being written by another thread right now")
     fresh = SnapshotStore(tmp_path, quota_bytes=10**6)
     assert fresh.used_bytes() == os.path.getsize(tmp_path / rel)
     assert not stale.exists()
+    assert in_flight.exists()  # a save in progress is never pulled from under its rename
     assert fresh.remove([rel, "2020/01/01/gone.jpg", "../x.jpg"]) > 0
     assert fresh.used_bytes() == 0
 
