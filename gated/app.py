@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 RULES_POLL_S = 2.0
 SNAPSHOT_QUOTA_CHECK_S = 60.0
+STATE_PRUNE_S = 600.0
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Daemon:
         self._modes_seeded = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.snapshot_quota_check_s = SNAPSHOT_QUOTA_CHECK_S
+        self.state_prune_s = STATE_PRUNE_S
 
     # --- public control ------------------------------------------------------
 
@@ -300,6 +302,7 @@ class Daemon:
             max_bytes=cfg.journal.snapshot_max_kb * 1024,  # larger pictures: row says missing
         )
         gen.services.append(("snapshot-quota", _bind(self._keep_snapshot_quota, snapshots)))
+        gen.services.append(("policy-state-prune", self._prune_policy_state))
         if cfg.metrics.textfile:
             gen.services.append(("metrics-textfile", _bind(self._write_metrics, gen)))
         tz = zoneinfo.ZoneInfo(cfg.site.timezone)
@@ -550,6 +553,14 @@ class Daemon:
             log.info("rule set version %d loaded", ruleset.version)
             # The old index (tens of MB at a large site) is garbage now: give it back.
             await asyncio.to_thread(release_free_memory)
+
+    async def _prune_policy_state(self) -> None:
+        """Forget passages older than the anti-passback reset: memory must not grow with uptime."""
+        while True:
+            await asyncio.sleep(self.state_prune_s)
+            forgotten = self.state.prune(time.time() - self.cfg.policy.anti_passback_reset_s)
+            if forgotten:
+                log.debug("forgot %d anti-passback passages", forgotten)
 
     async def _keep_snapshot_quota(self, snapshots: Any) -> None:
         """Keep snapshots under their disk quota: synced events' pictures go first."""

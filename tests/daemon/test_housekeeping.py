@@ -1,4 +1,4 @@
-"""The daemon keeps snapshots under their disk quota and audits what it removed."""
+"""Daemon housekeeping: snapshots kept under quota, old anti-passback state forgotten."""
 
 from __future__ import annotations
 
@@ -101,3 +101,29 @@ async def test_over_quota_oldest_synced_first_then_unsynced_audited(tmp_path: Pa
     newest = rows[-1]
     assert (tmp_path / "snaps" / newest["snapshot_path"]).exists()
     assert json.loads(first["metadata"])["synced"] is True
+
+
+async def test_old_passages_are_forgotten(tmp_path: Path) -> None:
+    from gated.model import Direction
+
+    cfg = parse_config(
+        {
+            "site": {"tenant_id": "t", "site_id": "s", "device_id": "d"},
+            "journal": {"path": str(tmp_path / "j.sqlite3"), "snapshot_dir": str(tmp_path / "s")},
+            "rules": {"path": str(tmp_path / "r.sqlite3")},
+            "policy": {"anti_passback": "hard", "anti_passback_reset_s": 60},
+            "lanes": [{"id": "main-in"}],
+        }
+    )
+    daemon = Daemon(cfg, health=Health(SystemdNotifier(env={})))
+    daemon.state_prune_s = 0.05
+    daemon.state.record_passage("v-old", Direction.IN, time.time() - 3600)
+    daemon.state.record_passage("v-new", Direction.IN, time.time())
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.started.wait(), 20)
+        assert await _until(lambda: daemon.state.last_passage("v-old") is None, timeout_s=5)
+        assert daemon.state.last_passage("v-new") is not None
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
