@@ -296,6 +296,12 @@ class Daemon:
         ruleset = await self._index_rules(cfg, gen)
         gen.rules = RulesHolder(ruleset)
         self.health.set("rules", True, f"version {ruleset.version}")
+        if ruleset.version == 0:
+            log.warning(
+                "the rule set at %s is empty: every plate is denied until one is imported "
+                "(gated rules import FILE)",
+                cfg.rules.path,
+            )
         snapshots = SnapshotStore(
             cfg.journal.snapshot_dir,
             cfg.journal.snapshot_quota_mb * 1024 * 1024,
