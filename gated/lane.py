@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ class Lane:
             pass_id=decision.pass_id,
             visitor_name=decision.visitor_name,
             vehicle_plate=str(decision.inputs.get("normalised") or read.text),
-            confidence_score=read.confidence,
+            confidence_score=_journal_confidence(read.confidence),
             snapshot_path=snap_path,
             snapshot_sha256=snap_sha,
             snapshot_missing=snap_missing,
@@ -441,6 +442,17 @@ class Lane:
         self._accepting = False
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def _journal_confidence(confidence: float | None) -> float | None:
+    """The read's confidence as the journal stores it: a finite 0..1 number or None.
+
+    Sources validate their payloads, but a row the journal refuses would be
+    retried forever; the policy has already treated such a value as too low.
+    """
+    if confidence is None or not math.isfinite(confidence) or not 0.0 <= confidence <= 1.0:
+        return None
+    return confidence
 
 
 # Decision inputs that carry the plate itself; the row's vehicle_plate column holds it.

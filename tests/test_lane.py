@@ -199,3 +199,15 @@ async def test_oversized_or_broken_picture_is_recorded_as_missing(rig: Rig) -> N
     assert all(r["snapshot_path"] is None and r["snapshot_sha256"] is None for r in rows)
     assert rig.relay.pulses_ms == [800]  # the gate opened anyway
     assert rig.lane.metrics.snapshots_missing == 2
+
+
+async def test_out_of_range_confidence_is_journaled_not_retried_forever(rig: Rig) -> None:
+    for plate, confidence in (("AB123CD", float("nan")), ("QQ1QQ", 7.0)):
+        rig.lane.on_read(
+            PlateRead("main-in", plate, "cam", time.time(), time.monotonic(), confidence)
+        )
+    await asyncio.wait_for(rig.settle(), 10)
+    rows = rig.rows()
+    assert [r["confidence_score"] for r in rows] == [None, None]
+    assert [r["decision_reason"] for r in rows] == ["low_confidence", "low_confidence"]
+    assert rig.relay.pulses_ms == []
