@@ -89,6 +89,10 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.snapshot_quota_check_s = SNAPSHOT_QUOTA_CHECK_S
         self.state_prune_s = STATE_PRUNE_S
+        # Relays whose configuration a reload did not change are handed to the next
+        # generation as they are: a held gate is never dropped by a SIGHUP.
+        self._carried_relays: dict[str, tuple[Any, Any]] = {}
+        self._pin_factory_for: tuple[Any, Any] | None = None  # (GpioConfig, factory)
 
     # --- public control ------------------------------------------------------
 
@@ -155,6 +159,7 @@ class Daemon:
             )
             status = 1
         finally:
+            await self._release_carried()
             health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await health_task
@@ -188,6 +193,7 @@ class Daemon:
         self.generation = gen
         supervisor = Supervisor(cfg.supervisor, on_failure=self._on_component_failure)
         tasks: list[asyncio.Task[Any]] = []
+        what: str | None = None  # stays None when a component gave up
         try:
             async with asyncio.TaskGroup() as tg:
                 for name, run in gen.services:
@@ -212,8 +218,31 @@ class Daemon:
         finally:
             # Also when a component gave up: reads already taken are journaled first.
             await self._drain(gen)
-            await self._release(gen)
+            keep = self._unchanged_relays(gen) if what == "reload" else set()
+            await self._release(gen, keep=keep)
         return "stop" if what == "stop" else "reload"
+
+    async def _release_carried(self) -> None:
+        """Release relays handed to a generation that never started (its build failed)."""
+        while self._carried_relays:
+            name, (_, relay) = self._carried_relays.popitem()
+            try:
+                await relay.release()
+            except Exception as err:
+                log.error("could not release relay %s: %s", name, err)
+            with contextlib.suppress(Exception):
+                await relay.aclose()
+
+    def _unchanged_relays(self, gen: Generation) -> set[str]:
+        """Lanes whose relay (and GPIO backend) the newly loaded config leaves as they are."""
+        if gen.cfg.gpio != self.cfg.gpio:
+            return set()
+        keep = set()
+        for lane_cfg in self.cfg.lanes:
+            old = next((lane for lane in gen.cfg.lanes if lane.id == lane_cfg.id), None)
+            if old is not None and old.relay == lane_cfg.relay and lane_cfg.id in gen.relays:
+                keep.add(lane_cfg.id)
+        return keep
 
     async def _listeners_bound(self, gen: Generation, timeout_s: float = 10.0) -> None:
         """Wait until camera listeners accept connections, so READY means cameras can push."""
@@ -238,9 +267,14 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _release(self, gen: Generation) -> None:
-        """Leave every relay in its safe state (released) and free its port."""
+    async def _release(
+        self, gen: Generation, keep: set[str] | frozenset[str] = frozenset()
+    ) -> None:
+        """Leave every relay in its safe state (released) and free its port, except `keep`."""
         for name, relay in gen.relays.items():
+            if name in keep:
+                self._carried_relays[name] = (gen.cfg.lane(name).relay, relay)
+                continue
             try:
                 await relay.release()
             except Exception as err:  # a faulted board still gets the other relays released
@@ -287,11 +321,21 @@ class Daemon:
     # --- building ------------------------------------------------------------
 
     async def _build(self, cfg: Config) -> Generation:
+        """Every part of one generation; on failure, whatever was opened is released."""
+        gen = Generation(cfg)
+        try:
+            await self._build_into(gen)
+        except BaseException:
+            await self._release(gen)
+            raise
+        return gen
+
+    async def _build_into(self, gen: Generation) -> None:
         from gated.rules import RuleStore
         from gated.snapshots import SnapshotStore
 
         assert self.auditor is not None
-        gen = Generation(cfg)
+        cfg = gen.cfg
         gen.store = RuleStore(cfg.rules.path)
         ruleset = await self._index_rules(cfg, gen)
         gen.rules = RulesHolder(ruleset)
@@ -312,11 +356,15 @@ class Daemon:
         if cfg.metrics.textfile:
             gen.services.append(("metrics-textfile", _bind(self._write_metrics, gen)))
         tz = zoneinfo.ZoneInfo(cfg.site.timezone)
-        pin_factory = self.pin_factory or _pin_factory(cfg.gpio.pin_factory)
+        pin_factory = self._gpio_factory(cfg)
         for lane_cfg in cfg.lanes:
             if not self._modes_seeded:
                 self.state.set_mode(lane_cfg.id, lane_cfg.mode)
-            relay = self._make_relay(lane_cfg, pin_factory, gen)
+            carried = self._carried_relays.pop(lane_cfg.id, None)
+            if carried is not None and carried[0] == lane_cfg.relay:
+                relay = carried[1]
+            else:
+                relay = self._make_relay(lane_cfg, pin_factory)
             gen.relays[lane_cfg.id] = relay
             gen.services.append((relay.name, relay.run))
             camera = None
@@ -354,9 +402,16 @@ class Daemon:
         self._modes_seeded = True
         self._build_sources(cfg, gen)
         self._build_inputs(cfg, gen, pin_factory)
-        return gen
 
-    def _make_relay(self, lane_cfg: Any, pin_factory: Any, gen: Generation) -> Any:
+    def _gpio_factory(self, cfg: Config) -> Any:
+        """The gpiozero pin factory, kept across generations while [gpio] is unchanged."""
+        if self.pin_factory is not None:
+            return self.pin_factory
+        if self._pin_factory_for is None or self._pin_factory_for[0] != cfg.gpio:
+            self._pin_factory_for = (cfg.gpio, _pin_factory(cfg.gpio.pin_factory))
+        return self._pin_factory_for[1]
+
+    def _make_relay(self, lane_cfg: Any, pin_factory: Any) -> Any:
         from gated.hardware.relays import make_relay
 
         name = f"{lane_cfg.id}-relay"
@@ -371,7 +426,8 @@ class Daemon:
                 status="failure" if fault else "success",
                 error_message=fault,
             )
-            lane = gen.lanes.get(lane_cfg.id)
+            # The lane of whichever generation runs now (a relay can outlive a reload).
+            lane = self.generation.lanes.get(lane_cfg.id) if self.generation else None
             if fault is None and lane is not None:
                 self._background(lane.relay_recovered(), f"re-hold {lane_cfg.id}")
 

@@ -112,8 +112,9 @@ def test_sighup_reloads_a_valid_config_and_refuses_a_broken_one(
         assert json.loads(reload["old_values"])["policy"]["min_confidence"] == 0.5
         assert json.loads(reload["new_values"])["policy"]["min_confidence"] == 0.9
         assert daemon.wait_log(LISTENING, count=2), daemon.log()  # the new generation runs
-        # The board was released by the old generation and reopened (released) by the new.
-        assert set(lcus_frames(relay_port.drain())) == {LCUS_OFF}
+        # The relay's config is unchanged: the new generation keeps the open board
+        # (nothing is sent to it), so a reload never glitches a gate.
+        assert relay_port.drain() == b""
 
         assert push(site, "GH456JK", confidence=0.7)["decision_reason"] == "low_confidence"
         assert relay_port.drain(0.3) == b""
@@ -153,9 +154,10 @@ def test_hold_open_lane_holds_its_serial_relay_at_start_reload_and_reconnect(
         daemon.proc.send_signal(signal.SIGHUP)
         assert wait_audit(site, "config_reload")[0]["status"] == "success"
         assert daemon.wait_log(LISTENING, count=2), daemon.log()
-        # Released by the old generation, reopened released, held again by the new one.
-        frames = lcus_frames(relay_port.read(16, timeout_s=10))
-        assert frames[-1] == LCUS_ON and LCUS_OFF in frames, daemon.log()
+        # The relay's config did not change: the new generation takes the board over
+        # as it is, so the held gate is never dropped (at most "on" is said again).
+        frames = lcus_frames(relay_port.drain(1.0))
+        assert LCUS_OFF not in frames and set(frames) <= {LCUS_ON}, daemon.log()
         assert relay_port.drain(0.3) == b""  # and it stays held
 
         # Unplugged and plugged back: the reconnect releases, then the lane holds again.
@@ -344,3 +346,24 @@ async def test_guard_buttons_open_lock_down_and_hold(tmp_path: Path) -> None:
     assert status == 0
     verify = gated("journal", "verify", "--db", str(journal))
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.slow
+def test_reload_replaces_a_relay_whose_config_changed(tmp_path: Path, relay_port: PtyPort) -> None:
+    site = Site(tmp_path)
+    site.write_config(lane_config(relay_port, pulse_ms=200))
+    site.import_rules(RULES)
+    with running(site) as daemon:
+        assert daemon.wait_log(LISTENING)
+        relay_port.drain()
+        site.write_config(lane_config(relay_port, pulse_ms=300))
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert wait_audit(site, "config_reload")[0]["status"] == "success"
+        assert daemon.wait_log(LISTENING, count=2), daemon.log()
+        # The old board object let go (release) and the new one opens released.
+        frames = lcus_frames(relay_port.read(4, timeout_s=10) + relay_port.drain(1.5))
+        assert frames and set(frames) == {LCUS_OFF}, daemon.log()
+        assert push(site, "AB123CD")["decision_reason"] == "resident"
+        assert relay_port.read(8) == LCUS_ON + LCUS_OFF
+        status = daemon.terminate()
+    assert status == 0, daemon.log()
