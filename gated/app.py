@@ -3,9 +3,10 @@
 The daemon runs in *generations*: one generation is every relay, source,
 camera, input and lane built from one config. SIGHUP validates the new config
 first; a bad one is refused and audited and the running generation carries on.
-A good one ends the generation (relays released, reads drained) and starts the
-next; the journal, the policy state (modes, anti-passback, pass uses) and the
-watchdog outlive generations.
+A good one ends the generation (reads drained; relays whose configuration
+changed released) and starts the next. The journal, the policy state (modes,
+anti-passback, pass uses), the watchdog and every relay whose configuration is
+unchanged outlive generations, so a reload never drops a held gate.
 """
 
 from __future__ import annotations
