@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -53,24 +54,19 @@ MAX_JSON_BYTES = 512 * 1024 * 1024  # JSON is read whole; bigger sets belong in 
 
 Format = Literal["json", "csv"]
 
-# Columns (CSV header names, JSON keys) per kind, in export order.
+# Columns (CSV header names, JSON keys) per kind, in export order: the entity's
+# own fields, so the file format cannot drift from gated.rules_model.
+_ENTITIES: dict[str, type] = {
+    "schedules": Schedule,
+    "groups": Group,
+    "residents": Resident,
+    "vehicles": Vehicle,
+    "tags": Tag,
+    "visitor_passes": VisitorPass,
+    "deny_list": DenyEntry,
+}
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "schedules": ("id", "name", "windows", "exceptions"),
-    "groups": ("id", "name", "access_points", "schedule_id"),
-    "residents": ("id", "name", "unit", "active", "groups", "access_points", "schedule_id"),
-    "vehicles": ("id", "plate", "resident_id", "active", "description"),
-    "tags": ("id", "tag", "resident_id", "active"),
-    "visitor_passes": (
-        "id",
-        "plate",
-        "host_resident_id",
-        "valid_from",
-        "valid_until",
-        "visitor_name",
-        "access_points",
-        "max_uses",
-    ),
-    "deny_list": ("id", "plate", "reason", "until"),
+    kind: tuple(f.name for f in dataclasses.fields(entity)) for kind, entity in _ENTITIES.items()
 }
 # Columns a CSV header must have (a cell may still be empty where a default exists).
 REQUIRED: dict[str, tuple[str, ...]] = {
