@@ -115,6 +115,14 @@ class PlateRead:
     snapshot: bytes | None = None  # JPEG from the payload, if the source sent one
     vendor: str = ""  # "hikvision", "axis", "platerecognizer", "generic", "frigate", "serial", …
     extra: Mapping[str, Any] = field(default_factory=dict)  # vendor metadata (country, colour …)
+    # The camera's own capture time (epoch seconds by the camera's clock), None when the
+    # source gives none. Journaled beside the device time; decides staleness.
+    captured_at: float | None = None
+    # The direction exactly as the camera reported it ("forward", "reverse", "in", "out",
+    # "approach" …), lower-cased; the lane maps it per source config. None: not reported.
+    camera_direction: str | None = None
+    # Arrived as a retained / re-delivered message (MQTT retain flag): never opens.
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ restarted with backoff by its owner.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -62,7 +63,12 @@ class InputEvent:
     at_mono: float  # time.monotonic() of the edge
 
 
-Emit = Callable[[PlateRead], None]
+# emit(read) hands a read to its lane and returns a future that resolves once the
+# journal row recording it (or the event it was merged into) has committed: to the
+# row's seq, or None when the read was deliberately not journaled (config says ignore,
+# unknown lane). A source that can answer its device ("taken") awaits it first; sources
+# that cannot answer may ignore it. It never raises; at shutdown it may be cancelled.
+Emit = Callable[[PlateRead], "asyncio.Future[int | None]"]
 
 
 @runtime_checkable
