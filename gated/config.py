@@ -201,12 +201,26 @@ class Rdm6300SourceConfig(_Section, frozen=True, tag_field="kind", tag="rdm6300"
     baudrate: int = 9600
 
 
+# Frigate object labels that carry licence plates (Frigate runs LPR on vehicles).
+FRIGATE_LABELS = ("car", "motorcycle", "truck", "bus")
+
+
 class FrigateSourceConfig(_Section, frozen=True, tag_field="kind", tag="frigate"):
     """Licence-plate reads from a Frigate NVR over MQTT."""
 
     name: Ident
     camera: str  # Frigate camera name whose plates belong to this lane
     topic_prefix: str = "frigate"
+    # Frigate object labels whose plates are reads; a plate on anything else (a person,
+    # a dog) is dropped and counted.
+    labels: list[str] = msgspec.field(default_factory=lambda: list(FRIGATE_LABELS))
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise ValueError('labels: name at least one Frigate object label (e.g. "car")')
+        for i, label in enumerate(self.labels):
+            if not label.strip() or len(label) > 64:
+                raise ValueError(f'labels[{i}]: expected a Frigate object label such as "car"')
 
 
 class SimulatorSourceConfig(_Section, frozen=True, tag_field="kind", tag="simulator"):
@@ -297,7 +311,20 @@ class MqttConfig(_Section, frozen=True):
     password: str = ""  # secret: never logged
     client_id: str = ""  # default: "gated-<device_id>"
     tls: bool = False
+    tls_ca_file: str = ""  # PEM CA bundle of a private broker CA; empty: the system's CAs
     keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
+    # Reconnect back-off (doubling, jittered): a broker that comes back is seen within
+    # reconnect_max_s, so the gate is never blind for minutes after an outage.
+    reconnect_min_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    reconnect_max_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+
+    def __post_init__(self) -> None:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s: must not exceed reconnect_max_s")
+        if self.tls_ca_file and not self.tls:
+            raise ValueError("tls_ca_file: set tls = true to use a CA file")
+        if self.password and not self.username:
+            raise ValueError("password: needs a username")
 
 
 class GpioConfig(_Section, frozen=True):
