@@ -80,7 +80,6 @@ class GateSetup:
     open_time_s: float = 8.0
     held_open_alarm_s: float = 120.0
     position_switch: bool = False
-    presence_sensor: bool = False
 
 
 # --- events ------------------------------------------------------------------

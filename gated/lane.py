@@ -94,7 +94,6 @@ class Lane:
             open_time_s=cfg.sensors.open_time_s,
             held_open_alarm_s=cfg.sensors.held_open_alarm_s,
             position_switch=cfg.sensors.closed_pin is not None,
-            presence_sensor=cfg.sensors.presence_pin is not None,
         )
         self.gate = gm.initial(setup, time.monotonic())
         self.listeners: list[EventListener] = []

@@ -63,7 +63,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gated.config import LaneConfig, PolicyConfig
+from gated.config import PolicyConfig
 from gated.errors import PayloadError
 from gated.model import (
     AntiPassback,
@@ -111,11 +111,6 @@ class AccessPoint:
     direction: Direction
     policy: PolicyConfig
     tz: zoneinfo.ZoneInfo
-
-    @classmethod
-    def from_lane(cls, lane: LaneConfig, policy: PolicyConfig, timezone: str) -> AccessPoint:
-        """The access point of a configured lane (timezone: [site].timezone)."""
-        return cls(lane.id, lane.direction, policy, zoneinfo.ZoneInfo(timezone))
 
 
 class PolicyState(Protocol):

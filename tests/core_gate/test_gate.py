@@ -26,8 +26,7 @@ from gated.gate import (
     step,
 )
 
-SWITCH = GateSetup(open_time_s=8.0, held_open_alarm_s=60.0, position_switch=True,
-                   presence_sensor=True)
+SWITCH = GateSetup(open_time_s=8.0, held_open_alarm_s=60.0, position_switch=True)
 BARE = GateSetup(open_time_s=8.0, held_open_alarm_s=60.0)
 
 
@@ -259,7 +258,6 @@ setups = st.builds(
     open_time_s=st.floats(min_value=0.5, max_value=20.0),
     held_open_alarm_s=st.floats(min_value=1.0, max_value=60.0),
     position_switch=st.booleans(),
-    presence_sensor=st.booleans(),
 )
 
 
