@@ -1,10 +1,13 @@
 """Pure parsers for ANPR camera push payloads: body bytes + Content-Type → plate reads.
 
-No IO, no clock: the caller passes the receive time, used when a payload carries
-no usable time of its own. Every malformed, truncated, oversized or hostile
+No IO, no clock: the caller passes the receive time (the device clock), which
+becomes `read_at`; the camera's own capture time, when the payload carries one
+with a known offset, becomes `captured_at`. Every malformed, truncated, oversized or hostile
 payload raises gated.errors.PayloadError with a short reason that never quotes
-the payload; a well-formed message that carries no plate (heartbeat, another
-event type, an empty result) returns an empty list.
+the payload; a well-formed message about no vehicle (heartbeat, another event
+type, an empty result) returns an empty list. A vehicle whose plate could not be
+read ("unknown", empty text, text without a letter or digit) is a read with
+``text=""`` and its picture: the lane journals it as an unread vehicle.
 
 Formats (field names taken from the vendors' published documentation and public
 integrations; none of this was verified against a real camera):
@@ -15,8 +18,11 @@ integrations; none of this was verified against a real camera):
   (``licensePlatePicture.jpg``, ``detectionPicture.jpg`` …) or as a bare XML body.
 * ``axis``: the JSON push of AXIS License Plate Verifier (FF Group JSON protocol:
   ``plateText``/``plateUTF8``, ``plateCountry``, ``plateConfidence``, ``carState``,
-  ``carMoveDirection``, ``datetime`` "YYYYMMDD HHMMSSFFF[+HHMM]" in UTC), as a JSON
-  body or multipart with the JSON part and an image part ("multipart screenshot").
+  ``carMoveDirection``, ``capture_timestamp`` epoch ms, ``datetime``
+  "YYYYMMDD HHMMSSFFF[+HHMM]"), as a JSON body or multipart with the JSON part and
+  an image part ("multipart screenshot"). ``datetime`` is the camera's local time
+  and usually carries no offset (seen 3 h off for a camera at UTC+3), so only
+  ``capture_timestamp`` or a ``datetime`` with an explicit offset is a capture time.
 * ``platerecognizer``: Plate Recognizer Stream / Snapshot webhooks
   (``{"hook": {...}, "data": {"results": [...]}}``) as a JSON body, as a form field
   ``json=…``, or multipart with a ``json`` field and an ``upload`` image.
@@ -32,7 +38,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from email.message import Message
 from email.parser import BytesParser
 from typing import Any
@@ -56,6 +62,7 @@ __all__ = [
 MAX_XML_BYTES = 256 * 1024  # a real ANPR alert is a few kB; anything bigger is not a camera
 MAX_JSON_BYTES = 16 * 1024 * 1024  # JSON may carry base64 images; the listener caps the body first
 MAX_PARTS = 16  # cameras send 1-4 parts; many more is a hostile or broken sender
+MAX_DIRECTION_CHARS = 16  # "forward", "reverse", "in", "out", "approach" …
 MAX_PLATE_CHARS = 32  # longest real plates are ~10 characters; leaves room for separators
 MAX_READS = 16  # reads per request (Plate Recognizer may batch several vehicles)
 _MAX_EXTRA_STR = 128  # vendor strings copied into records are cut to this length
@@ -67,10 +74,12 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 class ParsedRead:
     """One plate read as found in a payload, before it is bound to a lane and a source."""
 
-    text: str
-    read_at: float  # epoch seconds: the payload's time, else the receive time
+    text: str  # "" for a vehicle whose plate could not be read
+    read_at: float  # epoch seconds by the device clock: when gated received it
     confidence: float | None = None  # normalised to 0..1
-    direction: Direction | None = None
+    direction: Direction | None = None  # set only where the format defines in/out
+    captured_at: float | None = None  # the camera's capture time (camera clock), None: unknown
+    camera_direction: str | None = None  # as the camera said it, lower-cased
     snapshot: bytes | None = None  # JPEG bytes, only when they look like a JPEG
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -96,15 +105,22 @@ def _put(extra: dict[str, Any], key: str, value: Any) -> None:
     extra[key] = _clip(value)
 
 
-def _plate_text(raw: Any) -> str | None:
-    """The stripped plate text, None when the payload says 'no plate', else PayloadError."""
+_NO_PLATE = frozenset({"unknown", "noplate", "no plate", "none", "null"})
+
+
+def _plate_text(raw: Any) -> str:
+    """The stripped plate text; "" when the camera saw a vehicle but read no plate.
+
+    Text without a single letter or digit (punctuation runs, markup debris) is no
+    plate either. Raises PayloadError for a non-string or an impossible text.
+    """
     if raw is None:
-        return None
+        return ""
     if not isinstance(raw, str):
         raise PayloadError("plate text is not a string")
     text = raw.strip()
-    if not text or text.lower() in {"unknown", "noplate", "no plate", "none", "null"}:
-        return None
+    if text.lower() in _NO_PLATE or not any(c.isalnum() for c in text):
+        return ""
     if len(text) > MAX_PLATE_CHARS:
         raise PayloadError(f"plate text longer than {MAX_PLATE_CHARS} characters")
     if not text.isprintable():
@@ -149,15 +165,25 @@ def _iso_time(raw: Any) -> float | None:
     return parsed.timestamp()
 
 
-def _time_or_received(
-    raw: Any, parsed: float | None, received_at: float, extra: dict[str, Any]
-) -> float:
-    """The payload time when usable, else the receive time (noting the raw value in extra)."""
+def _capture_time(raw: Any, parsed: float | None, extra: dict[str, Any]) -> float | None:
+    """The payload's capture time when usable, else None (noting the raw value in extra)."""
     if parsed is not None:
         return parsed
     if raw not in (None, ""):
         extra["camera_time_unused"] = _clip(raw)
-    return received_at
+    return None
+
+
+def _camera_direction(raw: Any) -> str | None:
+    """A camera's own direction word, stripped and lower-cased; None when absent or junk."""
+    if not isinstance(raw, str):
+        return None
+    word = raw.strip().lower()
+    if not word or word in _NO_PLATE or word in {"unk", "n/a"}:
+        return None
+    if len(word) > MAX_DIRECTION_CHARS or not word.isprintable():
+        return None
+    return word
 
 
 def _jpeg_or_none(data: bytes | None) -> bytes | None:
@@ -221,8 +247,13 @@ class _Part:
 def _split_multipart(body: bytes, content_type: str) -> list[_Part]:
     """Split a multipart body with the stdlib MIME parser (binary-safe), rejecting truncation."""
     _, params = _media_type(content_type)
-    if not params.get("boundary"):
+    boundary = params.get("boundary")
+    if not boundary:
         raise PayloadError("multipart Content-Type has no boundary")
+    # Count delimiters before parsing: the stdlib parser is pure Python, and 590,000
+    # tiny parts in 8 MB took seconds of CPU before the part limit below could refuse them.
+    if body.count(b"--" + boundary.encode("ascii", "replace")) > MAX_PARTS + 1:
+        raise PayloadError(f"multipart body has more than {MAX_PARTS} parts")
     header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("ascii")
     msg = BytesParser(policy=email.policy.compat32).parsebytes(header + body)
     if not msg.is_multipart():
@@ -353,16 +384,15 @@ def _hikvision(body: bytes, content_type: str, received_at: float) -> list[Parse
     anpr = _child(root, "ANPR")
     if anpr is None:
         raise PayloadError("ANPR alarm has no <ANPR> element")
+    # "unknown" or empty: a vehicle was there but its plate was not read
     text = _plate_text(_text(anpr, "licensePlate"))
-    if text is None:
-        return []
     extra: dict[str, Any] = {}
     raw_time = _text(root, "dateTime")
-    read_at = _time_or_received(raw_time, _iso_time(raw_time), received_at, extra)
+    captured_at = _capture_time(raw_time, _iso_time(raw_time), extra)
     # Hikvision's direction is relative to the camera (forward = approaching), not
-    # in/out of the site, so it is kept as metadata; the lane's configured
-    # direction decides entry or exit.
-    _put(extra, "direction", _text(anpr, "direction"))
+    # in/out of the site: it is passed on raw, and the source's config says what it means.
+    raw_direction = _text(anpr, "direction")
+    _put(extra, "direction", raw_direction)
     _put(extra, "country", _text(anpr, "country"))
     _put(extra, "plate_type", _text(anpr, "plateType"))
     _put(extra, "plate_color", _text(anpr, "plateColor"))
@@ -388,9 +418,12 @@ def _hikvision(body: bytes, content_type: str, received_at: float) -> list[Parse
     return [
         ParsedRead(
             text=text,
-            read_at=read_at,
-            confidence=_confidence(_text(anpr, "confidenceLevel"), scale=100.0),
+            read_at=received_at,
+            # a camera that read nothing reports confidence 0: say "unknown" instead
+            confidence=_confidence(_text(anpr, "confidenceLevel"), scale=100.0) if text else None,
             snapshot=snapshot,
+            captured_at=captured_at,
+            camera_direction=_camera_direction(raw_direction),
             extra=extra,
         )
     ]
@@ -440,17 +473,21 @@ _AXIS_DATETIME = re.compile(
 
 
 def _axis_time(raw: Any) -> float | None:
-    """Epoch of an FF Group 'YYYYMMDD HHMMSSFFF[+HHMM]' time (UTC when no offset is given)."""
+    """Epoch of an FF Group 'YYYYMMDD HHMMSSFFF+HHMM' time; None without an offset.
+
+    Without an offset the string is the camera's local time in a zone gated does
+    not know (documented as UTC, seen 3 h off on a camera at UTC+3).
+    """
     if not isinstance(raw, str):
         return None
     m = _AXIS_DATETIME.match(raw.strip())
     if not m:
         return _iso_time(raw)
     y, mo, d, h, mi, s, ms, sign, oh, om = m.groups()
-    tz = UTC
-    if sign:
-        delta = timedelta(hours=int(oh), minutes=int(om))
-        tz = timezone(delta if sign == "+" else -delta)
+    if not sign:
+        return None
+    delta = timedelta(hours=int(oh), minutes=int(om))
+    tz = timezone(delta if sign == "+" else -delta)
     try:
         dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), int(ms or 0) * 1000, tz)
     except ValueError:
@@ -459,6 +496,21 @@ def _axis_time(raw: Any) -> float | None:
 
 
 _AXIS_DIRECTIONS = {"in": Direction.IN, "out": Direction.OUT}
+# epoch milliseconds between 2001 and 2286: anything else is not a capture time
+_EPOCH_MS_RANGE = (1e12, 1e13)
+
+
+def _epoch_ms(raw: Any) -> float | None:
+    """Epoch seconds from an epoch-milliseconds number or numeric string; None when implausible."""
+    if isinstance(raw, bool) or raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    if not _EPOCH_MS_RANGE[0] <= value < _EPOCH_MS_RANGE[1]:  # also refuses NaN and inf
+        return None
+    return value / 1000.0
 
 
 def _axis(body: bytes, content_type: str, received_at: float) -> list[ParsedRead]:
@@ -472,27 +524,30 @@ def _axis(body: bytes, content_type: str, received_at: float) -> list[ParsedRead
         # access-control events.
         return []
     raw_text = doc.get("plateUTF8") or doc.get("plateUnicode") or doc.get("plateText")
-    text = _plate_text(raw_text)
-    if text is None:
-        return []
+    text = _plate_text(raw_text)  # "": a vehicle event without a readable plate
     extra: dict[str, Any] = {}
     raw_time = doc.get("datetime")
-    read_at = _time_or_received(raw_time, _axis_time(raw_time), received_at, extra)
+    _put(extra, "camera_datetime", raw_time)  # local time, kept for people only
+    captured_at = _epoch_ms(doc.get("capture_timestamp"))
+    if captured_at is None:
+        captured_at = _axis_time(raw_time)
     _put(extra, "country", doc.get("plateCountry"))
     _put(extra, "car_state", state)
     _put(extra, "car_id", doc.get("carID"))
     _put(extra, "roi", doc.get("roiID"))
     _put(extra, "sensor", doc.get("sensorProviderID"))
     _put(extra, "image_type", doc.get("imageType"))
-    raw_direction = str(doc.get("carMoveDirection", "")).lower()
-    _put(extra, "direction", raw_direction)
+    camera_direction = _camera_direction(doc.get("carMoveDirection"))
+    _put(extra, "direction", camera_direction)
     return [
         ParsedRead(
             text=text,
-            read_at=read_at,
-            confidence=_confidence(doc.get("plateConfidence")),
-            direction=_AXIS_DIRECTIONS.get(raw_direction),
+            read_at=received_at,
+            confidence=_confidence(doc.get("plateConfidence")) if text else None,
+            direction=_AXIS_DIRECTIONS.get(camera_direction or ""),
             snapshot=_jpeg_or_none(image),
+            captured_at=captured_at,
+            camera_direction=camera_direction,
             extra=extra,
         )
     ]
@@ -522,16 +577,14 @@ def _platerecognizer(body: bytes, content_type: str, received_at: float) -> list
         raise PayloadError(f"more than {MAX_READS} results in one webhook")
     raw_time = data.get("timestamp")
     base_extra: dict[str, Any] = {}
-    read_at = _time_or_received(raw_time, _iso_time(raw_time), received_at, base_extra)
+    captured_at = _capture_time(raw_time, _iso_time(raw_time), base_extra)
     _put(base_extra, "camera_id", data.get("camera_id"))
     snapshot = _jpeg_or_none(image)
     reads: list[ParsedRead] = []
     for result in results:
         if not isinstance(result, dict):
             raise PayloadError("Plate Recognizer result is not an object")
-        text = _plate_text(result.get("plate"))
-        if text is None:
-            continue
+        text = _plate_text(result.get("plate"))  # "": a vehicle without a readable plate
         extra = dict(base_extra)
         region = result.get("region")
         if isinstance(region, dict):
@@ -549,9 +602,10 @@ def _platerecognizer(body: bytes, content_type: str, received_at: float) -> list
         reads.append(
             ParsedRead(
                 text=text,
-                read_at=read_at,
-                confidence=_confidence(result.get("score")),
+                read_at=received_at,
+                confidence=_confidence(result.get("score")) if text else None,
                 snapshot=snapshot,
+                captured_at=captured_at,
                 extra=extra,
             )
         )
@@ -591,9 +645,7 @@ def _generic(body: bytes, content_type: str, received_at: float) -> list[ParsedR
         raise PayloadError(f"more than {MAX_READS} reads in one request")
     reads: list[ParsedRead] = []
     for item in items:
-        text = _plate_text(item.plate)
-        if text is None:
-            continue
+        text = _plate_text(item.plate)  # "": a vehicle without a readable plate
         extra: dict[str, Any] = {}
         if len(item.extra) > 32:
             raise PayloadError("'extra' has more than 32 keys")
@@ -603,11 +655,11 @@ def _generic(body: bytes, content_type: str, received_at: float) -> list[ParsedR
             parsed = float(item.time) if 0 < item.time < 1e11 else None
         else:
             parsed = _iso_time(item.time)
-        read_at = _time_or_received(item.time, parsed, received_at, extra)
+        captured_at = _capture_time(item.time, parsed, extra)
         direction = None
         if item.direction is not None:
             try:
-                direction = Direction(item.direction.lower())
+                direction = Direction(item.direction.strip().lower())
             except ValueError:
                 raise PayloadError("direction must be 'in' or 'out'") from None
         if item.confidence is not None and not 0.0 <= item.confidence <= 1.0:
@@ -617,10 +669,12 @@ def _generic(body: bytes, content_type: str, received_at: float) -> list[ParsedR
         reads.append(
             ParsedRead(
                 text=text,
-                read_at=read_at,
-                confidence=item.confidence,
+                read_at=received_at,
+                confidence=item.confidence if text else None,
                 direction=direction,
                 snapshot=_b64_jpeg(item.image_jpeg_base64),
+                captured_at=captured_at,
+                camera_direction=direction.value if direction is not None else None,
                 extra=extra,
             )
         )

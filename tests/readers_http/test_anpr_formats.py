@@ -37,7 +37,7 @@ def test_hikvision_multipart_with_pictures() -> None:
     [read] = parse_payload("hikvision", body, ctype, NOW)
     assert read.text == "AB123CD"
     assert read.confidence == pytest.approx(0.97)
-    assert read.read_at == ts("2024-05-07T17:48:03.847+02:00")
+    assert read.captured_at == ts("2024-05-07T17:48:03.847+02:00")
     assert read.snapshot == scene  # the scene picture is preferred over the plate crop
     assert read.direction is None  # camera-relative; kept in extra
     assert read.extra["direction"] == "forward"
@@ -68,12 +68,11 @@ def test_hikvision_bare_xml_legacy_namespace() -> None:
     assert read.confidence == pytest.approx(0.88)
     assert read.snapshot is None
     assert read.extra["vehicle_type"] == "truck"
-    assert read.read_at == ts("2023-11-02T08:15:27+00:00")
+    assert read.captured_at == ts("2023-11-02T08:15:27+00:00")
 
 
-@pytest.mark.parametrize("name", ["hikvision_heartbeat.xml", "hikvision_noplate.xml"])
-def test_hikvision_valid_alarm_without_plate(name: str) -> None:
-    assert parse_payload("hikvision", payload(name), "text/xml", NOW) == []
+def test_hikvision_valid_alarm_without_vehicle() -> None:
+    assert parse_payload("hikvision", payload("hikvision_heartbeat.xml"), "text/xml", NOW) == []
 
 
 def test_hikvision_naive_time_falls_back_to_receive_time() -> None:
@@ -82,6 +81,7 @@ def test_hikvision_naive_time_falls_back_to_receive_time() -> None:
     )
     [read] = parse_payload("hikvision", xml, "text/xml", NOW)
     assert read.read_at == NOW
+    assert read.captured_at is None
     assert read.extra["camera_time_unused"] == "2023-11-02T08:15:27"
 
 
@@ -164,7 +164,8 @@ def test_axis_json_body() -> None:
     assert read.text == "AB123CD"
     assert read.confidence == pytest.approx(0.8088, abs=1e-4)
     assert read.direction is Direction.IN
-    assert read.read_at == ts("2024-05-07T15:48:03.120+00:00")  # documented as UTC
+    assert read.captured_at is None  # local time without an offset: not a capture time
+    assert read.extra["camera_datetime"] == "20240507 154803120"
     assert read.extra["country"] == "NLD"
     assert read.extra["sensor"] == "gate-north"
 
@@ -189,7 +190,7 @@ def test_axis_time_with_offset() -> None:
     doc = json.loads(payload("axis_lost.json"))
     doc["carState"] = "updated"
     [read] = parse_payload("axis", json.dumps(doc).encode(), "application/json", NOW)
-    assert read.read_at == ts("2024-05-07T15:48:13.500+02:00")
+    assert read.captured_at == ts("2024-05-07T15:48:13.500+02:00")
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def test_platerecognizer_json_body() -> None:
     )
     assert read.text == "ab123cd"  # raw; normalised later by the core
     assert read.confidence == pytest.approx(0.902)
-    assert read.read_at == ts("2024-05-07T15:48:03.606935+00:00")
+    assert read.captured_at == ts("2024-05-07T15:48:03.606935+00:00")
     assert read.extra["country"] == "nl"
     assert read.extra["vehicle_type"] == "Sedan"
     assert read.extra["vehicle_color"] == "white"
@@ -291,7 +292,7 @@ def test_generic_full() -> None:
     assert read.text == "AB-123-CD"
     assert read.confidence == 0.93
     assert read.direction is Direction.IN
-    assert read.read_at == ts("2024-05-07T17:48:03+02:00")
+    assert read.captured_at == ts("2024-05-07T17:48:03+02:00")
     assert read.snapshot == image
     assert read.extra == {
         "vehicle_type": "car",
@@ -304,8 +305,8 @@ def test_generic_full() -> None:
 def test_generic_minimal_and_epoch_and_list() -> None:
     body = json.dumps([{"plate": "ABC1"}, {"plate": "XYZ9", "time": 1715096883.5}]).encode()
     reads = parse_payload("generic", body, "application/json; charset=utf-8", NOW)
-    assert [(r.text, r.read_at, r.confidence) for r in reads] == [
-        ("ABC1", NOW, None),
+    assert [(r.text, r.captured_at, r.confidence) for r in reads] == [
+        ("ABC1", None, None),
         ("XYZ9", 1715096883.5, None),
     ]
 
