@@ -101,13 +101,19 @@ async def test_publish_fails_when_link_is_not_running() -> None:
         await link.publish("x", b"y")
 
 
-async def test_credentials_refused_then_accepted(tmp_path: Path) -> None:
+@pytest.fixture
+def passwords(tmp_path: Path) -> Path:
+    """A Mosquitto password file with user gated / s3cret."""
     if not mosquitto_available():
         pytest.skip("mosquitto is not installed")
-    passwords = tmp_path / "passwd"
-    passwords.write_text("")
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "gated", "s3cret"], check=True)
-    passwords.chmod(0o600)
+    path = tmp_path / "passwd"
+    path.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(path), "gated", "s3cret"], check=True)
+    path.chmod(0o600)
+    return path
+
+
+async def test_credentials_refused_then_accepted(tmp_path: Path, passwords: Path) -> None:
     states: list[tuple[bool, str]] = []
     # Running as root Mosquitto would drop to its own user, which cannot read tmp_path.
     extra = f"allow_anonymous false\npassword_file {passwords}\nuser root\n"
