@@ -3,45 +3,61 @@
 Two Frigate topics carry plates (per Frigate's MQTT documentation):
 
 * ``<prefix>/events``: ``{"type": "new"|"update"|"end", "before": {...}, "after": {...}}``
-  where the tracked object carries ``id``, ``camera``, ``label``, ``current_zones``,
-  ``sub_label`` (``[name, score]`` for a known plate, or null),
-  ``recognized_license_plate`` and ``recognized_license_plate_score``.
+  where the tracked object carries ``id``, ``camera``, ``label``, ``frame_time``,
+  ``current_zones``, ``sub_label`` (``[name, score]``: a known plate's or a face's name,
+  or null), ``recognized_license_plate`` and ``recognized_license_plate_score``.
 * ``<prefix>/tracked_object_update``: ``{"type": "lpr", "id", "camera", "name", "plate",
   "score", "timestamp"}`` (other types such as "description" or "face" are ignored).
 
-Frigate republishes a tracked object on every update; FrigatePlates emits one
-read per new or changed plate text of an object id, never the same text twice.
-MQTT messages carry no JPEG, so reads have no snapshot (a lane's own camera
-config provides one). Exercised against a real Mosquitto with messages built from
-the documented formats; not against a running Frigate.
+What may reach a lane (docs/cameras.md, "Frigate"):
+
+* Every read carries the message's own time (``frame_time`` / ``timestamp``) as
+  ``captured_at`` and the MQTT retain flag as ``retained``: the lane journals an old
+  or retained read as stale and never opens for it. Anyone who can publish or replay
+  on the broker must not be able to open the gate with yesterday's message.
+* Only objects of the source's ``labels`` (car, motorcycle, truck, bus by default):
+  a plate on a person or a dog is dropped and counted. An ``lpr`` update carries no
+  label; the object's label from ``events`` decides when it is known.
+* A new text, or a higher score for the same text, of one object is a new read (the
+  lane's coalescing decides again: 0.55 denied, then 0.93 allowed); the same text at
+  the same or a lower score is a repeat and dropped.
+* Object ids are remembered for OBJECT_MEMORY_S after their last message, ``end``
+  included, so a late ``lpr`` update or a re-delivered ``end`` opens nothing; an
+  ended object emits no more reads.
+* Names (``sub_label``, the ``lpr`` update's ``name``) never leave this module: a
+  face-recognition or known-plate name is personal data, and event metadata is not
+  erasable. The read says only ``known_plate``.
+
+MQTT messages carry no JPEG, so reads have no snapshot (a lane's own camera config
+provides one). Exercised against a real Mosquitto with messages built from the
+documented formats; not against a running Frigate.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gated.config import FrigateSourceConfig, MqttConfig
 from gated.errors import PayloadError
 from gated.hardware.base import Emit
-from gated.hardware.threads import call_in_loop
 from gated.model import PlateRead
+from gated.mqttlink import LinkStats, MqttLink, MqttMessage, StateCallback
 
 __all__ = ["FrigatePlates", "FrigateSource"]
 
-log = logging.getLogger(__name__)
-
 MAX_MESSAGE_BYTES = 256 * 1024  # a Frigate event is ~2 kB (thumbnails are null since 0.14)
-MAX_TRACKED_OBJECTS = 2048  # ids remembered for de-duplication; oldest forgotten first
+MAX_TRACKED_OBJECTS = 4096  # ids remembered; the least recently heard of is forgotten first
+# How long an object id is remembered after its last message. Brokers re-deliver within
+# seconds to a minute (QoS 1 retries, a client reconnecting); Frigate ends a car's object
+# when it leaves the frame. Ten minutes outlasts both at ~100 bytes an object.
+OBJECT_MEMORY_S = 600.0
 MAX_PLATE_CHARS = 32
 
 _KINDS = ("events", "tracked_object_update")
@@ -91,16 +107,37 @@ def _float_time(raw: Any) -> float | None:
     return None
 
 
+@dataclass(slots=True)
+class _Tracked:
+    """What is remembered of one Frigate object id."""
+
+    heard_mono: float  # monotonic time of its last message
+    label: str | None = None
+    ended: bool = False
+    best: dict[str, float] = field(default_factory=dict)  # plate key -> best score emitted
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A configured source: which lane gets the plates of which object labels."""
+
+    source: str
+    lane_id: str
+    labels: frozenset[str]
+
+
 class FrigatePlates:
-    """Pure core: Frigate MQTT messages in, de-duplicated PlateReads out."""
+    """Pure core: Frigate MQTT messages in, PlateReads of live vehicles out."""
 
     def __init__(self, sources: Sequence[tuple[FrigateSourceConfig, str]]) -> None:
-        # (topic_prefix, frigate camera) -> [(source name, lane id)]
-        self.routes: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        # (topic_prefix, frigate camera) -> routes
+        self.routes: dict[tuple[str, str], list[_Route]] = {}
         for cfg, lane_id in sources:
             prefix = cfg.topic_prefix.rstrip("/")
-            self.routes.setdefault((prefix, cfg.camera), []).append((cfg.name, lane_id))
-        self._emitted: OrderedDict[str, set[str]] = OrderedDict()
+            route = _Route(cfg.name, lane_id, frozenset(cfg.labels))
+            self.routes.setdefault((prefix, cfg.camera), []).append(route)
+        self.tracked: OrderedDict[str, _Tracked] = OrderedDict()  # least recently heard first
+        self.dropped: Counter[str] = Counter()  # reads not emitted, by reason
 
     @property
     def topics(self) -> list[str]:
@@ -108,7 +145,9 @@ class FrigatePlates:
         prefixes = sorted({prefix for prefix, _ in self.routes})
         return [f"{prefix}/{kind}" for prefix in prefixes for kind in _KINDS]
 
-    def feed(self, topic: str, payload: bytes, now: float, mono: float) -> list[PlateRead]:
+    def feed(
+        self, topic: str, payload: bytes, now: float, mono: float, *, retained: bool = False
+    ) -> list[PlateRead]:
         """Reads for one message ([] when it carries no new plate); PayloadError when malformed."""
         prefix, _, kind = topic.rpartition("/")
         if kind not in _KINDS:
@@ -121,11 +160,35 @@ class FrigatePlates:
             raise PayloadError(f"invalid JSON ({err})") from None
         if not isinstance(doc, dict):
             raise PayloadError("message is not a JSON object")
+        self._forget_old(mono)
         if kind == "events":
-            return self._event(prefix, doc, now, mono)
-        return self._object_update(prefix, doc, now, mono)
+            return self._event(prefix, doc, now, mono, retained)
+        return self._object_update(prefix, doc, now, mono, retained)
 
-    def _event(self, prefix: str, doc: dict[str, Any], now: float, mono: float) -> list[PlateRead]:
+    def _forget_old(self, mono: float) -> None:
+        """Drop ids not heard of for OBJECT_MEMORY_S (oldest first: the dict is in that order)."""
+        while self.tracked:
+            oldest = next(iter(self.tracked.values()))
+            if mono - oldest.heard_mono < OBJECT_MEMORY_S:
+                break
+            self.tracked.popitem(last=False)
+
+    def _track(self, object_id: str, mono: float) -> _Tracked:
+        """The remembered state of an object id, marked as heard of now."""
+        tracked = self.tracked.get(object_id)
+        if tracked is None:
+            tracked = _Tracked(mono)
+            self.tracked[object_id] = tracked
+            while len(self.tracked) > MAX_TRACKED_OBJECTS:
+                self.tracked.popitem(last=False)
+        else:
+            tracked.heard_mono = mono
+            self.tracked.move_to_end(object_id)
+        return tracked
+
+    def _event(
+        self, prefix: str, doc: dict[str, Any], now: float, mono: float, retained: bool
+    ) -> list[PlateRead]:
         kind = doc.get("type")
         after = doc.get("after")
         if kind not in ("new", "update", "end") or not isinstance(after, dict):
@@ -136,28 +199,32 @@ class FrigatePlates:
             raise PayloadError("event object without id or camera")
         text, list_score = _plate(after.get("recognized_license_plate"))
         score = _score(after.get("recognized_license_plate_score"))
+        label = _string(after.get("label"), 64)
         extra: dict[str, Any] = {"frigate_id": object_id, "frigate_camera": camera}
-        label = _string(after.get("label"))
         if label:
             extra["label"] = label
         zones = after.get("current_zones")
         if isinstance(zones, list):
             extra["zones"] = [str(z)[:64] for z in zones[:16]]
-        sub_label = after.get("sub_label")
-        if isinstance(sub_label, list) and sub_label and isinstance(sub_label[0], str):
-            extra["name"] = sub_label[0][:128]  # the known plate's name in Frigate
-        elif isinstance(sub_label, str):
-            extra["name"] = sub_label[:128]
-        read_at = _float_time(after.get("frame_time")) or now
-        reads = self._reads(
-            prefix, camera, object_id, text, score or list_score, read_at, mono, extra
-        )
+        # sub_label is a known plate's or a recognised face's name: only whether there is one.
+        extra["known_plate"] = bool(after.get("sub_label"))
+        tracked = self._track(object_id, mono)
+        if label:
+            tracked.label = label
         if kind == "end":
-            self._emitted.pop(object_id, None)  # the object is gone; free its memory
-        return reads
+            # The object has left; its plates were reported by its updates. A re-delivered
+            # end, or an lpr update arriving after it, must not open the gate again.
+            if tracked.ended:
+                self.dropped["ended"] += 1
+            tracked.ended = True
+            return []
+        read = _Read(
+            text, score if score is not None else list_score, _float_time(after.get("frame_time"))
+        )
+        return self._reads(prefix, camera, tracked, read, now, mono, retained, extra)
 
     def _object_update(
-        self, prefix: str, doc: dict[str, Any], now: float, mono: float
+        self, prefix: str, doc: dict[str, Any], now: float, mono: float, retained: bool
     ) -> list[PlateRead]:
         if doc.get("type") != "lpr":
             return []  # description, face, classification …: not ours
@@ -166,60 +233,81 @@ class FrigatePlates:
         if not object_id or not camera:
             raise PayloadError("lpr update without id or camera")
         text, _ = _plate(doc.get("plate"))
-        extra: dict[str, Any] = {"frigate_id": object_id, "frigate_camera": camera}
-        name = _string(doc.get("name"))
-        if name:
-            extra["name"] = name
-        read_at = _float_time(doc.get("timestamp")) or now
-        return self._reads(
-            prefix, camera, object_id, text, _score(doc.get("score")), read_at, mono, extra
-        )
+        extra: dict[str, Any] = {
+            "frigate_id": object_id,
+            "frigate_camera": camera,
+            "known_plate": bool(doc.get("name")),  # the name itself is personal data
+        }
+        tracked = self._track(object_id, mono)
+        if tracked.label:
+            extra["label"] = tracked.label
+        read = _Read(text, _score(doc.get("score")), _float_time(doc.get("timestamp")))
+        return self._reads(prefix, camera, tracked, read, now, mono, retained, extra)
 
     def _reads(
         self,
         prefix: str,
         camera: str,
-        object_id: str,
-        text: str | None,
-        score: float | None,
-        read_at: float,
+        tracked: _Tracked,
+        read: _Read,
+        now: float,
         mono: float,
+        retained: bool,
         extra: dict[str, Any],
     ) -> list[PlateRead]:
         routes = self.routes.get((prefix, camera))
-        if text is None or not routes:
+        if read.text is None or not routes:
             return []
-        key = text.upper().replace(" ", "")
-        seen = self._emitted.get(object_id)
-        if seen is None:
-            seen = set()
-            self._emitted[object_id] = seen
-            while len(self._emitted) > MAX_TRACKED_OBJECTS:
-                self._emitted.popitem(last=False)
-        else:
-            self._emitted.move_to_end(object_id)
-        if key in seen:
+        if tracked.ended:
+            self.dropped["ended"] += 1
             return []
-        seen.add(key)
+        if tracked.label is not None:
+            wanted = [r for r in routes if tracked.label in r.labels]
+            if len(wanted) < len(routes):
+                self.dropped["label"] += 1
+            routes = wanted
+            if not routes:
+                return []
+        key = read.text.upper().replace(" ", "")
+        rank = -1.0 if read.score is None else read.score
+        best = tracked.best.get(key)
+        if best is not None and rank <= best:
+            self.dropped["repeat"] += 1
+            return []
+        tracked.best[key] = rank
+        if len(tracked.best) > 16:  # one object, many OCR variants: keep the newest few
+            del tracked.best[next(iter(tracked.best))]
         return [
             PlateRead(
-                access_point=lane_id,
-                text=text,
-                source=source,
-                read_at=read_at,
+                access_point=route.lane_id,
+                text=read.text,
+                source=route.source,
+                read_at=now,
                 received_mono=mono,
-                confidence=score,
+                confidence=read.score,
                 vendor="frigate",
                 extra=dict(extra),
+                captured_at=read.captured_at,
+                retained=retained,
             )
-            for source, lane_id in routes
+            for route in routes
         ]
 
 
-class FrigateSource:
-    """A PlateSource subscribing to Frigate's MQTT topics with paho-mqtt's network thread.
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """The plate part of one message."""
 
-    paho reconnects by itself (1 s to 60 s back-off) and the subscriptions are
+    text: str | None
+    score: float | None
+    captured_at: float | None
+
+
+class FrigateSource:
+    """A PlateSource on an MqttLink subscribed to Frigate's topics.
+
+    The link reconnects with the [mqtt] back-off (capped at reconnect_max_s) and a
+    clean session (docs/cameras.md says why not a persistent one); subscriptions are
     renewed on every connect; nothing here blocks the event loop.
     """
 
@@ -231,9 +319,9 @@ class FrigateSource:
         client_id: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        on_link_state: StateCallback | None = None,
     ) -> None:
         self.name = "frigate"
-        self._cfg = mqtt_cfg
         self.plates = FrigatePlates(sources)
         # Not the configured client_id as is: the upstream sync connection may use
         # it, and a broker drops the older of two sessions with the same id.
@@ -241,100 +329,63 @@ class FrigateSource:
         self.client_id = f"{base}-frigate"
         self._clock = clock
         self._monotonic = monotonic
-        self.counters: dict[str, int] = dict.fromkeys(
-            ("messages", "reads", "malformed", "connects", "disconnects"), 0
+        # Clean start, no session kept: Frigate publishes at QoS 0 by default (never
+        # queued for an absent subscriber) and drops what it cannot send itself, while a
+        # kept session would replay what was queued as old reads after an outage.
+        self.link = MqttLink(
+            mqtt_cfg, self.client_id, name="frigate", clean_start=True, on_state=on_link_state
         )
-        self.subscribed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        for topic in self.plates.topics:
+            self.link.subscribe(topic, self._handle, qos=1)
+        self.reads = 0
         self._emit: Emit | None = None
-        self._logged: set[str] = set()
-        self._link_up = False
+
+    @property
+    def subscribed(self) -> Any:
+        """An asyncio.Event set while every Frigate topic is subscribed."""
+        return self.link.subscribed
+
+    @property
+    def stats(self) -> LinkStats:
+        """The link's counters, with this source's drops by reason."""
+        return self.link.stats
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Flat counters: messages, reads, malformed, connects, disconnects and drops."""
+        stats = self.link.stats
+        return {
+            "messages": sum(stats.messages.values()),
+            "reads": self.reads,
+            "malformed": sum(stats.malformed.values()),
+            "connects": stats.connects,
+            "disconnects": stats.disconnects,
+            **{f"dropped_{reason}": n for reason, n in self.plates.dropped.items()},
+        }
 
     async def run(self, emit: Emit) -> None:
         """Receive plates until cancelled."""
-        self._loop = asyncio.get_running_loop()
         self._emit = emit
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
-        )
-        if self._cfg.username:
-            client.username_pw_set(self._cfg.username, self._cfg.password)
-        if self._cfg.tls:
-            client.tls_set()
-        client.reconnect_delay_set(min_delay=1, max_delay=60)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.connect_async(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
-        client.loop_start()  # its thread connects, retries and reconnects
+        await self.link.run()
+
+    def _handle(self, message: MqttMessage) -> None:
+        """One message from the link (event loop thread)."""
         try:
-            await asyncio.Event().wait()
-        finally:
-            client.disconnect()
-            client.loop_stop()
-            self.subscribed.clear()
-
-    # --- paho network thread: everything crosses into the loop through _to_loop ------
-
-    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        """The one seam from paho's thread into asyncio."""
-        loop = self._loop
-        if loop is None:
-            return
-        call_in_loop(loop, fn, *args)
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            self._to_loop(self._link_state, False, f"broker refused: {reason}")
-            return
-        topics = self.plates.topics
-        if topics:
-            client.subscribe([(topic, 1) for topic in topics])
-        self._to_loop(self._link_state, True, "connected")
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self._to_loop(self._link_state, False, f"disconnected: {reason}")
-
-    def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, _codes: Any, _p: Any) -> None:
-        self._to_loop(self.subscribed.set)
-
-    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._to_loop(self._handle, message.topic, bytes(message.payload))
-
-    # --- event loop thread ------------------------------------------------------------
-
-    def _link_state(self, up: bool, detail: str) -> None:
-        """Log on state change only ("link down", then once "recovered")."""
-        if up:
-            self.counters["connects"] += 1
-            if not self._link_up:
-                log.info("frigate: %s to %s:%s", detail, self._cfg.host, self._cfg.port)
-        else:
-            self.subscribed.clear()
-            if self._link_up:
-                self.counters["disconnects"] += 1
-                log.warning("frigate: link down (%s); paho reconnects", detail)
-            elif detail.startswith("broker refused") and "refused" not in self._logged:
-                self._logged.add("refused")
-                log.warning("frigate: %s", detail)
-        self._link_up = up
-
-    def _handle(self, topic: str, payload: bytes) -> None:
-        self.counters["messages"] += 1
-        try:
-            reads = self.plates.feed(topic, payload, self._clock(), self._monotonic())
+            reads = self.plates.feed(
+                message.topic,
+                message.payload,
+                self._clock(),
+                self._monotonic(),
+                retained=message.retain,
+            )
         except PayloadError as err:
-            self.counters["malformed"] += 1
-            if topic not in self._logged:
-                self._logged.add(topic)
-                log.warning("frigate: dropped malformed message on %s: %s", topic, err)
+            self.link.malformed(message.topic, str(err))
             return
+        finally:
+            self.link.stats.dropped.clear()
+            self.link.stats.dropped.update(self.plates.dropped)
         assert self._emit is not None
         for read in reads:
-            try:
-                self._emit(read)
-            except Exception:  # the daemon's problem; keep receiving
-                log.exception("frigate: emit failed")
-                continue
-            self.counters["reads"] += 1
+            # The future is the journal's; Frigate cannot be told "taken", so nothing waits.
+            self._emit(read)
+            self.reads += 1

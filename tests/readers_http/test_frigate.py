@@ -15,7 +15,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gated.config import FrigateSourceConfig, MqttConfig
 from gated.errors import PayloadError
 from gated.hardware.base import PlateSource
-from gated.hardware.frigate import MAX_TRACKED_OBJECTS, FrigatePlates, FrigateSource
+from gated.hardware.frigate import (
+    MAX_TRACKED_OBJECTS,
+    OBJECT_MEMORY_S,
+    FrigatePlates,
+    FrigateSource,
+)
 from gated.model import PlateRead
 from tests.support.broker import MOSQUITTO, Broker, wait_until_accepting
 
@@ -85,7 +90,7 @@ def test_topics() -> None:
     ]
 
 
-def test_one_read_per_new_plate_of_an_object() -> None:
+def test_one_read_per_new_or_better_plate_of_an_object() -> None:
     core = FrigatePlates(SOURCES)
     feed: Callable[[str, bytes], list[PlateRead]] = lambda t, p: core.feed(t, p, NOW + 10, 5.0)  # noqa: E731
     assert feed("frigate/events", event("new", obj("1.1-a"))) == []
@@ -96,24 +101,107 @@ def test_one_read_per_new_plate_of_an_object() -> None:
         "AB123CD",
         0.91,
     )
-    assert read.read_at == NOW + 1.25
+    assert read.read_at == NOW + 10  # the device's clock when it arrived
+    assert read.captured_at == NOW + 1.25  # Frigate's frame_time
+    assert read.retained is False
     assert read.vendor == "frigate"
     assert read.received_mono == 5.0
     assert read.extra["zones"] == ["gate_zone"]
     assert read.extra["frigate_id"] == "1.1-a"
-    # the same plate again, from either topic, is not re-emitted
-    assert feed("frigate/events", event("update", obj("1.1-a", plate="AB123CD", score=0.95))) == []
-    assert feed("frigate/tracked_object_update", lpr("1.1-a", "ab123cd", 0.95)) == []
-    # an improved (different) reading is
-    [better] = feed(
-        "frigate/tracked_object_update", lpr("1.1-a", "AB123C0", 0.97, name="Alice's car")
-    )
-    assert (better.text, better.confidence, better.read_at) == ("AB123C0", 0.97, NOW + 2)
-    assert better.extra["name"] == "Alice's car"
-    # the end message forgets the object; a new object with the same plate emits again
+    # the same plate at the same or a lower score, from either topic, is a true repeat
+    assert feed("frigate/events", event("update", obj("1.1-a", plate="AB123CD", score=0.91))) == []
+    assert feed("frigate/tracked_object_update", lpr("1.1-a", "ab123cd", 0.9)) == []
+    # a corrected text is a new read
+    [better] = feed("frigate/tracked_object_update", lpr("1.1-a", "AB123C0", 0.97))
+    assert (better.text, better.confidence, better.captured_at) == ("AB123C0", 0.97, NOW + 2)
+    # a new object with the same plate emits again
     assert feed("frigate/events", event("end", obj("1.1-a", plate="AB123C0", score=0.97))) == []
     [again] = feed("frigate/events", event("update", obj("2.2-b", plate="AB123C0", score=0.9)))
     assert again.extra["frigate_id"] == "2.2-b"
+    assert core.dropped["repeat"] == 2
+
+
+def test_better_score_of_the_same_text_reaches_the_lane() -> None:
+    """0.55 is denied low_confidence by the lane; Frigate's 0.93 for the same object must follow."""
+    core = FrigatePlates(SOURCES)
+    [first] = core.feed(
+        "frigate/events", event("update", obj("4.4-d", plate="AB123CD", score=0.55)), NOW, 1.0
+    )
+    [second] = core.feed(
+        "frigate/events", event("update", obj("4.4-d", plate="AB123CD", score=0.93)), NOW, 2.0
+    )
+    assert (first.confidence, second.confidence) == (0.55, 0.93)
+    assert core.feed("frigate/tracked_object_update", lpr("4.4-d", "AB123CD", 0.93), NOW, 3) == []
+    assert core.feed("frigate/tracked_object_update", lpr("4.4-d", "AB123CD", 0.8), NOW, 4) == []
+
+
+def test_capture_time_and_retained_flag_on_every_read() -> None:
+    core = FrigatePlates(SOURCES)
+    [ev] = core.feed(
+        "frigate/events",
+        event("update", obj("5.5-e", plate="OLD1", score=0.9)),
+        NOW + 3600,
+        0,
+        retained=True,
+    )
+    [up] = core.feed("frigate/tracked_object_update", lpr("6.6-f", "OLD2", 0.9), NOW, 0)
+    assert (ev.captured_at, ev.retained, ev.read_at) == (NOW + 1.25, True, NOW + 3600)
+    assert (up.captured_at, up.retained) == (NOW + 2, False)
+    # no usable time in the message: no capture time (the lane decides what that means)
+    [none] = core.feed(
+        "frigate/events", event("update", obj("7.7-g", plate="OLD3", frame_time=None)), NOW, 0
+    )
+    assert none.captured_at is None
+
+
+def test_handled_objects_outlast_end_and_redelivery() -> None:
+    """A late lpr update 10 s after `end`, or the `end` re-delivered 40 s later, opens nothing."""
+    core = FrigatePlates(SOURCES)
+    [read] = core.feed(
+        "frigate/events", event("update", obj("8.8-h", plate="AB123CD", score=0.9)), NOW, 100.0
+    )
+    end = event("end", obj("8.8-h", plate="AB123CD", score=0.9, end_time=NOW + 5))
+    assert core.feed("frigate/events", end, NOW + 5, 105.0) == []
+    assert core.feed("frigate/tracked_object_update", lpr("8.8-h", "AB123CD", 0.95), NOW, 115) == []
+    assert core.feed("frigate/tracked_object_update", lpr("8.8-h", "AB1Z3CD", 0.99), NOW, 116) == []
+    assert core.feed("frigate/events", end, NOW + 45, 145.0) == []
+    assert core.dropped["ended"] == 3
+    # remembered for OBJECT_MEMORY_S after the last message, then forgotten (bounded)
+    core.feed("frigate/events", event("new", obj("9.9-i")), NOW, 145.0 + OBJECT_MEMORY_S + 1)
+    assert "8.8-h" not in core.tracked
+
+
+def test_plates_on_objects_of_other_labels_are_dropped_and_counted() -> None:
+    core = FrigatePlates(SOURCES)
+    person = obj("p.1", plate="AB123CD", score=0.95, label="person", sub_label=["John Smith", 0.79])
+    dog = obj("d.1", plate="AB123CD", score=0.95, label="dog")
+    assert core.feed("frigate/events", event("update", person), NOW, 0) == []
+    assert core.feed("frigate/events", event("update", dog), NOW, 0) == []
+    # the object's label is remembered: an lpr update for the person is dropped too
+    assert core.feed("frigate/tracked_object_update", lpr("p.1", "AB123CD", 0.97), NOW, 0) == []
+    assert core.dropped["label"] == 3
+    [truck] = core.feed(
+        "frigate/events", event("update", obj("t.1", plate="TR1", score=0.9, label="truck")), NOW, 0
+    )
+    assert truck.extra["label"] == "truck"
+    only_dogs = FrigatePlates(
+        [(FrigateSourceConfig(name="k9", camera="driveway", labels=["dog"]), "kennel")]
+    )
+    [allowed] = only_dogs.feed("frigate/events", event("update", dog), NOW, 0)
+    assert allowed.access_point == "kennel"
+
+
+def test_names_from_frigate_never_reach_the_read() -> None:
+    """Face and known-plate names (sub_label, lpr name) are personal data: not metadata."""
+    core = FrigatePlates(SOURCES)
+    car = obj("c.1", plate="AB123CD", score=0.9, sub_label=["Alice Smith", 0.9])
+    [read] = core.feed("frigate/events", event("update", car), NOW, 0)
+    [named] = core.feed(
+        "frigate/tracked_object_update", lpr("c.2", "XY99", 0.9, name="Bob's car"), NOW, 0
+    )
+    for r in (read, named):
+        assert "Alice" not in repr(r) and "Bob" not in repr(r)
+        assert r.extra["known_plate"] is True
 
 
 def test_routes_by_prefix_and_camera() -> None:
@@ -136,11 +224,11 @@ def test_routes_by_prefix_and_camera() -> None:
     assert read.access_point == "main-out"
 
 
-def test_plate_as_list_and_sub_label() -> None:
+def test_plate_as_list() -> None:
     core = FrigatePlates(SOURCES)
-    after = obj("y", plate=["XY99", 0.8], score=None, sub_label=["Bob", 0.8])
+    after = obj("y", plate=["XY99", 0.8], score=None)
     [read] = core.feed("frigate/events", event("update", after), NOW, 0)
-    assert (read.text, read.confidence, read.extra["name"]) == ("XY99", 0.8, "Bob")
+    assert (read.text, read.confidence, read.extra["known_plate"]) == ("XY99", 0.8, False)
 
 
 def test_other_update_types_ignored() -> None:
@@ -176,7 +264,7 @@ def test_memory_is_bounded() -> None:
     core = FrigatePlates(SOURCES)
     for i in range(MAX_TRACKED_OBJECTS + 50):
         core.feed("frigate/tracked_object_update", lpr(f"id-{i}", "AB1", 0.9), NOW, 0)
-    assert len(core._emitted) == MAX_TRACKED_OBJECTS
+    assert len(core.tracked) == MAX_TRACKED_OBJECTS
 
 
 # --- against a real broker ----------------------------------------------------------------
@@ -223,17 +311,18 @@ async def test_reads_from_real_broker(broker: Broker) -> None:
         ]
         for topic, body in messages:
             pub.publish(topic, body, qos=1).wait_for_publish(5)
-        await wait_for(lambda: len(reads) >= 3 and source.counters["messages"] >= len(messages))
+        await wait_for(lambda: len(reads) >= 4 and source.counters["messages"] >= len(messages))
     finally:
         pub.loop_stop()
         pub.disconnect()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert [(r.access_point, r.text) for r in reads] == [
-        ("main-in", "AB123CD"),
-        ("main-in", "AB123C0"),
-        ("main-out", "EX1T"),
+    assert [(r.access_point, r.text, r.confidence) for r in reads] == [
+        ("main-in", "AB123CD", 0.91),
+        ("main-in", "AB123CD", 0.93),  # a better score of the same object's plate
+        ("main-in", "AB123C0", 0.97),
+        ("main-out", "EX1T", 0.88),
     ]
     assert source.counters["malformed"] == 1
     assert source.client_id == "gated-test-frigate"
