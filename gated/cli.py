@@ -12,12 +12,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from gated.errors import GatedError
+from gated import __version__
+from gated.errors import GatedError, StateError
+from gated.wording import plural
 
 EX_OK = 0
 EX_FAIL = 1
 EX_USAGE = 64
+EX_CANTCREAT = 73  # sysexits.h: a state file or directory cannot be created or written
 EX_CONFIG = 78
 DEFAULT_CONFIG = "/etc/gated/gated.toml"
 
@@ -42,17 +46,53 @@ def _load_config_or_exit(path: str):
 
 
 def _paths(args: argparse.Namespace) -> tuple[str, str, str]:
-    """(journal db, rules db, snapshot dir) from --db/--rules-db or the config file."""
+    """(journal db, rules db, snapshot dir) from --db/--rules-db/--snapshots or the config file.
+
+    Says on stderr which config and which of these files the command uses: a command run
+    without --config must not read or create /var/lib/gated/… without saying so.
+    """
     from gated.config import JournalConfig, RulesConfig
 
     journal, rules, snaps = JournalConfig().path, RulesConfig().path, JournalConfig().snapshot_dir
+    origin = {"journal": "built-in default", "rules": "built-in default", "snapshots": ""}
     config_path = getattr(args, "config", None)
     if config_path or Path(DEFAULT_CONFIG).exists():
-        cfg = _load_config_or_exit(config_path or DEFAULT_CONFIG)
+        config_path = config_path or DEFAULT_CONFIG
+        cfg = _load_config_or_exit(config_path)
         journal, rules, snaps = cfg.journal.path, cfg.rules.path, cfg.journal.snapshot_dir
-    journal = getattr(args, "db", None) or journal
-    rules = getattr(args, "rules_db", None) or rules
+        origin = {"journal": "", "rules": "", "snapshots": ""}
+        source = f"config {config_path}"
+    else:
+        source = f"no config file ({DEFAULT_CONFIG} not found)"
+    if getattr(args, "db", None) and args.db != journal:
+        journal, origin["journal"] = args.db, "--db"
+        # The demo and /var/lib/gated keep snapshots beside the journal; another config's
+        # snapshot folder belongs to another journal.
+        snaps, origin["snapshots"] = str(Path(args.db).parent / "snapshots"), "beside --db"
+    if getattr(args, "rules_db", None):
+        rules, origin["rules"] = args.rules_db, "--rules-db"
+    if getattr(args, "snapshots", None):
+        snaps, origin["snapshots"] = args.snapshots, "--snapshots"
+    paths = {"journal": journal, "rules": rules, "snapshots": snaps}
+    default_use = ("journal",) if args.command == "journal" else ("journal", "rules", "snapshots")
+    used = [
+        f"{role} {paths[role]}" + (f" ({origin[role]})" if origin[role] else "")
+        for role in _USES.get((args.command, _subcommand(args)), default_use)
+    ]
+    print(f"gated: using {source}: {', '.join(used)}", file=sys.stderr)
     return journal, rules, snaps
+
+
+# Which state files each command reads or writes (what it reports using).
+_USES: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("journal", "stats"): ("journal", "snapshots"),
+    ("rules", "import"): ("rules", "journal"),
+    ("rules", "export"): ("rules",),
+}
+
+
+def _subcommand(args: argparse.Namespace) -> str | None:
+    return getattr(args, "journal_command", None) or getattr(args, "rules_command", None)
 
 
 # --- subcommands -------------------------------------------------------------
@@ -62,15 +102,34 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file: exit 0 when valid, 78 with a one-line message when not."""
     cfg = _load_config_or_exit(args.path)
     print(
-        f"{args.path}: ok ({len(cfg.lanes)} lane(s), "
+        f"{args.path}: ok ({plural(len(cfg.lanes), 'lane')}, "
         f"site {cfg.site.site_id}, device {cfg.site.device_id})"
     )
     return EX_OK
 
 
+def _prepare_daemon_state(cfg: Any, config_path: str) -> None:
+    """Say which files the daemon uses; create their folders (0750) or refuse in one line."""
+    from gated.state_dirs import prepare_dir, prepare_file
+
+    print(
+        f"gated: using config {config_path}: journal {cfg.journal.path}, "
+        f"rules {cfg.rules.path}, snapshots {cfg.journal.snapshot_dir}",
+        file=sys.stderr,
+    )
+    # Before the daemon starts: a folder it cannot write is a one-line refusal now, not a
+    # traceback (or a hang) once its threads are running.
+    prepare_file(cfg.journal.path, "the journal")
+    prepare_file(cfg.rules.path, "the rule store")
+    prepare_dir(cfg.journal.snapshot_dir, "snapshots")
+    if cfg.metrics.textfile:
+        prepare_dir(Path(cfg.metrics.textfile).parent, "the metrics textfile")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM."""
     cfg = _load_config_or_exit(args.config)
+    _prepare_daemon_state(cfg, args.config)
     _setup_logging(cfg.log.level)
     from gated.app import run_daemon
 
@@ -88,13 +147,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_journal_verify(args: argparse.Namespace) -> int:
-    """Check the journal's hash chain; exit 1 naming the first bad sequence number."""
-    from gated.journal_verify import verify
+    """Check the chain and triggers: 0 intact, 1 not intact (first bad seq), 66 cannot verify."""
+    from gated.journal_verify import parse_anchor, verify
+
+    anchor = None
+    if args.anchor is not None:
+        try:
+            anchor = parse_anchor(args.anchor)
+        except GatedError as err:
+            print(f"gated: --anchor: {err}", file=sys.stderr)
+            return EX_USAGE
+    db, _, _ = _paths(args)
+    result = verify(db, anchor=anchor)
+    print(result.message)
+    return result.exit_code
+
+
+def cmd_journal_head(args: argparse.Namespace) -> int:
+    """Print the chain head (seq and row_hash) to record outside the device; 66 when no journal."""
+    import json
+
+    from gated.journal_verify import EXIT_CANNOT_VERIFY, CannotVerifyError, read_head
 
     db, _, _ = _paths(args)
-    result = verify(db)
-    print(result.message)
-    return EX_OK if result.ok else EX_FAIL
+    try:
+        seq, digest = read_head(db)
+    except CannotVerifyError as err:
+        print(f"gated: journal cannot verify: {err}", file=sys.stderr)
+        return EXIT_CANNOT_VERIFY
+    if args.json:
+        print(json.dumps({"seq": seq, "row_hash": digest, "anchor": f"{seq}:{digest}"}))
+    else:
+        print(f"journal head: seq {seq} row_hash {digest}")
+        print(f"anchor: {seq}:{digest}")
+    return EX_OK
 
 
 def cmd_journal_export(args: argparse.Namespace) -> int:
@@ -147,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gated", description="Edge daemon for gates, barriers and doors."
     )
+    parser.add_argument("--version", action="version", version=f"gated {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the daemon")
@@ -164,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=2.0, help="seconds between simulated reads per lane"
     )
     p.add_argument(
-        "--port", type=int, default=8081, help="camera listener port on 127.0.0.1 (0: any free)"
+        "--port",
+        type=int,
+        default=None,
+        help="camera listener port on 127.0.0.1 (default 8081, or a free one if that is in use;"
+        " 0: any free)",
     )
     p.set_defaults(func=cmd_demo)
 
@@ -181,9 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     journal = sub.add_parser("journal", help="inspect the journal").add_subparsers(
         dest="journal_command", required=True, metavar="SUBCOMMAND"
     )
-    p = journal.add_parser("verify", help="verify the hash chain (exit 1 on the first bad row)")
+    p = journal.add_parser(
+        "verify",
+        help="verify the hash chain and triggers (0 intact, 1 not intact, 66 cannot verify)",
+    )
     db_args(p)
+    p.add_argument(
+        "--anchor",
+        metavar="SEQ:HASH",
+        help="a head recorded earlier (gated journal head): the chain must still contain it",
+    )
     p.set_defaults(func=cmd_journal_verify)
+    p = journal.add_parser("head", help="print the chain head's seq and hash (an anchor)")
+    db_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object: seq, row_hash, anchor")
+    p.set_defaults(func=cmd_journal_head)
     p = journal.add_parser("export", help="export rows as JSON lines or CSV")
     db_args(p)
     p.add_argument("--since", help="ISO 8601 time, or a duration such as 24h / 7d")
@@ -193,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_journal_export)
     p = journal.add_parser("stats", help="counts, oldest unsynced event, sizes")
     db_args(p)
+    p.add_argument(
+        "--snapshots",
+        help="snapshot folder (default: from the config, or 'snapshots' beside --db)",
+    )
     p.set_defaults(func=cmd_journal_stats)
 
     rules = sub.add_parser("rules", help="import or export the rule set").add_subparsers(
@@ -226,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except StateError as err:
+        print(f"gated: {err}", file=sys.stderr)
+        return EX_CANTCREAT
     except GatedError as err:
         print(f"gated: {err}", file=sys.stderr)
         return EX_FAIL
@@ -233,5 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `gated journal export | head` closing the pipe early is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EX_OK
+    except OSError as err:
+        # A file a command was pointed at (--out, an import file) cannot be read or written:
+        # the installer needs the path and the reason, not a traceback.
+        print(f"gated: {err}", file=sys.stderr)
+        return EX_FAIL
     except KeyboardInterrupt:
         return 130

@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from gated.errors import GatedError
 from gated.model import AccessEvent, Decision
+from gated.state_dirs import prepare_dir
 
 # Plates each simulated lane cycles through, chosen to show every kind of decision.
 _ENTRY_PLATES = [
@@ -172,8 +176,37 @@ def describe(event: AccessEvent, decision: Decision | None) -> str:
     )
 
 
+DEFAULT_PORT = 8081
+
+
+def listener_port(port: int, *, explicit: bool, host: str = "127.0.0.1") -> tuple[int, str]:
+    """The camera listener's port and a note when it is not the one asked for.
+
+    A port given on the command line that is in use is refused (GatedError, one line); the
+    default port in use is replaced by a free one, so `gated demo` always starts. 0: any free.
+    """
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if explicit:
+                raise GatedError(
+                    f"demo: cannot listen on {host}:{port}: "
+                    f"{'address already in use' if err.errno == errno.EADDRINUSE else err}"
+                    " (choose another with --port, or --port 0 for any free port)"
+                ) from err
+            probe.bind((host, 0))
+            free = probe.getsockname()[1]
+            return free, f"port {port} is in use; the camera listener uses {free} instead"
+        return probe.getsockname()[1], ""
+
+
 def run_demo(
-    base: Path, *, duration_s: float | None = None, interval_s: float = 2.0, port: int = 8081
+    base: Path,
+    *,
+    duration_s: float | None = None,
+    interval_s: float = 2.0,
+    port: int | None = None,
 ) -> int:
     """Prepare the demo directory and run the daemon in it; returns the exit status."""
     from gated.app import Daemon
@@ -182,13 +215,11 @@ def run_demo(
     from gated.rules_io import import_rules
 
     base = base.resolve()
-    base.mkdir(parents=True, exist_ok=True)
-    if port == 0:
-        from socket import socket
-
-        with socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+    prepare_dir(base, "the demo")
+    # Before anything is printed: a URL that will not answer is worse than no demo.
+    port, port_note = listener_port(
+        DEFAULT_PORT if port is None else port, explicit=port is not None
+    )
     config_path = base / "gated.toml"
     config_path.write_text(demo_config(base, port, interval_s))
     cfg = load_config(config_path)
@@ -203,6 +234,8 @@ def run_demo(
         f"            camera  curl -X POST -H 'Content-Type: application/json' "
         f'-d \'{{"plate": "AB-123-C", "confidence": 0.95}}\' http://127.0.0.1:{port}/anpr/main-in'
     )
+    if port_note:
+        print(f"            ({port_note})")
     print("            Ctrl-C stops.\n")
     sys.stdout.flush()
 

@@ -27,3 +27,7 @@ class PayloadError(GatedError):
 
 class SyncError(GatedError):
     """An upstream transport failed."""
+
+
+class StateError(GatedError):
+    """A file or directory gated keeps its state in cannot be created or written."""

@@ -11,6 +11,8 @@ from gated.audit import Auditor
 from gated.config import Config, load_config
 from gated.errors import RulesError
 from gated.model import SiteIdentity
+from gated.state_dirs import adopt_files, prepare_file
+from gated.wording import rule_counts
 
 
 def _site(config_path: str | None) -> tuple[SiteIdentity, str]:
@@ -44,7 +46,10 @@ def rules_import(
     from gated.rules_io import import_rules
 
     identity, tz = _site(config_path)
-    Path(rules_path).parent.mkdir(parents=True, exist_ok=True)
+    # Both stores are checked before either is touched: an import the audit row cannot follow
+    # would be a change nobody can account for.
+    prepare_file(rules_path, "the rule store")
+    prepare_file(journal_path, "the journal")
     meta = {"file": str(args.file), "merge": bool(args.merge)}
     with RuleStore(rules_path) as store:
         try:
@@ -63,6 +68,7 @@ def rules_import(
                     metadata=meta,
                 )
             )
+            adopt_files([rules_path, journal_path])
             return 1
     new_values = {
         "version": result.version,
@@ -75,7 +81,8 @@ def rules_import(
     asyncio.run(
         _audit(journal_path, identity, actor_id=args.actor, new_values=new_values, metadata=meta)
     )
-    counts = ", ".join(f"{n} {kind}" for kind, n in result.counts.items())
+    adopt_files([rules_path, journal_path])
+    counts = rule_counts(result.counts)
     print(
         f"rules imported as version {result.version} "
         f"({'merged' if result.merge else 'replaced'}): {counts}"

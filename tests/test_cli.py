@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from gated.errors import GatedError
 from tests.daemon.harness import Site, gated
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config"
@@ -24,7 +28,7 @@ def site(tmp_path: Path) -> Site:
 
 def test_check_config_exit_codes(tmp_path: Path) -> None:
     ok = gated("check-config", str(EXAMPLES / "gated.example.toml"))
-    assert ok.returncode == 0 and "ok (2 lane(s)" in ok.stdout
+    assert ok.returncode == 0 and "ok (2 lanes," in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(
         (EXAMPLES / "gated.example.toml").read_text().replace("pulse_ms = 800", "pulse_ms = -5", 1)
@@ -143,3 +147,187 @@ def test_journal_verify_stats_export(site: Site) -> None:
     tampered = gated("journal", "verify", "--db", db)
     assert tampered.returncode == 1
     assert "seq 2" in tampered.stdout
+
+
+# --- the installer's path ---------------------------------------------------------------------
+
+
+def _unwritable_dirs(tmp_path: Path) -> list[Path]:
+    """Directories no state can be created under, whoever runs the test."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    dirs = [blocker / "state"]
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        dirs.append(locked / "state")
+    else:
+        # root may write anywhere a mode bit guards; sysfs refuses mkdir even to root
+        dirs.append(Path("/sys/gated-state-test/state"))
+    return dirs
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single `gated: …` error line of a refused command (after the line naming its files)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if not line.startswith("gated: using ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("which", ["rules", "journal"])
+def test_rules_import_under_an_unwritable_dir_refuses_in_one_line(
+    tmp_path: Path, which: str
+) -> None:
+    for i, state in enumerate(_unwritable_dirs(tmp_path)):
+        site = Site(tmp_path / f"site{i}")
+        site.root.mkdir()
+        site.write_config('[[lanes]]\nid = "main-in"\n')
+        text = site.config.read_text()
+        if which == "rules":
+            text = text.replace(str(site.root / "rules.sqlite3"), str(state / "rules.sqlite3"))
+        else:
+            text = text.replace(str(site.journal), str(state / "journal.sqlite3"))
+        site.config.write_text(text)
+        result = gated(
+            "rules", "import", str(EXAMPLES / "rules.example.json"), "--config", str(site.config)
+        )
+        assert result.returncode != 0
+        line = _one_error_line(result)
+        assert line.startswith("gated: ") and str(state) in line, line
+        # refused before anything was written: neither store was created
+        assert not (site.root / "rules.sqlite3").exists()
+        assert not site.journal.exists()
+
+
+def test_rules_import_creates_missing_state_dirs_private(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.write_config('[[lanes]]\nid = "main-in"\n')
+    state = tmp_path / "var" / "lib" / "gated"
+    site.config.write_text(site.config.read_text().replace(str(tmp_path), str(state)))
+    result = gated(
+        "rules", "import", str(EXAMPLES / "rules.example.json"), "--config", str(site.config)
+    )
+    assert result.returncode == 0, result.stderr
+    assert (state / "rules.sqlite3").exists() and (state / "journal.sqlite3").exists()
+    # plates, names and addresses: not readable by every user of the machine
+    assert state.stat().st_mode & 0o777 == 0o750
+
+
+def test_run_with_an_unwritable_state_dir_exits_in_one_line(tmp_path: Path) -> None:
+    state = _unwritable_dirs(tmp_path)[0]
+    site = Site(tmp_path / "site")
+    site.root.mkdir()
+    site.write_config('[[lanes]]\nid = "main-in"\n[lanes.relay]\nkind = "fake"\n')
+    site.config.write_text(
+        site.config.read_text().replace(str(site.snapshots), str(state / "snapshots"))
+    )
+    result = gated("run", "--config", str(site.config), timeout=30)
+    assert result.returncode != 0
+    line = _one_error_line(result)
+    assert str(state) in line, line
+
+
+def test_commands_say_which_config_and_files_they_use(site: Site, tmp_path: Path) -> None:
+    imported = gated(
+        "rules", "import", str(EXAMPLES / "rules.example.json"), "--config", str(site.config)
+    )
+    assert imported.returncode == 0, imported.stderr
+    for needle in (str(site.config), str(site.journal), str(site.root / "rules.sqlite3")):
+        assert needle in imported.stderr, imported.stderr
+    exported = gated("rules", "export", "--config", str(site.config))
+    assert str(site.config) in exported.stderr and str(site.root / "rules.sqlite3") in (
+        exported.stderr
+    )
+    json.loads(exported.stdout)  # the information goes to stderr: stdout stays a clean document
+    stats = gated("journal", "stats", "--db", str(site.journal))
+    assert stats.returncode == 0
+    assert str(site.journal) in stats.stderr and "config" in stats.stderr
+    json.loads(stats.stdout)
+
+
+def test_journal_stats_finds_the_snapshots_beside_the_db(site: Site, tmp_path: Path) -> None:
+    _journal_with_events(site)
+    site.snapshots.mkdir()
+    (site.snapshots / "2024-05-07").mkdir()
+    (site.snapshots / "2024-05-07" / "x.jpg").write_bytes(b"\xff\xd8" + b"0" * 998)
+    stats = json.loads(gated("journal", "stats", "--db", str(site.journal)).stdout)
+    assert stats["snapshots"] == {"files": 1, "bytes": 1000}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    given = json.loads(
+        gated("journal", "stats", "--db", str(site.journal), "--snapshots", str(elsewhere)).stdout
+    )
+    assert given["snapshots"] == {"files": 0, "bytes": 0}
+
+
+@pytest.mark.slow
+def test_demo_journal_stats_shows_its_snapshots(tmp_path: Path) -> None:
+    demo = gated(
+        "demo", "--dir", str(tmp_path), "--duration", "4", "--interval", "0.2", "--port", "0"
+    )
+    assert demo.returncode == 0, demo.stderr
+    stats = json.loads(gated("journal", "stats", "--db", str(tmp_path / "journal.sqlite3")).stdout)
+    assert stats["access"]["rows"] > 0
+    assert stats["snapshots"]["files"] > 0, stats
+
+
+def test_counts_are_printed_with_correct_plurals(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.write_config('[[lanes]]\nid = "main-in"\n')
+    check = gated("check-config", str(site.config))
+    assert "ok (1 lane," in check.stdout, check.stdout
+    rules = tmp_path / "one.json"
+    rules.write_text(
+        json.dumps(
+            {
+                "format": "gated-rules",
+                "format_version": 1,
+                "residents": [{"id": "r-1", "name": "Ann"}],
+                "vehicles": [{"id": "v-1", "plate": "AB-12-CD", "resident_id": "r-1"}],
+                "visitor_passes": [],
+            }
+        )
+    )
+    imported = gated("rules", "import", str(rules), "--config", str(site.config))
+    assert imported.returncode == 0, imported.stderr
+    assert "1 resident," in imported.stdout and "1 vehicle" in imported.stdout, imported.stdout
+    assert "0 visitor passes" in imported.stdout, imported.stdout
+    verify = gated("journal", "verify", "--db", str(site.journal))
+    assert "1 row " in verify.stdout and "1 rows" not in verify.stdout, verify.stdout
+
+
+def test_version() -> None:
+    from gated import __version__
+
+    result = gated("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"gated {__version__}"
+
+
+def test_demo_on_a_port_in_use_refuses_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = gated("demo", "--dir", str(tmp_path), "--duration", "3", "--port", str(port))
+    assert result.returncode != 0
+    assert f"127.0.0.1:{port}/anpr" not in result.stdout  # no URL that would not answer
+    line = _one_error_line(result)
+    assert str(port) in line and "in use" in line, line
+
+
+def test_demo_default_port_falls_back_to_a_free_one() -> None:
+    from gated.demo import listener_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        chosen, note = listener_port(busy, explicit=False)
+        assert chosen != busy and chosen > 0
+        assert str(busy) in note and str(chosen) in note
+        with pytest.raises(GatedError, match=f"{busy}.*in use"):
+            listener_port(busy, explicit=True)
+    assert listener_port(busy, explicit=True) == (busy, "")
