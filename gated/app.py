@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 RULES_POLL_S = 2.0
 SNAPSHOT_QUOTA_CHECK_S = 60.0
 STATE_PRUNE_S = 600.0
+RELAY_OPEN_WAIT_S = 10.0  # longest a generation waits for its relays before sources start
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Generation:
     relays: dict[str, Any] = field(default_factory=dict)
     services: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
     listeners: list[Any] = field(default_factory=list)  # camera listeners, for the status API
+    mqtt_links: dict[str, Any] = field(default_factory=dict)  # LinkStats by link, for metrics
     rules: RulesHolder | None = None
     store: Any = None
 
@@ -181,7 +183,12 @@ class Daemon:
         return seq
 
     async def _seed_state(self) -> None:
-        """Rebuild pass uses and anti-passback state from the journal, the source of truth."""
+        """Rebuild pass uses and anti-passback state from the journal, the source of truth.
+
+        The rows hold what the live state recorded: the direction the lane resolved
+        (gated.ingest), the decision's event_type, and gate_opened = 0 where the relay
+        failed (no passage, no pass use), so a restart never changes an outcome.
+        """
         for pass_id, uses in (await self.journal.pass_uses()).items():
             for _ in range(uses):
                 self.state.record_pass_use(pass_id)
@@ -197,8 +204,16 @@ class Daemon:
         what: str | None = None  # stays None when a component gave up
         try:
             async with asyncio.TaskGroup() as tg:
+                # Relays first: no camera listener accepts, and READY=1 is not sent,
+                # before every relay is open (or has had its bounded time to open).
+                relay_names = {relay.name for relay in gen.relays.values()}
                 for name, run in gen.services:
-                    tasks.append(tg.create_task(supervisor.keep_running(name, run), name=name))
+                    if name in relay_names:
+                        tasks.append(tg.create_task(supervisor.keep_running(name, run), name=name))
+                await self._relays_open(gen)
+                for name, run in gen.services:
+                    if name not in relay_names:
+                        tasks.append(tg.create_task(supervisor.keep_running(name, run), name=name))
                 tasks.append(tg.create_task(self._watch_rules(gen), name="rules-watch"))
                 if not self.started.is_set():
                     await self._listeners_bound(gen)
@@ -244,6 +259,23 @@ class Daemon:
             if old is not None and old.relay == lane_cfg.relay and lane_cfg.id in gen.relays:
                 keep.add(lane_cfg.id)
         return keep
+
+    async def _relays_open(self, gen: Generation, timeout_s: float = RELAY_OPEN_WAIT_S) -> None:
+        """Wait until every relay is open, for at most timeout_s.
+
+        Bounded: a board left unplugged must not keep the cameras' reads out of the
+        journal; its fault is in health, and an allowed read then is journaled with
+        gate_opened = 0.
+        """
+        deadline = time.monotonic() + timeout_s
+        # Polled: the Relay protocol reports faults, not a first open (see _hold_when_open).
+        while any(relay.fault is not None for relay in gen.relays.values()):
+            if time.monotonic() >= deadline:
+                faulted = [r.name for r in gen.relays.values() if r.fault is not None]
+                log.error("relay(s) %s not open after %g s: starting without them",
+                          ", ".join(faulted), timeout_s)
+                return
+            await asyncio.sleep(0.02)
 
     async def _listeners_bound(self, gen: Generation, timeout_s: float = 10.0) -> None:
         """Wait until camera listeners accept connections, so READY means cameras can push."""
@@ -454,14 +486,16 @@ class Daemon:
 
         task.add_done_callback(done)
 
-    def _emit(self, read: PlateRead) -> None:
-        """Route a read from any source to its lane."""
+    def _emit(self, read: PlateRead) -> asyncio.Future[int | None]:
+        """Route a read from any source to its lane; the future of the row that keeps it."""
         gen = self.generation
         lane = gen.lanes.get(read.access_point) if gen else None
         if lane is None:
             log.warning("read for unknown lane %r from %s dropped", read.access_point, read.source)
-            return
-        lane.on_read(read)
+            dropped: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            dropped.set_result(None)
+            return dropped
+        return lane.on_read(read)
 
     def _build_sources(self, cfg: Config, gen: Generation) -> None:
         from gated.hardware import readers
@@ -479,6 +513,7 @@ class Daemon:
                             cfg.cameras_listener.host,
                             port,
                             cfg.cameras_listener.max_body_kb,
+                            settings=cfg.cameras_listener,
                             on_refused=self._on_camera_refused,
                         )
                     listeners[port].add_camera(src, lane_cfg.id)
@@ -503,18 +538,41 @@ class Daemon:
             from gated.hardware.frigate import FrigateSource
 
             assert cfg.mqtt is not None
-            gen.services.append(_source(FrigateSource(cfg.mqtt, frigate), self._emit))
+            source = FrigateSource(
+                cfg.mqtt,
+                frigate,
+                client_id=cfg.mqtt.client_id or f"gated-{cfg.site.device_id}",
+                # Not critical: a broker outage blinds Frigate's lanes, not the daemon.
+                on_link_state=lambda up, detail: self.health.set("mqtt-frigate", up, detail),
+            )
+            gen.mqtt_links["frigate"] = source.stats
+            gen.services.append(_source(source, self._emit))
 
-    def _on_camera_refused(self, camera: str, remote_ip: str | None, reason: str) -> None:
+    def _on_camera_refused(self, summary: Any) -> None:
+        """Audit refused camera pushes: one row per client address and interval, not per push.
+
+        `summary` is a gated.hardware.anpr_limits.RefusalSummary; a flood of wrong
+        credentials costs one journal row a minute instead of one fsynced row each.
+        """
         assert self.auditor is not None
+        reasons = ", ".join(f"{r} ({n})" for r, n in sorted(summary.reasons.items()))
+        cameras = sorted(summary.cameras)
         self.auditor.emit(
             "camera_push_refused",
             "camera",
-            resource_id=camera,
+            resource_id=",".join(cameras[:4]) or None,
             actor_type="camera",
-            ip_address=remote_ip,
+            ip_address=summary.address,
             status="failure",
-            error_message=reason,
+            error_message=f"{summary.count} refused: {reasons}"[:240],
+            metadata={
+                "count": summary.count,
+                "first_at": summary.first_at,
+                "last_at": summary.last_at,
+                "reasons": dict(summary.reasons),
+                "cameras": {c: summary.cameras[c] for c in cameras[:16]},
+                "locked_out": summary.locked_out,
+            },
         )
 
     def _build_inputs(self, cfg: Config, gen: Generation, pin_factory: Any) -> None:
@@ -671,7 +729,8 @@ class Daemon:
             else {}
         )
         components = {name: c.ok for name, c in self.health.components.items()}
-        return render_prometheus(lanes, components)
+        links = self.generation.mqtt_links if self.generation else {}
+        return render_prometheus(lanes, components, links)
 
     async def _write_metrics(self, gen: Generation) -> None:
         """Rewrite the metrics textfile atomically every interval (node_exporter reads it)."""
@@ -702,7 +761,7 @@ async def _hold_when_open(lane: Lane) -> None:
         await lane.relay_recovered()
 
 
-def _source(source: Any, emit: Callable[[PlateRead], None]) -> tuple[str, Callable[[], Any]]:
+def _source(source: Any, emit: Callable[[PlateRead], Any]) -> tuple[str, Callable[[], Any]]:
     return source.name, _bind(source.run, emit)
 
 

@@ -29,6 +29,8 @@ Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400 * 30)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 GpioPin = Annotated[int, msgspec.Meta(ge=0, le=53)]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+# A value as a camera reports it, lower-cased (sources lower-case what they receive).
+CameraWord = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9 _.-]{0,31}$")]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -161,7 +163,32 @@ class CameraAuthConfig(_Section, frozen=True):
         return bool(self.username or self.token or self.allowed_ips)
 
 
-class AnprHttpSourceConfig(_Section, frozen=True, tag_field="kind", tag="anpr_http"):
+class _PlateSourceSection(_Section, frozen=True):
+    """What every plate/tag source shares: how the lane treats its reads (gated.ingest)."""
+
+    # What a direction reported by the camera means: "use" it (through direction_map;
+    # "in" and "out" mean themselves), or "ignore" it (the lane's direction always).
+    camera_direction: Literal["use", "ignore"] = "use"
+    # Raw direction (lower case, as the camera says it) → "in" / "out", e.g.
+    # {forward = "in", reverse = "out"} for a Hikvision camera facing arriving cars.
+    # A raw value not listed (and not "in"/"out") leaves the lane's direction.
+    direction_map: dict[CameraWord, Direction] = {}
+    # A read travelling against the lane: "ignore" (not journaled), "journal" (denied,
+    # reason wrong_direction; never opens) or "decide" (decided in its own direction).
+    wrong_direction: Literal["ignore", "journal", "decide"] = "journal"
+    # A vehicle seen without a readable plate: "journal" (denied, reason unread_plate,
+    # with its picture) or "ignore".
+    unread: Literal["journal", "ignore"] = "journal"
+    # Older than this by the camera's capture time (device clock synchronised): stale,
+    # journaled and never opens. 0 turns the age check off (retained messages stay stale).
+    max_age_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 10.0
+    # Flag a capture time further than this from the synchronised device clock.
+    max_clock_skew_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 5.0
+
+
+class AnprHttpSourceConfig(
+    _PlateSourceSection, frozen=True, kw_only=True, tag_field="kind", tag="anpr_http"
+):
     """An ANPR camera that pushes reads to gated's HTTP listener."""
 
     name: Ident
@@ -175,7 +202,9 @@ class AnprHttpSourceConfig(_Section, frozen=True, tag_field="kind", tag="anpr_ht
             raise ValueError("path: must start with '/'")
 
 
-class SerialLineSourceConfig(_Section, frozen=True, tag_field="kind", tag="serial_line"):
+class SerialLineSourceConfig(
+    _PlateSourceSection, frozen=True, kw_only=True, tag_field="kind", tag="serial_line"
+):
     """A line-based serial plate/credential reader; `pattern` picks the credential out of a line."""
 
     name: Ident
@@ -193,7 +222,9 @@ class SerialLineSourceConfig(_Section, frozen=True, tag_field="kind", tag="seria
             raise ValueError("pattern: needs a named group (?P<text>…)")
 
 
-class Rdm6300SourceConfig(_Section, frozen=True, tag_field="kind", tag="rdm6300"):
+class Rdm6300SourceConfig(
+    _PlateSourceSection, frozen=True, kw_only=True, tag_field="kind", tag="rdm6300"
+):
     """An RDM6300 125 kHz RFID reader (STX, 10 hex data, 2 hex checksum, ETX at 9600 8N1)."""
 
     name: Ident
@@ -205,7 +236,9 @@ class Rdm6300SourceConfig(_Section, frozen=True, tag_field="kind", tag="rdm6300"
 FRIGATE_LABELS = ("car", "motorcycle", "truck", "bus")
 
 
-class FrigateSourceConfig(_Section, frozen=True, tag_field="kind", tag="frigate"):
+class FrigateSourceConfig(
+    _PlateSourceSection, frozen=True, kw_only=True, tag_field="kind", tag="frigate"
+):
     """Licence-plate reads from a Frigate NVR over MQTT."""
 
     name: Ident
@@ -223,7 +256,9 @@ class FrigateSourceConfig(_Section, frozen=True, tag_field="kind", tag="frigate"
                 raise ValueError(f'labels[{i}]: expected a Frigate object label such as "car"')
 
 
-class SimulatorSourceConfig(_Section, frozen=True, tag_field="kind", tag="simulator"):
+class SimulatorSourceConfig(
+    _PlateSourceSection, frozen=True, kw_only=True, tag_field="kind", tag="simulator"
+):
     """Scripted or random reads for demos and tests."""
 
     name: Ident
@@ -295,11 +330,38 @@ class LaneConfig(_Section, frozen=True):
 
 
 class ListenerConfig(_Section, frozen=True):
-    """The HTTP listener that ANPR cameras push to."""
+    """The HTTP listener that ANPR cameras push to, and its limits against hostile clients."""
 
-    host: str = "0.0.0.0"
+    # The address to listen on. No default: required when a lane has an anpr_http source,
+    # so the device never listens on every interface unless the config says "0.0.0.0".
+    host: str = ""
     port: Port = 8081
     max_body_kb: Annotated[int, msgspec.Meta(ge=16, le=65536)] = 8192
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0
+    # How long an answer may wait for the journal row that keeps the read (then 503).
+    ack_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 5.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    max_connections_per_address: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 16
+    # Request bodies held at once across all connections (reading and parsing).
+    max_inflight_mb: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 32
+    max_parsers: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
+    # Refusals (401/403) from one address within lockout_window_s before it is locked out.
+    lockout_after: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10
+    lockout_window_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    lockout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
+    # Refusals are audited as one summary row per address and interval.
+    refusal_audit_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
+
+    def __post_init__(self) -> None:
+        if self.host:
+            try:
+                ipaddress.ip_address(self.host)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", self.host):
+                    raise ValueError(
+                        f"host: {self.host!r} is neither an IP address nor a host name"
+                    ) from None
 
 
 class MqttConfig(_Section, frozen=True):
@@ -349,6 +411,13 @@ class MetricsConfig(_Section, frozen=True):
     interval_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 15.0
 
 
+class ControlConfig(_Section, frozen=True):
+    """The local control socket that `gated ctl` and other local tools use."""
+
+    socket: str = "/run/gated/control.sock"  # Unix socket, mode 0660; empty: no socket
+    socket_group: str = ""  # group that may connect (e.g. "gated-ctl"); empty: the daemon's
+
+
 class LogConfig(_Section, frozen=True):
     """Logging."""
 
@@ -370,6 +439,7 @@ class Config(_Section, frozen=True):
     supervisor: SupervisorConfig = SupervisorConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    control: ControlConfig = ControlConfig()
 
     def __post_init__(self) -> None:
         _check_cross_references(self)
@@ -415,6 +485,12 @@ def _check_cross_references(cfg: Config) -> None:
                 )
             source_names.add(src.name)
             if isinstance(src, AnprHttpSourceConfig):
+                if not cfg.cameras_listener.host:
+                    raise ValueError(
+                        "cameras_listener.host: required with an anpr_http source: the "
+                        "address cameras push to (e.g. this device's camera-VLAN address, "
+                        "or \"0.0.0.0\" for every interface)"
+                    )
                 if not src.auth.configured:
                     # A push for a resident's plate opens the gate: never from just anyone.
                     raise ValueError(
@@ -442,11 +518,16 @@ def _check_cross_references(cfg: Config) -> None:
 # --- loading -----------------------------------------------------------------
 
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_KEY_PATH_RE = re.compile(r" - at `key` in `\$(?P<path>[^`]*)`$")
 
 
 def _humanise(message: str) -> tuple[str, str]:
     """Split a msgspec message into (key path, plain-language problem)."""
     path = ""
+    key_in = _KEY_PATH_RE.search(message)
+    if key_in:  # a bad mapping key: name the mapping
+        message = message[: key_in.start()].replace("Expected", "a key: expected", 1)
+        message = f"{message} - at `${key_in.group('path')}`"
     m = _PATH_RE.search(message)
     if m:
         path = m.group("path").lstrip(".")

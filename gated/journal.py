@@ -87,7 +87,8 @@ ACCESS_COLUMNS: tuple[str, ...] = (
     "visitor_name", "visitor_name_digest", "vehicle_plate", "vehicle_plate_digest",
     "authorization_method", "authorized_by", "decision_reason", "rules_version",
     "confidence_score", "snapshot_path", "snapshot_sha256", "snapshot_missing",
-    "read_to_relay_ms", "metadata", "pii_salt", "prev_hash", "row_hash", "synced_at",
+    "read_to_relay_ms", "captured_at", "gate_opened", "metadata", "pii_salt", "prev_hash",
+    "row_hash", "synced_at",
 )  # fmt: skip
 AUDIT_COLUMNS: tuple[str, ...] = (
     "seq", "event_id", "tenant_id", "site_id", "device_id", "created_at", "clock_unsynced",
@@ -110,6 +111,12 @@ HASHED: dict[str, tuple[str, ...]] = {
     for s, cols in COLUMNS.items()
 }
 _COLUMNS_GET = {s: operator.itemgetter(*cols) for s, cols in COLUMNS.items()}
+# Columns added by a later migration. A row whose added columns are all NULL (every row
+# written before the migration) hashes exactly as it did then, so old chains still verify;
+# a row with any of them set hashes them too.
+ADDED: dict[str, tuple[str, ...]] = {"access": ("captured_at", "gate_opened"), "audit": ()}
+_HASHED_BEFORE = {s: tuple(c for c in HASHED[s] if c not in ADDED[s]) for s in COLUMNS}
+_ADDED_AT = {s: tuple(COLUMNS[s].index(c) for c in ADDED[s]) for s in COLUMNS}
 # Positions both streams share (a test holds the column lists to them): the append path
 # indexes value lists.
 _SEQ, _EVENT_ID_AT, _PREV_HASH, _ROW_HASH, _SYNCED_AT = 0, 1, -3, -2, -1
@@ -121,15 +128,18 @@ _INSERT_SQL = {
 _SORTED_JSON = msgspec.json.Encoder(order="sorted")
 
 
-def _canonical_layout(stream: str) -> tuple[type[msgspec.Struct], Any, Any, Any, Any]:
+def _canonical_layout(
+    stream: str, hashed: tuple[str, ...]
+) -> tuple[type[msgspec.Struct], Any, Any, Any, Any]:
     # The canonical form is sorted-key JSON of the hashed columns plus "stream". A Struct
     # whose fields are declared in that sorted order encodes to exactly the same bytes as
     # the sorted dict, but is built positionally from two itemgetters instead of a dict
     # that the encoder then has to sort on every row (about 3x less CPU per row).
     # Getters come twice: by name for rows as mappings, by position for value lists.
-    names = sorted((*HASHED[stream], "stream"))
+    names = sorted((*hashed, "stream"))
     cut = names.index("stream")
-    struct = msgspec.defstruct(f"{stream.title()}Canonical", names, gc=False)
+    suffix = "" if len(hashed) == len(HASHED[stream]) else "Before"
+    struct = msgspec.defstruct(f"{stream.title()}Canonical{suffix}", names, gc=False)
     position = {name: i for i, name in enumerate(COLUMNS[stream])}
 
     def getter(keys: Sequence[Any]) -> Any:
@@ -141,7 +151,8 @@ def _canonical_layout(stream: str) -> tuple[type[msgspec.Struct], Any, Any, Any,
             getter([position[n] for n in before]), getter([position[n] for n in after]))
 
 
-_CANONICAL_LAYOUT = {s: _canonical_layout(s) for s in COLUMNS}
+_CANONICAL_LAYOUT = {s: _canonical_layout(s, HASHED[s]) for s in COLUMNS}
+_CANONICAL_LAYOUT_BEFORE = {s: _canonical_layout(s, _HASHED_BEFORE[s]) for s in COLUMNS}
 _CANONICAL = msgspec.json.Encoder()
 # Metadata keys the journal itself writes into its own audit records; verify reads them.
 ERASED_KEY = "journal.erased_seqs"
@@ -166,13 +177,19 @@ _DIGEST_PREFIX = {n: n.encode() + b"\0" for names in PERSONAL.values() for n in 
 
 def canonical(stream: str, row: Mapping[str, Any]) -> bytes:
     """Canonical bytes of a row's hashed content: sorted-key JSON of the hashed columns."""
-    struct, before, after, _, _ = _CANONICAL_LAYOUT[stream]
+    added = ADDED[stream]
+    legacy = bool(added) and all(row.get(name) is None for name in added)
+    layout = (_CANONICAL_LAYOUT_BEFORE if legacy else _CANONICAL_LAYOUT)[stream]
+    struct, before, after, _, _ = layout
     return _CANONICAL.encode(struct(*before(row), stream, *after(row)))
 
 
 def _values_hash(stream: str, values: Sequence[Any]) -> str:
     # row_hash of a row held as values in COLUMNS order (the append path's form).
-    struct, _, _, before, after = _CANONICAL_LAYOUT[stream]
+    at = _ADDED_AT[stream]
+    legacy = bool(at) and all(values[i] is None for i in at)
+    layout = _CANONICAL_LAYOUT_BEFORE if legacy else _CANONICAL_LAYOUT
+    struct, _, _, before, after = layout[stream]
     content = _CANONICAL.encode(struct(*before(values), stream, *after(values)))
     return hashlib.sha256(content).hexdigest()
 
@@ -422,6 +439,9 @@ def _prepare_checked(event: AccessEvent | AuditEvent,
             snapshot_missing=_flag("snapshot_missing", event.snapshot_missing),
             read_to_relay_ms=_real("read_to_relay_ms", event.read_to_relay_ms),
         )
+            captured_at=_real("captured_at", event.captured_at),
+            gate_opened=(None if event.gate_opened is None
+                         else _flag("gate_opened", event.gate_opened)),
         _personal(row, "access", {"vehicle_plate": event.vehicle_plate,
                                   "visitor_name": event.visitor_name}, salt)
         return "access", row
@@ -540,6 +560,8 @@ def _prepare_fast(event: Any, salt: bytes) -> tuple[Stream, list[Any]] | None:
                 and _optional_finite(event.confidence_score)
                 and _optional_finite(event.read_to_relay_ms)
                 and type(event.snapshot_missing) is bool):
+                and _optional_finite(event.captured_at)
+                and (event.gate_opened is None or type(event.gate_opened) is bool)
             return None
         # In ACCESS_COLUMNS order; None for seq, prev_hash, row_hash and synced_at.
         return "access", [
@@ -549,8 +571,9 @@ def _prepare_fast(event: Any, salt: bytes) -> tuple[Stream, list[Any]] | None:
             visitor_name, _digest(salt, _DIGEST_PREFIX["visitor_name"], visitor_name),
             plate, _digest(salt, _DIGEST_PREFIX["vehicle_plate"], plate),
             b, authorized_by, c, rules_version, event.confidence_score, path,
-            snapshot_sha256, int(event.snapshot_missing), event.read_to_relay_ms, metadata,
-            None if plate is None and visitor_name is None else salt, None, None, None,
+            snapshot_sha256, int(event.snapshot_missing), event.read_to_relay_ms,
+            event.captured_at, None if event.gate_opened is None else int(event.gate_opened),
+            metadata, None if plate is None and visitor_name is None else salt, None, None, None,
         ]
     resource_id, actor_id, actor_role, request_id, error_message, ip, agent = optional
     status = event.status
@@ -1258,3 +1281,6 @@ def public_row(stream: str, values: Sequence[Any]) -> dict[str, Any]:
             row[name] = bool(row[name])
     row["stream"] = stream
     return row
+            "AND coalesce(gate_opened, 1) = 1 "  # a relay that failed let nobody through
+    if row.get("gate_opened") is not None:
+        row["gate_opened"] = bool(row["gate_opened"])

@@ -62,6 +62,7 @@ class LaneMetrics:
     updates: int = 0
     decisions: Counter[str] = field(default_factory=Counter)
     relay_failures: int = 0
+    ignored: int = 0  # reads the source's config says to drop (unread, wrong direction)
     journal_failures: int = 0
     snapshots_missing: int = 0
     read_to_relay_ms: Histogram = field(default_factory=Histogram)
@@ -99,6 +100,7 @@ def render_prometheus(lanes: dict[str, LaneMetrics], components: dict[str, bool]
             "Journal appends that had to be retried",
             "journal_failures",
         ),
+        ("gated_reads_ignored_total", "Reads dropped by their source's config", "ignored"),
         (
             "gated_snapshots_missing_total",
             "Events journaled without their snapshot",

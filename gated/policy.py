@@ -187,6 +187,24 @@ class MemoryPolicyState:
         if decision.pass_id is not None and direction == Direction.IN:
             self.record_pass_use(decision.pass_id)
 
+    def undo(self, decision: Decision, previous: tuple[Direction, float] | None) -> None:
+        """Take back what record(decision) counted: the gate did not open (relay failed).
+
+        `previous` is last_passage(subject) as it was before record(); the journal's
+        rebuild (gated.app._seed_state) skips such rows the same way.
+        """
+        if not decision.allowed:
+            return
+        subject = subject_for(decision.vehicle_id, decision.resident_id, decision.pass_id)
+        if subject is not None:
+            if previous is None:
+                self._passages.pop(subject, None)
+            else:
+                self._passages[subject] = previous
+        direction = Direction(decision.inputs.get("direction", Direction.IN))
+        if decision.pass_id is not None and direction == Direction.IN:
+            self.record_pass_use(decision.pass_id, -1)
+
     def prune(self, before: float) -> int:
         """Forget passages older than `before` (they no longer matter); returns how many."""
         old = [s for s, (_, at) in self._passages.items() if at < before]

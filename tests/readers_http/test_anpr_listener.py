@@ -14,7 +14,7 @@ import pytest
 
 from gated.config import AnprHttpSourceConfig, CameraAuthConfig
 from gated.errors import HardwareError
-from gated.hardware.anpr_http import UNMATCHED, AnprListener
+from gated.hardware.anpr_http import UNMATCHED, AnprListener, RefusalSummary
 from gated.hardware.base import PlateSource
 from gated.model import PlateRead
 from tests.readers_http.conftest import make_jpeg, multipart, payload
@@ -28,7 +28,7 @@ class Harness:
     listener: AnprListener
     client: httpx.AsyncClient
     reads: list[PlateRead]
-    refused: list[tuple[str, str, str]] = field(default_factory=list)
+    refused: list[RefusalSummary] = field(default_factory=list)
 
 
 def cameras() -> list[tuple[AnprHttpSourceConfig, str]]:
@@ -60,10 +60,8 @@ def cameras() -> list[tuple[AnprHttpSourceConfig, str]]:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    refused: list[tuple[str, str, str]] = []
-    listener = AnprListener(
-        "127.0.0.1", 0, max_body_kb=64, on_refused=lambda *args: refused.append(args)
-    )
+    refused: list[RefusalSummary] = []
+    listener = AnprListener("127.0.0.1", 0, max_body_kb=64, on_refused=refused.append)
     for cfg, lane in cameras():
         listener.add_camera(cfg, lane)
     reads: list[PlateRead] = []
@@ -155,12 +153,17 @@ async def test_basic_auth(harness: Harness) -> None:
     assert [r.status_code for r in (ok, missing, wrong, garbage)] == [200, 401, 401, 401]
     assert missing.headers["WWW-Authenticate"].startswith("Basic")
     assert len(harness.reads) == 1
-    assert [reason for _, _, reason in harness.refused] == [
-        "missing credentials",
-        "wrong credentials",
-        "wrong credentials",
-    ]
-    assert harness.refused[0][:2] == ("basic", "127.0.0.1")
+    # the first refusal of an interval is reported at once, the rest in one summary
+    harness.listener.flush_refusals()
+    first, rest = harness.refused
+    assert (first.address, first.count, first.reasons, first.cameras) == (
+        "127.0.0.1",
+        1,
+        {"missing credentials": 1},
+        {"basic": 1},
+    )
+    assert (rest.count, rest.reasons) == (2, {"wrong credentials": 2})
+    assert rest.first_at <= rest.last_at
     assert harness.listener.counters["basic"]["refused"] == 3
 
 

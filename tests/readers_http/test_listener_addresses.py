@@ -10,7 +10,7 @@ import pytest
 
 from gated.config import AnprHttpSourceConfig, CameraAuthConfig, parse_config
 from gated.errors import ConfigError
-from gated.hardware.anpr_http import AnprListener, _address_allowed
+from gated.hardware.anpr_http import AnprListener, RefusalSummary, _address_allowed
 from gated.model import PlateRead
 
 GENERIC = {"plate": "AB123CD", "confidence": 0.9}
@@ -18,10 +18,10 @@ GENERIC = {"plate": "AB123CD", "confidence": 0.9}
 
 @pytest.fixture
 async def served() -> AsyncIterator[
-    tuple[httpx.AsyncClient, list[PlateRead], list[tuple[str, str, str]]]
+    tuple[httpx.AsyncClient, list[PlateRead], list[RefusalSummary], AnprListener]
 ]:
-    refused: list[tuple[str, str, str]] = []
-    listener = AnprListener("127.0.0.1", 0, max_body_kb=64, on_refused=lambda *a: refused.append(a))
+    refused: list[RefusalSummary] = []
+    listener = AnprListener("127.0.0.1", 0, max_body_kb=64, on_refused=refused.append)
     for name, nets, token in (
         ("local", ["127.0.0.0/8"], ""),
         ("elsewhere", ["192.0.2.10/32"], ""),
@@ -42,16 +42,16 @@ async def served() -> AsyncIterator[
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{listener.bound_port}", timeout=10
     ) as c:
-        yield c, reads, refused
+        yield c, reads, refused, listener
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
 async def test_address_lists(
-    served: tuple[httpx.AsyncClient, list[PlateRead], list[tuple[str, str, str]]],
+    served: tuple[httpx.AsyncClient, list[PlateRead], list[RefusalSummary], AnprListener],
 ) -> None:
-    client, reads, refused = served
+    client, reads, refused, listener = served
     assert (await client.post("/anpr/local", json=GENERIC)).status_code == 200
     assert (await client.post("/anpr/elsewhere", json=GENERIC)).status_code == 403
     # with both an address list and a token, both must pass
@@ -61,9 +61,10 @@ async def test_address_lists(
     )
     assert ok.status_code == 200
     assert len(reads) == 2
-    assert refused == [
-        ("elsewhere", "127.0.0.1", "address not allowed"),
-        ("local-and-token", "127.0.0.1", "missing credentials"),
+    listener.flush_refusals()
+    assert [(r.count, r.cameras, r.reasons) for r in refused] == [
+        (1, {"elsewhere": 1}, {"address not allowed": 1}),
+        (1, {"local-and-token": 1}, {"missing credentials": 1}),
     ]
 
 
@@ -84,7 +85,10 @@ def test_address_matching(remote: str, allowed: bool) -> None:
     assert _address_allowed((), remote) is True  # no list: credentials decide
 
 
-SITE = {"site": {"tenant_id": "t", "site_id": "s", "device_id": "d"}}
+SITE = {
+    "site": {"tenant_id": "t", "site_id": "s", "device_id": "d"},
+    "cameras_listener": {"host": "127.0.0.1"},
+}
 
 
 def test_config_refuses_an_unauthenticated_camera() -> None:
