@@ -14,8 +14,15 @@ clearly better read arrives, and must not journal every repeat.
   Axis and most ANPR cameras report).
 * DUPLICATE: nothing new; drop it (counted).
 
-Vehicles are keyed per lane (access_point) and credential kind, so two cars in
-two lanes never suppress each other, and a tag never merges with a plate.
+Vehicles are keyed per lane (access_point), credential kind and group (the lane
+keeps reads travelling against it apart from the others), so two cars in two lanes
+never suppress each other, and a tag never merges with a plate.
+
+A read with no plate in it (text "": a vehicle seen but not read) cannot be told
+apart from another unread vehicle, so unread reads of one source are one vehicle
+for `window_s` from the first of them: a fixed window, not a sliding one, so a
+camera reporting unread cars all day still gives one event per window, never one
+event forever.
 Tags group only on exactly equal numbers: a tag one digit off is another card.
 The window slides: it ends `window_s` after the vehicle's latest read, so a
 car that sits in view stays one event. Memory is bounded: expired vehicles
@@ -107,7 +114,9 @@ class Coalescer:
         # Caps how many texts one vehicle can collect, and so how often a flapping
         # read can ask the lane to re-decide.
         self._max_variants = max_variants
-        self._lanes: dict[tuple[str, CredentialKind], list[_Vehicle]] = {}
+        self._lanes: dict[tuple[str, CredentialKind, str], list[_Vehicle]] = {}
+        # unread vehicles: (lane, source, group) → the one open unread window
+        self._unread: dict[tuple[str, str, str], _Vehicle] = {}
         self._count = 0
         self._serial = 0  # numbers vehicles, so keys are never reused
         self.counts: Counter[str] = Counter()  # verdicts and evictions, for /metrics
@@ -116,18 +125,19 @@ class Coalescer:
         """Vehicles currently remembered, over all lanes."""
         return self._count
 
-    def offer(self, read: PlateRead, now: float) -> Outcome:
-        """Classify one read received at monotonic time `now`."""
+    def offer(self, read: PlateRead, now: float, group: str = "") -> Outcome:
+        """Classify one read received at monotonic time `now` (within its lane's `group`)."""
         self._expire(now)
         try:
             norm = normalise(read.text)
         except PayloadError:
             norm = ""
-        if not norm or self._window <= 0:
-            # Nothing to group on (or coalescing is off): pass it through, remember
-            # nothing; policy gives unreadable text its own clear answer.
+        if self._window <= 0:
+            # Coalescing is off: pass it through, remember nothing.
             return self._count_as(Outcome(Verdict.NEW, read, norm, self._next_key(read), 1, now))
-        lane_key = (read.access_point, read.kind)
+        if not norm:
+            return self._count_as(self._offer_unread(read, now, group))
+        lane_key = (read.access_point, read.kind, group)
         vehicles = self._lanes.setdefault(lane_key, [])
         vehicle = self._find(vehicles, norm, read.kind)
         if vehicle is None:
@@ -156,6 +166,22 @@ class Coalescer:
             vehicle.first_seen,
         )
         return self._count_as(outcome)
+
+    def _offer_unread(self, read: PlateRead, now: float, group: str) -> Outcome:
+        """An unread vehicle: one per source for a fixed window from its first read."""
+        key = (read.access_point, read.source, group)
+        vehicle = self._unread.get(key)
+        if vehicle is not None and now - vehicle.first_seen <= self._window:
+            vehicle.last_seen = now
+            vehicle.sightings += 1
+            return Outcome(
+                Verdict.DUPLICATE, read, "", vehicle.key, vehicle.sightings, vehicle.first_seen
+            )
+        if vehicle is None:
+            self._count += 1
+        vehicle = _Vehicle(self._next_key(read), read, "", now, now)
+        self._unread[key] = vehicle
+        return Outcome(Verdict.NEW, read, "", vehicle.key, 1, now)
 
     def _find(self, vehicles: list[_Vehicle], norm: str, kind: CredentialKind) -> _Vehicle | None:
         """The vehicle this text belongs to: an exact match first, then the most recent near one."""
@@ -212,6 +238,10 @@ class Coalescer:
                 self._lanes[lane_key] = kept
             else:
                 del self._lanes[lane_key]
+        for key in [k for k, v in self._unread.items() if now - v.first_seen > self._window]:
+            del self._unread[key]
+            self._count -= 1
+            self.counts["expired"] += 1
 
     def _count_as(self, outcome: Outcome) -> Outcome:
         self.counts[outcome.kind.value] += 1

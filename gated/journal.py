@@ -438,10 +438,10 @@ def _prepare_checked(event: AccessEvent | AuditEvent,
             snapshot_sha256=_text("snapshot_sha256", event.snapshot_sha256),
             snapshot_missing=_flag("snapshot_missing", event.snapshot_missing),
             read_to_relay_ms=_real("read_to_relay_ms", event.read_to_relay_ms),
-        )
             captured_at=_real("captured_at", event.captured_at),
             gate_opened=(None if event.gate_opened is None
                          else _flag("gate_opened", event.gate_opened)),
+        )
         _personal(row, "access", {"vehicle_plate": event.vehicle_plate,
                                   "visitor_name": event.visitor_name}, salt)
         return "access", row
@@ -559,9 +559,9 @@ def _prepare_fast(event: Any, salt: bytes) -> tuple[Stream, list[Any]] | None:
                 and (path is None or (path[:1] not in ("/", "\\") and ".." not in path))
                 and _optional_finite(event.confidence_score)
                 and _optional_finite(event.read_to_relay_ms)
-                and type(event.snapshot_missing) is bool):
                 and _optional_finite(event.captured_at)
                 and (event.gate_opened is None or type(event.gate_opened) is bool)
+                and type(event.snapshot_missing) is bool):
             return None
         # In ACCESS_COLUMNS order; None for seq, prev_hash, row_hash and synced_at.
         return "access", [
@@ -1207,8 +1207,10 @@ class Journal:
             return {pass_id: uses for pass_id, uses in await cur.fetchall()}
 
     async def last_passages(self, since: float) -> dict[str, tuple[str, float]]:
-        """Anti-passback subjects → (direction, created_at) of their last allowed passage.
+        """Anti-passback subjects → (direction, created_at) of their last passage.
 
+        A passage is an allowed row whose gate opened (gated.lane records the same
+        in the live state), in the direction the lane resolved for it.
         The subject is the vehicle, else the visitor pass, else the resident, exactly
         as gated.policy.subject_for picks it, so seeded state matches live state.
         "Last" is by seq, never by timestamp (the clock may have stepped).
@@ -1216,6 +1218,7 @@ class Journal:
         sql = (
             "SELECT coalesce(vehicle_id, pass_id, resident_id) AS subject, direction, created_at, "
             "max(seq) FROM access_logs WHERE created_at >= ? AND event_type != 'denied' "
+            "AND coalesce(gate_opened, 1) = 1 "  # a relay that failed let nobody through
             "AND direction IS NOT NULL AND subject IS NOT NULL GROUP BY subject"
         )
         async with self._reader.execute(sql, (float(since),)) as cur:
@@ -1279,8 +1282,7 @@ def public_row(stream: str, values: Sequence[Any]) -> dict[str, Any]:
     for name in ("clock_unsynced", "snapshot_missing"):
         if name in row:
             row[name] = bool(row[name])
-    row["stream"] = stream
-    return row
-            "AND coalesce(gate_opened, 1) = 1 "  # a relay that failed let nobody through
     if row.get("gate_opened") is not None:
         row["gate_opened"] = bool(row["gate_opened"])
+    row["stream"] = stream
+    return row

@@ -16,12 +16,24 @@ What the relay may wait for, and what it may not (invariants 1 and 2):
   controller's own log is the only record that could exist either way.
 * Policy state (anti-passback, pass uses) is updated before the first await,
   so two reads racing through the event loop never both spend the last use of
-  a visitor pass.
+  a visitor pass. When the relay then fails, the passage is taken back: nobody
+  went through, and the rebuild from the journal after a restart
+  (`gated.app.Daemon._seed_state`) skips rows with gate_opened = 0 the same way.
+* One direction per read: `gated.ingest` resolves it once (camera direction and
+  the source's config); the policy decides with it, the live state records it,
+  the row's `direction` and `event_type` (`Decision.event_type`) are taken from
+  the decision, and the rebuild reads those columns. A restart never changes an
+  outcome.
+* Acknowledged means kept: on_read returns a future resolved with the seq of the
+  row that records the read (or of the event it was merged into) once that row
+  has committed; a camera is answered "taken" only then. The relay never waits
+  for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -31,11 +43,13 @@ from dataclasses import dataclass
 from gated import gate as gm
 from gated.audit import Append, Auditor
 from gated.clock import ClockWatch
-from gated.coalesce import Coalescer, Outcome
+from gated.coalesce import Coalescer, Outcome, Verdict
 from gated.config import LaneConfig
 from gated.errors import GatedError, HardwareError, JournalError
 from gated.hardware.base import FrameSource, InputEvent, Relay
 from gated.ids import new_event_id
+from gated.ingest import DEFAULT_RULES, Ingested, SourceRules, ingest
+from gated.ingest import Verdict as Ingest
 from gated.metrics import LaneMetrics
 from gated.model import (
     AccessEvent,
@@ -49,13 +63,23 @@ from gated.model import (
     Reason,
     SiteIdentity,
 )
-from gated.policy import AccessPoint, MemoryPolicyState, decide
+from gated.policy import AccessPoint, MemoryPolicyState, decide, subject_for
 from gated.ruleset import RuleSet
 from gated.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
 EventListener = Callable[[AccessEvent, Decision | None], None]
+_MAX_EVENTS = 4096  # vehicles whose event the lane remembers (bounded: oldest go first)
+
+
+@dataclass(slots=True)
+class _Event:
+    """The event a coalesced vehicle last produced: its id, outcome and commit."""
+
+    event_id: str
+    allowed: bool
+    committed: asyncio.Future[int | None]  # resolved with the row's seq once it commits
 
 
 class RulesHolder:
@@ -98,9 +122,14 @@ class Lane:
         self.gate = gm.initial(setup, time.monotonic())
         self.listeners: list[EventListener] = []
         self._pending: set[asyncio.Task[None]] = set()
-        # decision outcome of the event each coalesced vehicle last produced
-        self._last_allowed: dict[str, tuple[str, bool]] = {}
+        # the event each coalesced vehicle last produced (outcome and commit)
+        self._events: dict[str, _Event] = {}
         self._accepting = True
+        self._source_rules: dict[str, SourceRules] = {
+            src.name: SourceRules.of(src) for src in cfg.sources
+        }
+        # Told when a read is merged into an earlier event (the demo says so).
+        self.merged_listeners: list[Callable[[PlateRead, int], None]] = []
 
     # --- plate and tag reads -------------------------------------------------
 
@@ -109,70 +138,170 @@ class Lane:
         """The lane's current mode."""
         return self.p.state.mode(self.id)
 
-    def on_read(self, read: PlateRead) -> None:
-        """Take a read from any source (event loop thread); never blocks, never raises."""
+    def on_read(self, read: PlateRead) -> asyncio.Future[int | None]:
+        """Take a read from any source (event loop thread); never blocks, never raises.
+
+        The future resolves with the seq of the journal row recording the read (or
+        of the event it was merged into) once it has committed; None when the read
+        is deliberately not journaled (the source's config says ignore). It is
+        cancelled when the lane is stopping or the read could not be handled.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int | None] = loop.create_future()
         if not self._accepting:
-            return
+            done.cancel()
+            return done
         self.metrics.reads += 1
-        outcome = self.coalescer.offer(read, time.monotonic())
-        if outcome.kind == Outcome.DUPLICATE:
-            self.metrics.duplicates += 1
-            return
-        task = asyncio.get_running_loop().create_task(self._process(read, outcome))
+        now = time.time()
+        ingested = ingest(
+            read,
+            self._source_rules.get(read.source, DEFAULT_RULES),
+            self.p.access_point.direction,
+            now,
+            not self.p.clock.unsynced(),
+        )
+        verdict = ingested.verdict
+        if verdict is Ingest.IGNORE:
+            self.metrics.ignored += 1
+            done.set_result(None)
+            return done
+        read = ingested.read
+        if verdict is Ingest.STALE:
+            # Never coalesced: a replayed plate must not swallow the live car's read.
+            outcome = Outcome(Verdict.NEW, read, read.text, f"stale/{new_event_id()}", 1, 0.0)
+        else:
+            group = "" if read.direction == self.p.access_point.direction else "against"
+            outcome = self.coalescer.offer(read, read.received_mono, group)
+            if outcome.kind == Outcome.DUPLICATE:
+                self.metrics.duplicates += 1
+                return self._merged(read, outcome.key, done)
+        task = loop.create_task(self._process(read, outcome, ingested, now, done))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return done
 
-    async def _process(self, read: PlateRead, outcome: Outcome) -> None:
+    def _merged(
+        self, read: PlateRead, key: str, done: asyncio.Future[int | None]
+    ) -> asyncio.Future[int | None]:
+        """Answer a read merged into an earlier event with that event's commit."""
+        event = self._events.get(key)
+        if event is None:  # forgotten long ago (bounded memory): that row committed
+            done.set_result(None)
+            return done
+        _follow(event.committed, done)
+        for listener in list(self.merged_listeners):
+            try:
+                listener(read, len(self._events))
+            except Exception:
+                log.exception("merged-read listener failed")
+        return done
+
+    async def _process(
+        self,
+        read: PlateRead,
+        outcome: Outcome,
+        ingested: Ingested,
+        now: float,
+        done: asyncio.Future[int | None],
+    ) -> None:
+        # `done` follows the event's commit (settled by a callback, a moment later).
         try:
-            await self._handle(read, outcome)
+            await self._handle(read, outcome, ingested, now, done)
         except Exception:  # one bad read must never take the lane down
             log.exception("lane %s: failed to handle a read from %s", self.id, read.source)
+            if not done.done():  # not kept: the source must not answer "taken"
+                done.cancel()
 
-    async def _handle(self, read: PlateRead, outcome: Outcome) -> None:
-        now = time.time()
+    async def _handle(
+        self,
+        read: PlateRead,
+        outcome: Outcome,
+        ingested: Ingested,
+        now: float,
+        done: asyncio.Future[int | None],
+    ) -> None:
         decision = decide(read, self.p.access_point, self.p.rules.current, self.p.state, now)
+        reason = ingested.verdict.reason
+        if reason is not None:
+            # Stale, unread or against the lane: journaled with its own reason, never
+            # opens. The policy's match still says whose plate it was.
+            decision = dataclasses.replace(decision, allowed=False, reason=reason)
         key = outcome.key
-        previous = self._last_allowed.get(key) if outcome.kind == Outcome.UPDATE else None
-        if previous is not None and (previous[1] or not decision.allowed):
+        previous = self._events.get(key) if outcome.kind == Outcome.UPDATE else None
+        if previous is not None and (previous.allowed or not decision.allowed):
             # A better read of a vehicle already handled: only a deny turning into an
             # allow is acted on (Axis-style new → update); otherwise nothing changes.
             self.metrics.updates += 1
+            _follow(previous.committed, done)
             return
         # Before any await (see module docstring): a racing read of the same vehicle
         # must see this decision, and state such as pass uses must already count it.
+        subject = subject_for(decision.vehicle_id, decision.resident_id, decision.pass_id)
+        passage_before = self.p.state.last_passage(subject) if subject is not None else None
         self.p.state.record(decision, now)
         event_id = new_event_id()
-        self._last_allowed[key] = (event_id, decision.allowed)
-        if len(self._last_allowed) > 4096:  # bounded: oldest entries go first
-            for stale in list(self._last_allowed)[:1024]:
-                del self._last_allowed[stale]
+        committed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        _follow(committed, done)
+        self._events[key] = _Event(event_id, decision.allowed, committed)
+        if len(self._events) > _MAX_EVENTS:  # bounded: oldest entries go first
+            for stale in list(self._events)[: _MAX_EVENTS // 4]:
+                del self._events[stale]
+        try:
+            await self._act_and_journal(read, decision, ingested, now, event_id, previous,
+                                        passage_before, committed)
+        finally:
+            if not committed.done():
+                committed.cancel()
+
+    async def _act_and_journal(
+        self,
+        read: PlateRead,
+        decision: Decision,
+        ingested: Ingested,
+        now: float,
+        event_id: str,
+        previous: _Event | None,
+        passage_before: tuple[Direction, float] | None,
+        committed: asyncio.Future[int | None],
+    ) -> None:
         relay_ms, relay_error = None, None
-        if decision.allowed and self.mode != Mode.HOLD_OPEN:
-            relay_ms, relay_error = await self._pulse(read.received_mono)
+        gate_opened: bool | None = None
+        if decision.allowed:
+            if self.mode != Mode.HOLD_OPEN:
+                relay_ms, relay_error = await self._pulse(read.received_mono)
+            gate_opened = relay_error is None
+            if relay_error:
+                # Nobody went through: anti-passback and pass uses must not count it.
+                self.p.state.undo(decision, passage_before)
         self.metrics.decisions[decision.reason.value] += 1
-        snap_path, snap_sha, snap_missing = await self._snapshot(event_id, read)
+        snap_path, snap_sha, snap_missing = await self._snapshot(event_id, read, now)
         # Personal data (the plate as read, the stored plate) lives only in the
         # journal's erasable columns, never in metadata: see gated.journal.
         metadata: dict[str, object] = {
             "source": read.source,
             "vendor": read.vendor,
             "match": _match_meta(decision),
-            "flags": list(decision.flags),
+            "flags": [*decision.flags, *ingested.flags],
             "inputs": {k: v for k, v in decision.inputs.items() if k not in _PERSONAL_INPUTS},
         }
+        if read.camera_direction is not None:
+            metadata["camera_direction"] = read.camera_direction[:32]
+        if ingested.camera_skew_s is not None:
+            metadata["camera_skew_s"] = round(ingested.camera_skew_s, 3)
         if previous is not None:
-            metadata["updates_event_id"] = previous[0]
+            metadata["updates_event_id"] = previous.event_id
         if relay_error:
             metadata["relay_error"] = relay_error
         if read.extra:
             metadata["camera"] = dict(read.extra)
+        captured = read.captured_at
         event = AccessEvent(
             event_id=event_id,
             tenant_id=self.p.identity.tenant_id,
             site_id=self.p.identity.site_id,
             device_id=self.p.identity.device_id,
             created_at=now,
-            event_type=self._event_type(decision).value,
+            event_type=decision.event_type.value,
             access_point=self.id,
             authorization_method=(
                 AuthorizationMethod.AUTO_TAG
@@ -181,12 +310,12 @@ class Lane:
             ).value,
             decision_reason=decision.reason.value,
             rules_version=decision.rules_version,
-            direction=self.p.access_point.direction.value,
+            direction=str(decision.inputs["direction"]),
             resident_id=decision.resident_id,
             vehicle_id=decision.vehicle_id,
             pass_id=decision.pass_id,
             visitor_name=decision.visitor_name,
-            vehicle_plate=str(decision.inputs.get("normalised") or read.text),
+            vehicle_plate=str(decision.inputs.get("normalised") or "") or None,
             confidence_score=_journal_confidence(read.confidence),
             snapshot_path=snap_path,
             snapshot_sha256=snap_sha,
@@ -194,8 +323,15 @@ class Lane:
             read_to_relay_ms=relay_ms,
             clock_unsynced=self.p.clock.unsynced(),
             metadata=metadata,
+            captured_at=(
+                float(captured)
+                if isinstance(captured, int | float) and math.isfinite(captured)
+                else None
+            ),
+            gate_opened=gate_opened,
         )
-        await self._journal(event, read.received_mono)
+        seq = await self._journal(event, read.received_mono)
+        committed.set_result(seq)
         if relay_error:
             await self.p.auditor.record(
                 "relay_pulse",
@@ -206,13 +342,6 @@ class Lane:
                 metadata={"event_id": event_id},
             )
         self._notify(event, decision)
-
-    def _event_type(self, decision: Decision) -> EventType:
-        if not decision.allowed:
-            return EventType.DENIED
-        if self.p.access_point.direction == Direction.OUT:
-            return EventType.EXIT
-        return EventType.VISITOR_ENTRY if decision.pass_id else EventType.ENTRY
 
     async def _pulse(self, received_mono: float) -> tuple[float | None, str | None]:
         """Open once through the gate machine; (read→relay ms, None) or (None, error).
@@ -238,9 +367,13 @@ class Lane:
         return self.cfg.relay.pulse_ms
 
     async def _snapshot(
-        self, event_id: str, read: PlateRead
+        self, event_id: str, read: PlateRead, now: float
     ) -> tuple[str | None, str | None, bool]:
-        """Store the payload's picture, else the camera's latest frame; (path, sha256, missing)."""
+        """Store the payload's picture, else the camera's latest frame; (path, sha256, missing).
+
+        Filed by the device's time (`now`, the row's created_at), never the camera's:
+        a camera clock that is off must not scatter pictures across folders.
+        """
         camera = self.p.camera
         if read.snapshot is None and camera is None:
             return None, None, False
@@ -250,7 +383,7 @@ class Lane:
             if jpeg is None:
                 return None, None, True
             try:
-                path, sha = self.p.snapshots.save(event_id, jpeg, read.read_at)
+                path, sha = self.p.snapshots.save(event_id, jpeg, now)
             except (GatedError, OSError) as err:
                 log.warning("lane %s: snapshot not stored: %s", self.id, err)
                 return None, None, True
@@ -261,12 +394,12 @@ class Lane:
             self.metrics.snapshots_missing += 1
         return path, sha, missing
 
-    async def _journal(self, event: AccessEvent, since_mono: float) -> None:
-        """Append with retries: an access event is the last thing gated gives up on."""
+    async def _journal(self, event: AccessEvent, since_mono: float) -> int:
+        """Append with retries (an access event is the last thing gated gives up on); seq."""
         delay = 0.05
         while True:
             try:
-                await self.p.append(event)
+                seq = await self.p.append(event)
                 break
             except JournalError as err:
                 self.metrics.journal_failures += 1
@@ -274,6 +407,7 @@ class Lane:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.metrics.journal_lag_ms.observe((time.monotonic() - since_mono) * 1000)
+        return seq
 
     def _notify(self, event: AccessEvent, decision: Decision | None) -> None:
         for listener in list(self.listeners):
@@ -322,6 +456,7 @@ class Lane:
             read_to_relay_ms=relay_ms,
             clock_unsynced=self.p.clock.unsynced(),
             metadata={"note": note, **({"relay_error": relay_error} if relay_error else {})},
+            gate_opened=relay_error is None,
         )
         await self._journal(event, started)
         await self.p.auditor.record(
@@ -456,6 +591,23 @@ def _journal_confidence(confidence: float | None) -> float | None:
 
 # Decision inputs that carry the plate itself; the row's vehicle_plate column holds it.
 _PERSONAL_INPUTS = frozenset({"raw_text", "normalised", "confusion_key"})
+
+
+def _follow(source: asyncio.Future[int | None], target: asyncio.Future[int | None]) -> None:
+    """Settle `target` as `source` settles (each waiter has its own future to cancel)."""
+
+    def settle(done: asyncio.Future[int | None]) -> None:
+        if target.done():
+            return
+        if done.cancelled() or done.exception() is not None:
+            target.cancel()
+        else:
+            target.set_result(done.result())
+
+    if source.done():
+        settle(source)
+    else:
+        source.add_done_callback(settle)
 
 
 def _match_meta(decision: Decision) -> dict[str, object] | None:

@@ -60,9 +60,9 @@ class LaneMetrics:
     reads: int = 0
     duplicates: int = 0
     updates: int = 0
+    ignored: int = 0  # reads the source's config says to drop (unread, wrong direction)
     decisions: Counter[str] = field(default_factory=Counter)
     relay_failures: int = 0
-    ignored: int = 0  # reads the source's config says to drop (unread, wrong direction)
     journal_failures: int = 0
     snapshots_missing: int = 0
     read_to_relay_ms: Histogram = field(default_factory=Histogram)
@@ -94,13 +94,13 @@ def render_prometheus(lanes: dict[str, LaneMetrics], components: dict[str, bool]
         ("gated_reads_total", "Plate and tag reads received", "reads"),
         ("gated_reads_duplicate_total", "Reads merged into an earlier event", "duplicates"),
         ("gated_reads_update_total", "Better reads of a vehicle already decided", "updates"),
+        ("gated_reads_ignored_total", "Reads dropped by their source's config", "ignored"),
         ("gated_relay_failures_total", "Relay commands that failed", "relay_failures"),
         (
             "gated_journal_failures_total",
             "Journal appends that had to be retried",
             "journal_failures",
         ),
-        ("gated_reads_ignored_total", "Reads dropped by their source's config", "ignored"),
         (
             "gated_snapshots_missing_total",
             "Events journaled without their snapshot",

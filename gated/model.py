@@ -69,6 +69,9 @@ class Reason(StrEnum):
     NEEDS_GUARD = "needs_guard"  # a match that must be confirmed by a guard (e.g. fuzzy visitor)
     GUARD_OVERRIDE = "guard_override"  # opened by a guard button or logged-in guard
     REMOTE_COMMAND = "remote_command"  # opened by a signed upstream command
+    UNREAD_PLATE = "unread_plate"  # a vehicle seen without a readable plate: never opens
+    STALE_READ = "stale_read"  # captured too long ago, or a retained/re-delivered message
+    WRONG_DIRECTION = "wrong_direction"  # travelling against the lane (source config: journal)
 
 
 class EventType(StrEnum):
@@ -111,6 +114,8 @@ class PlateRead:
     received_mono: float  # time.monotonic() when gated received it, for latency
     confidence: float | None = None  # 0..1, None when the source gives none
     kind: CredentialKind = CredentialKind.PLATE
+    # The direction the lane resolved for this read (gated.ingest, from camera_direction
+    # and the source's config); sources leave it None. decide() uses it, else the lane's.
     direction: Direction | None = None
     snapshot: bytes | None = None  # JPEG from the payload, if the source sent one
     vendor: str = ""  # "hikvision", "axis", "platerecognizer", "generic", "frigate", "serial", …
@@ -202,6 +207,11 @@ class AccessEvent:
     read_to_relay_ms: float | None = None
     clock_unsynced: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The camera's own capture time (epoch s, camera clock); None when it gave none.
+    captured_at: float | None = None
+    # Did the gate open for this event? None: no opening was asked (a denial);
+    # False: allowed (or ordered by a guard) but the relay failed; True: opened or held.
+    gate_opened: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,10 +91,19 @@ CASES: dict[str, list[tuple[PlateRead, float, Verdict]]] = {
         (read("XY987Z", 7.5), 2.0, NEW),
         (read("XY987Z", 0.5), 3.0, UPDATE),
     ],
-    "text that normalises to nothing is passed through, not remembered": [
+    "unread vehicles of one source are one event per fixed window, never one forever": [
         (read("---"), 0.0, NEW),
-        (read("---"), 0.1, NEW),
-        (read("x" * 300), 0.2, NEW),
+        (read(""), 0.1, DUP),
+        (read("x" * 300), 0.2, DUP),
+        (read(""), 5.9, DUP),
+        (read(""), 6.5, NEW),  # the window is fixed from the first read: a stream
+        (read(""), 11.0, DUP),  # of unread cars does not stretch it forever
+        (read(""), 12.6, NEW),
+    ],
+    "an unread vehicle never swallows a readable plate": [
+        (read(""), 0.0, NEW),
+        (read("AB123C"), 0.1, NEW),
+        (read(""), 0.2, DUP),
     ],
 }
 
@@ -238,3 +247,30 @@ def test_arbitrary_text_never_crashes_and_memory_stays_bounded(
         now += step
         c.offer(read(text, conf, lane, kind), now)
         assert len(c) <= 3 * 2 * 5  # lanes x kinds x cap
+
+
+def test_unread_reads_of_two_sources_are_two_vehicles() -> None:
+    c = Coalescer(6.0)
+    first = c.offer(read(""), 0.0)
+    other = c.offer(replace(read(""), source="cam-2"), 0.1)
+    assert (first.kind, other.kind) == (NEW, NEW)
+    assert first.key != other.key
+    assert c.offer(read(""), 0.2).key == first.key
+
+
+def test_groups_keep_reads_against_the_lane_apart() -> None:
+    """A read travelling the wrong way must not swallow the same plate's read the right way."""
+    c = Coalescer(6.0)
+    against = c.offer(read("AB123C"), 0.0, group="against")
+    along = c.offer(read("AB123C"), 0.5)
+    assert (against.kind, along.kind) == (NEW, NEW)
+    assert c.offer(read("AB123C"), 1.0, group="against").kind == DUP
+
+
+def test_unread_windows_expire_and_memory_stays_bounded() -> None:
+    c = Coalescer(1.0)
+    for i in range(100):
+        c.offer(replace(read(""), source=f"cam-{i % 3}"), i * 0.5)
+    assert len(c) <= 3
+    c.offer(read("AB123C"), 1000.0)
+    assert len(c) == 1

@@ -18,6 +18,7 @@ from gated.journal import (
     GENESIS,
     Journal,
     migrate,
+    migration_files,
     row_hash,
 )
 from gated.journal_verify import verify
@@ -46,7 +47,7 @@ async def test_open_creates_dirs_schema_wal_and_full_sync(tmp_path: Path) -> Non
     await j.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(migration_files())
     info = {r[1] for r in conn.execute("PRAGMA table_info(access_logs)")}
     assert info == set(ACCESS_COLUMNS)
     assert {r[1] for r in conn.execute("PRAGMA table_info(audit_logs)")} == set(AUDIT_COLUMNS)
