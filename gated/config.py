@@ -104,8 +104,20 @@ class GpioRelayConfig(_Section, frozen=True, tag_field="kind", tag="gpio"):
     """A relay on a GPIO pin (BCM numbering) via gpiozero."""
 
     pin: GpioPin
-    active_high: bool = True
+    # No default: the wrong polarity energises the relay (opens the gate) whenever gated is
+    # not pulsing it, and most modules sold for a Pi are active-low while a guess of "high"
+    # looks natural. The installer must say which board is wired.
+    active_high: bool | None = None
     pulse_ms: PositiveMs = 800
+
+    def __post_init__(self) -> None:
+        if self.active_high is None:
+            raise ValueError(
+                "active_high: required for a GPIO relay: false for the common active-low "
+                "modules (relay on when IN is low: most opto-isolated boards, jumper on L), "
+                "true only for a module that switches on a high pin; the wrong choice holds "
+                "the gate open while gated is idle (docs/hardware.md)"
+            )
 
 
 class LcusRelayConfig(_Section, frozen=True, tag_field="kind", tag="lcus"):

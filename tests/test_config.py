@@ -98,7 +98,7 @@ def test_example_documents_every_setting() -> None:
         ),
         (
             {
-                "lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 5}}],
+                "lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 5, "active_high": False}}],
                 "buttons": [{"name": "b", "pin": 5, "action": "open"}],
             },
             "buttons[0].pin: GPIO pin 5 is already used",

@@ -487,7 +487,7 @@ async def test_pulse_length_must_be_positive() -> None:
 async def test_make_relay_builds_each_kind(port: FakePort) -> None:
     factory = MockFactory()
     made = [
-        make_relay("a", GpioRelayConfig(pin=4), pin_factory=factory),
+        make_relay("a", GpioRelayConfig(pin=4, active_high=False), pin_factory=factory),
         make_relay("b", LcusRelayConfig(port=str(port.link), channel=2)),
         make_relay("c", ModbusRelayConfig(port=str(port.link), address=2, coil=1)),
         make_relay("d", FakeRelayConfig()),
