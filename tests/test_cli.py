@@ -331,3 +331,28 @@ def test_demo_default_port_falls_back_to_a_free_one() -> None:
         with pytest.raises(GatedError, match=f"{busy}.*in use"):
             listener_port(busy, explicit=True)
     assert listener_port(busy, explicit=True) == (busy, "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root creates files for another user")
+def test_rules_import_as_root_gives_new_files_to_the_state_dirs_owner(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    site.write_config('[[lanes]]\nid = "main-in"\n')
+    state = tmp_path / "state"  # as /var/lib/gated, made for the service user before the import
+    state.mkdir(mode=0o750)
+    service_user = (65534, 65534)
+    try:
+        os.chown(state, *service_user)
+    except PermissionError:
+        pytest.skip("this root may not chown")
+    site.config.write_text(
+        site.config.read_text()
+        .replace(str(site.journal), str(state / "journal.sqlite3"))
+        .replace(str(tmp_path / "rules.sqlite3"), str(state / "db" / "rules.sqlite3"))
+    )
+    result = gated(
+        "rules", "import", str(EXAMPLES / "rules.example.json"), "--config", str(site.config)
+    )
+    assert result.returncode == 0, result.stderr
+    # The daemon runs as the service user: it must be able to write what the installer made.
+    made = [state / "journal.sqlite3", state / "db", state / "db" / "rules.sqlite3"]
+    assert [(p.stat().st_uid, p.stat().st_gid) for p in made] == [service_user] * 3
