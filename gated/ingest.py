@@ -4,7 +4,7 @@ Every source's read passes through `ingest()` once, in the lane, so one rule set
 answers for every camera and reader:
 
 * **Plate hygiene.** The text is cut down to the plate alphabet
-  (`gated.plates.normalise`; markup tags are dropped first) and bounded in length.
+  (`gated.plates.normalise`) and bounded in length; text with markup in it is no read.
   Text with no plate in it (empty, "unknown", punctuation, markup) is an *unread*
   vehicle: journaled as denied with reason `unread_plate` (its picture kept), or
   ignored when the source says so. The raw text never reaches the journal.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -38,8 +37,6 @@ from gated.plates import MAX_PLATE_LEN, MAX_TAG_LEN, normalise
 
 __all__ = ["Ingested", "SourceRules", "Verdict", "clean_text", "ingest", "resolve_direction"]
 
-# A markup tag: no plate contains "<", so a tag's name must not become plate letters.
-_MARKUP = re.compile(r"<[^<>]{0,256}>")
 # Raw values "in"/"out" mean themselves unless a source's direction_map says otherwise.
 _PLAIN_DIRECTIONS: Mapping[str, Direction] = {"in": Direction.IN, "out": Direction.OUT}
 
@@ -105,10 +102,9 @@ class Ingested:
 
 def clean_text(text: object, kind: CredentialKind = CredentialKind.PLATE) -> str:
     """The read's text in the plate alphabet, or "" when it holds no plate (or tag)."""
-    if not isinstance(text, str):
+    if not isinstance(text, str) or "<" in text or ">" in text:
+        # No plate has angle brackets: markup is never a read, whatever letters it holds.
         return ""
-    if "<" in text:
-        text = _MARKUP.sub("", text)
     try:
         cleaned = normalise(text)
     except PayloadError:  # absurdly long: no plate is hidden in 10 kB of text

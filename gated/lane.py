@@ -124,12 +124,15 @@ class Lane:
         self._pending: set[asyncio.Task[None]] = set()
         # the event each coalesced vehicle last produced (outcome and commit)
         self._events: dict[str, _Event] = {}
+        # per vehicle, the commit that keeps its latest read that was not a duplicate
+        # (set before the read is handled: a repeat arriving meanwhile follows it)
+        self._kept: dict[str, asyncio.Future[int | None]] = {}
         self._accepting = True
         self._source_rules: dict[str, SourceRules] = {
             src.name: SourceRules.of(src) for src in cfg.sources
         }
         # Told when a read is merged into an earlier event (the demo says so).
-        self.merged_listeners: list[Callable[[PlateRead, int], None]] = []
+        self.merged_listeners: list[Callable[[PlateRead], None]] = []
 
     # --- plate and tag reads -------------------------------------------------
 
@@ -175,7 +178,13 @@ class Lane:
             if outcome.kind == Outcome.DUPLICATE:
                 self.metrics.duplicates += 1
                 return self._merged(read, outcome.key, done)
-        task = loop.create_task(self._process(read, outcome, ingested, now, done))
+        kept: asyncio.Future[int | None] = loop.create_future()
+        _follow(kept, done)
+        self._kept[outcome.key] = kept
+        if len(self._kept) > _MAX_EVENTS:  # bounded: oldest entries go first
+            for old in list(self._kept)[: _MAX_EVENTS // 4]:
+                del self._kept[old]
+        task = loop.create_task(self._process(read, outcome, ingested, now, kept))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return done
@@ -184,14 +193,14 @@ class Lane:
         self, read: PlateRead, key: str, done: asyncio.Future[int | None]
     ) -> asyncio.Future[int | None]:
         """Answer a read merged into an earlier event with that event's commit."""
-        event = self._events.get(key)
-        if event is None:  # forgotten long ago (bounded memory): that row committed
+        kept = self._kept.get(key)
+        if kept is None:  # forgotten long ago (bounded memory): that row committed
             done.set_result(None)
             return done
-        _follow(event.committed, done)
+        _follow(kept, done)
         for listener in list(self.merged_listeners):
             try:
-                listener(read, len(self._events))
+                listener(read)
             except Exception:
                 log.exception("merged-read listener failed")
         return done
@@ -240,8 +249,7 @@ class Lane:
         passage_before = self.p.state.last_passage(subject) if subject is not None else None
         self.p.state.record(decision, now)
         event_id = new_event_id()
-        committed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        _follow(committed, done)
+        committed = done  # this read makes the event: its commit is the event's
         self._events[key] = _Event(event_id, decision.allowed, committed)
         if len(self._events) > _MAX_EVENTS:  # bounded: oldest entries go first
             for stale in list(self._events)[: _MAX_EVENTS // 4]:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from gated.audit import Auditor
@@ -211,3 +212,126 @@ async def test_out_of_range_confidence_is_journaled_not_retried_forever(rig: Rig
     assert [r["confidence_score"] for r in rows] == [None, None]
     assert [r["decision_reason"] for r in rows] == ["low_confidence", "low_confidence"]
     assert rig.relay.pulses_ms == []
+
+
+# --- the decision and the record agree; acknowledged means kept -----------------------------
+
+
+class SyncedClock(ClockWatch):
+    """A device clock known to be synchronised (injected; the test machine's may not be)."""
+
+    def unsynced(self) -> bool:
+        return False
+
+
+def lane_with(rig: Rig, *, clock: ClockWatch | None = None, **source: Any) -> Lane:
+    """The rig's lane again, with one generic camera "cam" configured as given."""
+    cfg = msgspec.convert(
+        {
+            "id": "main-in",
+            "dedup_window_s": 30.0,
+            "sources": [
+                {"kind": "anpr_http", "name": "cam", "format": "generic", "path": "/a", **source}
+            ],
+        },
+        LaneConfig,
+    )
+    parts = dataclasses.replace(rig.lane.p, clock=clock or rig.lane.p.clock)
+    rig.lane = Lane(cfg, parts)
+    return rig.lane
+
+
+def plate_read(plate: str, **kw: Any) -> PlateRead:
+    return PlateRead("main-in", plate, "cam", time.time(), time.monotonic(), 0.95, **kw)
+
+
+async def test_a_capture_older_than_max_age_is_journaled_stale_and_a_live_read_still_opens(
+    rig: Rig,
+) -> None:
+    lane = lane_with(rig, clock=SyncedClock(), max_age_s=10.0)
+    old = time.time() - 3 * 3600  # a message replayed three hours later
+    seq = await lane.on_read(plate_read("AB123CD", captured_at=old))
+    live = await lane.on_read(plate_read("AB123CD", captured_at=time.time()))
+    await rig.settle()
+    stale, opened = rig.rows()
+    assert stale["seq"] == seq and opened["seq"] == live
+    assert (stale["event_type"], stale["decision_reason"]) == ("denied", "stale_read")
+    assert stale["captured_at"] == pytest.approx(old) and stale["gate_opened"] is None
+    assert "camera_clock_skew" in json.loads(stale["metadata"])["flags"]
+    assert opened["decision_reason"] == "resident" and opened["gate_opened"] == 1
+    assert rig.relay.pulses_ms == [800]  # only the live car opened
+
+
+async def test_a_retained_message_never_opens(rig: Rig) -> None:
+    lane = lane_with(rig)
+    await lane.on_read(plate_read("AB123CD", retained=True))
+    await rig.settle()
+    [row] = rig.rows()
+    assert row["decision_reason"] == "stale_read" and rig.relay.pulses_ms == []
+    assert "retained" in json.loads(row["metadata"])["flags"]
+
+
+async def test_a_camera_clock_off_by_more_than_the_skew_is_flagged(rig: Rig) -> None:
+    lane = lane_with(rig, clock=SyncedClock(), max_age_s=0.0, max_clock_skew_s=5.0)
+    await lane.on_read(plate_read("AB123CD", captured_at=time.time() + 3 * 3600))
+    await rig.settle()
+    [row] = rig.rows()
+    meta = json.loads(row["metadata"])
+    assert row["decision_reason"] == "resident"  # max_age_s = 0: no age check
+    assert "camera_clock_skew" in meta["flags"] and meta["camera_skew_s"] > 3 * 3600 - 60
+
+
+@pytest.mark.parametrize("text", ["", "---", " . ", "<script>alert(1)</script>", "<b>AB123CD"])
+async def test_an_unread_vehicle_is_journaled_denied_with_its_picture(rig: Rig, text: str) -> None:
+    lane = lane_with(rig)
+    jpeg = b"\xff\xd8\xff\xe0" + b"x" * 64 + b"\xff\xd9"
+    seq = await lane.on_read(plate_read(text, snapshot=jpeg))
+    await rig.settle()
+    [row] = rig.rows()
+    assert row["seq"] == seq
+    assert (row["event_type"], row["decision_reason"]) == ("denied", "unread_plate")
+    assert row["vehicle_plate"] is None  # never the raw text, never markup
+    assert row["snapshot_path"] and not row["snapshot_missing"]
+    assert rig.relay.pulses_ms == []
+
+
+async def test_unread_vehicles_can_be_ignored_by_config(rig: Rig) -> None:
+    lane = lane_with(rig, unread="ignore")
+    assert await lane.on_read(plate_read("")) is None
+    await rig.settle()
+    assert rig.rows() == [] and lane.metrics.ignored == 1
+
+
+async def test_snapshots_are_filed_by_the_device_date_not_the_camera_date(rig: Rig) -> None:
+    lane = lane_with(rig, max_age_s=0.0)
+    jpeg = b"\xff\xd8\xff\xe0" + b"y" * 64 + b"\xff\xd9"
+    await lane.on_read(plate_read("AB123CD", snapshot=jpeg, captured_at=1_588_291_200.0))
+    await rig.settle()
+    [row] = rig.rows()
+    device_day = time.strftime("%Y/%m/%d", time.gmtime(row["created_at"]))
+    assert row["snapshot_path"].startswith(device_day)
+    assert row["captured_at"] == 1_588_291_200.0
+
+
+async def test_an_allowed_read_whose_relay_failed_says_the_gate_did_not_open(rig: Rig) -> None:
+    lane = lane_with(rig)
+    rig.relay.fail("board unplugged")
+    await lane.on_read(plate_read("AB123CD"))
+    await rig.settle()
+    [row] = rig.rows()
+    assert row["decision_reason"] == "resident" and row["event_type"] == "entry"
+    assert row["gate_opened"] == 0 and "relay_error" in json.loads(row["metadata"])
+    # Nobody went through: the live anti-passback state has no passage for the car ...
+    assert rig.lane.p.state.last_passage("v-1") is None
+    # ... and neither has the state rebuilt from the journal after a restart.
+    assert await rig.journal.last_passages(0.0) == {}
+
+
+async def test_every_read_is_answered_with_the_seq_of_the_row_that_keeps_it(rig: Rig) -> None:
+    lane = lane_with(rig)
+    first = lane.on_read(plate_read("AB123CD"))
+    merged = lane.on_read(plate_read("AB-123-CD"))  # merged into the first read's event
+    assert not first.done()  # the answer waits for the commit, the relay does not
+    assert await first == await merged
+    [row] = rig.rows()
+    assert row["seq"] == await first
