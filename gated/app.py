@@ -15,8 +15,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import sqlite3
 import sys
+import threading
 import time
 import zoneinfo
 from collections.abc import Callable
@@ -46,6 +49,10 @@ from gated.supervise import Supervisor, TooManyFailuresError
 log = logging.getLogger(__name__)
 
 RULES_POLL_S = 2.0
+# Each step of a stop that can touch the disk (the stop record, closing the journal) gets
+# this long; the whole stop gets STOP_DEADLINE_S, under the unit's TimeoutStopSec (20 s).
+STOP_STEP_S = 5.0
+STOP_DEADLINE_S = 17.0
 SNAPSHOT_QUOTA_CHECK_S = 60.0
 STATE_PRUNE_S = 600.0
 RELAY_OPEN_WAIT_S = 10.0  # longest a generation waits for its relays before sources start
@@ -96,11 +103,17 @@ class Daemon:
         # generation as they are: a held gate is never dropped by a SIGHUP.
         self._carried_relays: dict[str, tuple[Any, Any]] = {}
         self._pin_factory_for: tuple[Any, Any] | None = None  # (GpioConfig, factory)
+        self._exit_reason: str | None = None  # why a component ended the daemon
+        # Called once when stopping begins (SIGTERM, a fatal error): `gated run` arms its
+        # hard exit deadline with it. Never set in-process (tests, the demo).
+        self.on_stopping: Callable[[], None] | None = None
+        self.journal_head: tuple[int, str, float] | None = None  # (seq, row_hash, when read)
 
     # --- public control ------------------------------------------------------
 
     def request_stop(self) -> None:
         """Ask the daemon to drain and stop (SIGTERM)."""
+        self._stopping_began()
         self._wake.put_nowait("stop")
 
     def request_reload(self) -> None:
@@ -115,7 +128,13 @@ class Daemon:
     # --- main ----------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until stopped; returns the process exit status."""
+        """Run until stopped; returns the process exit status.
+
+        Once the journal is open, whatever fails (a full disk refusing the first write, a
+        fault while stopping) the journal is closed and every relay released, each step
+        bounded; a start or stop that could not be journaled is a non-zero status, so
+        systemd restarts the unit instead of trusting a daemon that stopped writing.
+        """
         from gated.journal import Journal
 
         loop = asyncio.get_running_loop()
@@ -127,26 +146,47 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, action)
         self.journal = await Journal.open(self.cfg.journal.path)
-        self.health.set("journal", True, critical=True)
-        self.auditor = Auditor(self._append, self.cfg.site.identity, self.clock)
-        await self._seed_state()
-        await self.auditor.record(
-            "daemon_start",
-            "daemon",
-            new_values={"version": __version__, "config": redacted(self.cfg)},
-        )
-        if self.journal.tail_problem:
-            # The gate keeps working (a new event is worth more than a refusal to start),
-            # but the chain's end does not verify: someone edited the file, or the disk lied.
-            log.error("journal chain check failed at start-up: %s", self.journal.tail_problem)
-            self.health.set("journal-chain", False, self.journal.tail_problem)
+        status = 1  # until a clean stop is journaled
+        background: list[asyncio.Task[Any]] = []
+        error: BaseException | None = None
+        try:
+            self.health.set("journal", True, critical=True)
+            self.auditor = Auditor(self._append, self.cfg.site.identity, self.clock)
+            await self._seed_state()
             await self.auditor.record(
-                "journal_check",
-                "journal",
-                status="failure",
-                error_message=self.journal.tail_problem,
+                "daemon_start",
+                "daemon",
+                new_values={"version": __version__, "config": redacted(self.cfg)},
             )
-        health_task = asyncio.create_task(self.health.run(), name="health")
+            await self._report_journal_check()
+            background.append(asyncio.create_task(self.health.run(), name="health"))
+            background.append(asyncio.create_task(self._publish_head(), name="journal-head"))
+            status = await self._run_generations()
+        except BaseException as err:
+            error = err
+            raise
+        finally:
+            status = await self._shut_down(status, error, background)
+        return status
+
+    async def _report_journal_check(self) -> None:
+        """Log, audit and show as unhealthy what the journal's checks at open found."""
+        assert self.auditor is not None
+        problem = self.journal.integrity_problem
+        if not problem:
+            return
+        # The gate keeps working (a new event is worth more than a refusal to start), but
+        # the chain's end does not verify or the file is no longer append-only: someone
+        # edited the file, or the disk lied.
+        log.error("journal check failed at start-up: %s", problem)
+        self.health.set("journal-chain", False, problem)
+        await self.auditor.record(
+            "journal_check", "journal", status="failure", error_message=problem
+        )
+
+    async def _run_generations(self) -> int:
+        """Run generation after generation until a stop (0) or a component gave up (1)."""
+        assert self.auditor is not None
         status = 0
         try:
             while True:
@@ -157,20 +197,79 @@ class Daemon:
             err = group.exceptions[0]
             log.critical("%s", err)
             self.health.stopping()
-            await self.auditor.record(
-                "daemon_exit", "daemon", status="failure", error_message=str(err)
-            )
+            self._exit_reason = str(err)
             status = 1
-        finally:
-            await self._release_carried()
-            health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health_task
-            if status == 0:
-                await self.auditor.record("daemon_stop", "daemon")
-            await self.auditor.drain()
-            await self.journal.close()
         return status
+
+    async def _shut_down(
+        self, status: int, error: BaseException | None, background: list[asyncio.Task[Any]]
+    ) -> int:
+        """Release relays, journal the stop and close the journal, each step bounded."""
+        self._stopping_began()
+        await self._release_carried()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.auditor is not None:
+            if error is not None and not isinstance(error, Exception):
+                reason: str | None = f"{type(error).__name__}"
+            elif error is not None:
+                reason = f"{type(error).__name__}: {error}"
+            else:
+                reason = self._exit_reason
+            try:
+                if reason is None:
+                    await asyncio.wait_for(
+                        self.auditor.record("daemon_stop", "daemon"), STOP_STEP_S
+                    )
+                else:
+                    await asyncio.wait_for(
+                        self.auditor.record(
+                            "daemon_exit", "daemon", status="failure", error_message=reason
+                        ),
+                        STOP_STEP_S,
+                    )
+                await asyncio.wait_for(self.auditor.drain(), STOP_STEP_S)
+            except (GatedError, TimeoutError) as err:
+                # A full disk: the stop is not on record, so it must not look clean.
+                log.critical("could not journal why the daemon stopped: %s", err or "timed out")
+                status = 1
+        with contextlib.suppress(GatedError, TimeoutError, sqlite3.Error):
+            seq, digest = await asyncio.wait_for(self.journal.head(), STOP_STEP_S)
+            log.info("journal head at stop: seq %d row_hash %s", seq, digest)
+        try:
+            await asyncio.wait_for(self.journal.close(), STOP_STEP_S)
+        except (GatedError, TimeoutError, sqlite3.Error) as err:
+            log.critical("could not close the journal: %s", err or "timed out")
+            status = 1
+        return status
+
+    def _stopping_began(self) -> None:
+        if self.on_stopping is not None:
+            hook, self.on_stopping = self.on_stopping, None
+            hook()
+
+    async def _publish_head(self) -> None:
+        """Log the chain head and show it in the metrics every journal.head_interval_s.
+
+        The head (seq, row_hash) is what an outside record anchors the chain with: a
+        tail cut off or a chain rebuilt after a published head no longer contains it.
+        A fixed interval, not every row: each new hash is a new metric series.
+        """
+        failing = False
+        while True:
+            try:
+                seq, digest = await self.journal.head()
+            except (GatedError, sqlite3.Error) as err:
+                if not failing:
+                    log.warning("cannot read the journal head: %s", err)
+                failing = True
+            else:
+                failing = False
+                self.journal_head = (seq, digest, time.time())
+                log.info("journal head: seq %d row_hash %s", seq, digest)
+            await asyncio.sleep(self.cfg.journal.head_interval_s)
 
     async def _append(self, event: Any) -> int:
         """Journal append that keeps the journal's health current for the watchdog."""
@@ -730,7 +829,7 @@ class Daemon:
         )
         components = {name: c.ok for name, c in self.health.components.items()}
         links = self.generation.mqtt_links if self.generation else {}
-        return render_prometheus(lanes, components, links)
+        return render_prometheus(lanes, components, links) + _head_metrics(self.journal_head)
 
     async def _write_metrics(self, gen: Generation) -> None:
         """Rewrite the metrics textfile atomically every interval (node_exporter reads it)."""
@@ -749,6 +848,24 @@ class Daemon:
     def _on_event(self, event: Any, decision: Any) -> None:
         for listener in list(self.event_listeners):
             listener(event, decision)
+
+
+def _head_metrics(head: tuple[int, str, float] | None) -> str:
+    """The chain head as last read by the periodic head task (empty before the first read)."""
+    if head is None:
+        return ""
+    seq, digest, at = head
+    return (
+        "# HELP gated_journal_head_seq Sequence number of the journal chain head.\n"
+        "# TYPE gated_journal_head_seq gauge\n"
+        f"gated_journal_head_seq {seq}\n"
+        "# HELP gated_journal_head_info The chain head as an anchor (seq and row_hash).\n"
+        "# TYPE gated_journal_head_info gauge\n"
+        f'gated_journal_head_info{{seq="{seq}",row_hash="{digest}"}} 1\n'
+        "# HELP gated_journal_head_read_timestamp_seconds When the head was read (wall clock).\n"
+        "# TYPE gated_journal_head_read_timestamp_seconds gauge\n"
+        f"gated_journal_head_read_timestamp_seconds {at:.3f}\n"
+    )
 
 
 async def _hold_when_open(lane: Lane) -> None:
@@ -785,9 +902,59 @@ def _pin_factory(name: str) -> Any:
 
 
 def run_daemon(cfg: Config, *, config_path: str | None = None) -> int:
-    """Run the daemon in a fresh event loop; the process exit status."""
+    """Run the daemon in a fresh event loop; the process exit status.
+
+    Bounded from the moment stopping begins: whatever still runs STOP_DEADLINE_S later
+    (a thread stuck on a dying disk, a port that never answers) the process ends with a
+    non-zero status, well inside systemd's TimeoutStopSec, instead of hanging.
+    """
+    deadline = _ExitDeadline(STOP_DEADLINE_S)
+    daemon = Daemon(cfg, config_path=config_path)
+    daemon.on_stopping = deadline.arm
     try:
-        return asyncio.run(Daemon(cfg, config_path=config_path).run())
+        status = asyncio.run(daemon.run())
     except GatedError as err:
         print(f"gated: {err}", file=sys.stderr)
-        return 1
+        status = 1
+    finally:
+        deadline.arm()  # also covers interpreter shutdown after the loop
+    _exit_if_threads_linger(status)
+    return status
+
+
+class _ExitDeadline:
+    """A daemon thread that ends the process if a stop outlives its deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        """Start counting (only the first call counts)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self._expired)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expired(self) -> None:
+        with contextlib.suppress(Exception):
+            log.critical("stop did not finish within %g s: exiting", self.seconds)
+            logging.shutdown()
+        os._exit(1)
+
+
+def _exit_if_threads_linger(status: int) -> None:
+    """End the process now if a non-daemon thread would keep the interpreter alive."""
+    lingering = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
+    if not lingering:
+        return
+    log.critical("threads still running at exit (%s): exiting anyway", ", ".join(lingering))
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)

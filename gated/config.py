@@ -70,6 +70,9 @@ class JournalConfig(_Section, frozen=True):
     snapshot_dir: str = "/var/lib/gated/snapshots"
     snapshot_quota_mb: Annotated[int, msgspec.Meta(ge=1)] = 2048
     snapshot_max_kb: Annotated[int, msgspec.Meta(ge=1, le=20_000)] = 2048
+    # How often the chain head (seq, row_hash) is logged and put in the metrics: each
+    # published head is an anchor a cut or rebuilt tail cannot match.
+    head_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
 
 
 class RulesConfig(_Section, frozen=True):

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import heapq
 import logging
@@ -643,6 +644,65 @@ def migrate(conn: sqlite3.Connection, directory: Path | None = None) -> int:
     return latest
 
 
+@functools.lru_cache(maxsize=8)
+def _expected_triggers(version: int, directory: Path | None) -> tuple[tuple[str, str], ...]:
+    # What the migrations up to `version` leave behind, built in memory by the same SQLite:
+    # a later migration that re-creates a trigger is followed without a hand-kept copy.
+    conn = sqlite3.connect(":memory:")
+    try:
+        for number, _, sql in migration_files(directory):
+            if number <= version:
+                conn.executescript(sql)
+        return tuple(conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"))
+    finally:
+        conn.close()
+
+
+def _same_sql(a: str | None, b: str | None) -> bool:
+    # Whitespace is not behaviour; anything else in a trigger's text is.
+    return (a or "").split() == (b or "").split()
+
+
+def trigger_problem(conn: sqlite3.Connection, directory: Path | None = None) -> str | None:
+    """What is wrong with the journal's triggers (dropped, altered or added), or None.
+
+    The triggers are what makes the file append-only; without them the next edit leaves
+    no trace of when the file was opened up. Raises JournalError for a schema version this
+    gated does not know (it cannot say what the triggers should be).
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    files = migration_files(directory)
+    latest = files[-1][0] if files else 0
+    if not 0 <= version <= latest:
+        raise JournalError(
+            f"journal schema version {version} is newer than this gated knows ({latest})")
+    expected = dict(_expected_triggers(version, directory))
+    actual = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
+    problems = []
+    missing = sorted(set(expected) - set(actual))
+    if missing:
+        problems.append(f"journal triggers missing: {', '.join(missing)}")
+    altered = sorted(n for n in expected if n in actual and not _same_sql(expected[n], actual[n]))
+    if altered:
+        problems.append(f"triggers altered: {', '.join(altered)}")
+    added = sorted(set(actual) - set(expected))
+    if added:
+        problems.append(f"unknown triggers added: {', '.join(added)}")
+    return "; ".join(problems) or None
+
+
+# The chain's head: the newest row of either table, or the retention checkpoint when no
+# row is left (genesis in an empty journal). Reads committed rows only.
+HEAD_SQL = (
+    "SELECT seq, row_hash FROM ("
+    "SELECT seq, row_hash FROM access_logs WHERE seq = (SELECT max(seq) FROM access_logs) "
+    "UNION ALL SELECT seq, row_hash FROM audit_logs WHERE seq = (SELECT max(seq) FROM audit_logs) "
+    "UNION ALL SELECT seq, row_hash FROM journal_checkpoint WHERE id = 1"
+    ") ORDER BY seq DESC LIMIT 1"
+)
+
+
 def connect(path: Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:
     """A write connection with the journal's pragmas (WAL, synchronous=FULL)."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=timeout_s,
@@ -715,6 +775,7 @@ class _Writer:
         self.conn: sqlite3.Connection | None = None
         self.head = _Head()
         self.tail_problem: str | None = None
+        self.trigger_problem: str | None = None
         self._data_version = -1
 
     def open(self, migrations: Path | None) -> None:
@@ -722,10 +783,12 @@ class _Writer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = connect(self.path)
             migrate(self.conn, migrations)
+            self.trigger_problem = trigger_problem(self.conn, migrations)
             self._load_head()
         except (sqlite3.Error, OSError) as err:
             self.close()
-            raise JournalError(f"cannot open journal {self.path}: {err}") from err
+            raise JournalError(
+                f"cannot open journal {self.path}: {err}{_space_hint(self.path)}") from err
 
     def _load_head(self) -> None:
         assert self.conn is not None
@@ -954,6 +1017,16 @@ class _Writer:
             audit_seqs=(audit_seq,))
 
 
+def _space_hint(path: Path) -> str:
+    # SQLite words a full disk at open as "disk I/O error"; say what the operator must fix.
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    return f" (the disk is full: {free} bytes free)" if free < 1024 * 1024 else ""
+
+
 def _new_event_id() -> str:
     from gated.ids import new_event_id
 
@@ -1064,6 +1137,9 @@ class Journal:
         if writer.tail_problem:
             log.error("journal tail does not verify: %s (run `gated journal verify`)",
                       writer.tail_problem)
+        if writer.trigger_problem:
+            log.error("journal is not protected: %s (run `gated journal verify`)",
+                      writer.trigger_problem)
         return cls(path, writer, thread, reader, max_batch)
 
     @property
@@ -1075,6 +1151,18 @@ class Journal:
     def tail_problem(self) -> str | None:
         """What was wrong with the newest rows at open, or None; the daemon keeps appending."""
         return self._writer.tail_problem
+
+    @property
+    def integrity_problem(self) -> str | None:
+        """What the checks at open found (bad tail, dropped or altered triggers), or None."""
+        found = [p for p in (self._writer.tail_problem, self._writer.trigger_problem) if p]
+        return "; ".join(found) or None
+
+    async def head(self) -> tuple[int, str]:
+        """(seq, row_hash) of the newest committed row: the value to anchor the chain with."""
+        async with self._reader.execute(HEAD_SQL) as cur:
+            seq, digest = await cur.fetchone()
+        return int(seq), str(digest)
 
     async def append(self, event: AccessEvent | AuditEvent) -> int:
         """Journal one event; return its seq once its commit is durable.

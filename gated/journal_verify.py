@@ -1,34 +1,47 @@
-"""Full verification of a journal file: the hash chain, erasures and the retention checkpoint.
+"""Full verification of a journal file: the hash chain, erasures, the retention checkpoint and
+the append-only triggers; and the chain's head, the value an outside anchor records.
 
-Synchronous and read-only, for `gated journal verify [--db PATH]`; safe while the daemon
+Synchronous and read-only, for `gated journal verify|head [--db PATH]`; safe while the daemon
 runs (WAL readers do not block the writer). Memory stays bounded: rows stream in seq order.
+
+Three outcomes, three exit codes: intact (0); verified and NOT intact (1); cannot verify
+(66: no file, not a journal, unreadable, a schema this gated does not know).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
+from gated.errors import JournalError
 from gated.journal import (
     ERASED_KEY,
     GENESIS,
+    HEAD_SQL,
     PRUNED_HASH_KEY,
     PRUNED_SEQ_KEY,
     check_row,
     is_erased,
     iter_rows,
+    trigger_problem,
 )
+from gated.wording import plural
 
-_TRIGGERS = (
-    "access_logs_append_only_update", "access_logs_append_only_delete",
-    "audit_logs_append_only_update", "audit_logs_append_only_delete",
-    "access_logs_seq_unique", "audit_logs_seq_unique",
-    "journal_checkpoint_forward", "journal_checkpoint_keep",
-)  # fmt: skip
+EXIT_INTACT = 0
+EXIT_NOT_INTACT = 1
+EXIT_CANNOT_VERIFY = 66  # sysexits EX_NOINPUT: the input is missing or unusable
+
+_JOURNAL_TABLES = ("access_logs", "audit_logs", "journal_checkpoint")
+_ANCHOR = re.compile(r"([0-9]{1,19}):([0-9a-fA-F]{64})")
+
+
+class CannotVerifyError(JournalError):
+    """The file is missing, unreadable or not a journal: nothing was verified."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,28 +56,90 @@ class VerifyResult:
     checkpoint_seq: int = 0
     erased_rows: int = 0
     warnings: tuple[str, ...] = field(default=())
+    cannot_verify: bool = False  # nothing was verified: the file is missing or not a journal
+    trigger_problem: str | None = None  # triggers dropped, altered or added
 
     @property
     def exit_code(self) -> int:
-        """0 when intact, 1 otherwise."""
-        return 0 if self.ok else 1
+        """0 intact, 1 verified and not intact, 66 cannot verify."""
+        if self.cannot_verify:
+            return EXIT_CANNOT_VERIFY
+        return EXIT_INTACT if self.ok else EXIT_NOT_INTACT
 
     @property
     def message(self) -> str:
         """One line naming the first bad seq, or summarising an intact chain."""
+        if self.cannot_verify:
+            return f"journal cannot verify: {self.problem}"
         if not self.ok:
-            where = f"seq {self.first_bad_seq}" if self.first_bad_seq is not None else "journal"
-            return f"journal NOT intact: {where}: {self.problem} ({self.rows} rows checked)"
+            found = []
+            if self.problem is not None:
+                where = f"seq {self.first_bad_seq}" if self.first_bad_seq is not None else "journal"
+                found.append(f"{where}: {self.problem}")
+            if self.trigger_problem is not None:
+                found.append(self.trigger_problem)
+            return f"journal NOT intact: {'; '.join(found)} ({plural(self.rows, 'row')} checked)"
         span = (f"seq {self.checkpoint_seq + 1}..{self.head_seq}" if self.rows else "empty")
-        text = f"journal intact: {self.rows} rows ({span}), {self.erased_rows} lawfully erased"
+        text = (
+            f"journal intact: {plural(self.rows, 'row')} ({span}), "
+            f"{self.erased_rows} lawfully erased"
+        )
         if self.warnings:
             text += "; warnings: " + "; ".join(self.warnings)
         return text
 
 
+def parse_anchor(text: str) -> tuple[int, str]:
+    """`SEQ:HASH` (as `gated journal head` prints it) → (seq, lower-case hex row_hash)."""
+    match = _ANCHOR.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise JournalError(
+            f"anchor {text!r}: expected SEQ:HASH, a sequence number and a 64-digit hex row_hash "
+            "(as `gated journal head` prints it)")
+    return int(match.group(1)), match.group(2).lower()
+
+
 def _open_ro(path: Path) -> sqlite3.Connection:
-    # mode=ro: verification must never create or modify the file it examines.
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    """A read-only connection to a journal file; CannotVerifyError when it is none."""
+    if not path.exists():
+        raise CannotVerifyError(f"no journal at {path}")
+    if not path.is_file():
+        raise CannotVerifyError(f"{path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise CannotVerifyError(f"cannot read {path}: permission denied")
+    try:
+        # mode=ro: verification must never create or modify the file it examines.
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as err:
+        raise CannotVerifyError(f"cannot open {path}: {err}") from err
+    try:
+        names = {n for (n,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as err:
+        conn.close()
+        raise CannotVerifyError(f"{path} is not a journal: {err}") from err
+    if version == 0 and not names & set(_JOURNAL_TABLES):
+        conn.close()
+        raise CannotVerifyError(f"{path} is not a journal (no journal tables)")
+    return conn
+
+
+def read_head(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """(seq, row_hash) of the chain's newest row; CannotVerifyError when there is no journal.
+
+    Read, not verified: record it somewhere the device cannot rewrite, and check it
+    later with `verify(anchor=...)`.
+    """
+    path = Path(path)
+    conn = _open_ro(path)
+    try:
+        seq, digest = conn.execute(HEAD_SQL).fetchone()
+    except (sqlite3.Error, TypeError) as err:
+        raise CannotVerifyError(f"cannot read the head of {path}: {err}") from err
+    finally:
+        conn.close()
+    return int(seq), str(digest)
 
 
 def verify(path: str | os.PathLike[str], *, anchor: tuple[int, str] | None = None) -> VerifyResult:
@@ -72,23 +147,31 @@ def verify(path: str | os.PathLike[str], *, anchor: tuple[int, str] | None = Non
 
     Detects edits of any hashed or personal column, deletions, insertions and
     reordering; erasures not documented by a chained erasure record; a checkpoint
-    that does not match the last chained retention record. `anchor` (seq, row_hash),
-    e.g. what the upstream acknowledged, must be present unless pruned: this is what
-    exposes a rebuilt or truncated tail.
+    that does not match the last chained retention record; append-only triggers
+    dropped, altered or added. `anchor` (seq, row_hash), e.g. what the upstream
+    acknowledged, must be present unless pruned: this is what exposes a rebuilt or
+    truncated tail. `cannot_verify` is set when the file is missing or not a journal.
     """
     path = Path(path)
-    if not path.is_file():
-        return VerifyResult(False, 0, problem=f"no journal at {path}")
     try:
         conn = _open_ro(path)
-    except sqlite3.Error as err:
-        return VerifyResult(False, 0, problem=f"cannot open {path}: {err}")
+    except CannotVerifyError as err:
+        return VerifyResult(False, 0, problem=str(err), cannot_verify=True)
     try:
-        return _walk(conn, anchor)
+        try:
+            triggers = trigger_problem(conn)
+        except JournalError as err:  # a schema this gated does not know
+            return VerifyResult(False, 0, problem=f"{path}: {err}", cannot_verify=True)
+        result = _walk(conn, anchor)
     except (sqlite3.Error, KeyError, TypeError, ValueError) as err:
-        return VerifyResult(False, 0, problem=f"cannot read the journal: {err}")
+        result = VerifyResult(False, 0, problem=f"cannot read the journal: {err}")
     finally:
         conn.close()
+    if triggers is None:
+        return result
+    return VerifyResult(False, result.rows, result.first_bad_seq, result.problem,
+                        result.head_seq, result.checkpoint_seq, result.erased_rows,
+                        result.warnings, trigger_problem=triggers)
 
 
 def _walk(conn: sqlite3.Connection, anchor: tuple[int, str] | None) -> VerifyResult:
@@ -100,6 +183,9 @@ def _walk(conn: sqlite3.Connection, anchor: tuple[int, str] | None) -> VerifyRes
     documented: set[int] = set()
     last_prune: tuple[int, str] | None = None
     anchor_seen = anchor is None or anchor[0] <= cp_seq
+    if anchor is not None and anchor[0] == cp_seq and anchor[1] != cp_hash:
+        return VerifyResult(False, 0, cp_seq, "the retention checkpoint differs from the "
+                            "anchor: the chain was rebuilt", checkpoint_seq=cp_seq)
     for stream, row in iter_rows(conn):
         seq = row["seq"]
         problem = check_row(stream, row, expect_seq, expect_prev)
@@ -140,8 +226,8 @@ def _walk(conn: sqlite3.Connection, anchor: tuple[int, str] | None) -> VerifyRes
         assert anchor is not None
         return VerifyResult(False, rows, anchor[0], "anchored row is missing: the tail was "
                             "truncated", checkpoint_seq=cp_seq)
-    names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    missing = [t for t in _TRIGGERS if t not in names]
-    warnings = (f"append-only triggers missing: {', '.join(missing)}",) if missing else ()
+    warnings = ()
+    if anchor is not None and anchor[0] < cp_seq:
+        warnings = (f"anchor seq {anchor[0]} was pruned by retention: not checked",)
     return VerifyResult(True, rows, head_seq=expect_seq - 1, checkpoint_seq=cp_seq,
                         erased_rows=erased_count, warnings=warnings)

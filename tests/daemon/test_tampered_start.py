@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from gated.app import Daemon
 from gated.config import parse_config
@@ -47,3 +50,36 @@ async def test_tampered_tail_is_audited_and_unhealthy(tmp_path: Path) -> None:
     ).fetchall()
     conn.close()
     assert len(checks) == 1 and checks[0][0] == "failure" and "seq 1" in checks[0][1]
+
+
+async def test_dropped_or_altered_triggers_are_reported_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every row intact, only the protection gone: the next edit would leave no trace of
+    # the moment the file was opened up, so the daemon says so at start as it does for a
+    # bad tail (logged, audited, unhealthy) and keeps running the gate.
+    cfg = _config(tmp_path)
+    await _run_once(cfg)
+    conn = sqlite3.connect(tmp_path / "journal.sqlite3")
+    conn.execute("DROP TRIGGER audit_logs_append_only_delete")
+    conn.execute("DROP TRIGGER access_logs_append_only_update")
+    conn.execute(
+        "CREATE TRIGGER access_logs_append_only_update BEFORE UPDATE ON access_logs "
+        "WHEN 0 BEGIN SELECT RAISE(ABORT, 'never'); END"
+    )
+    conn.commit()
+    conn.close()
+    with caplog.at_level(logging.ERROR, logger="gated"):
+        second = await _run_once(cfg)
+    component = second.health.components["journal-chain"]
+    assert component.ok is False
+    assert "audit_logs_append_only_delete" in component.detail
+    assert any("audit_logs_append_only_delete" in r.getMessage() for r in caplog.records)
+    conn = sqlite3.connect(tmp_path / "journal.sqlite3")
+    checks = conn.execute(
+        "SELECT status, error_message FROM audit_logs WHERE action = 'journal_check'"
+    ).fetchall()
+    conn.close()
+    assert len(checks) == 1 and checks[0][0] == "failure"
+    assert "audit_logs_append_only_delete" in checks[0][1]
+    assert "access_logs_append_only_update" in checks[0][1] and "altered" in checks[0][1]
