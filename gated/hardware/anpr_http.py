@@ -86,6 +86,7 @@ LISTENER_KEYS = (
 _ALLOWED_METHODS = ("POST", "PUT")  # ISAPI alarm servers and webhooks use POST; some firmware PUT
 _MIB = 1024 * 1024
 _FD_RESERVE = 128  # descriptors kept for the journal, relays, serial ports and the rest
+_MAX_REFUSING = 64  # refused connections answered at once; beyond, they are reset
 _PARSE_SLACK_S = 30.0  # on top of the timeouts: a connection never lives longer than this
 
 # Answers written straight to the socket, without reading the request at all.
@@ -116,6 +117,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.inner: asyncio.Protocol | None = None
         self.timers: list[asyncio.TimerHandle] = []
+        self.refusal: bytes | None = None  # the canned answer still to write
+        self.refusing = False  # counted in the listener's refused connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit (and pass on to aiohttp) or answer with a canned refusal and close."""
@@ -123,10 +126,26 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         self.inner = self.listener._admit(self, transport)
 
+    def refuse(self, answer: bytes, wait_s: float) -> None:
+        """Answer `answer` once the request's first bytes arrived (unread, they are dropped).
+
+        Closing before the request arrived would reset the connection (unread data)
+        and the client would see an error instead of the answer.
+        """
+        assert self.transport is not None
+        self.refusal = answer
+        self.refusing = True
+        self.listener._refusing += 1
+        self.timers = [asyncio.get_running_loop().call_later(wait_s, self.transport.abort)]
+
     def data_received(self, data: bytes) -> None:
-        """Bytes for aiohttp's parser (none for a refused connection)."""
+        """Bytes for aiohttp's parser; a refused connection gets its answer now."""
         if self.inner is not None:
             self.inner.data_received(data)
+        elif self.refusal is not None and self.transport is not None:
+            self.transport.write(self.refusal)
+            self.refusal = None
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         """The client closed its side."""
@@ -147,6 +166,9 @@ class _Connection(asyncio.Protocol):
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
+        if self.refusing:
+            self.refusing = False
+            self.listener._refusing -= 1
         if self.inner is not None:
             self.listener._release(self)
             inner, self.inner = self.inner, None
@@ -262,6 +284,7 @@ class AnprListener:
         self._connections: dict[asyncio.BaseTransport, _Connection] = {}
         self._sockets: set[int] = set()
         self._accept_failing = 0  # accept() errors since the last good accept
+        self._refusing = 0  # refused connections waiting to be answered
         # aiohttp logs through this logger (not registered: one per listener, own counter)
         self._server_log = logging.Logger(f"{__name__}.server")
         self._server_log.parent = log
@@ -390,7 +413,7 @@ class AnprListener:
         remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         key = address_key(remote)
         mono = self._monotonic()
-        verdict = self.addresses.open(key, mono)
+        verdict = self.addresses.open(key, mono, camera=self._is_camera_address(remote))
         if verdict is not None:
             self.counters[UNMATCHED][_VERDICT_KEYS[verdict]] += 1
             if verdict == "locked":
@@ -399,8 +422,12 @@ class AnprListener:
                 self._log_once(UNMATCHED, "busy", "connection limit reached; refusing more")
             else:
                 self._log_once(UNMATCHED, "address", f"too many connections from {key}")
-            transport.write(_CANNED[verdict] + _CANNED_TAIL)
-            transport.close()
+            if self._refusing >= _MAX_REFUSING:
+                transport.abort()  # a flood: no courtesy answer, no descriptor held
+            else:
+                conn.refuse(
+                    _CANNED[verdict] + _CANNED_TAIL, min(1.0, self.settings.header_timeout_s)
+                )
             return None
         conn.key = key
         s = self.settings
@@ -417,6 +444,13 @@ class AnprListener:
         inner: asyncio.Protocol = self._aiohttp()
         inner.connection_made(transport)
         return inner
+
+    def _is_camera_address(self, remote: str) -> bool:
+        """True when some camera on this port lists the peer in its allowed_ips."""
+        return any(
+            camera.networks and _address_allowed(camera.networks, remote)
+            for camera in self._cameras.values()
+        )
 
     def _release(self, conn: _Connection) -> None:
         self.addresses.close(conn.key)

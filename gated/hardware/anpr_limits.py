@@ -120,9 +120,15 @@ class AddressBook:
         entry = self._table.get(key) or self._table.get(OVERFLOW)
         return entry is not None and entry.locked_until > now_mono
 
-    def open(self, key: str, now_mono: float) -> str | None:
-        """Admit a connection: None when admitted, else why not ('busy', 'address', 'locked')."""
-        if self.open_connections >= self.max_connections:
+    def open(self, key: str, now_mono: float, *, camera: bool = False) -> str | None:
+        """Admit a connection: None when admitted, else why not ('busy', 'address', 'locked').
+
+        A configured camera address (`camera`) may use a reserve of max_per_address
+        beyond the total cap: a flood from elsewhere that fills the cap does not
+        shut out the gate's own cameras.
+        """
+        reserve = self.max_per_address if camera else 0
+        if self.open_connections >= self.max_connections + reserve:
             return "busy"
         key, entry = self._entry(key, now_mono)
         if entry.locked_until > now_mono:
@@ -189,6 +195,7 @@ class BodyBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.peak = 0  # the most ever held at once (for metrics and tests)
         self._changed = asyncio.Condition()
 
     async def acquire(self, size: int) -> int:
@@ -197,6 +204,7 @@ class BodyBudget:
         async with self._changed:
             await self._changed.wait_for(lambda: self.used + size <= self.limit)
             self.used += size
+            self.peak = max(self.peak, self.used)
         return size
 
     async def release(self, size: int) -> None:
