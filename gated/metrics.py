@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # Read→relay and journal lags are measured in milliseconds; a gate should sit in
 # the first few buckets, and anything past a second is a fault worth seeing.
@@ -87,8 +89,12 @@ def _histogram_seconds(out: list[str], name: str, lane: str, hist: Histogram) ->
     out.append(f"{name}_count{_labels(lane=lane)} {hist.n}")
 
 
-def render_prometheus(lanes: dict[str, LaneMetrics], components: dict[str, bool]) -> str:
-    """The Prometheus text exposition of every lane's counters and the components' health."""
+def render_prometheus(
+    lanes: dict[str, LaneMetrics],
+    components: dict[str, bool],
+    mqtt_links: Mapping[str, Any] | None = None,
+) -> str:
+    """The Prometheus text exposition of lanes, components and MQTT links (gated.mqttlink)."""
     out: list[str] = []
     counters = (
         ("gated_reads_total", "Plate and tag reads received", "reads"),
@@ -144,4 +150,42 @@ def render_prometheus(lanes: dict[str, LaneMetrics], components: dict[str, bool]
         f"gated_component_up{_labels(component=name)} {int(ok)}"
         for name, ok in sorted(components.items())
     ]
+    _mqtt_link_lines(out, mqtt_links or {})
     return "\n".join(out) + "\n"
+
+
+def _mqtt_link_lines(out: list[str], links: Mapping[str, Any]) -> None:
+    """Append each MQTT link's state and counters (LinkStats by link name)."""
+    if not links:
+        return
+    out += [
+        "# HELP gated_mqtt_connected 1 while the MQTT link is connected.",
+        "# TYPE gated_mqtt_connected gauge",
+    ]
+    out += [
+        f"gated_mqtt_connected{_labels(link=n)} {int(s.connected)}"
+        for n, s in sorted(links.items())
+    ]
+    for name, help_text, attr in (
+        ("gated_mqtt_reconnects_total", "Connections made again after a loss", "reconnects"),
+        ("gated_mqtt_disconnects_total", "Established connections lost", "disconnects"),
+        (
+            "gated_mqtt_connect_failures_total",
+            "Connection attempts that failed",
+            "connect_failures",
+        ),
+        ("gated_mqtt_overflow_total", "Messages dropped because the loop fell behind", "overflow"),
+    ):
+        out += [f"# HELP {name} {help_text}.", f"# TYPE {name} counter"]
+        out += [f"{name}{_labels(link=n)} {getattr(s, attr)}" for n, s in sorted(links.items())]
+    for name, help_text, attr, key in (
+        ("gated_mqtt_messages_total", "Messages received, by subscription", "messages", "topic"),
+        ("gated_mqtt_malformed_total", "Malformed messages dropped", "malformed", "topic"),
+        ("gated_mqtt_dropped_total", "Messages dropped on purpose, by reason", "dropped", "reason"),
+    ):
+        out += [f"# HELP {name} {help_text}.", f"# TYPE {name} counter"]
+        for n, s in sorted(links.items()):
+            out += [
+                f"{name}{_labels(link=n, **{key: k})} {v}"
+                for k, v in sorted(getattr(s, attr).items())
+            ]

@@ -332,16 +332,15 @@ class MqttLink:
     def _set_state(self, up: bool, detail: str) -> None:
         """Record the link state; log and report only when it changes."""
         changed = up != self.stats.connected
+        new_detail = detail != self.stats.detail
         self.stats.connected = up
         self.stats.detail = detail
-        if not changed:
-            return
-        if up:
+        if changed and up:
             log.info("mqtt %s: connected to %s:%s", self.name, self.cfg.host, self.cfg.port)
-        elif detail != "stopped":
+        elif changed and detail != "stopped":
             log.warning("mqtt %s: link down (%s); reconnecting", self.name, detail)
-        if self._on_state is not None:
-            self._on_state(up, detail)
+        if (changed or new_detail) and self._on_state is not None:
+            self._on_state(up, detail)  # health shows why it is down, not only that it is
 
     def _connected(self, subscribe_mid: int | None) -> None:
         self._connected_at = self._monotonic()
