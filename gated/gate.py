@@ -272,7 +272,12 @@ def next_deadline(gate: Gate) -> float | None:
         candidates.append(gate.open_since + s.open_time_s)
         if Alarm.HELD_OPEN not in gate.alarms and not gate.hold_explicit:
             candidates.append(gate.open_since + s.held_open_alarm_s)
-    if not s.position_switch and gate.open_since is not None and gate.released_at is not None:
+    if (
+        not s.position_switch
+        and gate.open_since is not None
+        and gate.released_at is not None
+        and not gate.energised(gate.now)  # a held relay keeps it open: no closing to wait for
+    ):
         candidates.append(_assumed_closed_at(gate))
     future = [t for t in candidates if t > gate.now]
     return min(future) if future else None
@@ -356,7 +361,7 @@ def _check_held_open(g: Gate, now: float, raised: list[Alarm]) -> Gate:
     """Raise held_open once when the gate stays open too long without an explicit hold."""
     if g.open_since is None or g.hold_explicit or Alarm.HELD_OPEN in g.alarms:
         return g
-    if now - g.open_since >= g.setup.held_open_alarm_s:
+    if now >= g.open_since + g.setup.held_open_alarm_s:  # the sum next_deadline() sleeps to
         raised.append(Alarm.HELD_OPEN)
         return replace(g, alarms=g.alarms | {Alarm.HELD_OPEN})
     return g
@@ -370,19 +375,24 @@ def _assumed_closed_at(g: Gate) -> float:
 
 
 def _derive_state(g: Gate, now: float) -> GateState:
-    """The state implied by the switch (or the orders, without one) at `now`."""
+    """The state implied by the switch (or the orders, without one) at `now`.
+
+    Travel ends at `open_since + open_time_s`, computed as next_deadline() does:
+    `now - open_since < open_time_s` can round the other way, and the daemon would
+    then sleep past the end of an opening.
+    """
     t = g.setup.open_time_s
     if g.setup.position_switch:
         if g.switch_closed is None:
             return GateState.UNKNOWN
         if g.switch_closed or g.open_since is None:
             return GateState.CLOSED if g.switch_closed else GateState.OPEN
-        if now - g.open_since < t:
+        if now < g.open_since + t:
             return GateState.OPENING
         return GateState.OPEN if g.energised(now) else GateState.CLOSING
     if g.open_since is None:
         return GateState.UNKNOWN if g.last_open_at is None else GateState.CLOSED
-    if now - g.open_since < t:
+    if now < g.open_since + t:
         return GateState.OPENING
     if g.energised(now) or g.released_at is None:
         return GateState.OPEN

@@ -601,9 +601,9 @@ def _same_text(entity_text: str, stored: str) -> bool:
 
 
 def _rank(o: _Outcome) -> tuple[int, int]:
-    if o.match is None:
-        return (9, 0)
-    return (_KIND_RANK[o.match.kind], o.match.distance)
+    match = o.match
+    assert match is not None  # resident and pass outcomes always carry the match that found them
+    return (_KIND_RANK[match.kind], match.distance)
 
 
 def _anti_passback(ctx: _Context, o: _Outcome) -> _Outcome:

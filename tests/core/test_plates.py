@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gated import plates as plates_module
 from gated.errors import PayloadError
 from gated.model import Edit
 from gated.plates import (
@@ -14,6 +17,7 @@ from gated.plates import (
     confusion_key,
     distance,
     edits,
+    new_edit,
     normalise,
     plate_matches_format,
 )
@@ -210,6 +214,16 @@ def test_distance_agrees_with_reference(a: str, b: str, k: int) -> None:
         ("AB12CD", "AB12CDE", (Edit("del", 6, "", "E"),)),
         ("XAB12CDE", "AB12CDE", (Edit("ins", 0, "X", ""),)),
         ("A812CDE", "AB12CDE", (Edit("sub", 1, "8", "B"),)),
+        # shifted plates: the camera dropped the first character and invented a last one,
+        # one insertion and one deletion, never a substitution at every position
+        ("ABC", "BCD", (Edit("ins", 0, "A", ""), Edit("del", 3, "", "D"))),
+        ("BCD", "ABC", (Edit("del", 0, "", "A"), Edit("ins", 2, "D", ""))),
+        ("XAB12CD", "AB12CDE", (Edit("ins", 0, "X", ""), Edit("del", 7, "", "E"))),
+        # a tie between one substitution and ins+del: substitutions are preferred
+        ("AB12CDX", "AB12CDE", (Edit("sub", 6, "X", "E"),)),
+        ("KX55PRM", "", tuple(Edit("ins", i, c, "") for i, c in enumerate("KX55PRM"))),
+        ("", "AB1", (Edit("del", 0, "", "A"), Edit("del", 0, "", "B"), Edit("del", 0, "", "1"))),
+        ("AB12", "AB99", (Edit("sub", 2, "1", "9"), Edit("sub", 3, "2", "9"))),
     ],
 )
 def test_edits_table(read: str, stored: str, expected: tuple[Edit, ...]) -> None:
@@ -225,3 +239,46 @@ def test_edits_are_minimal_and_reproduce_the_stored_plate(read: str, stored: str
     for e in changes:
         assert e.op in {"sub", "ins", "del"}
         assert 0 <= e.position <= len(read)
+
+
+# Every pair of short strings over a small alphabet: shifted, repeated and reordered
+# characters (where substitutions alone are not minimal) come up far more often than
+# in random plates over all 36 characters.
+SMALL = ["".join(p) for n in range(5) for p in itertools.product("AB1", repeat=n)]
+
+
+def test_edits_are_minimal_for_every_short_pair() -> None:
+    wrong = []
+    for read, stored in itertools.product(SMALL, SMALL):
+        changes = edits(read, stored)
+        if len(changes) != levenshtein(read, stored) or apply_edits(read, changes) != stored:
+            wrong.append((read, stored, changes))
+    assert wrong == []
+
+
+@settings(max_examples=300)
+@given(plates, st.integers(min_value=1, max_value=3), plates)
+def test_edits_of_a_shifted_plate_are_minimal(plate: str, shift: int, tail: str) -> None:
+    # the read lost its first characters and gained others at the end
+    read = plate[shift:] + tail[:shift]
+    changes = edits(read, plate)
+    assert len(changes) == levenshtein(read, plate)
+    assert apply_edits(read, changes) == plate
+
+
+def test_edits_refuse_text_longer_than_any_plate() -> None:
+    with pytest.raises(ValueError, match="plate-sized"):
+        edits("A" * (MAX_TEXT_LEN + 1), "A")
+    with pytest.raises(ValueError, match="plate-sized"):
+        edits("A", "B" * (MAX_TEXT_LEN + 1))
+    assert len(edits("A" * MAX_TEXT_LEN, "B" * MAX_TEXT_LEN)) == MAX_TEXT_LEN
+
+
+def test_edits_are_made_by_the_fast_constructor_and_equal_plain_ones() -> None:
+    # new_edit skips the frozen dataclass __init__ only while Edit has exactly these
+    # slots; the check runs once at import, so it is tested here directly
+    setters = plates_module._edit_setters()
+    assert len(setters) == 4
+    made = new_edit("sub", 3, "8", "B")
+    assert made == Edit("sub", 3, "8", "B") and type(made) is Edit
+    assert (made.op, made.position, made.read, made.stored) == ("sub", 3, "8", "B")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 import zoneinfo
 from typing import Any
 
@@ -96,6 +97,10 @@ def world() -> MemoryRuleSource:
 
 
 RULES = RuleSet.build(world())
+# The same rules decided from entities instead of the compact vehicle facts: the
+# two paths must give the same decision, so the tables below run on both.
+RULES_ENTITIES = RuleSet.build(world(), vehicle_facts=False)
+BOTH_PATHS = pytest.mark.parametrize("rules", [RULES, RULES_ENTITIES], ids=["facts", "entities"])
 
 
 def ap(
@@ -160,10 +165,16 @@ def run(
         ("TWN100", True, Reason.RESIDENT, MatchKind.EXACT, {}),  # exact beats the fuzzy twin
     ],
 )
+@BOTH_PATHS
 def test_reason_table(
-    text: str, allowed: bool, reason: Reason, kind: MatchKind | None, extra: dict[str, str]
+    text: str,
+    allowed: bool,
+    reason: Reason,
+    kind: MatchKind | None,
+    extra: dict[str, str],
+    rules: RuleSet,
 ) -> None:
-    d = run(text)
+    d = run(text, rules=rules)
     assert (d.allowed, d.reason) == (allowed, reason)
     assert (d.match.kind if d.match else None) == kind
     if "pass_id" in extra:
@@ -297,14 +308,54 @@ def test_valid_pass_wins_over_a_resident_car_outside_its_schedule() -> None:
     assert (d.allowed, d.reason, d.pass_id) == (True, Reason.VISITOR_PASS, "p-erin")
 
 
-def test_plate_format_mismatch_only_lets_exact_matches_open() -> None:
-    policy = PolicyConfig(plate_formats=[r"[A-Z]{2}[0-9]{2}[A-Z]{3}"])
-    assert run("AB12CDE", policy=policy).allowed
-    fuzzy = run("AB12CD", policy=policy)
-    assert (fuzzy.allowed, fuzzy.reason) == (False, Reason.NEEDS_GUARD)
-    assert "plate_format_mismatch" in fuzzy.flags
-    assert run("DAVE44", policy=policy, ap_id="side-in").allowed  # exact, foreign format
-    assert fuzzy.inputs["plate_format_ok"] is False
+UK = r"[A-Z]{2}[0-9]{2}[A-Z]{3}"
+UK_FORMAT = PolicyConfig(plate_formats=[UK])
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    ("text", "allowed", "reason", "kind", "flag"),
+    [
+        ("AB12CDE", True, Reason.RESIDENT, MatchKind.EXACT, None),
+        ("DAVE44", False, Reason.NOT_PERMITTED, MatchKind.EXACT, None),  # foreign format
+        # a fuzzy or confusion read that fits no format never opens by itself
+        ("AB12CD", False, Reason.NEEDS_GUARD, MatchKind.FUZZY, "plate_format_mismatch"),
+        ("A812CD", False, Reason.NEEDS_GUARD, MatchKind.FUZZY, "plate_format_mismatch"),
+        ("AB12CDX", True, Reason.RESIDENT, MatchKind.FUZZY, None),  # fuzzy, but fits
+        ("A812CDE", False, Reason.NEEDS_GUARD, MatchKind.CONFUSION, "plate_format_mismatch"),
+        ("KX55PRN", True, Reason.RESIDENT, MatchKind.FUZZY, None),
+        ("KX55PR", False, Reason.NEEDS_GUARD, MatchKind.FUZZY, "plate_format_mismatch"),
+        # a denied candidate is not turned into needs_guard: the reason stays the real one
+        ("OLD11", False, Reason.INACTIVE, MatchKind.FUZZY, None),
+        ("VIS12", False, Reason.NEEDS_GUARD, MatchKind.FUZZY, "visitor_match_fuzzy"),
+    ],
+)
+def test_plate_format_mismatch_only_lets_exact_matches_open(
+    text: str,
+    allowed: bool,
+    reason: Reason,
+    kind: MatchKind,
+    flag: str | None,
+    rules: RuleSet,
+) -> None:
+    d = run(text, policy=UK_FORMAT, rules=rules)
+    assert (d.allowed, d.reason, d.match.kind if d.match else None) == (allowed, reason, kind)
+    # whatever the outcome, the decision names the car the read was matched to
+    car = {"A": ("v-alice", "alice"), "D": ("v-dave", "dave"), "K": ("v-bob", "bob"),
+           "O": ("v-alice-old", "alice"), "V": (None, "alice")}[text[0]]  # fmt: skip
+    assert (d.vehicle_id, d.resident_id) == car
+    assert d.inputs["plate_format_ok"] is (re.fullmatch(UK, text) is not None)
+    if flag is None:
+        assert "plate_format_mismatch" not in d.flags
+    else:
+        assert flag in d.flags
+
+
+@BOTH_PATHS
+def test_an_exact_read_of_a_foreign_plate_opens_despite_the_format(rules: RuleSet) -> None:
+    d = run("DAVE44", policy=UK_FORMAT, ap_id="side-in", rules=rules)
+    assert (d.allowed, d.reason, d.vehicle_id) == (True, Reason.RESIDENT, "v-dave")
+    assert d.inputs["plate_format_ok"] is False
 
 
 # --- tags ----------------------------------------------------------------------------

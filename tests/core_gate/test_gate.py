@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -340,3 +340,48 @@ def test_closed_switch_means_closed_state(setup: GateSetup, seq: list) -> None:
             assert g.state == GateState.CLOSED
         if g.switch_closed is False:
             assert g.state in (GateState.OPENING, GateState.OPEN, GateState.CLOSING)
+
+
+def _quiet(gate: Gate, at: float) -> bool:
+    """True when a tick at `at` changes nothing but the time: no order, alarm or state change."""
+    t = step(gate, Tick(), at)
+    return t.order is None and not t.raised and not t.cleared and t.gate == replace(gate, now=at)
+
+
+@settings(max_examples=400, deadline=None)
+@given(setup=setups, seq=timed)
+def test_next_deadline_is_the_next_change(setup: GateSetup, seq: list) -> None:
+    # The daemon sleeps until next_deadline(): a later deadline would let a pulse end,
+    # an opening finish or an alarm fall due unseen; an earlier one is a tick for nothing.
+    g = initial(setup, 0.0)
+    now = 0.0
+    for gap, event in seq:
+        now += gap
+        g = step(g, event, now).gate
+        deadline = next_deadline(g)
+        if deadline is None:
+            assert _quiet(g, now + 1e6), "something changed with no deadline pending"
+            continue
+        assert deadline > now
+        for before in (now + (deadline - now) / 2, deadline - 1e-6):
+            if now < before < deadline:
+                assert _quiet(g, before), "something changed before the deadline"
+        assert not _quiet(g, deadline + 1e-6), "nothing changed at the deadline"
+
+
+def test_next_deadline_table() -> None:
+    # pulse end, end of travel, held-open alarm, assumed closed: each is the next change
+    g = initial(BARE, 0.0)
+    g = step(g, OpenRequested(2000), 0.0).gate
+    assert next_deadline(g) == 2.0  # the pulse ends before the travel does
+    g = step(g, Tick(), 2.0).gate
+    assert next_deadline(g) == 8.0  # end of the assumed travel
+    g = step(g, Tick(), 8.0).gate
+    assert g.state == GateState.CLOSING and next_deadline(g) == 16.0  # assumed closed
+    held = step(initial(SWITCH, 0.0, closed=True), HoldRequested(), 0.0).gate
+    held = step(held, PositionChanged(False), 1.0).gate
+    assert next_deadline(held) == 9.0  # travel; no held_open alarm during an explicit hold
+    assert next_deadline(step(held, Tick(), 9.0).gate) is None
+    opened = step(initial(SWITCH, 0.0, closed=True), OpenRequested(500), 0.0).gate
+    opened = step(opened, PositionChanged(False), 1.0).gate
+    assert next_deadline(step(opened, Tick(), 9.0).gate) == 61.0  # the held_open alarm
