@@ -97,6 +97,25 @@ def test_example_documents_every_setting() -> None:
             "lanes[0].sources[0]: a frigate source needs an [mqtt] section",
         ),
         (
+            {"mqtt": {"reconnect_min_s": 10.0, "reconnect_max_s": 2.0}},
+            "mqtt.reconnect_min_s: must not exceed reconnect_max_s",
+        ),
+        ({"mqtt": {"reconnect_max_s": 600.0}}, "mqtt.reconnect_max_s: expected float <= 60"),
+        ({"mqtt": {"tls_ca_file": "/etc/ca.pem"}}, "mqtt.tls_ca_file: set tls = true"),
+        ({"mqtt": {"password": "x"}}, "mqtt.password: needs a username"),
+        (
+            {
+                "mqtt": {},
+                "lanes": [
+                    {
+                        "id": "a",
+                        "sources": [{"kind": "frigate", "name": "f", "camera": "c", "labels": []}],
+                    }
+                ],
+            },
+            "lanes[0].sources[0].labels: name at least one Frigate object label",
+        ),
+        (
             {
                 "lanes": [{"id": "a", "relay": {"kind": "gpio", "pin": 5, "active_high": False}}],
                 "buttons": [{"name": "b", "pin": 5, "action": "open"}],
