@@ -10,6 +10,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gated.config import FrigateSourceConfig, MqttConfig
@@ -157,9 +159,10 @@ def test_capture_time_and_retained_flag_on_every_read() -> None:
 def test_handled_objects_outlast_end_and_redelivery() -> None:
     """A late lpr update 10 s after `end`, or the `end` re-delivered 40 s later, opens nothing."""
     core = FrigatePlates(SOURCES)
-    [read] = core.feed(
+    first = core.feed(
         "frigate/events", event("update", obj("8.8-h", plate="AB123CD", score=0.9)), NOW, 100.0
     )
+    assert [r.text for r in first] == ["AB123CD"]
     end = event("end", obj("8.8-h", plate="AB123CD", score=0.9, end_time=NOW + 5))
     assert core.feed("frigate/events", end, NOW + 5, 105.0) == []
     assert core.feed("frigate/tracked_object_update", lpr("8.8-h", "AB123CD", 0.95), NOW, 115) == []
@@ -363,3 +366,58 @@ async def test_reconnects_after_broker_restart(broker: Broker) -> None:
             await task
     assert reads[0].text == "BACK1"
     assert disconnects == 1
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": _json_values | st.text(max_size=8),
+        "camera": _json_values | st.just("driveway"),
+        "label": _json_values | st.sampled_from(["car", "person", "dog"]),
+        "frame_time": _json_values,
+        "timestamp": _json_values,
+        "sub_label": _json_values,
+        "recognized_license_plate": _json_values,
+        "recognized_license_plate_score": _json_values,
+        "plate": _json_values,
+        "score": _json_values,
+        "name": _json_values,
+        "current_zones": _json_values,
+    },
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["new", "update", "end", "lpr", "face", None]),
+    body=_fields,
+    topic=st.sampled_from(["frigate/events", "frigate/tracked_object_update"]),
+    retained=st.booleans(),
+)
+def test_hostile_messages_are_reads_or_payload_errors(
+    kind: str | None, body: dict[str, Any], topic: str, retained: bool
+) -> None:
+    """Any shape of message: a PayloadError or well-formed reads, never another exception."""
+    doc: dict[str, Any] = {"type": kind, "after": body, **body}
+    try:
+        payload = json.dumps(doc).encode()
+    except ValueError:  # NaN/inf are fine for json.dumps; anything else is not a message
+        return
+    core = FrigatePlates(SOURCES)
+    try:
+        reads = core.feed(topic, payload, NOW, 0.0, retained=retained)
+    except PayloadError:
+        return
+    for read in reads:
+        assert read.text and len(read.text) <= 32
+        assert read.confidence is None or 0.0 <= read.confidence <= 1.0
+        assert read.captured_at is None or isinstance(read.captured_at, float)
+        assert read.retained is retained
+        assert "name" not in read.extra
