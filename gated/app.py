@@ -835,13 +835,17 @@ class Daemon:
         """Rewrite the metrics textfile atomically every interval (node_exporter reads it)."""
         from pathlib import Path
 
+        from gated.file_modes import open_private
+        from gated.state_dirs import prepare_dir
+
         target = Path(gen.cfg.metrics.textfile)
         while True:
             text = self.metrics_text()
             tmp = target.with_name(f".{target.name}.tmp")
             # No fsync: the file is rebuilt every interval and belongs on a tmpfs (/run).
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
+            prepare_dir(target.parent, "the metrics textfile")  # 0750 whatever the umask
+            with os.fdopen(open_private(tmp), "w", encoding="utf-8") as out:  # 0640
+                out.write(text)
             tmp.replace(target)
             await asyncio.sleep(gen.cfg.metrics.interval_s)
 

@@ -72,8 +72,10 @@ from typing import Any, Literal
 import aiosqlite
 import msgspec
 
-from gated.errors import JournalError
+from gated.errors import JournalError, StateError
+from gated.file_modes import prepare_sqlite_file
 from gated.model import AccessEvent, AuditEvent, Direction, EventType
+from gated.state_dirs import prepare_dir
 
 log = logging.getLogger(__name__)
 
@@ -780,12 +782,15 @@ class _Writer:
 
     def open(self, migrations: Path | None) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Folders 0750 and the file 0640 whatever the umask (its -wal/-shm follow it):
+            # the journal holds plates, names and addresses.
+            prepare_dir(self.path.parent, "the journal")
+            prepare_sqlite_file(self.path)
             self.conn = connect(self.path)
             migrate(self.conn, migrations)
             self.trigger_problem = trigger_problem(self.conn, migrations)
             self._load_head()
-        except (sqlite3.Error, OSError) as err:
+        except (sqlite3.Error, OSError, StateError) as err:
             self.close()
             raise JournalError(
                 f"cannot open journal {self.path}: {err}{_space_hint(self.path)}") from err

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gated.errors import RulesError
+from gated.file_modes import prepare_sqlite_file
 from gated.plates import MAX_PLATE_LEN, MAX_TAG_LEN, normalise
 from gated.rules_model import (
     DenyEntry,
@@ -609,6 +610,11 @@ class RuleStore:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
+        try:
+            # 0640 whatever the umask (SQLite gives -wal/-shm the same): names and plates.
+            prepare_sqlite_file(self.path)
+        except OSError as err:
+            raise RulesError(f"rule store {self.path}: cannot create: {err.strerror}") from err
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
             self._db.execute("PRAGMA busy_timeout = 5000")

@@ -22,7 +22,9 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gated.errors import JournalError, PayloadError
+from gated.errors import JournalError, PayloadError, StateError
+from gated.file_modes import open_private
+from gated.state_dirs import prepare_dir
 
 _SOI = b"\xff\xd8\xff"  # JPEG start-of-image marker followed by the first segment's marker
 _EVENT_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")  # no dots or slashes: no traversal
@@ -87,15 +89,18 @@ class SnapshotStore:
         tmp = final.with_name(final.name + _TMP_SUFFIX)
         digest = hashlib.sha256(data).hexdigest()
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if not final.parent.is_dir():
+                prepare_dir(final.parent, "snapshots")  # 0750 whatever the umask
             previous = final.stat().st_size if final.exists() else 0
-            with open(tmp, "wb") as fh:
+            with os.fdopen(open_private(tmp), "wb") as fh:  # 0640 whatever the umask
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
             # The rename is only durable once the directory entry is on disk.
             _fsync_dir(final.parent)
+        except StateError as err:
+            raise JournalError(f"cannot store snapshot {relative}: {err}") from err
         except OSError as err:
             with contextlib.suppress(OSError):
                 tmp.unlink()
