@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gated.errors import GatedError
-from gated.model import AccessEvent, Decision
+from gated.model import AccessEvent, Decision, PlateRead
 from gated.state_dirs import prepare_dir
 
 # Plates each simulated lane cycles through, chosen to show every kind of decision.
@@ -156,6 +156,8 @@ restart_backoff_s = 0.5
 def describe(event: AccessEvent, decision: Decision | None) -> str:
     """One line per event for the demo's console."""
     verdict = "OPEN " if event.event_type != "denied" else "DENY "
+    if event.gate_opened is False:
+        verdict = "FAIL "  # allowed, but the relay did not open the gate
     match = ""
     if decision is not None and decision.match is not None:
         m = decision.match
@@ -173,6 +175,16 @@ def describe(event: AccessEvent, decision: Decision | None) -> str:
     return (
         f"{clock} {event.access_point:<8} {verdict} {plate:<10} {event.decision_reason:<16}"
         f"{match}{latency}{flags}"
+    )
+
+
+def describe_merged(read: PlateRead, window_s: float) -> str:
+    """The demo's line for a read merged into an earlier read of the same vehicle."""
+    clock = time.strftime("%H:%M:%S", time.localtime())
+    plate = read.text or "-"
+    return (
+        f"{clock} {read.access_point:<8} MERGE {plate:<10} same vehicle as a read less than "
+        f"{window_s:g} s ago (dedup_window_s): kept with that event, nothing new to decide"
     )
 
 
@@ -247,6 +259,17 @@ def run_demo(
 
         daemon.event_listeners.append(show)
         task = asyncio.create_task(daemon.run())
+        # A read repeating a plate the lane just saw is merged, not decided again: say so,
+        # or a curl repeating the simulator's plate looks swallowed.
+        started = asyncio.create_task(daemon.started.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if daemon.generation is not None and not task.done():
+            for lane in daemon.generation.lanes.values():
+                window = lane.cfg.dedup_window_s
+                lane.merged_listeners.append(
+                    lambda read, w=window: print(describe_merged(read, w), flush=True)
+                )
+        started.cancel()
         if duration_s is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), duration_s)
