@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.policy
+import quopri
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -244,41 +245,84 @@ class _Part:
     data: bytes
 
 
+_MAX_PART_HEADER = 8 * 1024  # a part's header block; real ones are ~150 bytes
+
+
 def _split_multipart(body: bytes, content_type: str) -> list[_Part]:
-    """Split a multipart body with the stdlib MIME parser (binary-safe), rejecting truncation."""
+    """Split a multipart body at its boundaries (binary-safe), rejecting truncation.
+
+    Works on bytes with find(): each part's data is copied once. The stdlib MIME
+    parser needed ~12x the body in memory (100 MB for one 8 MB push) and pure
+    Python time per part (590,000 parts: seconds); only the small header block of
+    each part goes through it.
+    """
     _, params = _media_type(content_type)
     boundary = params.get("boundary")
     if not boundary:
         raise PayloadError("multipart Content-Type has no boundary")
-    # Count delimiters before parsing: the stdlib parser is pure Python, and 590,000
-    # tiny parts in 8 MB took seconds of CPU before the part limit below could refuse them.
-    if body.count(b"--" + boundary.encode("ascii", "replace")) > MAX_PARTS + 1:
+    if len(boundary) > 70:  # RFC 2046
+        raise PayloadError("multipart boundary longer than 70 characters")
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    # Count delimiters before splitting: refuses a many-part body in one C-level pass.
+    if body.count(delimiter) > MAX_PARTS + 1:
         raise PayloadError(f"multipart body has more than {MAX_PARTS} parts")
-    header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("ascii")
-    msg = BytesParser(policy=email.policy.compat32).parsebytes(header + body)
-    if not msg.is_multipart():
+    pos = body.find(delimiter)
+    if pos < 0 or (pos > 0 and body[pos - 1 : pos] != b"\n"):
         raise PayloadError("multipart body does not start with its boundary")
-    defects = {type(d).__name__ for d in msg.defects}
-    if "CloseBoundaryNotFoundDefect" in defects:
-        raise PayloadError("multipart body is truncated (no closing boundary)")
-    parts = msg.get_payload()
-    assert isinstance(parts, list)
-    if len(parts) > MAX_PARTS:
-        raise PayloadError(f"multipart body has more than {MAX_PARTS} parts")
+    view = memoryview(body)
     out: list[_Part] = []
-    for part in parts:
-        if part.is_multipart():
-            raise PayloadError("nested multipart bodies are not accepted")
-        data = part.get_payload(decode=True)
-        out.append(
-            _Part(
-                name=str(part.get_param("name", "", header="content-disposition") or ""),
-                filename=str(part.get_filename("") or ""),
-                content_type=part.get_content_type(),
-                data=data if isinstance(data, bytes) else b"",
-            )
-        )
-    return out
+    while True:
+        pos += len(delimiter)
+        if body.startswith(b"--", pos):
+            return out  # the close delimiter
+        line_end = body.find(b"\n", pos)
+        if line_end < 0:
+            raise PayloadError("multipart body is truncated (no closing boundary)")
+        start = line_end + 1
+        following = body.find(b"\n" + delimiter, start)
+        if following < 0:
+            raise PayloadError("multipart body is truncated (no closing boundary)")
+        end = following - 1 if body[following - 1 : following] == b"\r" else following
+        if len(out) >= MAX_PARTS:
+            raise PayloadError(f"multipart body has more than {MAX_PARTS} parts")
+        out.append(_part(body, view, start, max(start, end)))
+        pos = following + 1
+
+
+def _part(body: bytes, view: memoryview, start: int, end: int) -> _Part:
+    """One part between `start` and `end`: headers parsed by the stdlib, data copied once."""
+    if body.startswith((b"\r\n", b"\n"), start):  # no headers at all
+        header_end = start
+        data_start = start + (2 if body.startswith(b"\r\n", start) else 1)
+    else:
+        crlf = body.find(b"\r\n\r\n", start, min(end, start + _MAX_PART_HEADER))
+        lf = body.find(b"\n\n", start, min(end, start + _MAX_PART_HEADER))
+        if crlf < 0 and lf < 0:
+            raise PayloadError("multipart part has no end of headers")
+        if crlf >= 0 and (lf < 0 or crlf <= lf):
+            header_end, data_start = crlf, crlf + 4
+        else:
+            header_end, data_start = lf, lf + 2
+    headers = BytesParser(policy=email.policy.compat32).parsebytes(
+        bytes(view[start:header_end]) + b"\r\n\r\n", headersonly=True
+    )
+    if headers.get_content_maintype() == "multipart":
+        raise PayloadError("nested multipart bodies are not accepted")
+    data = bytes(view[data_start:end]) if data_start < end else b""
+    encoding = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
+    if encoding == "base64":
+        try:
+            data = base64.b64decode(data)
+        except (binascii.Error, ValueError):
+            raise PayloadError("multipart part is not valid base64") from None
+    elif encoding == "quoted-printable":
+        data = quopri.decodestring(data)
+    return _Part(
+        name=str(headers.get_param("name", "", header="content-disposition") or ""),
+        filename=str(headers.get_filename("") or ""),
+        content_type=headers.get_content_type(),
+        data=data,
+    )
 
 
 def _is_multipart(media: str) -> bool:

@@ -548,23 +548,31 @@ class AnprListener:
                 counts["timeout"] += 1
                 self._log_once(name, "timeout", "body did not arrive in time")
                 return _reply(408, "body timeout")
-            received_mono = self._monotonic()
-            received_at = self._clock()
-            content_type = request.headers.get("Content-Type", "")
-            try:
-                # off the event loop: a hostile body must not delay relays or other lanes
-                parsed = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._parse, camera.cfg.format, body, content_type, received_at
-                )
-            except PayloadError as err:
-                counts["bad_payload"] += 1
-                self._log_once(name, "bad_payload", f"bad {camera.cfg.format} payload: {err}")
-                return _reply(400, str(err))
-            finally:
-                del body
+            # The budget stays held until the answer: the reads carry the body's pictures
+            # until the lane has them journaled, so they are memory in flight too.
+            return await self._take(camera, request, body)
         finally:
             if held:
                 await self._budget.release(held)
+
+    async def _take(self, camera: _Camera, request: web.Request, body: bytes) -> web.Response:
+        """Parse a body off the loop, hand its reads to the lane, answer once they are kept."""
+        name = camera.cfg.name
+        counts = self.counters[name]
+        received_mono = self._monotonic()
+        received_at = self._clock()
+        content_type = request.headers.get("Content-Type", "")
+        try:
+            # off the event loop: a hostile body must not delay relays or other lanes
+            parsed = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._parse, camera.cfg.format, body, content_type, received_at
+            )
+        except PayloadError as err:
+            counts["bad_payload"] += 1
+            self._log_once(name, "bad_payload", f"bad {camera.cfg.format} payload: {err}")
+            return _reply(400, str(err))
+        finally:
+            del body
         if not parsed:
             counts["no_plate"] += 1
             return _reply(200, "ok")
@@ -574,7 +582,8 @@ class AnprListener:
             counts["emit_failed"] += 1
             log.exception("%s: emit failed", name)
             return _reply(500, "not accepted")
-        counts["reads"] += len(parsed)
+        del parsed
+        counts["reads"] += len(kept)
         # An emit that returns no future (an older daemon) has nothing to wait for.
         waiting = [f for f in kept if f is not None]
         if waiting:
