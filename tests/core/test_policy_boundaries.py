@@ -669,3 +669,62 @@ def test_a_recorded_visitor_exit_is_a_passage_but_not_a_use() -> None:
     state.record(out, NOW)
     assert state.last_passage("p-now") == (Direction.OUT, NOW)
     assert state.pass_uses("p-now") == 0
+
+
+# --- what a decision records --------------------------------------------------------------
+
+
+def test_an_allowed_resident_is_picked_over_an_expired_pass_of_the_same_plate() -> None:
+    src = world()
+    src.add_pass(VisitorPass("p-old", "AB12CDE", "bob", NOW - 2 * HOUR, NOW - HOUR))
+    d = run("AB12CDE", rules=RuleSet.build(src))
+    assert (d.allowed, d.reason, d.vehicle_id, d.pass_id) == (
+        True,
+        Reason.RESIDENT,
+        "v-alice",
+        None,
+    )
+
+
+def test_passes_are_matched_fuzzily_one_edit_away_only() -> None:
+    deep = RuleSet.build(world(), pass_depth=2)
+    assert run("VIS12", rules=deep).reason == Reason.NEEDS_GUARD  # one edit: a guard looks
+    assert run("VIS1", rules=deep).reason == Reason.UNKNOWN_PLATE  # two: not a match
+
+
+def test_a_deep_enough_index_is_not_flagged_as_capped() -> None:
+    d = run("AB12CDE")
+    assert not {"deny_distance_capped", "resident_distance_capped"} & set(d.flags)
+
+
+@pytest.mark.parametrize("text", ["ZZ99ZZZ", "", "0A1B2C3D4E"])
+def test_every_decision_names_its_access_point_rules_and_read(text: str) -> None:
+    d = run(text, kind=CredentialKind.TAG if text.startswith("0A") else CredentialKind.PLATE)
+    assert (d.access_point, d.rules_version) == ("main-in", RULES.version)
+    assert d.inputs["source"] == "cam1"
+    assert d.inputs["kind"] == ("tag" if text.startswith("0A") else "plate")
+
+
+def test_an_invalid_read_records_why_and_matches_nothing() -> None:
+    d = run("A" * 17)
+    assert d.inputs["normalised"] == "" and d.match is None
+    assert d.inputs["error"] == "normalised text has 17 characters (1..16)"
+    clock = run("AB12CDE", now=float("nan"))
+    assert clock.inputs["error"] == "decision time nan is not a finite number"
+
+
+def test_a_read_that_is_not_text_is_recorded_as_its_shortened_repr() -> None:
+    odd = list(range(100))
+    r = PlateRead("main-in", odd, "cam1", NOW, 0.0, 0.95, CredentialKind.PLATE)  # type: ignore[arg-type]
+    d = decide(r, AccessPoint("main-in", Direction.IN, PolicyConfig(), TZ), RULES,
+               MemoryPolicyState(), NOW)  # fmt: skip
+    assert d.inputs["raw_text"] == repr(odd)[:64] and len(d.inputs["raw_text"]) == 64
+    assert "invalid_read" in d.flags and not d.allowed
+
+
+def test_an_entity_re_plated_to_text_that_is_no_plate_is_not_a_hit() -> None:
+    src = world()
+    key = src.add_deny(DenyEntry("d-junk", "JUNK12", "stolen"))
+    rules = RuleSet.build(src)
+    src.deny[key] = DenyEntry("d-junk", "J" * 300, "stolen")  # cannot even be normalised
+    assert run("JUNK12", rules=rules).reason == Reason.UNKNOWN_PLATE

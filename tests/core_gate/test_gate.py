@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -385,3 +386,93 @@ def test_next_deadline_table() -> None:
     opened = step(initial(SWITCH, 0.0, closed=True), OpenRequested(500), 0.0).gate
     opened = step(opened, PositionChanged(False), 1.0).gate
     assert next_deadline(step(opened, Tick(), 9.0).gate) == 61.0  # the held_open alarm
+
+
+# --- edges found by mutation testing ---------------------------------------------
+
+
+def test_a_pulse_ends_at_its_last_instant() -> None:
+    g = step(initial(BARE, 0.0), OpenRequested(1000), 0.0).gate
+    assert g.energised(0.999) and not g.energised(1.0)
+
+
+@pytest.mark.parametrize("ms", [0, -5])
+def test_a_pulse_of_no_length_never_energises(ms: int) -> None:
+    t = step(initial(BARE, 5.0), OpenRequested(ms), 5.0)
+    assert t.order == Order("pulse", ms)
+    assert not t.gate.energised(5.0)
+
+
+def test_initial_keeps_its_time_and_reading() -> None:
+    g = initial(SWITCH, 100.0, closed=True)
+    assert (g.now, g.state, g.open_since, next_deadline(g)) == (100.0, GateState.CLOSED, None, None)
+    # a closed gate at start raises nothing, however long it stays closed
+    assert step(g, Tick(), 10_000.0).raised == ()
+    assert step(g, Tick(), 50.0).gate.now == 100.0  # time never runs backwards
+    found_open = initial(SWITCH, 100.0, closed=False)
+    assert (found_open.state, found_open.open_since) == (GateState.CLOSING, 92.0)
+    # a reading from a switch that is not configured is not used
+    assert initial(BARE, 100.0, closed=False).state == GateState.UNKNOWN
+
+
+def test_transitions_say_what_changed() -> None:
+    g = initial(BARE, 0.0)
+    t = step(g, OpenRequested(500), 0.0)
+    assert (t.previous, t.state, t.changed, t.deferred) == (
+        GateState.UNKNOWN, GateState.OPENING, True, False,
+    )  # fmt: skip
+    again = step(t.gate, Tick(), 1.0)
+    assert (again.previous, again.changed, again.deferred) == (GateState.OPENING, False, False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(setup=setups, seq=timed)
+def test_flags_are_plain_booleans(setup: GateSetup, seq: list) -> None:
+    g = initial(setup, 0.0)
+    now = 0.0
+    for gap, event in seq:
+        now += gap
+        t = step(g, event, now)
+        g = t.gate
+        for flag in (g.present, g.hold_explicit, g.hold_presence, t.deferred):
+            assert type(flag) is bool
+        if not g.present:
+            assert not g.hold_presence  # a hold because of a vehicle ends with it
+
+
+def test_presence_ending_a_hold_lets_the_assumed_gate_close() -> None:
+    g = initial(BARE, 0.0)
+    g, ts = run(g, (0.0, OpenRequested(2000)), (1.0, PresenceChanged(True)),
+                (20.0, PresenceChanged(False)))  # fmt: skip
+    assert ts[-1].order == Order("release")
+    assert g.state == GateState.CLOSING and next_deadline(g) == 28.0
+    assert step(g, Tick(), 28.0).state == GateState.CLOSED
+
+
+def test_a_release_after_the_pulse_ended_does_not_move_the_assumed_close() -> None:
+    g = initial(BARE, 0.0)
+    g, _ = run(g, (0.0, OpenRequested(1000)), (10.0, ReleaseRequested()))
+    assert g.state == GateState.CLOSING and next_deadline(g) == 16.0
+
+
+def test_first_reading_open_means_the_travel_is_over() -> None:
+    g = initial(BARE, 0.0)
+    t = step(g, PositionChanged(False), 30.0)
+    assert t.state == GateState.CLOSING and t.gate.open_since == 22.0
+
+
+def test_a_gate_that_opened_and_closed_quickly_raises_no_movement_alarm() -> None:
+    g = initial(SWITCH, 0.0, closed=True)
+    g, ts = run(g, (0.0, OpenRequested(500)), (1.0, PositionChanged(False)),
+                (3.0, PositionChanged(True)), (9.0, Tick()), (30.0, Tick()))  # fmt: skip
+    assert all(Alarm.NO_MOVEMENT not in t.raised for t in ts)
+    assert g.alarms == frozenset()
+
+
+@pytest.mark.parametrize(("leaves_at", "forced"), [(8.0, False), (8.5, True)])
+def test_an_order_explains_the_gate_leaving_closed_for_its_travel_time(
+    leaves_at: float, forced: bool
+) -> None:
+    g = initial(SWITCH, 0.0, closed=True)
+    g, ts = run(g, (0.0, OpenRequested(100)), (leaves_at, PositionChanged(False)))
+    assert (Alarm.FORCED_OPEN in ts[-1].raised) is forced
