@@ -79,7 +79,7 @@ class SourceRules:
         """The rules of a source config (any Struct with the common source fields)."""
         return cls(
             camera_direction=source.camera_direction,
-            direction_map={**_PLAIN_DIRECTIONS, **dict(source.direction_map)},
+            direction_map=dict(source.direction_map),
             wrong_direction=source.wrong_direction,
             unread=source.unread,
             max_age_s=source.max_age_s,
@@ -87,7 +87,7 @@ class SourceRules:
         )
 
 
-DEFAULT_RULES = SourceRules(direction_map=_PLAIN_DIRECTIONS)
+DEFAULT_RULES = SourceRules()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,9 @@ def resolve_direction(
     """The direction a read travels: the camera's mapped value when used, else the lane's."""
     if camera_direction is None or rules.camera_direction != "use":
         return lane_direction
-    return rules.direction_map.get(camera_direction.strip().lower(), lane_direction)
+    word = camera_direction.strip().lower()
+    mapped = rules.direction_map.get(word)
+    return mapped if mapped is not None else _PLAIN_DIRECTIONS.get(word, lane_direction)
 
 
 def ingest(

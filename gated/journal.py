@@ -758,7 +758,12 @@ def iter_rows(conn: sqlite3.Connection, where: str = "", params: Sequence[Any] =
 
     def rows(stream: str) -> Iterator[tuple[str, dict[str, Any]]]:
         cols = COLUMNS[stream]
-        for values in conn.execute(f"{_select(stream)} {where} ORDER BY seq {order}", params):
+        # A file not yet migrated (a copy, a backup) lacks later columns: read them as
+        # NULL, which is what they hash as (see ADDED).
+        present = {r[1] for r in conn.execute(f"PRAGMA table_info({TABLES[stream]})")}
+        listed = [c if c in present or c not in ADDED[stream] else f"NULL AS {c}" for c in cols]
+        sql = f"SELECT {', '.join(listed)} FROM {TABLES[stream]} {where} ORDER BY seq {order}"
+        for values in conn.execute(sql, params):
             yield stream, dict(zip(cols, values, strict=True))
 
     cursors = [rows(stream) for stream in TABLES]
