@@ -47,3 +47,13 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Unknown key" not in result.stderr and "Unknown section" not in result.stderr
+
+
+def test_unit_sets_a_descriptor_limit_above_the_listener_cap() -> None:
+    """Without LimitNOFILE the soft limit is 1024: slow clients exhausted it before."""
+    from gated.config import ListenerConfig
+
+    limit = int(_unit()["Service"]["LimitNOFILE"].split(":")[0])
+    # every camera connection, plus the reserve the listener keeps for the rest
+    assert limit >= ListenerConfig().max_connections + 128 + 512
+

@@ -110,3 +110,49 @@ def test_config_refuses_an_unauthenticated_camera() -> None:
     assert parse_config({**SITE, "lanes": [lane]}).lanes[0].sources[0].auth.allowed_ips == [
         "10.0.5.21"
     ]
+
+
+def test_listener_host_is_required_with_a_camera() -> None:
+    lane = {
+        "id": "main-in",
+        "sources": [
+            {
+                "kind": "anpr_http",
+                "name": "c",
+                "format": "generic",
+                "path": "/a",
+                "auth": {"token": "t"},
+            }
+        ],
+    }
+    site = {"site": SITE["site"]}
+    with pytest.raises(ConfigError, match=r"cameras_listener\.host: required"):
+        parse_config({**site, "lanes": [lane]})
+    with pytest.raises(ConfigError, match=r"cameras_listener\.host: 'every interface'"):
+        parse_config({**site, "cameras_listener": {"host": "every interface"}, "lanes": [lane]})
+    assert parse_config({**SITE, "lanes": [lane]}).cameras_listener.host == "127.0.0.1"
+    assert parse_config(site).cameras_listener.host == ""  # no camera: nothing listens
+
+
+async def test_listener_binds_only_the_address_it_is_given() -> None:
+    reads: list[PlateRead] = []
+    listener = AnprListener("127.0.0.2", 0, max_body_kb=64)
+    listener.add_camera(
+        AnprHttpSourceConfig(
+            name="c", format="generic", path="/a", auth=CameraAuthConfig(token="tok")
+        ),
+        "main-in",
+    )
+    task = asyncio.create_task(listener.run(reads.append))
+    await asyncio.wait_for(listener.started.wait(), 10)
+    port = listener.bound_port
+    try:
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.2:{port}") as client:
+            ok = await client.post("/a", json=GENERIC, headers={"Authorization": "Bearer tok"})
+        assert ok.status_code == 200
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
