@@ -78,7 +78,6 @@ class ParsedRead:
     text: str  # "" for a vehicle whose plate could not be read
     read_at: float  # epoch seconds by the device clock: when gated received it
     confidence: float | None = None  # normalised to 0..1
-    direction: Direction | None = None  # set only where the format defines in/out
     captured_at: float | None = None  # the camera's capture time (camera clock), None: unknown
     camera_direction: str | None = None  # as the camera said it, lower-cased
     snapshot: bytes | None = None  # JPEG bytes, only when they look like a JPEG
@@ -539,7 +538,6 @@ def _axis_time(raw: Any) -> float | None:
     return dt.timestamp()
 
 
-_AXIS_DIRECTIONS = {"in": Direction.IN, "out": Direction.OUT}
 # epoch milliseconds between 2001 and 2286: anything else is not a capture time
 _EPOCH_MS_RANGE = (1e12, 1e13)
 
@@ -588,7 +586,6 @@ def _axis(body: bytes, content_type: str, received_at: float) -> list[ParsedRead
             text=text,
             read_at=received_at,
             confidence=_confidence(doc.get("plateConfidence")) if text else None,
-            direction=_AXIS_DIRECTIONS.get(camera_direction or ""),
             snapshot=_jpeg_or_none(image),
             captured_at=captured_at,
             camera_direction=camera_direction,
@@ -700,7 +697,7 @@ def _generic(body: bytes, content_type: str, received_at: float) -> list[ParsedR
         else:
             parsed = _iso_time(item.time)
         captured_at = _capture_time(item.time, parsed, extra)
-        direction = None
+        direction: Direction | None = None
         if item.direction is not None:
             try:
                 direction = Direction(item.direction.strip().lower())
@@ -715,7 +712,6 @@ def _generic(body: bytes, content_type: str, received_at: float) -> list[ParsedR
                 text=text,
                 read_at=received_at,
                 confidence=item.confidence if text else None,
-                direction=direction,
                 snapshot=_b64_jpeg(item.image_jpeg_base64),
                 captured_at=captured_at,
                 camera_direction=direction.value if direction is not None else None,

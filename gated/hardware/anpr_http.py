@@ -643,7 +643,6 @@ class AnprListener:
                 read_at=item.read_at,
                 received_mono=received_mono,
                 confidence=item.confidence,
-                direction=item.direction,
                 snapshot=item.snapshot,
                 vendor=camera.cfg.format,
                 extra=dict(item.extra),

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from gated.errors import PayloadError
 from gated.hardware.anpr_formats import FORMATS, MAX_XML_BYTES, parse_payload
-from gated.model import Direction
 from tests.readers_http.conftest import make_jpeg, multipart, payload
 
 NOW = 1_700_000_000.0
@@ -39,7 +38,7 @@ def test_hikvision_multipart_with_pictures() -> None:
     assert read.confidence == pytest.approx(0.97)
     assert read.captured_at == ts("2024-05-07T17:48:03.847+02:00")
     assert read.snapshot == scene  # the scene picture is preferred over the plate crop
-    assert read.direction is None  # camera-relative; kept in extra
+    assert read.camera_direction == "forward"  # camera-relative: the source config maps it
     assert read.extra["direction"] == "forward"
     assert read.extra["vehicle_color"] == "blue"
     assert read.extra["plate_color"] == "white"
@@ -163,7 +162,7 @@ def test_axis_json_body() -> None:
     [read] = parse_payload("axis", payload("axis_new.json"), "application/json", NOW)
     assert read.text == "AB123CD"
     assert read.confidence == pytest.approx(0.8088, abs=1e-4)
-    assert read.direction is Direction.IN
+    assert read.camera_direction == "in"
     assert read.captured_at is None  # local time without an offset: not a capture time
     assert read.extra["camera_datetime"] == "20240507 154803120"
     assert read.extra["country"] == "NLD"
@@ -291,7 +290,7 @@ def test_generic_full() -> None:
     [read] = parse_payload("generic", json.dumps(doc).encode(), "application/json", NOW)
     assert read.text == "AB-123-CD"
     assert read.confidence == 0.93
-    assert read.direction is Direction.IN
+    assert read.camera_direction == "in"
     assert read.captured_at == ts("2024-05-07T17:48:03+02:00")
     assert read.snapshot == image
     assert read.extra == {
