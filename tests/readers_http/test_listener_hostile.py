@@ -13,6 +13,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -380,3 +381,32 @@ async def test_credentials_with_non_utf8_bytes_are_401_and_audited(
     [summary] = served.refused
     assert summary.count == 1 and summary.cameras == {"cam": 1}
     assert served.reads == []
+
+
+async def test_accept_errors_are_logged_once_per_outage(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Out of descriptors, asyncio reports every failed accept(); the log gets one line."""
+    served: Served = await serve()
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    assert handler is not None
+    # asyncio passes the listening socket (a TransportSocket): what matters is its descriptor
+    [fd] = served.listener._sockets
+    listening = SimpleNamespace(fileno=lambda: fd)
+    caplog.set_level("WARNING", logger="gated.hardware.anpr_http")
+    for _ in range(500):
+        handler(
+            loop,
+            {
+                "message": "socket.accept() out of system resource",
+                "exception": OSError(24, "Too many open files"),
+                "socket": listening,
+            },
+        )
+    async with served.client() as client:
+        assert (await client.post("/cam", json=GENERIC, headers=bearer())).status_code == 200
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("cannot accept" in line for line in lines) == 1
+    assert sum("accepting connections again (500 accept errors)" in line for line in lines) == 1
+    assert served.listener.counters[UNMATCHED]["accept_errors"] == 500
