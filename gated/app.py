@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +39,11 @@ from gated.config import (
     load_config,
     redacted,
 )
+from gated.control import Actor, ActorType, ControlPlane
 from gated.errors import ConfigError, GatedError
 from gated.health import Health
 from gated.lane import Lane, LaneParts, RulesHolder
-from gated.model import AuthorizationMethod, Mode, PlateRead
+from gated.model import Mode, PlateRead
 from gated.policy import AccessPoint, MemoryPolicyState
 from gated.supervise import Supervisor, TooManyFailuresError
 
@@ -108,6 +109,9 @@ class Daemon:
         # hard exit deadline with it. Never set in-process (tests, the demo).
         self.on_stopping: Callable[[], None] | None = None
         self.journal_head: tuple[int, str, float] | None = None  # (seq, row_hash, when read)
+        self.control: ControlPlane | None = None  # built once the journal is open
+        self.control_socket: Any = None
+        self._front_ends: list[asyncio.Task[Any]] = []
 
     # --- public control ------------------------------------------------------
 
@@ -159,8 +163,13 @@ class Daemon:
                 new_values={"version": __version__, "config": redacted(self.cfg)},
             )
             await self._report_journal_check()
-            background.append(asyncio.create_task(self.health.run(), name="health"))
-            background.append(asyncio.create_task(self._publish_head(), name="journal-head"))
+            self.control = ControlPlane(
+                self._running_lanes,
+                self.auditor,
+                reload_rules=self._reload_rules_now,
+                status_extra=self._status_extra,
+            )
+            background.extend(self._start_long_lived())
             status = await self._run_generations()
         except BaseException as err:
             error = err
@@ -183,6 +192,71 @@ class Daemon:
         await self.auditor.record(
             "journal_check", "journal", status="failure", error_message=problem
         )
+
+    def _start_long_lived(self) -> list[asyncio.Task[Any]]:
+        """Start the services that outlive generations, each supervised like a component.
+
+        Front ends (the control socket; next the status page) are kept apart: they stop
+        taking requests first at SIGTERM, before reads are drained and relays released.
+        """
+        supervisor = Supervisor(self.cfg.supervisor, on_failure=self._on_component_failure)
+        services: list[tuple[str, Callable[[], Any]]] = [
+            ("health", self.health.run),
+            ("journal-head", self._publish_head),
+        ]
+        front: list[tuple[str, Callable[[], Any]]] = []
+        if self.cfg.control.socket:
+            from gated.control_socket import ControlSocket
+
+            assert self.control is not None
+            self.control_socket = ControlSocket(
+                self.control, self.cfg.control.socket, group=self.cfg.control.socket_group
+            )
+            front.append((self.control_socket.name, self.control_socket.run))
+        tasks = []
+        for name, run in services + front:
+            task = asyncio.create_task(supervisor.keep_running(name, run), name=name)
+            tasks.append(task)
+            if (name, run) in front:
+                self._front_ends.append(task)
+        return tasks
+
+    async def _stop_front_ends(self) -> None:
+        """Stop taking requests from people and remote systems (first step of a stop)."""
+        for task in self._front_ends:
+            task.cancel()
+        await asyncio.gather(*self._front_ends, return_exceptions=True)
+        self._front_ends.clear()
+
+    def _running_lanes(self) -> dict[str, Lane]:
+        return dict(self.generation.lanes) if self.generation is not None else {}
+
+    async def _reload_rules_now(self) -> int:
+        """Index the rule store's newest version now (gated ctl reload-rules)."""
+        gen = self.generation
+        if gen is None or gen.rules is None:
+            raise GatedError("no generation is running")
+        ruleset = await self._index_rules(gen.cfg, gen)
+        gen.rules.current = ruleset
+        self.health.set("rules", True, f"version {ruleset.version}")
+        return int(ruleset.version)
+
+    async def _status_extra(self) -> dict[str, Any]:
+        """Daemon-wide status beside the lanes: health, journal head, version."""
+        head = self.journal_head
+        return {
+            "version": __version__,
+            "health": {
+                "healthy": self.health.healthy(),
+                "summary": self.health.summary(),
+                "components": {
+                    name: {"ok": c.ok, "detail": c.detail}
+                    for name, c in sorted(self.health.components.items())
+                },
+            },
+            "journal": {"head_seq": head[0] if head else None,
+                        "head_hash": head[1] if head else None},
+        }
 
     async def _run_generations(self) -> int:
         """Run generation after generation until a stop (0) or a component gave up (1)."""
@@ -326,6 +400,7 @@ class Daemon:
                     what = await self._wake.get()
                     if what == "stop":
                         self.health.stopping()  # before draining: systemd may take a while to hear
+                        await self._stop_front_ends()
                         break
                     if what == "reload" and await self._reload():
                         break
@@ -708,27 +783,12 @@ class Daemon:
                 return
 
     async def _button(self, button: Any, gen: Generation) -> None:
-        assert self.auditor is not None
+        """A guard button is a front end of the control plane (actor: the button)."""
+        assert self.control is not None
+        actor = Actor(ActorType.GUARD_BUTTON, id=button.name)
         targets = [gen.lanes[i] for i in button.lanes] if button.lanes else list(gen.lanes.values())
-        await self.auditor.record(
-            "button_press",
-            "button",
-            resource_id=button.name,
-            actor_type="guard_button",
-            actor_id=button.name,
-            metadata={"action": button.action, "lanes": [lane.id for lane in targets]},
-        )
         for lane in targets:
-            if button.action == "open":
-                await lane.open_manually(
-                    method=AuthorizationMethod.GUARD_BUTTON,
-                    actor_type="guard_button",
-                    actor_id=button.name,
-                )
-            else:
-                mode = Mode.HOLD_OPEN if button.action == "hold_open" else Mode.LOCKDOWN
-                new = Mode.NORMAL if lane.mode == mode else mode
-                await lane.set_mode(new, actor_type="guard_button", actor_id=button.name)
+            await _BUTTON_ACTIONS[button.action](self.control, actor, lane)
 
     async def _index_rules(self, cfg: Config, gen: Generation) -> Any:
         """Build the plate index in a worker thread; decisions keep using the old one meanwhile."""
@@ -870,6 +930,20 @@ def _head_metrics(head: tuple[int, str, float] | None) -> str:
         "# TYPE gated_journal_head_read_timestamp_seconds gauge\n"
         f"gated_journal_head_read_timestamp_seconds {at:.3f}\n"
     )
+
+
+# What each configured button action does to one lane; the toggles ask the lane's mode.
+_BUTTON_ACTIONS: dict[str, Callable[[ControlPlane, Actor, Lane], Awaitable[Any]]] = {
+    "open": lambda control, actor, lane: control.open(actor, lane.id),
+    "hold_open": lambda control, actor, lane: (
+        control.release(actor, lane.id)
+        if lane.mode == Mode.HOLD_OPEN
+        else control.hold(actor, lane.id)
+    ),
+    "lockdown": lambda control, actor, lane: control.lockdown(
+        actor, lane.mode != Mode.LOCKDOWN, lane.id
+    ),
+}
 
 
 async def _hold_when_open(lane: Lane) -> None:

@@ -88,11 +88,18 @@ _USES: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("journal", "stats"): ("journal", "snapshots"),
     ("rules", "import"): ("rules", "journal"),
     ("rules", "export"): ("rules",),
+    ("pass", "add"): ("rules", "journal"),
+    ("pass", "revoke"): ("rules", "journal"),
+    ("pass", "list"): ("rules",),
 }
 
 
 def _subcommand(args: argparse.Namespace) -> str | None:
-    return getattr(args, "journal_command", None) or getattr(args, "rules_command", None)
+    return (
+        getattr(args, "journal_command", None)
+        or getattr(args, "rules_command", None)
+        or getattr(args, "pass_action", None)
+    )
 
 
 # --- subcommands -------------------------------------------------------------
@@ -217,6 +224,23 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
     return rules_import(args, journal_path=db, rules_path=rules_db, config_path=args.config)
 
 
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """Talk to the running daemon over its control socket."""
+    from gated.control_client import run
+
+    return run(args)
+
+
+def cmd_pass(args: argparse.Namespace) -> int:
+    """Add, revoke or list visitor passes as audited rule-set changes."""
+    from gated.pass_cli import run
+    from gated.rules_cli import _site
+
+    db, rules_db, _ = _paths(args)
+    identity, tz = _site(args.config)
+    return run(args, journal_path=db, rules_path=rules_db, identity=identity, tz=tz)
+
+
 def cmd_rules_export(args: argparse.Namespace) -> int:
     """Export the rule set as JSON or CSV."""
     from gated.rules_cli import rules_export
@@ -325,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--out", help="file (json) or directory (csv); default stdout for json")
     p.set_defaults(func=cmd_rules_export)
+
+    from gated import control_client, pass_cli
+
+    control_client.add_parser(sub, cmd_ctl)
+    pass_cli.add_parser(sub, cmd_pass)
     return parser
 
 

@@ -141,13 +141,12 @@ class ControlLane(Protocol):
         ...
 
     async def open_manually(
-        self, *, method: AuthorizationMethod, actor_type: str, actor_id: str | None = None,
-        ip_address: str | None = None, request_id: str | None = None, note: str = "",
+        self, *, method: AuthorizationMethod, actor_id: str | None = None, note: str = ""
     ) -> Any:
         """Open once; returns the journaled access event (its metadata names a relay error)."""
         ...
 
-    async def set_mode(self, mode: Mode, *, actor_type: str, actor_id: str | None = None) -> Any:
+    async def set_mode(self, mode: Mode) -> str | None:
         """Switch mode, driving the relay for hold-open; returns a relay error or None."""
         ...
 
@@ -287,7 +286,7 @@ class ControlPlane:
         for lane in targets:
             if lane.mode == wanted or (needs is not None and lane.mode != needs):
                 continue  # idempotent: already there, or not in the mode this action ends
-            error = await lane.set_mode(wanted, actor_type=actor.type.value, actor_id=actor.id)
+            error = await lane.set_mode(wanted)
             changed.append(lane.id)
             if error:
                 errors.append(f"{lane.id}: {error}")
@@ -302,10 +301,7 @@ class ControlPlane:
             raise _Refused(f"lane {lane.id} is in lockdown")
         event = await lane.open_manually(
             method=_METHOD.get(actor.type, AuthorizationMethod.MANUAL_GUARD),
-            actor_type=actor.type.value,
             actor_id=actor.id,
-            ip_address=actor.address,
-            request_id=actor.request_id,
             note=reason or "",
         )
         data = {"lane": lane.id, "access_event_id": event.event_id}

@@ -11,6 +11,7 @@ import argparse
 import json
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["EX_UNAVAILABLE", "add_parser", "request", "run"]
@@ -40,9 +41,10 @@ def request(path: str, message: dict[str, Any], timeout_s: float = TIMEOUT_S) ->
     return answer
 
 
-def add_parser(sub: Any) -> None:
-    """Add `gated ctl …` to the top-level subparsers."""
+def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
+    """Add `gated ctl …` (handled by `func`) to the top-level subparsers."""
     ctl = sub.add_parser("ctl", help="control the running daemon (open, hold, lockdown, status)")
+    ctl.set_defaults(func=func)
     ctl.add_argument("--socket", default=None,
                      help=f"control socket (default: [control] socket of --config, "
                           f"else {DEFAULT_SOCKET})")

@@ -427,16 +427,12 @@ class Lane:
     # --- guards, buttons, remote commands ------------------------------------
 
     async def open_manually(
-        self,
-        *,
-        method: AuthorizationMethod,
-        actor_type: str,
-        actor_id: str | None = None,
-        ip_address: str | None = None,
-        request_id: str | None = None,
-        note: str = "",
+        self, *, method: AuthorizationMethod, actor_id: str | None = None, note: str = ""
     ) -> AccessEvent:
-        """Open once on a guard's or a signed remote command's authority; journaled and audited."""
+        """Open once on a person's or a signed command's authority; the journaled access event.
+
+        Only gated.control calls this: it has checked the actor and writes the audit row.
+        """
         started = time.monotonic()
         now = time.time()
         relay_ms, relay_error = await self._pulse(started)
@@ -467,26 +463,18 @@ class Lane:
             gate_opened=relay_error is None,
         )
         await self._journal(event, started)
-        await self.p.auditor.record(
-            "gate_open",
-            "gate",
-            resource_id=self.id,
-            actor_type=actor_type,
-            actor_id=actor_id,
-            ip_address=ip_address,
-            request_id=request_id,
-            status="failure" if relay_error else "success",
-            error_message=relay_error,
-            metadata={"access_event_id": event_id, "method": method.value},
-        )
         self._notify(event, None)
         return event
 
-    async def set_mode(self, mode: Mode, *, actor_type: str, actor_id: str | None = None) -> None:
-        """Switch normal / lockdown / hold-open; drives the relay for hold-open; audited."""
+    async def set_mode(self, mode: Mode) -> str | None:
+        """Switch normal / lockdown / hold-open, driving the relay for hold-open.
+
+        Returns the relay's error when it could not follow (the mode still changes:
+        a lockdown must hold even when a board is unplugged). gated.control audits.
+        """
         old = self.mode
         if old == mode:
-            return
+            return None
         error = None
         try:
             if mode == Mode.HOLD_OPEN:
@@ -497,17 +485,28 @@ class Lane:
         except HardwareError as err:
             error = str(err)
         self.p.state.set_mode(self.id, mode)
-        await self.p.auditor.record(
-            "mode_change",
-            "gate",
-            resource_id=self.id,
-            actor_type=actor_type,
-            actor_id=actor_id,
-            old_values={"mode": old.value},
-            new_values={"mode": mode.value},
-            status="partial" if error else "success",
-            error_message=error,
-        )
+        return error
+
+    async def relay_test(self, ms: int) -> None:
+        """Pulse the relay for `ms` through the gate machine, with no access event."""
+        await self.apply(gm.OpenRequested(ms))
+
+    def status(self) -> dict[str, object]:
+        """Mode, gate state, alarms, relay health and counters, as the front ends show them."""
+        m = self.metrics
+        return {
+            "mode": self.mode.value,
+            "direction": self.p.access_point.direction.value,
+            "gate": self.gate.state.value,
+            "alarms": sorted(a.value for a in self.gate.alarms),
+            "relay_fault": self.p.relay.fault,
+            "rules_version": self.p.rules.current.version,
+            "reads": m.reads,
+            "duplicates": m.duplicates,
+            "decisions": dict(m.decisions),
+            "relay_failures": m.relay_failures,
+            "journal_failures": m.journal_failures,
+        }
 
     # --- the gate state machine and wired sensors -----------------------------
 

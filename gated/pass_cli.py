@@ -19,6 +19,7 @@ import secrets
 import sys
 import time
 import zoneinfo
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ def parse_when(text: str, tz: str, now: float) -> float:
     return when.timestamp()
 
 
-def add_parser(sub: Any) -> None:
-    """Add `gated pass …` to the top-level subparsers."""
+def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
+    """Add `gated pass …` (handled by `func`) to the top-level subparsers."""
     passes = sub.add_parser("pass", help="add, revoke or list visitor passes").add_subparsers(
         dest="pass_action", required=True, metavar="ACTION"
     )
@@ -62,6 +63,7 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--config", default=None, help="config file (default /etc/gated/gated.toml)")
         p.add_argument("--rules-db", default=None, help="rule store (default: from the config)")
         p.add_argument("--db", default=None, help="journal for the audit row (default: config)")
+        p.set_defaults(func=func)
 
     p = passes.add_parser("add", help="issue a visitor pass (a new rule-set version)")
     p.add_argument("plate")

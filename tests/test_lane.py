@@ -148,21 +148,17 @@ async def test_relay_fault_still_journals_and_audits(rig: Rig) -> None:
 
 
 async def test_hold_open_allows_without_pulsing(rig: Rig) -> None:
-    await rig.lane.set_mode(Mode.HOLD_OPEN, actor_type="guard", actor_id="g1")
+    assert await rig.lane.set_mode(Mode.HOLD_OPEN) is None
     assert rig.relay.energised
     rig.read("ZZ999ZZ")
     await rig.settle()
     [row] = rig.rows()
     assert row["decision_reason"] == "hold_open" and row["event_type"] == "entry"
     assert rig.relay.pulses_ms == []
-    await rig.lane.set_mode(Mode.NORMAL, actor_type="guard", actor_id="g1")
+    assert await rig.lane.set_mode(Mode.NORMAL) is None
     assert not rig.relay.energised
-    modes = [
-        json.loads(a["new_values"])["mode"]
-        for a in rig.rows("audit_logs")
-        if a["action"] == "mode_change"
-    ]
-    assert modes == ["hold_open", "normal"]
+    # the lane actuates; who asked is audited by gated.control (tests/test_control.py)
+    assert rig.rows("audit_logs") == []
 
 
 async def test_metadata_keeps_personal_data_in_erasable_columns(rig: Rig) -> None:
@@ -173,17 +169,15 @@ async def test_metadata_keeps_personal_data_in_erasable_columns(rig: Rig) -> Non
     assert "AB123CD" not in row["metadata"] and "AB-123" not in row["metadata"]
 
 
-async def test_open_manually_is_an_access_event_and_an_audit_row(rig: Rig) -> None:
+async def test_open_manually_is_an_access_event(rig: Rig) -> None:
     from gated.model import AuthorizationMethod
 
-    await rig.lane.open_manually(
-        method=AuthorizationMethod.GUARD_BUTTON, actor_type="guard_button", actor_id="btn-1"
-    )
-    await asyncio.sleep(0)
+    event = await rig.lane.open_manually(method=AuthorizationMethod.GUARD_BUTTON, actor_id="btn-1")
     [row] = rig.rows()
+    assert row["event_id"] == event.event_id and row["gate_opened"] == 1
     assert row["authorization_method"] == "guard_button" and row["authorized_by"] == "btn-1"
     assert row["decision_reason"] == "guard_override"
-    assert [a["action"] for a in rig.rows("audit_logs")] == ["gate_open"]
+    assert rig.relay.pulses_ms == [rig.lane.pulse_ms]
 
 
 async def test_oversized_or_broken_picture_is_recorded_as_missing(rig: Rig) -> None:
