@@ -74,6 +74,7 @@ import msgspec
 
 from gated.errors import JournalError, StateError
 from gated.file_modes import prepare_sqlite_file
+from gated.journal_commits import CommitFeed
 from gated.model import AccessEvent, AuditEvent, Direction, EventType
 from gated.state_dirs import prepare_dir
 
@@ -1123,6 +1124,8 @@ class Journal:
         self._held = False  # a delivery's callers run before the next hand-over
         self._drained: asyncio.Future[None] | None = None  # close() waits on it
         self._closed = False
+        # Consumers (sync, the live feed) await committed seqs here, never the writer.
+        self.commits = CommitFeed(writer.head.seq)
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *, max_batch: int = 256,
@@ -1245,6 +1248,9 @@ class Journal:
             start = end
         self._in_flight = False
         self._held = True
+        committed = [r for r in results if isinstance(r, int)]
+        if committed:
+            self.commits.advance(max(committed))
         self._loop.call_soon(self._release)
 
     def _release(self) -> None:
@@ -1271,6 +1277,7 @@ class Journal:
         if self._in_flight or self._held:
             self._drained = self._loop.create_future()
             await self._drained
+        self.commits.close()
         await self._reader.close()
         await self._thread.call(self._writer.close)
         self._thread.stop()

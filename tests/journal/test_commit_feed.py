@@ -1,0 +1,69 @@
+"""The journal's commit notification: consumers await committed seqs, never poll."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from gated.ids import new_event_id
+from gated.journal import Journal
+from gated.journal_commits import CommitFeed
+from gated.model import AuditEvent
+
+
+def audit_event(action: str = "test") -> AuditEvent:
+    return AuditEvent(new_event_id(), "t", "s", "d", time.time(), action, "test", "system")
+
+
+async def test_waiters_wake_in_order_once_their_seq_commits(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite3") as journal:
+        feed = journal.commits
+        assert feed.seq == 0
+        woke: list[tuple[str, int]] = []
+
+        async def wait(name: str, seq: int) -> None:
+            woke.append((name, await feed.wait(seq)))
+
+        waiters = [asyncio.create_task(wait("third", 3)), asyncio.create_task(wait("first", 1))]
+        await asyncio.sleep(0.01)
+        assert woke == []  # nothing committed yet: nobody woke
+        assert await journal.append(audit_event()) == 1
+        await asyncio.sleep(0)
+        assert woke == [("first", 1)]
+        await journal.append_many([audit_event(), audit_event()])
+        await asyncio.gather(*waiters)
+        assert woke == [("first", 1), ("third", 3)]
+        assert await feed.wait(2) == 3  # already committed: at once
+
+
+async def test_feed_starts_at_the_existing_head_and_closes(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    async with await Journal.open(path) as journal:
+        await journal.append_many([audit_event() for _ in range(5)])
+    journal = await Journal.open(path)
+    feed = journal.commits
+    assert feed.seq == 5
+    pending = asyncio.create_task(feed.wait(6))
+    await asyncio.sleep(0)
+    await journal.close()
+    with pytest.raises(EOFError):
+        await pending
+    with pytest.raises(EOFError):
+        await feed.wait(7)
+
+
+async def test_a_refused_event_does_not_advance_the_feed(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path / "j.sqlite3") as journal:
+        await journal.append(audit_event())
+        with pytest.raises(Exception):  # noqa: B017 - any refusal, before anything is written
+            await journal.append(audit_event(action="x" * 100_000))
+        assert journal.commits.seq == 1
+
+
+def test_feed_ignores_going_backwards() -> None:
+    feed = CommitFeed(10)
+    feed.advance(4)
+    assert feed.seq == 10
