@@ -282,3 +282,8 @@ def test_edits_are_made_by_the_fast_constructor_and_equal_plain_ones() -> None:
     made = new_edit("sub", 3, "8", "B")
     assert made == Edit("sub", 3, "8", "B") and type(made) is Edit
     assert (made.op, made.position, made.read, made.stored) == ("sub", 3, "8", "B")
+
+
+def test_normalise_names_the_type_it_refuses() -> None:
+    with pytest.raises(PayloadError, match="must be a string, got bytes"):
+        normalise(b"AB12CDE")  # type: ignore[arg-type]
