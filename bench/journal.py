@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from gated.ids import new_event_id
-from gated.journal import ACCESS_COLUMNS, Journal, connect, migrate, prepare
+from gated.journal import Journal
+from gated.journal.rows import ACCESS_COLUMNS, prepare
+from gated.journal.schema import connect, migrate
 from gated.model import AccessEvent
 
 MAX_BATCH = 256

@@ -155,7 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_journal_verify(args: argparse.Namespace) -> int:
     """Check the chain and triggers: 0 intact, 1 not intact (first bad seq), 66 cannot verify."""
-    from gated.journal_verify import parse_anchor, verify
+    from gated.journal.verify import parse_anchor, verify
 
     anchor = None
     if args.anchor is not None:
@@ -174,7 +174,7 @@ def cmd_journal_head(args: argparse.Namespace) -> int:
     """Print the chain head (seq and row_hash) to record outside the device; 66 when no journal."""
     import json
 
-    from gated.journal_verify import EXIT_CANNOT_VERIFY, CannotVerifyError, read_head
+    from gated.journal.verify import EXIT_CANNOT_VERIFY, CannotVerifyError, read_head
 
     db, _, _ = _paths(args)
     try:
@@ -192,7 +192,7 @@ def cmd_journal_head(args: argparse.Namespace) -> int:
 
 def cmd_journal_export(args: argparse.Namespace) -> int:
     """Write journal rows as JSON lines or CSV to stdout or --out."""
-    from gated.journal_export import export
+    from gated.journal.export import export
     from gated.timeparse import parse_since
 
     db, _, _ = _paths(args)
@@ -209,7 +209,7 @@ def cmd_journal_stats(args: argparse.Namespace) -> int:
     """Print journal counts, oldest unsynced event and sizes as JSON."""
     import json
 
-    from gated.journal_export import stats
+    from gated.journal.export import stats
 
     db, _, snaps = _paths(args)
     print(json.dumps(stats(db, snapshot_dir=snaps), indent=2, sort_keys=True, default=str))

@@ -20,7 +20,8 @@ from typing import Any, Literal, TextIO
 import msgspec
 
 from gated.errors import JournalError
-from gated.journal import COLUMNS, JSON_COLUMNS, TABLES, iter_rows
+from gated.journal.rows import COLUMNS, JSON_COLUMNS, TABLES
+from gated.journal.schema import iter_rows
 
 ExportFormat = Literal["jsonl", "csv"]
 ExportStream = Literal["access", "audit", "all"]

@@ -1,84 +1,26 @@
-"""SQLite journal: durable append, one hash chain, sync state, lawful erasure, retention.
+"""Journal rows: the two tables' columns, the canonical form and hashes, personal-field
+digests, and the validation that turns an AccessEvent or AuditEvent into a row.
 
-Design choices (the why):
-
-* **One sequence and one chain across access_logs and audit_logs.** A relay pulse (audit)
-  and the access event it served are ordered against each other; deleting a row from
-  either table leaves a gap in the one `seq`; `verify` is one walk. The cost: retention
-  deletes oldest-first across both tables, so it waits for both streams to be synced.
-* **synchronous=FULL in WAL mode.** An acknowledged (committed) event must survive power
-  loss; with NORMAL the WAL is fsynced only at checkpoints, so the last commits can vanish
-  on power loss (they survive a process crash either way).
-* **Group commit by one writer thread.** Appends are validated on the event loop and
-  queued; whenever the writer thread is idle, the loop hands it everything pending (up
-  to `max_batch` rows), and the thread, which owns the write connection, numbers,
-  hashes, inserts and commits the batch in ONE transaction (one fsync), then answers all
-  its callers with one call_soon_threadsafe and the loop hands over the next batch. No
-  writer task and no executor: a durable append costs one thread wake-up each way. Each
-  caller still awaits its own durable commit. The stdlib sqlite3 connection is used for
-  writes because aiosqlite would cost several thread hops per batch and run the hashing
-  on the event loop; reads use aiosqlite (a second connection: WAL lets them run while a
-  batch commits). Hashing is not moved to the loop to overlap with the insert: the writer
-  re-takes the GIL after every row's sqlite3_step, and while the loop thread ran Python
-  work, inserts on this 2-core machine took 2.5-4x longer per row (measured), so
-  overlapping CPU work with a commit only serialises it again, worse.
-* **WAL checkpoints stay SQLite's automatic ones.** A checkpoint run from another
-  connection while appends continue never catches the WAL fully copied at the start of a
-  write, so the WAL is never restarted and grows, and every commit then extends the file
-  (a dearer fsync); the automatic checkpoint runs inside a commit, under the write lock,
-  and lets the next write restart the WAL. Its cost lands on about one append in 200.
-* **Hash chain.** row_hash = SHA-256 of canonical JSON (msgspec, sorted keys) of every
-  column except the sync state, the personal plaintext and its salt, plus the stream name;
-  prev_hash = the previous row's row_hash (genesis: 64 zeros). Personal fields enter only
-  as SHA-256(per-row salt || field || 0x00 || value) digests, so erasure (clearing the
-  text and the salt) keeps the chain intact and leaves a digest nobody can brute-force.
-  A plain hash chain proves order and integrity of what is there; someone able to rewrite
-  the file could rebuild a consistent tail, which only an external anchor (the upstream's
-  acknowledged seq + row_hash, see `verify(anchor=...)`) can expose.
-  SHA-256 stays although BLAKE2b would be cheaper in software: receivers and auditors
-  check the chain with any standard library, and it costs about 1 µs of the ~35 µs a row
-  costs here (the canonical bytes are built from a Struct declared in sorted field order,
-  byte-identical to the sorted dict and about 3x cheaper to encode).
-* **Validation.** `prepare` checks the common, valid event with a handful of C-level
-  operations and builds its row in one go; anything unusual falls back to a field-by-field
-  check that words the error. Salts come from one os.urandom call per 256 rows.
-
-Exercised on a PC's disk in tests; power loss itself was not simulated (SIGKILL only).
+Pure (no IO, no clock): the writer, `verify` and the export all build on these, so one
+module defines what a row is and how the chain hashes it. Why the canonical form, the
+digests and the fast validation path look as they do: docs/journal-internals.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import hashlib
-import heapq
-import logging
 import math
 import operator
 import os
-import queue
 import re
-import sqlite3
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from math import isfinite
-from pathlib import Path
 from typing import Any, Literal
 
-import aiosqlite
 import msgspec
 
-from gated.errors import JournalError, StateError
-from gated.file_modes import prepare_sqlite_file
-from gated.journal_commits import CommitFeed
+from gated.errors import JournalError
 from gated.model import AccessEvent, AuditEvent, Direction, EventType
-from gated.state_dirs import prepare_dir
-
-log = logging.getLogger(__name__)
 
 Stream = Literal["access", "audit"]
 GENESIS = "0" * 64
@@ -114,7 +56,6 @@ HASHED: dict[str, tuple[str, ...]] = {
     s: tuple(c for c in cols if c not in _UNHASHED and c not in PERSONAL[s])
     for s, cols in COLUMNS.items()
 }
-_COLUMNS_GET = {s: operator.itemgetter(*cols) for s, cols in COLUMNS.items()}
 # Columns added by a later migration. A row whose added columns are all NULL (every row
 # written before the migration) hashes exactly as it did then, so old chains still verify;
 # a row with any of them set hashes them too.
@@ -123,11 +64,7 @@ _HASHED_BEFORE = {s: tuple(c for c in HASHED[s] if c not in ADDED[s]) for s in C
 _ADDED_AT = {s: tuple(COLUMNS[s].index(c) for c in ADDED[s]) for s in COLUMNS}
 # Positions both streams share (a test holds the column lists to them): the append path
 # indexes value lists.
-_SEQ, _EVENT_ID_AT, _PREV_HASH, _ROW_HASH, _SYNCED_AT = 0, 1, -3, -2, -1
-_INSERT_SQL = {
-    s: f"INSERT INTO {TABLES[s]} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    for s, cols in COLUMNS.items()
-}
+POS_SEQ, POS_EVENT_ID, POS_PREV_HASH, POS_ROW_HASH, POS_SYNCED_AT = 0, 1, -3, -2, -1
 # JSON columns are written with sorted keys; one reused encoder (no per-call set-up).
 _SORTED_JSON = msgspec.json.Encoder(order="sorted")
 
@@ -172,8 +109,8 @@ _EVENT_ID = re.compile(
 _STATUSES = frozenset({"success", "failure", "partial"})
 _EVENT_TYPES = frozenset(e.value for e in EventType)
 _DIRECTIONS = frozenset(d.value for d in Direction)
-_TAIL_CHECK_ROWS = 64
 _DIGEST_PREFIX = {n: n.encode() + b"\0" for names in PERSONAL.values() for n in names}
+
 
 
 # --- canonical content and digests (pure) -------------------------------------------------
@@ -188,8 +125,8 @@ def canonical(stream: str, row: Mapping[str, Any]) -> bytes:
     return _CANONICAL.encode(struct(*before(row), stream, *after(row)))
 
 
-def _values_hash(stream: str, values: Sequence[Any]) -> str:
-    # row_hash of a row held as values in COLUMNS order (the append path's form).
+def values_hash(stream: str, values: Sequence[Any]) -> str:
+    """row_hash of a row held as values in COLUMNS order (the append path's form)."""
     at = _ADDED_AT[stream]
     legacy = bool(at) and all(values[i] is None for i in at)
     layout = _CANONICAL_LAYOUT_BEFORE if legacy else _CANONICAL_LAYOUT
@@ -257,7 +194,8 @@ def is_erased(stream: str, row: Mapping[str, Any]) -> bool:
 # --- events → rows (pure validation) --------------------------------------------------------
 
 
-def _text(name: str, value: Any, *, required: bool = False) -> str | None:
+def checked_text(name: str, value: Any, *, required: bool = False) -> str | None:
+    """A text field as stored, or JournalError naming the field (type, size, encoding)."""
     # Fast path for the common case (short ASCII ids); appends are on the hot path.
     if type(value) is str and value.isascii() and len(value) <= MAX_TEXT and (
         value or not required
@@ -344,27 +282,28 @@ os.register_at_fork(after_in_child=_SALTS.clear)
 
 
 def _common(event: AccessEvent | AuditEvent) -> dict[str, Any]:
-    event_id = _text("event_id", event.event_id, required=True)
+    event_id = checked_text("event_id", event.event_id, required=True)
     if not _EVENT_ID.match(event_id or ""):
         raise JournalError("event_id: not a UUID")
     return {
         "event_id": event_id,
-        "tenant_id": _text("tenant_id", event.tenant_id, required=True),
-        "site_id": _text("site_id", event.site_id, required=True),
-        "device_id": _text("device_id", event.device_id, required=True),
+        "tenant_id": checked_text("tenant_id", event.tenant_id, required=True),
+        "site_id": checked_text("site_id", event.site_id, required=True),
+        "device_id": checked_text("device_id", event.device_id, required=True),
         "created_at": _real("created_at", event.created_at, required=True),
         "clock_unsynced": _flag("clock_unsynced", event.clock_unsynced),
         "metadata": _json("metadata", event.metadata, required=True),
     }
 
 
-def _personal(row: dict[str, Any], stream: str, values: Mapping[str, Any],
-              salt: bytes | None = None) -> None:
+def fill_personal(row: dict[str, Any], stream: str, values: Mapping[str, Any],
+                  salt: bytes | None = None) -> None:
+    """Set a row's personal fields, their salted digests and the salt (None if no text)."""
     present = any(v is not None for v in values.values())
     salt = (salt or _SALTS.take()) if present else None
     row["pii_salt"] = salt
     for name in PERSONAL[stream]:
-        value = _text(name, values[name])
+        value = checked_text(name, values[name])
         row[name] = value
         row[f"{name}_digest"] = (
             personal_digest(salt, name, value) if salt is not None and value is not None else None
@@ -402,10 +341,11 @@ def prepare_values(event: AccessEvent | AuditEvent) -> tuple[Stream, list[Any]]:
     if fast is not None:
         return fast
     stream, row = _prepare_checked(event, salt)
-    return stream, _as_values(stream, row)
+    return stream, as_values(stream, row)
 
 
-def _as_values(stream: str, row: Mapping[str, Any]) -> list[Any]:
+def as_values(stream: str, row: Mapping[str, Any]) -> list[Any]:
+    """A row mapping as a list in COLUMNS order (missing columns None)."""
     return [row.get(name) for name in COLUMNS[stream]]
 
 
@@ -421,52 +361,52 @@ def _prepare_checked(event: AccessEvent | AuditEvent,
             raise JournalError("rules_version: expected an integer")
         if not -(2**63) <= event.rules_version < 2**63:
             raise JournalError("rules_version: out of range")
-        path = _text("snapshot_path", event.snapshot_path)
+        path = checked_text("snapshot_path", event.snapshot_path)
         if path is not None and (path.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", path)):
             raise JournalError("snapshot_path: must be relative to the snapshot directory")
         row.update(
             event_type=event_type,
-            access_point=_text("access_point", event.access_point, required=True),
+            access_point=checked_text("access_point", event.access_point, required=True),
             direction=direction,
-            resident_id=_text("resident_id", event.resident_id),
-            vehicle_id=_text("vehicle_id", event.vehicle_id),
-            pass_id=_text("pass_id", event.pass_id),
-            authorization_method=_text(
+            resident_id=checked_text("resident_id", event.resident_id),
+            vehicle_id=checked_text("vehicle_id", event.vehicle_id),
+            pass_id=checked_text("pass_id", event.pass_id),
+            authorization_method=checked_text(
                 "authorization_method", event.authorization_method, required=True
             ),
-            authorized_by=_text("authorized_by", event.authorized_by),
-            decision_reason=_text("decision_reason", event.decision_reason, required=True),
+            authorized_by=checked_text("authorized_by", event.authorized_by),
+            decision_reason=checked_text("decision_reason", event.decision_reason, required=True),
             rules_version=event.rules_version,
             confidence_score=_real("confidence_score", event.confidence_score),
             snapshot_path=path,
-            snapshot_sha256=_text("snapshot_sha256", event.snapshot_sha256),
+            snapshot_sha256=checked_text("snapshot_sha256", event.snapshot_sha256),
             snapshot_missing=_flag("snapshot_missing", event.snapshot_missing),
             read_to_relay_ms=_real("read_to_relay_ms", event.read_to_relay_ms),
             captured_at=_real("captured_at", event.captured_at),
             gate_opened=(None if event.gate_opened is None
                          else _flag("gate_opened", event.gate_opened)),
         )
-        _personal(row, "access", {"vehicle_plate": event.vehicle_plate,
+        fill_personal(row, "access", {"vehicle_plate": event.vehicle_plate,
                                   "visitor_name": event.visitor_name}, salt)
         return "access", row
     if isinstance(event, AuditEvent):
         row = _common(event)
         status = _choice("status", event.status, _STATUSES)
         row.update(
-            action=_text("action", event.action, required=True),
-            resource_type=_text("resource_type", event.resource_type, required=True),
-            resource_id=_text("resource_id", event.resource_id),
-            actor_id=_text("actor_id", event.actor_id),
-            actor_type=_text("actor_type", event.actor_type, required=True),
-            actor_role=_text("actor_role", event.actor_role),
-            request_id=_text("request_id", event.request_id),
+            action=checked_text("action", event.action, required=True),
+            resource_type=checked_text("resource_type", event.resource_type, required=True),
+            resource_id=checked_text("resource_id", event.resource_id),
+            actor_id=checked_text("actor_id", event.actor_id),
+            actor_type=checked_text("actor_type", event.actor_type, required=True),
+            actor_role=checked_text("actor_role", event.actor_role),
+            request_id=checked_text("request_id", event.request_id),
             old_values=_json("old_values", event.old_values),
             new_values=_json("new_values", event.new_values),
             status=status,
-            error_message=_text("error_message", event.error_message),
+            error_message=checked_text("error_message", event.error_message),
             duration_ms=_real("duration_ms", event.duration_ms),
         )
-        _personal(row, "audit", {"ip_address": event.ip_address,
+        fill_personal(row, "audit", {"ip_address": event.ip_address,
                                  "user_agent": event.user_agent}, salt)
         return "audit", row
     raise JournalError(f"cannot journal a {type(event).__name__}")
@@ -597,784 +537,6 @@ def _prepare_fast(event: Any, salt: bytes) -> tuple[Stream, list[Any]] | None:
         request_id, old_values, new_values, status, error_message, event.duration_ms,
         metadata, None if ip is None and agent is None else salt, None, None, None,
     ]
-
-
-# --- migrations -----------------------------------------------------------------------------
-
-
-def migration_files(directory: Path | None = None) -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every NNN_*.sql migration, in order."""
-    found: list[tuple[int, str, str]] = []
-    if directory is None:
-        from importlib import resources  # only at open: ~10 ms of import time otherwise
-
-        entries = [(e.name, e) for e in resources.files("gated.migrations").iterdir()]
-    else:
-        entries = [(p.name, p) for p in Path(directory).iterdir()]
-    for name, entry in entries:
-        match = re.match(r"^(\d{3})_[\w-]+\.sql$", name)
-        if match:
-            found.append((int(match.group(1)), name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [v for v, _, _ in found]
-    if versions != list(range(1, len(versions) + 1)):
-        raise JournalError(f"journal migrations are not numbered 001, 002, …: {versions}")
-    return found
-
-
-def migrate(conn: sqlite3.Connection, directory: Path | None = None) -> int:
-    """Apply pending migrations in order, each in its own transaction; return the version."""
-    files = migration_files(directory)
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    latest = files[-1][0] if files else 0
-    if current > latest:
-        raise JournalError(
-            f"journal schema version {current} is newer than this gated knows ({latest})"
-        )
-    for version, name, sql in files:
-        if version <= current:
-            continue
-        try:
-            # One script, one transaction: a failed migration leaves the previous version.
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
-            )
-        except sqlite3.Error as err:
-            if conn.in_transaction:
-                conn.rollback()
-            raise JournalError(f"journal migration {name} failed: {err}") from err
-        log.info("journal schema migrated to version %d (%s)", version, name)
-    return latest
-
-
-@functools.lru_cache(maxsize=8)
-def _expected_triggers(version: int, directory: Path | None) -> tuple[tuple[str, str], ...]:
-    # What the migrations up to `version` leave behind, built in memory by the same SQLite:
-    # a later migration that re-creates a trigger is followed without a hand-kept copy.
-    conn = sqlite3.connect(":memory:")
-    try:
-        for number, _, sql in migration_files(directory):
-            if number <= version:
-                conn.executescript(sql)
-        return tuple(conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"))
-    finally:
-        conn.close()
-
-
-def _same_sql(a: str | None, b: str | None) -> bool:
-    # Whitespace is not behaviour; anything else in a trigger's text is.
-    return (a or "").split() == (b or "").split()
-
-
-def trigger_problem(conn: sqlite3.Connection, directory: Path | None = None) -> str | None:
-    """What is wrong with the journal's triggers (dropped, altered or added), or None.
-
-    The triggers are what makes the file append-only; without them the next edit leaves
-    no trace of when the file was opened up. Raises JournalError for a schema version this
-    gated does not know (it cannot say what the triggers should be).
-    """
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    files = migration_files(directory)
-    latest = files[-1][0] if files else 0
-    if not 0 <= version <= latest:
-        raise JournalError(
-            f"journal schema version {version} is newer than this gated knows ({latest})")
-    expected = dict(_expected_triggers(version, directory))
-    actual = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
-    problems = []
-    missing = sorted(set(expected) - set(actual))
-    if missing:
-        problems.append(f"journal triggers missing: {', '.join(missing)}")
-    altered = sorted(n for n in expected if n in actual and not _same_sql(expected[n], actual[n]))
-    if altered:
-        problems.append(f"triggers altered: {', '.join(altered)}")
-    added = sorted(set(actual) - set(expected))
-    if added:
-        problems.append(f"unknown triggers added: {', '.join(added)}")
-    return "; ".join(problems) or None
-
-
-# The chain's head: the newest row of either table, or the retention checkpoint when no
-# row is left (genesis in an empty journal). Reads committed rows only.
-HEAD_SQL = (
-    "SELECT seq, row_hash FROM ("
-    "SELECT seq, row_hash FROM access_logs WHERE seq = (SELECT max(seq) FROM access_logs) "
-    "UNION ALL SELECT seq, row_hash FROM audit_logs WHERE seq = (SELECT max(seq) FROM audit_logs) "
-    "UNION ALL SELECT seq, row_hash FROM journal_checkpoint WHERE id = 1"
-    ") ORDER BY seq DESC LIMIT 1"
-)
-
-
-def connect(path: Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:
-    """A write connection with the journal's pragmas (WAL, synchronous=FULL)."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=timeout_s,
-                           check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = WAL")
-    # FULL: the WAL is fsynced at every commit, so an acknowledged event survives power loss.
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    # Keep the WAL file from staying large on the SD card after a burst.
-    conn.execute("PRAGMA journal_size_limit = 4194304")
-    return conn
-
-
-# --- results ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Erasure:
-    """What a lawful erasure cleared, and the seq of the audit record that documents it."""
-
-    erased_seqs: tuple[int, ...]
-    audit_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Pruned:
-    """What a retention pass deleted; the caller removes the snapshots and may audit it."""
-
-    rows: int = 0
-    through_seq: int = 0
-    unsynced_rows: int = 0
-    snapshot_paths: tuple[str, ...] = ()
-    audit_seqs: tuple[int, ...] = ()
-
-
-@dataclass(slots=True)
-class _Head:
-    seq: int = 0
-    row_hash: str = GENESIS
-
-
-def _select(stream: str) -> str:
-    return f"SELECT {', '.join(COLUMNS[stream])} FROM {TABLES[stream]}"
-
-
-def iter_rows(conn: sqlite3.Connection, where: str = "", params: Sequence[Any] = (),
-              *, descending: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(stream, row) of both tables merged in seq order, streaming (bounded memory)."""
-    order = "DESC" if descending else "ASC"
-
-    def rows(stream: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        cols = COLUMNS[stream]
-        # A file not yet migrated (a copy, a backup) lacks later columns: read them as
-        # NULL, which is what they hash as (see ADDED).
-        present = {r[1] for r in conn.execute(f"PRAGMA table_info({TABLES[stream]})")}
-        listed = [c if c in present or c not in ADDED[stream] else f"NULL AS {c}" for c in cols]
-        sql = f"SELECT {', '.join(listed)} FROM {TABLES[stream]} {where} ORDER BY seq {order}"
-        for values in conn.execute(sql, params):
-            yield stream, dict(zip(cols, values, strict=True))
-
-    cursors = [rows(stream) for stream in TABLES]
-    key = (lambda item: -item[1]["seq"]) if descending else (lambda item: item[1]["seq"])
-    yield from heapq.merge(*cursors, key=key)
-
-
-# --- the writer (runs only on the journal's single writer thread) -----------------------------
-
-
-class _Writer:
-    """Owns the write connection and the chain head; every method runs on one thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.conn: sqlite3.Connection | None = None
-        self.head = _Head()
-        self.tail_problem: str | None = None
-        self.trigger_problem: str | None = None
-        self._data_version = -1
-
-    def open(self, migrations: Path | None) -> None:
-        try:
-            # Folders 0750 and the file 0640 whatever the umask (its -wal/-shm follow it):
-            # the journal holds plates, names and addresses.
-            prepare_dir(self.path.parent, "the journal")
-            prepare_sqlite_file(self.path)
-            self.conn = connect(self.path)
-            migrate(self.conn, migrations)
-            self.trigger_problem = trigger_problem(self.conn, migrations)
-            self._load_head()
-        except (sqlite3.Error, OSError, StateError) as err:
-            self.close()
-            raise JournalError(
-                f"cannot open journal {self.path}: {err}{_space_hint(self.path)}") from err
-
-    def _load_head(self) -> None:
-        assert self.conn is not None
-        cp_seq, cp_hash = self.conn.execute(
-            "SELECT seq, row_hash FROM journal_checkpoint WHERE id = 1"
-        ).fetchone()
-        tail = list(iter_rows(self.conn, "WHERE seq > (SELECT max(seq) FROM "
-                                          "(SELECT max(seq) AS seq FROM access_logs UNION ALL "
-                                          "SELECT max(seq) FROM audit_logs)) - ?",
-                              (_TAIL_CHECK_ROWS,)))
-        self.head = _Head(cp_seq, cp_hash)
-        if not tail:
-            return
-        # Check the tail links up; the full walk is `verify` (too slow for every start-up).
-        expect_seq, expect_prev = tail[0][1]["seq"], tail[0][1]["prev_hash"]
-        for stream, row in tail:
-            problem = check_row(stream, row, expect_seq, expect_prev)
-            if problem and self.tail_problem is None:
-                self.tail_problem = f"seq {row['seq']}: {problem}"
-            expect_seq, expect_prev = row["seq"] + 1, row["row_hash"]
-        last = tail[-1][1]
-        self.head = _Head(last["seq"], last["row_hash"])
-        self._data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
-
-    def _refresh_head(self) -> None:
-        """Re-read the chain's head if another connection committed since we last looked.
-
-        The daemon is not the only writer: `gated rules import` appends its audit
-        row from its own process. PRAGMA data_version changes only for commits made
-        through other connections, so the common case costs one pragma, and inside
-        BEGIN IMMEDIATE nobody can commit between this read and our insert.
-        """
-        assert self.conn is not None
-        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._data_version:
-            return
-        self._data_version = version
-        row = self.conn.execute(
-            "SELECT seq, row_hash FROM access_logs WHERE seq = (SELECT max(seq) FROM access_logs) "
-            "UNION ALL SELECT seq, row_hash FROM audit_logs "
-            "WHERE seq = (SELECT max(seq) FROM audit_logs) "
-            "ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        if row is not None and row[0] > self.head.seq:
-            self.head = _Head(row[0], row[1])
-
-    def close(self) -> None:
-        if self.conn is not None:
-            # A busy reader just means the checkpoint happens later.
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.conn.close()
-            self.conn = None
-
-    def _insert(self, items: Sequence[tuple[str, list[Any]]]) -> list[int]:
-        """Number, chain and insert rows (values in COLUMNS order) in the open transaction."""
-        assert self.conn is not None
-        seq, prev = self.head.seq, self.head.row_hash
-        first = seq + 1
-        grouped: dict[str, list[list[Any]]] = {"access": [], "audit": []}
-        for stream, row in items:
-            seq += 1
-            # The values list is the journal's own: fill it in place (retries overwrite).
-            row[_SEQ], row[_PREV_HASH], row[_SYNCED_AT] = seq, prev, None
-            row[_ROW_HASH] = prev = _values_hash(stream, row)
-            grouped[stream].append(row)
-        for stream, rows in grouped.items():
-            if rows:
-                self.conn.executemany(_INSERT_SQL[stream], rows)
-        self.head = _Head(seq, prev)
-        return list(range(first, seq + 1))
-
-    def _transaction(self, work: Any) -> Any:
-        assert self.conn is not None
-        saved = _Head(self.head.seq, self.head.row_hash)
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._refresh_head()
-            result = work()
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.head = saved
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-        return result
-
-    def append_batch(self, items: Sequence[tuple[str, list[Any]]]) -> list[int | JournalError]:
-        """Commit a batch in one transaction; on failure retry one by one so only bad rows fail."""
-        if self.conn is None:
-            return [JournalError("journal is closed")] * len(items)
-        try:
-            return list(self._transaction(lambda: self._insert(items)))
-        except sqlite3.Error as err:
-            if len(items) == 1:
-                return [self._explain(err, items[0][1][_EVENT_ID_AT])]
-        results: list[int | JournalError] = []
-        for item in items:
-            results.extend(self.append_batch([item]))
-        return results
-
-    def _explain(self, err: sqlite3.Error, event_id: str) -> JournalError:
-        if isinstance(err, sqlite3.IntegrityError) and "event_id" in str(err):
-            return JournalError(f"event {event_id} is already in the journal")
-        error = JournalError(f"journal write failed: {err}")
-        error.__cause__ = err
-        return error
-
-    def mark_synced(self, stream: str, event_ids: Sequence[str], when: float) -> int:
-        """Set synced_at on the given events of one stream; return how many changed."""
-        assert self.conn is not None
-        table = TABLES[stream]
-
-        def work() -> int:
-            assert self.conn is not None
-            changed = 0
-            for start in range(0, len(event_ids), 500):
-                chunk = list(event_ids[start:start + 500])
-                marks = ", ".join("?" * len(chunk))
-                changed += self.conn.execute(
-                    f"UPDATE {table} SET synced_at = ? WHERE synced_at IS NULL "
-                    f"AND event_id IN ({marks})", [when, *chunk]).rowcount
-            return changed
-
-        return int(self._transaction(work))
-
-    def erase(self, request: dict[str, Any], plate: str | None, visitor_name: str | None,
-              ip_address: str | None, event_ids: Sequence[str]) -> Erasure:
-        """Clear personal fields of matching rows and chain the request documenting it."""
-
-        def work() -> Erasure:
-            assert self.conn is not None
-            ids = list(event_ids)
-            id_marks = ", ".join("?" * len(ids)) or "NULL"
-            found = self.conn.execute(
-                "SELECT seq FROM access_logs WHERE pii_salt IS NOT NULL AND ("
-                f"vehicle_plate = ? OR visitor_name = ? OR event_id IN ({id_marks}))",
-                [plate, visitor_name, *ids]).fetchall()
-            found += self.conn.execute(
-                "SELECT seq FROM audit_logs WHERE pii_salt IS NOT NULL AND ("
-                f"ip_address = ? OR event_id IN ({id_marks}))", [ip_address, *ids]).fetchall()
-            seqs = sorted(s for (s,) in found)
-            self.conn.execute("UPDATE journal_control SET erasing = 1 WHERE id = 1")
-            for start in range(0, len(seqs), 500):
-                chunk = seqs[start:start + 500]
-                marks = ", ".join("?" * len(chunk))
-                self.conn.execute(
-                    "UPDATE access_logs SET vehicle_plate = NULL, visitor_name = NULL,"
-                    f" pii_salt = NULL WHERE seq IN ({marks})", chunk)
-                self.conn.execute("UPDATE audit_logs SET ip_address = NULL, user_agent = NULL,"
-                                  f" pii_salt = NULL WHERE seq IN ({marks})", chunk)
-            self.conn.execute("UPDATE journal_control SET erasing = 0 WHERE id = 1")
-            record = dict(request)
-            meta = msgspec.json.decode(record["metadata"])
-            meta[ERASED_KEY] = seqs
-            record["metadata"] = msgspec.json.encode(meta, order="sorted").decode()
-            (audit_seq,) = self._insert([("audit", _as_values("audit", record))])
-            return Erasure(tuple(seqs), audit_seq)
-
-        return self._transaction(work)
-
-    def prune(self, older_than: float, keep_unsynced: bool, now: float, clock_unsynced: bool,
-              batch: int) -> Pruned:
-        """Delete the oldest rows (synced unless told otherwise) created before older_than."""
-        total = Pruned()
-        while True:
-            part = self._transaction(
-                lambda: self._prune_batch(older_than, keep_unsynced, now, clock_unsynced, batch))
-            if part.rows == 0:
-                return total
-            total = Pruned(
-                rows=total.rows + part.rows, through_seq=part.through_seq,
-                unsynced_rows=total.unsynced_rows + part.unsynced_rows,
-                snapshot_paths=total.snapshot_paths + part.snapshot_paths,
-                audit_seqs=total.audit_seqs + part.audit_seqs)
-            if part.rows < batch:
-                return total
-
-    def _prune_batch(self, older_than: float, keep_unsynced: bool, now: float,
-                     clock_unsynced: bool, batch: int) -> Pruned:
-        assert self.conn is not None
-        doomed: list[tuple[str, dict[str, Any]]] = []
-        for stream, row in iter_rows(self.conn, "WHERE seq IN (SELECT seq FROM access_logs "
-                                     "UNION ALL SELECT seq FROM audit_logs ORDER BY seq LIMIT ?)",
-                                     (batch,)):
-            # Oldest first and contiguous: the remaining chain must start right after the
-            # checkpoint, so the first row that must stay ends the pass.
-            if row["created_at"] >= older_than or (keep_unsynced and row["synced_at"] is None):
-                break
-            doomed.append((stream, row))
-        if not doomed:
-            return Pruned()
-        # Never delete the head row: the chain's newest hash must stay on disk.
-        if doomed[-1][1]["seq"] == self.head.seq:
-            doomed.pop()
-            if not doomed:
-                return Pruned()
-        self.conn.execute("UPDATE journal_control SET retention = ? WHERE id = 1",
-                          (1 if keep_unsynced else 2,))
-        for stream, row in doomed:
-            self.conn.execute(f"DELETE FROM {TABLES[stream]} WHERE seq = ?", (row["seq"],))
-        last = doomed[-1][1]
-        self.conn.execute("UPDATE journal_checkpoint SET seq = ?, row_hash = ? WHERE id = 1",
-                          (last["seq"], last["row_hash"]))
-        self.conn.execute("UPDATE journal_control SET retention = 0 WHERE id = 1")
-        unsynced = sum(1 for _, r in doomed if r["synced_at"] is None)
-        record = {
-            "event_id": _new_event_id(), "tenant_id": last["tenant_id"],
-            "site_id": last["site_id"], "device_id": last["device_id"],
-            "created_at": float(now), "clock_unsynced": int(clock_unsynced),
-            "action": "journal_pruned", "resource_type": "journal", "resource_id": None,
-            "actor_id": None, "actor_type": "system", "actor_role": None,
-            "request_id": None, "old_values": None, "new_values": None, "status": "success",
-            "error_message": None, "duration_ms": None,
-            "metadata": msgspec.json.encode({
-                PRUNED_SEQ_KEY: last["seq"], PRUNED_HASH_KEY: last["row_hash"],
-                "rows": len(doomed), "unsynced_rows": unsynced,
-                "older_than": float(older_than)}, order="sorted").decode(),
-        }
-        _personal(record, "audit", {"ip_address": None, "user_agent": None})
-        (audit_seq,) = self._insert([("audit", _as_values("audit", record))])
-        return Pruned(
-            rows=len(doomed), through_seq=last["seq"], unsynced_rows=unsynced,
-            snapshot_paths=tuple(r["snapshot_path"] for s, r in doomed
-                                 if s == "access" and r["snapshot_path"]),
-            audit_seqs=(audit_seq,))
-
-
-def _space_hint(path: Path) -> str:
-    # SQLite words a full disk at open as "disk I/O error"; say what the operator must fix.
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return ""
-    free = st.f_bavail * st.f_frsize
-    return f" (the disk is full: {free} bytes free)" if free < 1024 * 1024 else ""
-
-
-def _new_event_id() -> str:
-    from gated.ids import new_event_id
-
-    return new_event_id()
-
-
-# --- the async journal -------------------------------------------------------------------------
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if not future.done():  # the awaiting caller may have been cancelled
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-
-class _WriterThread:
-    """The journal's one writer thread: runs jobs in order, each answering on the loop.
-
-    A plain thread on a SimpleQueue instead of a ThreadPoolExecutor: a put is a C call
-    (no Future, work item and semaphore per job) and jobs answer with one
-    call_soon_threadsafe, so a durable append costs one wake-up each way. Daemon: an
-    unclosed journal must not hang interpreter exit; a write cut short there is rolled
-    back by SQLite at the next open like any crash.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()  # jobs catch and report their own errors
-
-    def post(self, job: Callable[[], None]) -> None:
-        """Queue a job that reports its own outcome (the group-commit path)."""
-        self._jobs.put(job)
-
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn(*args) on the writer thread and return (or raise) what it did."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-
-        def job() -> None:
-            try:
-                result, error = fn(*args), None
-            except BaseException as err:  # handed to the awaiting caller, never lost
-                result, error = None, err
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
-                loop.call_soon_threadsafe(_settle, future, result, error)
-
-        self._jobs.put(job)
-        return await future
-
-    def stop(self) -> None:
-        """Finish the queued jobs, then end the thread."""
-        self._jobs.put(None)
-        self._thread.join()
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One caller's events (at most max_batch) and the future of their results."""
-
-    items: list[tuple[Stream, list[Any]]]
-    future: asyncio.Future[list[int | JournalError]] = field(repr=False)
-
-
-class Journal:
-    """The device's append-only, hash-chained event journal (one per SQLite file)."""
-
-    def __init__(self, path: Path, writer: _Writer, thread: _WriterThread,
-                 reader: aiosqlite.Connection, max_batch: int) -> None:
-        self.path = path
-        self._writer = writer
-        self._thread = thread
-        self._reader = reader
-        self._max_batch = max_batch
-        self._loop = asyncio.get_running_loop()
-        self._pending: deque[_Pending] = deque()
-        self._in_flight = False  # a batch is on the writer thread
-        self._held = False  # a delivery's callers run before the next hand-over
-        self._drained: asyncio.Future[None] | None = None  # close() waits on it
-        self._closed = False
-        # Consumers (sync, the live feed) await committed seqs here, never the writer.
-        self.commits = CommitFeed(writer.head.seq)
-
-    @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, max_batch: int = 256,
-                   migrations: Path | None = None) -> Journal:
-        """Open (creating dirs and schema as needed) and check the tail of the chain."""
-        path = Path(path)
-        thread = _WriterThread("gated-journal")
-        writer = _Writer(path)
-        try:
-            await thread.call(writer.open, migrations)
-        except BaseException:  # also a cancelled open: the queued open may still succeed
-            thread.post(writer.close)
-            thread.stop()
-            raise
-        try:
-            reader = await aiosqlite.connect(path)
-            await reader.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as err:
-            await thread.call(writer.close)
-            thread.stop()
-            raise JournalError(f"cannot open journal {path} for reading: {err}") from err
-        if writer.tail_problem:
-            log.error("journal tail does not verify: %s (run `gated journal verify`)",
-                      writer.tail_problem)
-        if writer.trigger_problem:
-            log.error("journal is not protected: %s (run `gated journal verify`)",
-                      writer.trigger_problem)
-        return cls(path, writer, thread, reader, max_batch)
-
-    @property
-    def head_seq(self) -> int:
-        """Seq of the newest committed row (0 when empty)."""
-        return self._writer.head.seq
-
-    @property
-    def tail_problem(self) -> str | None:
-        """What was wrong with the newest rows at open, or None; the daemon keeps appending."""
-        return self._writer.tail_problem
-
-    @property
-    def integrity_problem(self) -> str | None:
-        """What the checks at open found (bad tail, dropped or altered triggers), or None."""
-        found = [p for p in (self._writer.tail_problem, self._writer.trigger_problem) if p]
-        return "; ".join(found) or None
-
-    async def head(self) -> tuple[int, str]:
-        """(seq, row_hash) of the newest committed row: the value to anchor the chain with."""
-        async with self._reader.execute(HEAD_SQL) as cur:
-            seq, digest = await cur.fetchone()
-        return int(seq), str(digest)
-
-    async def append(self, event: AccessEvent | AuditEvent) -> int:
-        """Journal one event; return its seq once its commit is durable.
-
-        Raises JournalError for an invalid event (nothing written) or a failed write.
-        A caller cancelled while waiting may still see its event journaled.
-        """
-        (seq,) = await self.append_many([event])
-        return seq
-
-    async def append_many(self, events: Iterable[AccessEvent | AuditEvent]) -> list[int]:
-        """Journal several events (all validated first); return their seqs in order."""
-        if self._closed:
-            raise JournalError("journal is closed")
-        prepared = [prepare_values(e) for e in events]  # all validated before any is queued
-        if not prepared:
-            return []
-        create = self._loop.create_future
-        if len(prepared) <= self._max_batch:  # the common case: one chunk, one future
-            chunks = [_Pending(prepared, create())]
-        else:  # one future per chunk, not per event: cheap bookkeeping for large appends
-            chunks = [_Pending(prepared[i:i + self._max_batch], create())
-                      for i in range(0, len(prepared), self._max_batch)]
-        self._pending.extend(chunks)
-        if not self._in_flight and not self._held:
-            self._submit()
-        seqs: list[int] = []
-        for chunk in chunks:
-            for result in await chunk.future:
-                if isinstance(result, BaseException):
-                    raise result
-                seqs.append(result)
-        return seqs
-
-    # Group commit without a writer task: the loop hands whatever is pending (up to
-    # max_batch rows) to the writer thread, which commits it and calls back into the loop
-    # once (call_soon_threadsafe); the callback answers the callers and hands over the
-    # next batch. One thread hop each way per batch. An append finding the writer idle
-    # hands over at once (no extra loop iteration for a lone event). After a delivery the
-    # hand-over is held until the callers it woke have run (call_soon queues it behind
-    # their wake-ups): producers append again right away, and without the hold the first
-    # of them would commit alone (one fsync for one row) while the rest queue behind it.
-
-    def _submit(self) -> None:
-        pending = self._pending
-        batch = [pending.popleft()]
-        rows = len(batch[0].items)
-        while pending and rows + len(pending[0].items) <= self._max_batch:
-            rows += len(pending[0].items)
-            batch.append(pending.popleft())
-        items = batch[0].items if len(batch) == 1 else [i for p in batch for i in p.items]
-        self._in_flight = True
-        self._thread.post(lambda: self._commit(batch, items))
-
-    def _commit(self, batch: list[_Pending], items: list[tuple[Stream, list[Any]]]) -> None:
-        # Runs on the writer thread.
-        try:
-            results = self._writer.append_batch(items)
-        except BaseException as err:  # the write itself failed: every caller hears it
-            results = [JournalError(f"journal write failed: {err}")] * len(items)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to tell
-            self._loop.call_soon_threadsafe(self._delivered, batch, results)
-
-    def _delivered(self, batch: list[_Pending], results: list[int | JournalError]) -> None:
-        start = 0
-        for pending in batch:
-            end = start + len(pending.items)
-            if not pending.future.done():  # a cancelled caller's events are still journaled
-                pending.future.set_result(results[start:end])
-            start = end
-        self._in_flight = False
-        self._held = True
-        committed = [r for r in results if isinstance(r, int)]
-        if committed:
-            self.commits.advance(max(committed))
-        self._loop.call_soon(self._release)
-
-    def _release(self) -> None:
-        self._held = False
-        if self._pending:
-            if not self._in_flight:
-                self._submit()
-        elif self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    async def _write(self, fn: Any, *args: Any) -> Any:
-        if self._closed:
-            raise JournalError("journal is closed")
-        try:
-            return await self._thread.call(fn, *args)
-        except sqlite3.Error as err:
-            raise JournalError(f"journal write failed: {err}") from err
-
-    async def close(self) -> None:
-        """Drain pending appends, then close both connections and the writer thread."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._in_flight or self._held:
-            self._drained = self._loop.create_future()
-            await self._drained
-        self.commits.close()
-        await self._reader.close()
-        await self._thread.call(self._writer.close)
-        self._thread.stop()
-
-    async def __aenter__(self) -> Journal:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    # --- queries --------------------------------------------------------------------------
-
-    async def _rows(self, stream: str, where: str, params: Sequence[Any],
-                    order: str, limit: int) -> list[dict[str, Any]]:
-        if stream not in TABLES:
-            raise JournalError(f"stream: expected access or audit, got {stream!r}")
-        sql = f"{_select(stream)} {where} ORDER BY seq {order} LIMIT ?"
-        async with self._reader.execute(sql, [*params, int(limit)]) as cur:
-            return [public_row(stream, r) for r in await cur.fetchall()]
-
-    async def recent(self, stream: str = "all", limit: int = 50) -> list[dict[str, Any]]:
-        """Newest rows first (each with a "stream" key); stream is access, audit or all."""
-        if stream == "all":
-            rows = await self._rows("access", "", (), "DESC", limit)
-            rows += await self._rows("audit", "", (), "DESC", limit)
-            return sorted(rows, key=lambda r: r["seq"], reverse=True)[:limit]
-        return await self._rows(stream, "", (), "DESC", limit)
-
-    async def pass_uses(self) -> dict[str, int]:
-        """Entries made with each visitor pass (exits do not use a pass up), surviving retention."""
-        async with self._reader.execute("SELECT pass_id, uses FROM pass_use_counts") as cur:
-            return {pass_id: uses for pass_id, uses in await cur.fetchall()}
-
-    async def last_passages(self, since: float) -> dict[str, tuple[str, float]]:
-        """Anti-passback subjects → (direction, created_at) of their last passage.
-
-        A passage is an allowed row whose gate opened (gated.lane records the same
-        in the live state), in the direction the lane resolved for it.
-        The subject is the vehicle, else the visitor pass, else the resident, exactly
-        as gated.policy.subject_for picks it, so seeded state matches live state.
-        "Last" is by seq, never by timestamp (the clock may have stepped).
-        """
-        sql = (
-            "SELECT coalesce(vehicle_id, pass_id, resident_id) AS subject, direction, created_at, "
-            "max(seq) FROM access_logs WHERE created_at >= ? AND event_type != 'denied' "
-            "AND coalesce(gate_opened, 1) = 1 "  # a relay that failed let nobody through
-            "AND direction IS NOT NULL AND subject IS NOT NULL GROUP BY subject"
-        )
-        async with self._reader.execute(sql, (float(since),)) as cur:
-            return {subject: (d, t) for subject, d, t, _ in await cur.fetchall()}
-
-    async def unsynced(self, stream: str, limit: int = 100,
-                       after_seq: int = 0) -> list[dict[str, Any]]:
-        """Oldest unsynced rows of one stream with seq > after_seq, for the upstream sync."""
-        return await self._rows(stream, "WHERE synced_at IS NULL AND seq > ?",
-                                (int(after_seq),), "ASC", limit)
-
-    async def mark_synced(self, stream: str, event_ids: Sequence[str],
-                          when: float | None = None) -> int:
-        """Mark events synced (call only after the transport's acknowledgement)."""
-        if stream not in TABLES:
-            raise JournalError(f"stream: expected access or audit, got {stream!r}")
-        when = time.time() if when is None else float(when)
-        return int(await self._write(self._writer.mark_synced, stream, list(event_ids), when))
-
-    async def erase_personal(self, request: AuditEvent, *, plate: str | None = None,
-                             visitor_name: str | None = None, ip_address: str | None = None,
-                             event_ids: Sequence[str] = ()) -> Erasure:
-        """Lawful erasure: clear plate, visitor name, IP and user agent of matching rows.
-
-        `request` is the caller's audit record of the request (who asked, why); it is
-        chained in the same transaction with the erased seqs added to its metadata, which
-        is how `verify` tells a lawful erasure from tampering. Matches are exact text.
-        """
-        if not isinstance(request, AuditEvent):
-            raise JournalError("erase_personal needs the AuditEvent recording the request")
-        if plate is None and visitor_name is None and ip_address is None and not event_ids:
-            raise JournalError("erase_personal: give a plate, visitor name, IP or event ids")
-        _, record = prepare(request)
-        for name, value in (("plate", plate), ("visitor_name", visitor_name),
-                            ("ip_address", ip_address)):
-            _text(name, value)
-        ids = [_text("event_ids", i, required=True) for i in event_ids]
-        return await self._write(self._writer.erase, record, plate, visitor_name, ip_address, ids)
-
-    async def prune(self, older_than: float, keep_unsynced: bool = True, *,
-                    now: float | None = None, clock_unsynced: bool = False,
-                    batch: int = 2000) -> Pruned:
-        """Retention: delete oldest rows created before `older_than`, oldest first.
-
-        Stops at the first row that must stay (too new, or unsynced while keep_unsynced),
-        records the checkpoint and chains a "journal_pruned" audit record per batch.
-        Returns the deleted snapshot paths for the caller to remove.
-        """
-        now = time.time() if now is None else float(now)
-        return await self._write(self._writer.prune, float(older_than), keep_unsynced, now,
-                                 clock_unsynced, int(batch))
 
 
 def public_row(stream: str, values: Sequence[Any]) -> dict[str, Any]:

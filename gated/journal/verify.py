@@ -19,17 +19,15 @@ from pathlib import Path
 import msgspec
 
 from gated.errors import JournalError
-from gated.journal import (
+from gated.journal.rows import (
     ERASED_KEY,
     GENESIS,
-    HEAD_SQL,
     PRUNED_HASH_KEY,
     PRUNED_SEQ_KEY,
     check_row,
     is_erased,
-    iter_rows,
-    trigger_problem,
 )
+from gated.journal.schema import HEAD_SQL, iter_rows, trigger_problem
 from gated.wording import plural
 
 EXIT_INTACT = 0

@@ -11,8 +11,10 @@ import msgspec
 import pytest
 
 from gated.errors import JournalError
-from gated.journal import ADDED, HASHED, Journal, migration_files, prepare
-from gated.journal_verify import verify
+from gated.journal import Journal
+from gated.journal.rows import ADDED, HASHED, prepare
+from gated.journal.schema import migration_files
+from gated.journal.verify import verify
 from tests.journal.journal_child import access_event
 
 

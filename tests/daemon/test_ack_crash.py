@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gated.journal_verify import verify
+from gated.journal.verify import verify
 from tests.daemon.harness import CAMERA_PATH, RESIDENT_RULES, DaemonProcess, Site, gated
 
 KILLS = 50

@@ -18,8 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gated.errors import JournalError
-from gated.journal import Journal, iter_rows, row_hash
-from gated.journal_verify import parse_anchor, read_head, verify
+from gated.journal import Journal
+from gated.journal.rows import row_hash
+from gated.journal.schema import iter_rows
+from gated.journal.verify import parse_anchor, read_head, verify
 from tests.journal.journal_child import access_event, audit_event
 
 EX_NOT_INTACT, EX_USAGE, EX_CANNOT_VERIFY = 1, 64, 66

@@ -10,7 +10,7 @@ import pytest
 
 from gated.ids import new_event_id
 from gated.journal import Journal
-from gated.journal_commits import CommitFeed
+from gated.journal.commits import CommitFeed
 from gated.model import AuditEvent
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gated.journal_verify import verify
+from gated.journal.verify import verify
 
 CHILD = Path(__file__).with_name("journal_child.py")
 ROOT = Path(__file__).resolve().parents[2]

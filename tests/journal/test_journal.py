@@ -12,16 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gated.errors import JournalError
-from gated.journal import (
-    ACCESS_COLUMNS,
-    AUDIT_COLUMNS,
-    GENESIS,
-    Journal,
-    migrate,
-    migration_files,
-    row_hash,
-)
-from gated.journal_verify import verify
+from gated.journal import Journal
+from gated.journal.rows import ACCESS_COLUMNS, AUDIT_COLUMNS, GENESIS, row_hash
+from gated.journal.schema import migrate, migration_files
+from gated.journal.verify import verify
 from tests.journal.journal_child import access_event, audit_event
 
 

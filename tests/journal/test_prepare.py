@@ -14,23 +14,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gated.errors import JournalError
-from gated.journal import (
-    _EVENT_ID_AT,
-    _PREV_HASH,
-    _ROW_HASH,
+from gated.journal.rows import (
     _SALTS,
-    _SEQ,
-    _SYNCED_AT,
     ADDED,
     COLUMNS,
     HASHED,
+    POS_EVENT_ID,
+    POS_PREV_HASH,
+    POS_ROW_HASH,
+    POS_SEQ,
+    POS_SYNCED_AT,
     _prepare_checked,
     _prepare_fast,
-    _values_hash,
     canonical,
     prepare,
     prepare_values,
     row_hash,
+    values_hash,
 )
 from gated.model import AccessEvent, AuditEvent
 from tests.journal.journal_child import access_event, audit_event
@@ -64,7 +64,7 @@ def test_canonical_bytes_equal_the_sorted_dict_encoding(stream: str, data: st.Da
     row = {name: data.draw(scalars, label=name) for name in COLUMNS[stream]}
     assert canonical(stream, row) == reference_canonical(stream, row)
     values = [row[name] for name in COLUMNS[stream]]
-    assert _values_hash(stream, values) == hashlib.sha256(canonical(stream, row)).hexdigest()
+    assert values_hash(stream, values) == hashlib.sha256(canonical(stream, row)).hexdigest()
 
 
 async def test_canonical_of_journaled_rows_matches_the_reference() -> None:
@@ -134,13 +134,14 @@ def test_fast_path_agrees_with_the_checked_path(audit: bool, data: st.DataObject
 
 def test_value_lists_and_dict_rows_agree() -> None:
     for cols in COLUMNS.values():
-        assert [cols[i] for i in (_SEQ, _EVENT_ID_AT, _PREV_HASH, _ROW_HASH, _SYNCED_AT)] == [
+        positions = (POS_SEQ, POS_EVENT_ID, POS_PREV_HASH, POS_ROW_HASH, POS_SYNCED_AT)
+        assert [cols[i] for i in positions] == [
             "seq", "event_id", "prev_hash", "row_hash", "synced_at"]
     for event in (access_event(), audit_event(), access_event(confidence_score=1)):
         stream, values = prepare_values(event)
-        values[_SEQ], values[_PREV_HASH] = 3, "cd" * 32
+        values[POS_SEQ], values[POS_PREV_HASH] = 3, "cd" * 32
         row = dict(zip(COLUMNS[stream], values, strict=True))
-        assert _values_hash(stream, values) == row_hash(stream, row)
+        assert values_hash(stream, values) == row_hash(stream, row)
         _, public = prepare(event)
         assert set(public) == set(COLUMNS[stream]) - {"seq", "prev_hash", "row_hash",
                                                       "synced_at"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gated.journal import Journal
-from gated.journal_verify import verify
+from gated.journal.verify import verify
 from tests.journal.journal_child import access_event, audit_event
 
 

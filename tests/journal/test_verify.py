@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from gated.errors import JournalError
-from gated.journal import Journal, migration_files, row_hash
-from gated.journal_export import export, stats
-from gated.journal_verify import verify
+from gated.journal import Journal
+from gated.journal.export import export, stats
+from gated.journal.rows import row_hash
+from gated.journal.schema import migration_files
+from gated.journal.verify import verify
 from tests.journal.journal_child import access_event, audit_event
 
 

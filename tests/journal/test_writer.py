@@ -10,7 +10,7 @@ import pytest
 
 from gated.errors import JournalError
 from gated.journal import Journal
-from gated.journal_verify import verify
+from gated.journal.verify import verify
 from tests.journal.journal_child import access_event, audit_event
 
 

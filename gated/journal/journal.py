@@ -1,0 +1,322 @@
+"""The async journal: the one object the daemon, the CLI and (next) sync and the status
+page use to append events, read rows back and manage sync state, erasure and retention.
+
+Appends are validated on the event loop and group-committed by the writer thread (see
+`gated.journal.writer`); each caller awaits its own durable commit, and `commits` tells
+consumers which seqs are committed without polling. Reads use a second, read-only
+aiosqlite connection, which WAL lets run while a batch commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gated.errors import JournalError
+from gated.journal.commits import CommitFeed
+from gated.journal.rows import (
+    COLUMNS,
+    TABLES,
+    Stream,
+    checked_text,
+    prepare,
+    prepare_values,
+    public_row,
+)
+from gated.journal.schema import HEAD_SQL
+from gated.journal.writer import Erasure, Pruned, Writer, WriterThread
+from gated.model import AccessEvent, AuditEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One caller's events (at most max_batch) and the future of their results."""
+
+    items: list[tuple[Stream, list[Any]]]
+    future: asyncio.Future[list[int | JournalError]] = field(repr=False)
+
+
+class Journal:
+    """The device's append-only, hash-chained event journal (one per SQLite file)."""
+
+    def __init__(self, path: Path, writer: Writer, thread: WriterThread,
+                 reader: aiosqlite.Connection, max_batch: int) -> None:
+        self.path = path
+        self._writer = writer
+        self._thread = thread
+        self._reader = reader
+        self._max_batch = max_batch
+        self._loop = asyncio.get_running_loop()
+        self._pending: deque[_Pending] = deque()
+        self._in_flight = False  # a batch is on the writer thread
+        self._held = False  # a delivery's callers run before the next hand-over
+        self._drained: asyncio.Future[None] | None = None  # close() waits on it
+        self._closed = False
+        # Consumers (sync, the live feed) await committed seqs here, never the writer.
+        self.commits = CommitFeed(writer.head.seq)
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *, max_batch: int = 256,
+                   migrations: Path | None = None) -> Journal:
+        """Open (creating dirs and schema as needed) and check the tail of the chain."""
+        path = Path(path)
+        thread = WriterThread("gated-journal")
+        writer = Writer(path)
+        try:
+            await thread.call(writer.open, migrations)
+        except BaseException:  # also a cancelled open: the queued open may still succeed
+            thread.post(writer.close)
+            thread.stop()
+            raise
+        try:
+            reader = await aiosqlite.connect(path)
+            await reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as err:
+            await thread.call(writer.close)
+            thread.stop()
+            raise JournalError(f"cannot open journal {path} for reading: {err}") from err
+        if writer.tail_problem:
+            log.error("journal tail does not verify: %s (run `gated journal verify`)",
+                      writer.tail_problem)
+        if writer.trigger_problem:
+            log.error("journal is not protected: %s (run `gated journal verify`)",
+                      writer.trigger_problem)
+        return cls(path, writer, thread, reader, max_batch)
+
+    @property
+    def head_seq(self) -> int:
+        """Seq of the newest committed row (0 when empty)."""
+        return self._writer.head.seq
+
+    @property
+    def tail_problem(self) -> str | None:
+        """What was wrong with the newest rows at open, or None; the daemon keeps appending."""
+        return self._writer.tail_problem
+
+    @property
+    def integrity_problem(self) -> str | None:
+        """What the checks at open found (bad tail, dropped or altered triggers), or None."""
+        found = [p for p in (self._writer.tail_problem, self._writer.trigger_problem) if p]
+        return "; ".join(found) or None
+
+    async def head(self) -> tuple[int, str]:
+        """(seq, row_hash) of the newest committed row: the value to anchor the chain with."""
+        async with self._reader.execute(HEAD_SQL) as cur:
+            seq, digest = await cur.fetchone()
+        return int(seq), str(digest)
+
+    async def append(self, event: AccessEvent | AuditEvent) -> int:
+        """Journal one event; return its seq once its commit is durable.
+
+        Raises JournalError for an invalid event (nothing written) or a failed write.
+        A caller cancelled while waiting may still see its event journaled.
+        """
+        (seq,) = await self.append_many([event])
+        return seq
+
+    async def append_many(self, events: Iterable[AccessEvent | AuditEvent]) -> list[int]:
+        """Journal several events (all validated first); return their seqs in order."""
+        if self._closed:
+            raise JournalError("journal is closed")
+        prepared = [prepare_values(e) for e in events]  # all validated before any is queued
+        if not prepared:
+            return []
+        create = self._loop.create_future
+        if len(prepared) <= self._max_batch:  # the common case: one chunk, one future
+            chunks = [_Pending(prepared, create())]
+        else:  # one future per chunk, not per event: cheap bookkeeping for large appends
+            chunks = [_Pending(prepared[i:i + self._max_batch], create())
+                      for i in range(0, len(prepared), self._max_batch)]
+        self._pending.extend(chunks)
+        if not self._in_flight and not self._held:
+            self._submit()
+        seqs: list[int] = []
+        for chunk in chunks:
+            for result in await chunk.future:
+                if isinstance(result, BaseException):
+                    raise result
+                seqs.append(result)
+        return seqs
+
+    # Group commit without a writer task: the loop hands whatever is pending (up to
+    # max_batch rows) to the writer thread, which commits it and calls back into the loop
+    # once (call_soon_threadsafe); the callback answers the callers and hands over the
+    # next batch. One thread hop each way per batch. An append finding the writer idle
+    # hands over at once (no extra loop iteration for a lone event). After a delivery the
+    # hand-over is held until the callers it woke have run (call_soon queues it behind
+    # their wake-ups): producers append again right away, and without the hold the first
+    # of them would commit alone (one fsync for one row) while the rest queue behind it.
+
+    def _submit(self) -> None:
+        pending = self._pending
+        batch = [pending.popleft()]
+        rows = len(batch[0].items)
+        while pending and rows + len(pending[0].items) <= self._max_batch:
+            rows += len(pending[0].items)
+            batch.append(pending.popleft())
+        items = batch[0].items if len(batch) == 1 else [i for p in batch for i in p.items]
+        self._in_flight = True
+        self._thread.post(lambda: self._commit(batch, items))
+
+    def _commit(self, batch: list[_Pending], items: list[tuple[Stream, list[Any]]]) -> None:
+        # Runs on the writer thread.
+        try:
+            results = self._writer.append_batch(items)
+        except BaseException as err:  # the write itself failed: every caller hears it
+            results = [JournalError(f"journal write failed: {err}")] * len(items)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to tell
+            self._loop.call_soon_threadsafe(self._delivered, batch, results)
+
+    def _delivered(self, batch: list[_Pending], results: list[int | JournalError]) -> None:
+        start = 0
+        for pending in batch:
+            end = start + len(pending.items)
+            if not pending.future.done():  # a cancelled caller's events are still journaled
+                pending.future.set_result(results[start:end])
+            start = end
+        self._in_flight = False
+        self._held = True
+        committed = [r for r in results if isinstance(r, int)]
+        if committed:
+            self.commits.advance(max(committed))
+        self._loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        self._held = False
+        if self._pending:
+            if not self._in_flight:
+                self._submit()
+        elif self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        if self._closed:
+            raise JournalError("journal is closed")
+        try:
+            return await self._thread.call(fn, *args)
+        except sqlite3.Error as err:
+            raise JournalError(f"journal write failed: {err}") from err
+
+    async def close(self) -> None:
+        """Drain pending appends, then close both connections and the writer thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._in_flight or self._held:
+            self._drained = self._loop.create_future()
+            await self._drained
+        self.commits.close()
+        await self._reader.close()
+        await self._thread.call(self._writer.close)
+        self._thread.stop()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- queries --------------------------------------------------------------------------
+
+    async def _rows(self, stream: str, where: str, params: Sequence[Any],
+                    order: str, limit: int) -> list[dict[str, Any]]:
+        if stream not in TABLES:
+            raise JournalError(f"stream: expected access or audit, got {stream!r}")
+        sql = f"{_select(stream)} {where} ORDER BY seq {order} LIMIT ?"
+        async with self._reader.execute(sql, [*params, int(limit)]) as cur:
+            return [public_row(stream, r) for r in await cur.fetchall()]
+
+    async def recent(self, stream: str = "all", limit: int = 50) -> list[dict[str, Any]]:
+        """Newest rows first (each with a "stream" key); stream is access, audit or all."""
+        if stream == "all":
+            rows = await self._rows("access", "", (), "DESC", limit)
+            rows += await self._rows("audit", "", (), "DESC", limit)
+            return sorted(rows, key=lambda r: r["seq"], reverse=True)[:limit]
+        return await self._rows(stream, "", (), "DESC", limit)
+
+    async def pass_uses(self) -> dict[str, int]:
+        """Entries made with each visitor pass (exits do not use a pass up), surviving retention."""
+        async with self._reader.execute("SELECT pass_id, uses FROM pass_use_counts") as cur:
+            return {pass_id: uses for pass_id, uses in await cur.fetchall()}
+
+    async def last_passages(self, since: float) -> dict[str, tuple[str, float]]:
+        """Anti-passback subjects → (direction, created_at) of their last passage.
+
+        A passage is an allowed row whose gate opened (gated.lane records the same
+        in the live state), in the direction the lane resolved for it.
+        The subject is the vehicle, else the visitor pass, else the resident, exactly
+        as gated.policy.subject_for picks it, so seeded state matches live state.
+        "Last" is by seq, never by timestamp (the clock may have stepped).
+        """
+        sql = (
+            "SELECT coalesce(vehicle_id, pass_id, resident_id) AS subject, direction, created_at, "
+            "max(seq) FROM access_logs WHERE created_at >= ? AND event_type != 'denied' "
+            "AND coalesce(gate_opened, 1) = 1 "  # a relay that failed let nobody through
+            "AND direction IS NOT NULL AND subject IS NOT NULL GROUP BY subject"
+        )
+        async with self._reader.execute(sql, (float(since),)) as cur:
+            return {subject: (d, t) for subject, d, t, _ in await cur.fetchall()}
+
+    async def unsynced(self, stream: str, limit: int = 100,
+                       after_seq: int = 0) -> list[dict[str, Any]]:
+        """Oldest unsynced rows of one stream with seq > after_seq, for the upstream sync."""
+        return await self._rows(stream, "WHERE synced_at IS NULL AND seq > ?",
+                                (int(after_seq),), "ASC", limit)
+
+    async def mark_synced(self, stream: str, event_ids: Sequence[str],
+                          when: float | None = None) -> int:
+        """Mark events synced (call only after the transport's acknowledgement)."""
+        if stream not in TABLES:
+            raise JournalError(f"stream: expected access or audit, got {stream!r}")
+        when = time.time() if when is None else float(when)
+        return int(await self._write(self._writer.mark_synced, stream, list(event_ids), when))
+
+    async def erase_personal(self, request: AuditEvent, *, plate: str | None = None,
+                             visitor_name: str | None = None, ip_address: str | None = None,
+                             event_ids: Sequence[str] = ()) -> Erasure:
+        """Lawful erasure: clear plate, visitor name, IP and user agent of matching rows.
+
+        `request` is the caller's audit record of the request (who asked, why); it is
+        chained in the same transaction with the erased seqs added to its metadata, which
+        is how `verify` tells a lawful erasure from tampering. Matches are exact text.
+        """
+        if not isinstance(request, AuditEvent):
+            raise JournalError("erase_personal needs the AuditEvent recording the request")
+        if plate is None and visitor_name is None and ip_address is None and not event_ids:
+            raise JournalError("erase_personal: give a plate, visitor name, IP or event ids")
+        _, record = prepare(request)
+        for name, value in (("plate", plate), ("visitor_name", visitor_name),
+                            ("ip_address", ip_address)):
+            checked_text(name, value)
+        ids = [checked_text("event_ids", i, required=True) for i in event_ids]
+        return await self._write(self._writer.erase, record, plate, visitor_name, ip_address, ids)
+
+    async def prune(self, older_than: float, keep_unsynced: bool = True, *,
+                    now: float | None = None, clock_unsynced: bool = False,
+                    batch: int = 2000) -> Pruned:
+        """Retention: delete oldest rows created before `older_than`, oldest first.
+
+        Stops at the first row that must stay (too new, or unsynced while keep_unsynced),
+        records the checkpoint and chains a "journal_pruned" audit record per batch.
+        Returns the deleted snapshot paths for the caller to remove.
+        """
+        now = time.time() if now is None else float(now)
+        return await self._write(self._writer.prune, float(older_than), keep_unsynced, now,
+                                 clock_unsynced, int(batch))
+
+
+def _select(stream: str) -> str:
+    return f"SELECT {', '.join(COLUMNS[stream])} FROM {TABLES[stream]}"
