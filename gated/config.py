@@ -8,6 +8,8 @@ path (`lanes[1].relay.pulse_ms`, indices from 0) and what is wrong.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import tomllib
@@ -404,6 +406,62 @@ class MqttConfig(_Section, frozen=True):
             raise ValueError("password: needs a username")
 
 
+class SyncHttpConfig(_Section, frozen=True):
+    """The service's HTTP API (docs/protocol.md, section 6)."""
+
+    url: str = ""  # base URL, e.g. "https://gate-service.example/"; empty: no HTTP
+    token: str = ""  # bearer token (secret: never logged)
+    ca_file: str = ""  # PEM CA bundle of a private service CA; empty: the system's CAs
+    client_cert: str = ""  # PEM client certificate (TLS client authentication)
+    client_key: str = ""  # its PEM private key
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+
+    def __post_init__(self) -> None:
+        if self.url and not re.match(r"^https?://[^/\s]+(/.*)?$", self.url):
+            raise ValueError("url: expected an http:// or https:// URL")
+        if bool(self.client_cert) != bool(self.client_key):
+            raise ValueError("client_cert: set client_cert and client_key together")
+
+
+class SyncConfig(_Section, frozen=True):
+    """Upstream sync: the journal's events to the central service (docs/protocol.md)."""
+
+    enabled: bool = False
+    transport: Literal["mqtt", "http"] = "mqtt"
+    # "service": synced only on the service's ack of record; "broker": on the broker's
+    # PUBACK (a broker that dies loses what it held: docs/protocol.md, section 4).
+    ack: Literal["service", "broker"] = "service"
+    mqtt: MqttConfig | None = None  # the upstream broker; default: the [mqtt] section
+    mqtt_session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=4_294_967_295)] = 604_800
+    mqtt_window: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 256
+    http: SyncHttpConfig = SyncHttpConfig()
+    batch_max_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    batch_max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=64 * 1024 * 1024)] = 1_048_576
+    ack_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    retry_min_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 0.5
+    retry_max_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    snapshot_wait_s: Annotated[float, msgspec.Meta(ge=0, le=86_400 * 30)] = 300.0
+    head_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
+    key_file: str = ""  # the device's Ed25519 key; default: device-ed25519.key beside the journal
+    service_public_keys: list[str] = []  # base64 of each raw 32-byte Ed25519 public key
+
+    def __post_init__(self) -> None:
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError("retry_min_s: must not exceed retry_max_s")
+        for i, text in enumerate(self.service_public_keys):
+            try:
+                raw = base64.b64decode(text.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"service_public_keys[{i}]: not base64") from None
+            if len(raw) != 32:
+                raise ValueError(
+                    f"service_public_keys[{i}]: expected 32 bytes of Ed25519 public key, "
+                    f"got {len(raw)}")
+        if self.enabled and self.transport == "http" and not self.http.url:
+            raise ValueError("http.url: required with transport = \"http\"")
+
+
 class GpioConfig(_Section, frozen=True):
     """Which gpiozero pin factory to use."""
 
@@ -455,6 +513,7 @@ class Config(_Section, frozen=True):
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     control: ControlConfig = ControlConfig()
+    sync: SyncConfig = SyncConfig()
 
     def __post_init__(self) -> None:
         _check_cross_references(self)
@@ -523,6 +582,10 @@ def _check_cross_references(cfg: Config) -> None:
                 raise ValueError(
                     f"lanes[{i}].sources[{j}]: a frigate source needs an [mqtt] section"
                 )
+    if cfg.sync.enabled and cfg.sync.transport == "mqtt" and (
+        cfg.sync.mqtt is None and cfg.mqtt is None
+    ):
+        raise ValueError("sync.mqtt: transport = \"mqtt\" needs a [sync.mqtt] or [mqtt] broker")
     for i, button in enumerate(cfg.buttons):
         claim_pin(button.pin, f"buttons[{i}].pin")
         for lane_id in button.lanes:
