@@ -35,8 +35,8 @@ async def _run(work: Path, vehicles: int, passes: int, swaps_wanted: int) -> dic
     from gated.app import Daemon
     from gated.config import parse_config
     from gated.health import Health, SystemdNotifier
-    from gated.rules import RuleStore
-    from gated.rules_io import import_rules
+    from gated.rules.files import import_rules
+    from gated.rules.store import RuleStore
 
     rules_db = work / "rules.sqlite3"
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ async def _run(work: Path, vehicles: int, passes: int, swaps_wanted: int) -> dic
     swap_s = 0.0
     for n in range(swaps_wanted):
         with RuleStore(rules_db) as store:
-            from gated.rules_model import Resident, Vehicle
+            from gated.rules.entities import Resident, Vehicle
 
             tag = f"{int(time.time())}{n}"
             store.apply(

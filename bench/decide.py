@@ -4,7 +4,7 @@
                            [--deny-distance 0-2] [--entity-path]
 
 Prints progress, then one JSON object as the last line. The rule set lives in
-a lean in-memory RuleSource (entities made on demand), so the figures measure
+the shared in-memory RuleSource (`gated.rules.memory`), so the figures measure
 the index and the policy, not a store. Like the SQLite store it also lists its
 vehicles with their residents in bulk, so resident decisions take the vehicle
 facts path; --entity-path builds without facts (a Vehicle and a Resident per
@@ -21,7 +21,6 @@ import os
 import random
 import time
 import zoneinfo
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -29,18 +28,17 @@ from gated.config import PolicyConfig
 from gated.model import AntiPassback, Direction, PlateRead
 from gated.plates import CONFUSION_CLASSES
 from gated.policy import AccessPoint, MemoryPolicyState, decide
-from gated.rules_model import (
+from gated.rules.entities import (
     DenyEntry,
     Group,
     Resident,
     Schedule,
-    Tag,
     TimeWindow,
     Vehicle,
-    VehicleFactsRow,
     VisitorPass,
 )
-from gated.ruleset import RuleSet
+from gated.rules.index import RuleIndex
+from gated.rules.memory import MemoryRuleSource
 
 LETTERS = np.frombuffer(b"ABCDEFGHJKLMNPRSTUVWXYZ", dtype=np.uint8)
 DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
@@ -65,99 +63,31 @@ def random_plates(n: int, rng: np.random.Generator) -> list[str]:
     return out
 
 
-class BenchRuleSource:
-    """A RuleSource over plain lists; entities are built when asked for, like rows from a store."""
+def bench_source(vehicles: list[str], passes: list[str], deny: list[str],
+                 now: float) -> MemoryRuleSource:
+    """The benchmark's rule set, in the shared in-memory RuleSource.
 
-    def __init__(self, vehicles: list[str], passes: list[str], deny: list[str], now: float):
-        self.version = 1
-        self._veh = vehicles
-        self._pass = passes
-        self._deny = deny
-        self._now = now
-        self._pass_base = len(vehicles) + 1
-        self._deny_base = self._pass_base + len(passes)
-        day = TimeWindow(frozenset(range(7)), dt.time(6), dt.time(22))
-        self._schedules = {"day": Schedule("day", "day", (day,))}
-        self._groups = {
-            "staff": Group("staff", "staff", None, None),
-            "block-a": Group("block-a", "block-a", frozenset({"main-in", "main-out"}), "day"),
-        }
-
-    def iter_vehicle_plates(self) -> Iterator[tuple[int, str]]:
-        """(key, plate) of every vehicle."""
-        return enumerate(self._veh, 1)
-
-    def iter_pass_plates(self) -> Iterator[tuple[int, str]]:
-        """(key, plate) of every pass."""
-        return enumerate(self._pass, self._pass_base)
-
-    def iter_deny_plates(self) -> Iterator[tuple[int, str]]:
-        """(key, plate) of every deny entry."""
-        return enumerate(self._deny, self._deny_base)
-
-    def iter_tags(self) -> Iterator[tuple[int, str]]:
-        """No tags in this benchmark."""
-        return iter(())
-
-    def iter_vehicle_facts(self) -> Iterator[VehicleFactsRow]:
-        """Every vehicle with its resident's facts, as one joined store query gives them."""
-        # The same facts vehicle() and resident() give, made column-wise with C-level
-        # map/zip: the benchmark's index build should time the index, not this source.
-        # Residents share their grant tuples, as the SQLite store hands them out.
-        keys = np.arange(1, len(self._veh) + 1)
-        owners = keys // 2
-        grant_of = [(("block-a",), frozenset(), None), (("staff",), frozenset(), None)]
-        return zip(
-            keys.tolist(),
-            self._veh,
-            map("v{}".format, keys.tolist()),
-            (keys % 97 != 0).tolist(),
-            map("r{}".format, owners.tolist()),
-            (owners % 101 != 0).tolist(),
-            map(grant_of.__getitem__, (owners % 3 != 0).tolist()),
-            strict=True,
-        )
-
-    def vehicle(self, key: int) -> Vehicle | None:
-        """The vehicle under a key."""
-        if not 1 <= key <= len(self._veh):
-            return None
-        return Vehicle(f"v{key}", self._veh[key - 1], f"r{key // 2}", active=key % 97 != 0)
-
-    def visitor_pass(self, key: int) -> VisitorPass | None:
-        """The pass under a key."""
-        i = key - self._pass_base
-        if not 0 <= i < len(self._pass):
-            return None
-        start = self._now - 3600 if i % 10 else self._now + 3600
-        return VisitorPass(
-            f"p{i}", self._pass[i], f"r{i}", start, start + 86400, "Visitor", None, 3
-        )
-
-    def deny_entry(self, key: int) -> DenyEntry | None:
-        """The deny entry under a key."""
-        i = key - self._deny_base
-        if not 0 <= i < len(self._deny):
-            return None
-        return DenyEntry(f"d{i}", self._deny[i], "stolen")
-
-    def tag(self, key: int) -> Tag | None:
-        """No tags."""
-        return None
-
-    def resident(self, resident_id: str) -> Resident | None:
-        """Residents r0…: every third in block-a (scheduled), the rest staff."""
-        n = int(resident_id[1:])
+    Vehicle k (from 1) belongs to resident r{k // 2} and every 97th is inactive;
+    every 101st resident is suspended, every third is in block-a (scheduled, two
+    lanes), the rest are staff (anywhere, any time); every tenth pass is not yet
+    valid. The source lists vehicles with their residents in bulk, like the store.
+    """
+    src = MemoryRuleSource()
+    day = TimeWindow(frozenset(range(7)), dt.time(6), dt.time(22))
+    src.add_schedule(Schedule("day", "day", (day,)))
+    src.add_group(Group("staff", "staff", None, None))
+    src.add_group(Group("block-a", "block-a", frozenset({"main-in", "main-out"}), "day"))
+    for n in range(len(vehicles) // 2 + 1):
         group = "block-a" if n % 3 == 0 else "staff"
-        return Resident(resident_id, "", "", n % 101 != 0, (group,), frozenset())
-
-    def group(self, group_id: str) -> Group | None:
-        """A group."""
-        return self._groups.get(group_id)
-
-    def schedule(self, schedule_id: str) -> Schedule | None:
-        """A schedule."""
-        return self._schedules.get(schedule_id)
+        src.add_resident(Resident(f"r{n}", "", "", n % 101 != 0, (group,), frozenset()))
+    for k, plate in enumerate(vehicles, 1):
+        src.add_vehicle(Vehicle(f"v{k}", plate, f"r{k // 2}", active=k % 97 != 0))
+    for i, plate in enumerate(passes):
+        start = now - 3600 if i % 10 else now + 3600
+        src.add_pass(VisitorPass(f"p{i}", plate, f"r{i}", start, start + 86400, "Visitor", None, 3))
+    for i, plate in enumerate(deny):
+        src.add_deny(DenyEntry(f"d{i}", plate, "stolen"))
+    return src
 
 
 def _rss_bytes() -> int:
@@ -188,7 +118,8 @@ def _typo(plate: str, rnd: random.Random) -> str:
     return plate[:i] + ch + plate[i:]
 
 
-def _reads(src: BenchRuleSource, n: int, now: float, seed: int) -> tuple[list[PlateRead], dict]:
+def _reads(plates: dict[str, list[str]], n: int, now: float,
+           seed: int) -> tuple[list[PlateRead], dict]:
     rnd = random.Random(seed)
     unknown = random_plates(n, np.random.default_rng(seed + 1))
     mix = {"exact": 0, "confusion": 0, "fuzzy": 0, "unknown": 0, "pass": 0, "deny": 0}
@@ -196,17 +127,17 @@ def _reads(src: BenchRuleSource, n: int, now: float, seed: int) -> tuple[list[Pl
     for i in range(n):
         r = rnd.random()
         if r < 0.45:
-            kind, text = "exact", rnd.choice(src._veh)
+            kind, text = "exact", rnd.choice(plates["vehicles"])
         elif r < 0.60:
-            kind, text = "confusion", _confuse(rnd.choice(src._veh), rnd)
+            kind, text = "confusion", _confuse(rnd.choice(plates["vehicles"]), rnd)
         elif r < 0.70:
-            kind, text = "fuzzy", _typo(rnd.choice(src._veh), rnd)
+            kind, text = "fuzzy", _typo(rnd.choice(plates["vehicles"]), rnd)
         elif r < 0.88:
             kind, text = "unknown", unknown[i]
-        elif r < 0.97 and src._pass:
-            kind, text = "pass", rnd.choice(src._pass)
-        elif src._deny:
-            kind, text = "deny", _typo(rnd.choice(src._deny), rnd)
+        elif r < 0.97 and plates["passes"]:
+            kind, text = "pass", rnd.choice(plates["passes"])
+        elif plates["deny"]:
+            kind, text = "deny", _typo(rnd.choice(plates["deny"]), rnd)
         else:
             kind, text = "unknown", unknown[i]
         mix[kind] += 1
@@ -240,18 +171,18 @@ def main(argv: list[str] | None = None) -> None:
     now = dt.datetime(2025, 3, 12, 10, 0, tzinfo=tz).timestamp()
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    src = BenchRuleSource(
-        random_plates(args.vehicles, rng),
-        random_plates(args.passes, rng),
-        random_plates(args.deny, rng),
-        now,
-    )
+    plates = {
+        "vehicles": random_plates(args.vehicles, rng),
+        "passes": random_plates(args.passes, rng),
+        "deny": random_plates(args.deny, rng),
+    }
+    src = bench_source(plates["vehicles"], plates["passes"], plates["deny"], now)
     print(f"generated source in {time.perf_counter() - t0:.1f}s", flush=True)
 
     gc.collect()
     rss0 = _rss_bytes()
     t0 = time.perf_counter()
-    rules = RuleSet.build(src, vehicle_facts=not args.entity_path)
+    rules = RuleIndex.build(src, vehicle_facts=not args.entity_path)
     build_s = time.perf_counter() - t0
     gc.collect()
     rss1 = _rss_bytes()
@@ -262,10 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     access_point = AccessPoint("main-in", Direction.IN, policy, tz)
     state = MemoryPolicyState()
-    reads, mix = _reads(src, args.decisions, now, args.seed)
+    reads, mix = _reads(plates, args.decisions, now, args.seed)
     # Warm up on other reads of the same mix (a running daemon is in steady state:
     # the index pages are resident and the interpreter's caches are warm).
-    warm, _ = _reads(src, min(args.decisions, 20_000), now, args.seed + 1)
+    warm, _ = _reads(plates, min(args.decisions, 20_000), now, args.seed + 1)
     for read in warm:
         decide(read, access_point, rules, state, now)
     gc.collect()

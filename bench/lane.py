@@ -100,8 +100,8 @@ def _plate(i: int) -> str:
 async def _run(reads: int, residents: int) -> dict[str, object]:
     from gated.app import Daemon
     from gated.config import load_config
-    from gated.rules import RuleStore
-    from gated.rules_io import import_rules
+    from gated.rules.files import import_rules
+    from gated.rules.store import RuleStore
 
     base = Path(tempfile.mkdtemp(prefix="gated-bench-lane-"))
     port = _free_port()

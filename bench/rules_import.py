@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gated.rules import RuleStore
-from gated.rules_io import export_rules, import_rules
+from gated.rules.files import export_rules, import_rules
+from gated.rules.store import RuleStore
 
 
 def _write_input(folder: Path, vehicles: int, passes: int) -> None:

@@ -236,10 +236,10 @@ class Daemon:
         gen = self.generation
         if gen is None or gen.rules is None:
             raise GatedError("no generation is running")
-        ruleset = await self._index_rules(gen.cfg, gen)
-        gen.rules.current = ruleset
-        self.health.set("rules", True, f"version {ruleset.version}")
-        return int(ruleset.version)
+        index = await self._index_rules(gen.cfg, gen)
+        gen.rules.current = index
+        self.health.set("rules", True, f"version {index.version}")
+        return int(index.version)
 
     async def _status_extra(self) -> dict[str, Any]:
         """Daemon-wide status beside the lanes: health, journal head, version."""
@@ -538,16 +538,16 @@ class Daemon:
         return gen
 
     async def _build_into(self, gen: Generation) -> None:
-        from gated.rules import RuleStore
+        from gated.rules.store import RuleStore
         from gated.snapshots import SnapshotStore
 
         assert self.auditor is not None
         cfg = gen.cfg
         gen.store = RuleStore(cfg.rules.path)
-        ruleset = await self._index_rules(cfg, gen)
-        gen.rules = RulesHolder(ruleset)
-        self.health.set("rules", True, f"version {ruleset.version}")
-        if ruleset.version == 0:
+        index = await self._index_rules(cfg, gen)
+        gen.rules = RulesHolder(index)
+        self.health.set("rules", True, f"version {index.version}")
+        if index.version == 0:
             log.warning(
                 "the rule set at %s is empty: every plate is denied until one is imported "
                 "(gated rules import FILE)",
@@ -792,29 +792,29 @@ class Daemon:
 
     async def _index_rules(self, cfg: Config, gen: Generation) -> Any:
         """Build the plate index in a worker thread; decisions keep using the old one meanwhile."""
-        from gated.rules import RuleStore
-        from gated.ruleset import RuleSet
+        from gated.rules.index import RuleIndex
+        from gated.rules.store import RuleStore
 
-        def build() -> RuleSet:
+        def build() -> RuleIndex:
             # sqlite3 connections belong to one thread: the worker reads through its own.
             with RuleStore(cfg.rules.path) as worker_store:
-                return RuleSet.build(
+                return RuleIndex.build(
                     worker_store,
                     deny_depth=cfg.policy.deny_fuzzy_distance,
                     resident_depth=cfg.policy.resident_fuzzy_distance,
                 )
 
-        ruleset = await asyncio.to_thread(build)
+        index = await asyncio.to_thread(build)
         # Residents' cars are decided from facts read with the index (one version);
         # passes, tags and deny entries are read at decision time through the event
         # loop's own connection, and the policy re-checks each such candidate's stored
         # plate, so rows changed by a newer version before the swap never grant access.
-        ruleset.source = gen.store
-        return ruleset
+        index.source = gen.store
+        return index
 
     async def _watch_rules(self, gen: Generation) -> None:
         """Pick up a new rule-set version (a CLI import, later a downlink) without a restart."""
-        from gated.ruleset import release_free_memory
+        from gated.rules.index import release_free_memory
 
         assert gen.rules is not None
         while True:
@@ -823,14 +823,14 @@ class Daemon:
                 version = gen.store.version
                 if version == gen.rules.current.version:
                     continue
-                ruleset = await self._index_rules(gen.cfg, gen)
+                index = await self._index_rules(gen.cfg, gen)
             except Exception as err:
                 self.health.set("rules", False, str(err))
                 log.error("could not load rule-set version: %s", err)
                 continue
-            gen.rules.current = ruleset  # atomic swap: decisions in flight keep the old one
-            self.health.set("rules", True, f"version {ruleset.version}")
-            log.info("rule set version %d loaded", ruleset.version)
+            gen.rules.current = index  # atomic swap: decisions in flight keep the old one
+            self.health.set("rules", True, f"version {index.version}")
+            log.info("rule set version %d loaded", index.version)
             # The old index (tens of MB at a large site) is garbage now: give it back.
             await asyncio.to_thread(release_free_memory)
 

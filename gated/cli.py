@@ -218,7 +218,7 @@ def cmd_journal_stats(args: argparse.Namespace) -> int:
 
 def cmd_rules_import(args: argparse.Namespace) -> int:
     """Import a rule-set file atomically and audit it."""
-    from gated.rules_cli import rules_import
+    from gated.rules.cli import rules_import
 
     db, rules_db, _ = _paths(args)
     return rules_import(args, journal_path=db, rules_path=rules_db, config_path=args.config)
@@ -233,8 +233,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 def cmd_pass(args: argparse.Namespace) -> int:
     """Add, revoke or list visitor passes as audited rule-set changes."""
-    from gated.pass_cli import run
-    from gated.rules_cli import _site
+    from gated.rules.cli import _site
+    from gated.rules.passes import run
 
     db, rules_db, _ = _paths(args)
     identity, tz = _site(args.config)
@@ -243,7 +243,7 @@ def cmd_pass(args: argparse.Namespace) -> int:
 
 def cmd_rules_export(args: argparse.Namespace) -> int:
     """Export the rule set as JSON or CSV."""
-    from gated.rules_cli import rules_export
+    from gated.rules.cli import rules_export
 
     _, rules_db, _ = _paths(args)
     return rules_export(args, rules_path=rules_db)
@@ -350,10 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="file (json) or directory (csv); default stdout for json")
     p.set_defaults(func=cmd_rules_export)
 
-    from gated import control_client, pass_cli
+    from gated import control_client
+    from gated.rules import passes
 
     control_client.add_parser(sub, cmd_ctl)
-    pass_cli.add_parser(sub, cmd_pass)
+    passes.add_parser(sub, cmd_pass)
     return parser
 
 

@@ -223,8 +223,8 @@ def run_demo(
     """Prepare the demo directory and run the daemon in it; returns the exit status."""
     from gated.app import Daemon
     from gated.config import load_config
-    from gated.rules import RuleStore
-    from gated.rules_io import import_rules
+    from gated.rules.files import import_rules
+    from gated.rules.store import RuleStore
 
     base = base.resolve()
     prepare_dir(base, "the demo")

@@ -64,7 +64,7 @@ from gated.model import (
     SiteIdentity,
 )
 from gated.policy import AccessPoint, MemoryPolicyState, decide, subject_for
-from gated.ruleset import RuleSet
+from gated.rules.index import RuleIndex
 from gated.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,10 @@ class _Event:
 
 
 class RulesHolder:
-    """The current RuleSet; the app swaps it atomically when a new version is indexed."""
+    """The current RuleIndex; the app swaps it atomically when a new version is indexed."""
 
-    def __init__(self, ruleset: RuleSet) -> None:
-        self.current = ruleset
+    def __init__(self, index: RuleIndex) -> None:
+        self.current = index
 
 
 @dataclass(frozen=True, slots=True)

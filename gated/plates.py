@@ -1,7 +1,7 @@
 """Licence-plate text: normalisation, OCR-confusion keys, format checks, bounded edit distance.
 
 Pure functions only: no IO, no clock. Everything a plate turns into here is a
-string over A-Z0-9, so the index (`gated.ruleset`) can pack it into integers.
+string over A-Z0-9, so the index (`gated.rules.index`) can pack it into integers.
 
 Distance is plain Levenshtein (substitution, insertion, deletion), not OSA:
 an OCR engine reads characters left to right and fails by misreading,

@@ -2,12 +2,12 @@
 
 No clock, no network, no writes: the caller passes `now` (epoch seconds) and a
 PolicyState to read modes, anti-passback history and pass use counts from.
-Reading the RuleSet (its index and its cached entity getters over the
-RuleSource) is the only other input. A RuleSet built with vehicle facts (see
-`gated.ruleset`) answers a resident's car from them: same checks, same order,
+Reading the RuleIndex (its index and its cached entity getters over the
+RuleSource) is the only other input. A RuleIndex built with vehicle facts (see
+`gated.rules.index`) answers a resident's car from them: same checks, same order,
 same Decision, no entity read; passes, tags and the deny list always use
 entities. Schedule answers are kept per (schedule, time zone, minute) on the
-RuleSet, since the reads of one minute share them.
+RuleIndex, since the reads of one minute share them.
 
 Order of checks, and why:
 
@@ -83,14 +83,14 @@ from gated.plates import (
     normalise,
     plate_matches_format,
 )
-from gated.rules_model import Grant, Resident, Schedule
-from gated.ruleset import (
+from gated.rules.entities import Grant, Resident, Schedule
+from gated.rules.index import (
     GRANT_SHIFT,
     RESIDENT_ACTIVE,
     RESIDENT_KNOWN,
     VEHICLE_ACTIVE,
     Candidate,
-    RuleSet,
+    RuleIndex,
     slot_setters,
     with_edits,
 )
@@ -289,7 +289,7 @@ class _Context:
     def __init__(
         self,
         ap: AccessPoint,
-        rules: RuleSet,
+        rules: RuleIndex,
         state: PolicyState,
         now: float,
         direction: Direction,
@@ -644,7 +644,7 @@ def _confidence(read: PlateRead, policy: PolicyConfig, flags: list[str]) -> bool
     return c < policy.min_confidence
 
 
-def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
+def _plate_outcome(ctx: _Context, rules: RuleIndex, text: str) -> _Outcome | None:
     """Deny list, then residents and passes, for a normalised plate (see the module doc)."""
     policy = ctx.ap.policy
     inputs = ctx.inputs
@@ -693,7 +693,7 @@ def _plate_outcome(ctx: _Context, rules: RuleSet, text: str) -> _Outcome | None:
 def decide(
     read: PlateRead,
     access_point: AccessPoint,
-    rules: RuleSet,
+    rules: RuleIndex,
     state: PolicyState,
     now: float,
 ) -> Decision:
@@ -762,7 +762,7 @@ _DECISION_SETTERS = slot_setters(
 
 
 def _new_decision(*values: Any) -> Decision:
-    """Decision(*values) without the frozen dataclass __init__ (see ruleset.new_match)."""
+    """Decision(*values) without the frozen dataclass __init__ (see index.new_match)."""
     if not _DECISION_SETTERS:
         return Decision(*values)
     d = object.__new__(Decision)
@@ -786,7 +786,7 @@ def _decision(
     allowed: bool,
     reason: Reason,
     ap: AccessPoint,
-    rules: RuleSet,
+    rules: RuleIndex,
     ctx: _Context,
     outcome: _Outcome | None,
 ) -> Decision:

@@ -22,8 +22,8 @@ from gated.journal import Journal
 from gated.lane import Lane, LaneParts, RulesHolder
 from gated.model import Direction, Mode, SiteIdentity
 from gated.policy import AccessPoint, MemoryPolicyState
-from gated.rules import RuleStore
-from gated.ruleset import RuleSet
+from gated.rules.index import RuleIndex
+from gated.rules.store import RuleStore
 from gated.snapshots import SnapshotStore
 
 GUARD = Actor(ActorType.GUARD, id="g-7", role="guard", address="10.0.0.9", request_id="req-1")
@@ -52,7 +52,7 @@ class Site:
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
     store = RuleStore(tmp_path / "rules.sqlite3")
-    ruleset = RuleSet.build(store)
+    index = RuleIndex.build(store)
     journal = await Journal.open(tmp_path / "journal.sqlite3")
     identity = SiteIdentity("t", "s", "d")
     auditor = Auditor(journal.append, identity, ClockWatch())
@@ -66,7 +66,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
                 identity=identity,
                 access_point=AccessPoint(lane_id, Direction.IN, PolicyConfig(),
                                          zoneinfo.ZoneInfo("UTC")),
-                rules=RulesHolder(ruleset),
+                rules=RulesHolder(index),
                 state=MemoryPolicyState(),
                 relay=relays[lane_id],
                 append=journal.append,

@@ -23,9 +23,9 @@ from gated.journal import Journal
 from gated.lane import Lane, LaneParts, RulesHolder
 from gated.model import Direction, Mode, PlateRead, SiteIdentity
 from gated.policy import AccessPoint, MemoryPolicyState
-from gated.rules import RuleStore
-from gated.rules_io import import_rules
-from gated.ruleset import RuleSet
+from gated.rules.files import import_rules
+from gated.rules.index import RuleIndex
+from gated.rules.store import RuleStore
 from gated.snapshots import SnapshotStore
 
 RULES = {
@@ -65,7 +65,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     (tmp_path / "rules.json").write_text(json.dumps(RULES))
     store = RuleStore(tmp_path / "rules.sqlite3")
     import_rules(store, tmp_path / "rules.json")
-    ruleset = RuleSet.build(store)
+    index = RuleIndex.build(store)
     journal = await Journal.open(tmp_path / "journal.sqlite3")
     identity = SiteIdentity("t", "s", "d")
     relay = FakeRelay("main-in-relay")
@@ -75,7 +75,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         access_point=AccessPoint(
             "main-in", Direction.IN, PolicyConfig(min_confidence=0.8), zoneinfo.ZoneInfo("UTC")
         ),
-        rules=RulesHolder(ruleset),
+        rules=RulesHolder(index),
         state=MemoryPolicyState(),
         relay=relay,
         append=journal.append,

@@ -14,9 +14,9 @@ from gated.config import PolicyConfig
 from gated.errors import RulesError
 from gated.model import Direction, PlateRead, Reason
 from gated.policy import AccessPoint, MemoryPolicyState, decide
-from gated.rules_model import Group, Resident, Schedule, TimeWindow, Vehicle, VehicleFactsRow
-from gated.ruleset import RuleSet
-from tests.core.memsource import MemoryRuleSource
+from gated.rules.entities import Group, Resident, Schedule, TimeWindow, Vehicle, VehicleFactsRow
+from gated.rules.index import RuleIndex
+from gated.rules.memory import MemoryRuleSource
 from tests.core.test_policy import NOW, TZ, at, world
 
 ALL_DAYS = frozenset(range(7))
@@ -47,8 +47,8 @@ def rich_world() -> MemoryRuleSource:
 
 
 SRC = rich_world()
-FACTS = RuleSet.build(SRC)
-ENTITIES = RuleSet.build(SRC, vehicle_facts=False)
+FACTS = RuleIndex.build(SRC)
+ENTITIES = RuleIndex.build(SRC, vehicle_facts=False)
 PLATES = sorted({v.plate for v in SRC.vehicles.values() if v.plate and len(v.plate) < 17})
 TIMES = [NOW, at(2025, 3, 12, 20), at(2025, 3, 12, 23), at(2025, 3, 15, 10), NOW + 15, NOW + 45]
 APS = ["main-in", "main-out", "side-in"]
@@ -115,7 +115,7 @@ def test_any_read_decides_alike_on_both_paths(
 def test_schedule_answers_are_shared_within_a_minute_only_when_that_is_exact() -> None:
     # liz's group opens at 10:00:30: the minute 10:00 has two answers, never cached
     ten = at(2025, 3, 12, 10)
-    rules = RuleSet.build(SRC)
+    rules = RuleIndex.build(SRC)
     for now, allowed in [(ten + 10, False), (ten + 40, True), (ten + 20, False)]:
         facts, _ = both("LIZ222", now, "main-in", PolicyConfig())
         d = decide(
@@ -139,7 +139,7 @@ def test_schedule_answers_are_shared_within_a_minute_only_when_that_is_exact() -
 
 
 def test_schedule_answers_follow_the_access_points_time_zone() -> None:
-    rules = RuleSet.build(SRC)
+    rules = RuleIndex.build(SRC)
     nine_utc = at(2025, 3, 12, 8)  # 08:00 in Amsterdam is 07:00 UTC
     for tz, allowed in [(TZ, True), (zoneinfo.ZoneInfo("America/New_York"), False)]:
         d = decide(
@@ -179,14 +179,14 @@ class OddFacts(MemoryRuleSource):
 )
 def test_malformed_bulk_rows_are_a_rules_error(row: tuple[object, ...]) -> None:
     with pytest.raises(RulesError, match="malformed"):
-        RuleSet.build(BrokenFacts())
+        RuleIndex.build(BrokenFacts())
     with pytest.raises(RulesError, match="malformed"):
-        RuleSet.build(OddFacts(row))
+        RuleIndex.build(OddFacts(row))
 
 
 def test_odd_but_usable_bulk_values_are_taken_as_meant() -> None:
     src = OddFacts((7, "AB12", 42, 1, "r1", 1, ((), None, None)))  # ints for flags and an id
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     (c,) = rules.lookup("resident", "AB12")
     assert c.key == 7 and rules.vehicle_facts is not None
     assert rules.vehicle_facts.vehicle_id(c.row) == "42"
@@ -205,7 +205,7 @@ def test_a_large_fleet_keeps_ids_in_order() -> None:
     src.add_resident(Resident("r"))
     for i in range(70_000):  # more than one build chunk
         src.add_vehicle(Vehicle(f"v{i}", f"P{i:06d}", "r", active=i % 7 != 0))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     facts = rules.vehicle_facts
     assert facts is not None and len(facts) == 70_000
     for i in (0, 1, 65_535, 65_536, 69_999):
@@ -217,7 +217,7 @@ def test_after_a_source_swap_the_facts_still_answer_for_the_built_version() -> N
     # The daemon builds in a worker thread, then points the rule set at the event
     # loop's own connection, which may already see a newer version: the facts are
     # the built version's, as the decision's rules_version says.
-    rules = RuleSet.build(rich_world())
+    rules = RuleIndex.build(rich_world())
     newer = rich_world()
     newer.vehicles = {k: v for k, v in newer.vehicles.items() if v.id != "v-alice"}
     newer.version += 1

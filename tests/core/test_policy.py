@@ -26,7 +26,7 @@ from gated.model import (
     Reason,
 )
 from gated.policy import AccessPoint, MemoryPolicyState, decide, schedule_open, subject_for
-from gated.rules_model import (
+from gated.rules.entities import (
     DenyEntry,
     Group,
     Resident,
@@ -36,8 +36,8 @@ from gated.rules_model import (
     Vehicle,
     VisitorPass,
 )
-from gated.ruleset import RuleSet
-from tests.core.memsource import MemoryRuleSource
+from gated.rules.index import RuleIndex
+from gated.rules.memory import MemoryRuleSource
 
 TZ = zoneinfo.ZoneInfo("Europe/Amsterdam")
 WEEKDAYS = frozenset(range(5))
@@ -96,10 +96,10 @@ def world() -> MemoryRuleSource:
     return src
 
 
-RULES = RuleSet.build(world())
+RULES = RuleIndex.build(world())
 # The same rules decided from entities instead of the compact vehicle facts: the
 # two paths must give the same decision, so the tables below run on both.
-RULES_ENTITIES = RuleSet.build(world(), vehicle_facts=False)
+RULES_ENTITIES = RuleIndex.build(world(), vehicle_facts=False)
 BOTH_PATHS = pytest.mark.parametrize("rules", [RULES, RULES_ENTITIES], ids=["facts", "entities"])
 
 
@@ -126,7 +126,7 @@ def run(
     policy: PolicyConfig | None = None,
     state: MemoryPolicyState | None = None,
     now: float = NOW,
-    rules: RuleSet = RULES,
+    rules: RuleIndex = RULES,
     **kw: Any,
 ) -> Decision:
     access_point = ap(policy, kw.pop("ap_direction", Direction.IN), kw.pop("ap_id", "main-in"))
@@ -172,7 +172,7 @@ def test_reason_table(
     reason: Reason,
     kind: MatchKind | None,
     extra: dict[str, str],
-    rules: RuleSet,
+    rules: RuleIndex,
 ) -> None:
     d = run(text, rules=rules)
     assert (d.allowed, d.reason) == (allowed, reason)
@@ -252,7 +252,7 @@ def test_deny_list_comes_first_whatever_the_mode_or_confidence(
 def test_deny_list_beats_a_resident_with_the_same_plate() -> None:
     src = world()
     src.add_vehicle(Vehicle("v-x", "STOLEN7", "alice"))
-    d = run("STOLEN7", rules=RuleSet.build(src))
+    d = run("STOLEN7", rules=RuleIndex.build(src))
     assert d.reason == Reason.DENY_LISTED
 
 
@@ -296,7 +296,7 @@ def test_missing_confidence_is_not_gated_but_flagged() -> None:
 def test_exact_pass_outranks_a_fuzzy_resident() -> None:
     src = world()
     src.add_vehicle(Vehicle("v-near", "GONE23", "alice"))
-    d = run("GONE22", rules=RuleSet.build(src))
+    d = run("GONE22", rules=RuleIndex.build(src))
     # the exact (expired) pass explains the read, not the fuzzy resident car
     assert (d.allowed, d.reason, d.pass_id) == (False, Reason.PASS_EXPIRED, "p-gone")
 
@@ -304,7 +304,7 @@ def test_exact_pass_outranks_a_fuzzy_resident() -> None:
 def test_valid_pass_wins_over_a_resident_car_outside_its_schedule() -> None:
     src = world()
     src.add_pass(VisitorPass("p-erin", "NYT999", "alice", NOW - HOUR, NOW + HOUR))
-    d = run("NYT999", rules=RuleSet.build(src))
+    d = run("NYT999", rules=RuleIndex.build(src))
     assert (d.allowed, d.reason, d.pass_id) == (True, Reason.VISITOR_PASS, "p-erin")
 
 
@@ -336,7 +336,7 @@ def test_plate_format_mismatch_only_lets_exact_matches_open(
     reason: Reason,
     kind: MatchKind,
     flag: str | None,
-    rules: RuleSet,
+    rules: RuleIndex,
 ) -> None:
     d = run(text, policy=UK_FORMAT, rules=rules)
     assert (d.allowed, d.reason, d.match.kind if d.match else None) == (allowed, reason, kind)
@@ -352,7 +352,7 @@ def test_plate_format_mismatch_only_lets_exact_matches_open(
 
 
 @BOTH_PATHS
-def test_an_exact_read_of_a_foreign_plate_opens_despite_the_format(rules: RuleSet) -> None:
+def test_an_exact_read_of_a_foreign_plate_opens_despite_the_format(rules: RuleIndex) -> None:
     d = run("DAVE44", policy=UK_FORMAT, ap_id="side-in", rules=rules)
     assert (d.allowed, d.reason, d.vehicle_id) == (True, Reason.RESIDENT, "v-dave")
     assert d.inputs["plate_format_ok"] is False
@@ -532,7 +532,7 @@ def test_a_missing_schedule_fails_closed() -> None:
     src = world()
     src.add_resident(Resident("zed", groups=(), access_points=None, schedule_id="nope"))
     src.add_vehicle(Vehicle("v-zed", "ZED123", "zed"))
-    d = run("ZED123", rules=RuleSet.build(src))
+    d = run("ZED123", rules=RuleIndex.build(src))
     assert (d.allowed, d.reason) == (False, Reason.OUTSIDE_SCHEDULE)
     assert "missing_schedule" in d.flags
 
@@ -569,7 +569,7 @@ def test_inputs_hold_everything_needed_to_replay() -> None:
 
 
 def test_a_shallow_index_is_flagged() -> None:
-    shallow = RuleSet.build(world(), deny_depth=0)
+    shallow = RuleIndex.build(world(), deny_depth=0)
     d = run("STOLEN", rules=shallow)
     assert "deny_distance_capped" in d.flags
     assert d.inputs["deny_distance"] == 0
@@ -622,7 +622,7 @@ def test_a_deny_listed_plate_never_opens(
     policy = PolicyConfig(anti_passback=apb, visitor_match=visitor)  # type: ignore[arg-type]
     d = run(
         text,
-        rules=RuleSet.build(src),
+        rules=RuleIndex.build(src),
         policy=policy,
         state=MemoryPolicyState({"main-in": mode}),
         confidence=confidence,
@@ -688,7 +688,7 @@ def test_entity_reads_are_cached_per_rule_set_version(facts: bool, reads: int) -
     for r in world().residents.values():
         src.add_resident(r)
     src.add_vehicle(Vehicle("v-alice", "AB12CDE", "alice"))
-    rules = RuleSet.build(src, vehicle_facts=facts)
+    rules = RuleIndex.build(src, vehicle_facts=facts)
     assert (rules.vehicle_facts is not None) == facts
     CountingSource.reads = 0
     for _ in range(5):
@@ -696,7 +696,7 @@ def test_entity_reads_are_cached_per_rule_set_version(facts: bool, reads: int) -
     assert CountingSource.reads == reads
     src.add_resident(Resident("alice", active=False))
     src.version += 1
-    rules = RuleSet.build(src, vehicle_facts=facts)
+    rules = RuleIndex.build(src, vehicle_facts=facts)
     assert run("AB12CDE", rules=rules).reason == Reason.INACTIVE
 
 
@@ -719,7 +719,7 @@ def test_a_fuzzy_deny_hit_beats_an_exact_resident_hit_on_the_same_read() -> None
     # check must not be skipped because the exact tier already found a resident.
     src = world()
     src.add_deny(DenyEntry("d-near", "AB12CXY", "stolen"))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     d = run("AB12CDE", rules=rules, policy=PolicyConfig(deny_fuzzy_distance=2))
     assert (d.allowed, d.reason) == (False, Reason.DENY_LISTED)
     assert d.inputs["deny_entry"] == "d-near"

@@ -23,7 +23,7 @@ from gated.model import (
     Reason,
 )
 from gated.policy import AccessPoint, MemoryPolicyState, decide
-from gated.rules_model import (
+from gated.rules.entities import (
     DenyEntry,
     Group,
     Resident,
@@ -33,8 +33,8 @@ from gated.rules_model import (
     Vehicle,
     VisitorPass,
 )
-from gated.ruleset import RuleSet
-from tests.core.memsource import MemoryRuleSource
+from gated.rules.index import RuleIndex
+from gated.rules.memory import MemoryRuleSource
 from tests.core.test_policy import ALL_DAYS, HOUR, NOW, RULES, RULES_ENTITIES, TZ, run, world
 
 BOTH_PATHS = pytest.mark.parametrize("facts", [True, False], ids=["facts", "entities"])
@@ -45,11 +45,11 @@ RESET = HARD.anti_passback_reset_s
 EPC = "E28011606000020A1B2C3D4E"
 
 
-def tag_rules() -> RuleSet:
+def tag_rules() -> RuleIndex:
     """The standard site plus a UHF windscreen tag of alice's."""
     src = world()
     src.add_tag(Tag("t-uhf", EPC, "alice"))
-    return RuleSet.build(src)
+    return RuleIndex.build(src)
 
 
 def tag(text: str, **kw: Any) -> Any:
@@ -97,7 +97,7 @@ def test_a_tag_below_min_confidence_never_opens() -> None:
 def test_a_tag_of_a_resident_outside_the_schedule_or_lane_does_not_open() -> None:
     src = world()
     src.add_tag(Tag("t-bob", "B0B0B0B0", "bob"))  # staff: office hours, main lanes only
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     assert tag("B0B0B0B0", rules=rules).allowed
     evening = NOW + 10 * HOUR
     assert tag("B0B0B0B0", rules=rules, now=evening).reason == Reason.OUTSIDE_SCHEDULE
@@ -107,7 +107,7 @@ def test_a_tag_of_a_resident_outside_the_schedule_or_lane_does_not_open() -> Non
 def test_a_tag_whose_entity_changed_since_the_index_does_not_open() -> None:
     src = world()
     key = src.add_tag(Tag("t-x", "7777AAAA", "alice"))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     src.tags[key] = Tag("t-x", "7777AAAB", "alice")  # re-numbered after the build
     assert tag("7777AAAA", rules=rules).reason == Reason.UNKNOWN_PLATE
 
@@ -213,7 +213,7 @@ def test_pass_validity_at_its_boundaries(
 ) -> None:
     src = world()
     src.add_pass(VisitorPass("p-edge", "EDGE77", "alice", valid_from, valid_until))
-    d = run("EDGE77", rules=RuleSet.build(src))
+    d = run("EDGE77", rules=RuleIndex.build(src))
     assert (d.allowed, d.reason, d.pass_id) == (reason == Reason.VISITOR_PASS, reason, "p-edge")
 
 
@@ -223,7 +223,7 @@ def test_pass_uses_at_the_limit(uses: int, allowed: bool) -> None:
     src.add_pass(VisitorPass("p-two", "TWICE2", "alice", NOW - HOUR, NOW + HOUR, max_uses=2))
     state = MemoryPolicyState()
     state.record_pass_use("p-two", uses)
-    d = run("TWICE2", rules=RuleSet.build(src), state=state)
+    d = run("TWICE2", rules=RuleIndex.build(src), state=state)
     assert (d.allowed, d.reason) == (
         allowed,
         Reason.VISITOR_PASS if allowed else Reason.PASS_USED_UP,
@@ -242,7 +242,7 @@ def test_a_pass_for_a_listed_access_point_opens_there() -> None:
     src = world()
     src.add_pass(VisitorPass("p-main", "MAIN11", "alice", NOW - HOUR, NOW + HOUR,
                              access_points=frozenset({"main-in"})))  # fmt: skip
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     assert run("MAIN11", rules=rules).allowed
     assert run("MAIN11", rules=rules, ap_id="side-in").reason == Reason.NOT_PERMITTED
 
@@ -251,7 +251,7 @@ def test_an_allowing_pass_is_picked_over_a_denying_one_of_the_same_tier() -> Non
     src = world()
     src.add_pass(VisitorPass("p-a-gone", "TWOPAS", "alice", NOW - 2 * HOUR, NOW - HOUR))
     src.add_pass(VisitorPass("p-b-now", "TWOPAS", "alice", NOW - HOUR, NOW + HOUR))
-    d = run("TWOPAS", rules=RuleSet.build(src))
+    d = run("TWOPAS", rules=RuleIndex.build(src))
     assert (d.allowed, d.pass_id) == (True, "p-b-now")
 
 
@@ -295,7 +295,7 @@ def test_a_confidence_that_is_not_a_number_never_opens(bad: object) -> None:
 def test_an_expired_deny_entry_does_not_hide_a_live_one_behind_it() -> None:
     src = world()
     src.add_deny(DenyEntry("d-live", "PAROLE2", "stolen again"))  # one edit from d-old
-    d = run("PAROLE1", rules=RuleSet.build(src))
+    d = run("PAROLE1", rules=RuleIndex.build(src))
     assert (d.allowed, d.reason) == (False, Reason.DENY_LISTED)
     assert d.inputs["deny_entry"] == "d-live"
     assert d.match is not None and d.match.kind == MatchKind.FUZZY
@@ -305,7 +305,7 @@ def test_a_deleted_deny_entry_does_not_hide_a_live_one_behind_it() -> None:
     src = world()
     gone = src.add_deny(DenyEntry("d-gone", "GONE99", "deleted after the build"))
     src.add_deny(DenyEntry("d-near", "GONE98", "stolen"))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     del src.deny[gone]
     d = run("GONE99", rules=rules)
     assert (d.reason, d.inputs["deny_entry"]) == (Reason.DENY_LISTED, "d-near")
@@ -314,7 +314,7 @@ def test_a_deleted_deny_entry_does_not_hide_a_live_one_behind_it() -> None:
 def test_a_re_plated_deny_entry_is_not_a_hit_for_its_old_plate() -> None:
     src = world()
     key = src.add_deny(DenyEntry("d-moved", "MOVED1", "stolen"))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     src.deny[key] = DenyEntry("d-moved", "ELSE22", "stolen")
     d = run("MOVED1", rules=rules)
     assert d.reason == Reason.UNKNOWN_PLATE and "deny_entry" not in d.inputs
@@ -324,14 +324,14 @@ def test_a_re_plated_deny_entry_is_not_a_hit_for_its_old_plate() -> None:
 def test_a_deny_entry_ends_at_its_until(until: float, listed: bool) -> None:
     src = world()
     src.add_deny(DenyEntry("d-until", "UNTIL1", "banned", until=until))
-    d = run("UNTIL1", rules=RuleSet.build(src))
+    d = run("UNTIL1", rules=RuleIndex.build(src))
     assert (d.reason == Reason.DENY_LISTED) is listed
 
 
 def test_deny_entry_text_is_compared_normalised() -> None:
     src = world()
     src.add_deny(DenyEntry("d-spaced", "sp 12-ace", "stolen"))
-    d = run("SP12ACE", rules=RuleSet.build(src))
+    d = run("SP12ACE", rules=RuleIndex.build(src))
     assert (d.reason, d.inputs["deny_entry"]) == (Reason.DENY_LISTED, "d-spaced")
 
 
@@ -343,7 +343,7 @@ def test_an_allowed_car_is_picked_over_a_suspended_one_with_the_same_plate(facts
     src = world()
     src.add_vehicle(Vehicle("v-a-old", "SHARED1", "alice", active=False))
     src.add_vehicle(Vehicle("v-b-new", "SHARED1", "bob"))
-    d = run("SHARED1", rules=RuleSet.build(src, vehicle_facts=facts))
+    d = run("SHARED1", rules=RuleIndex.build(src, vehicle_facts=facts))
     assert (d.allowed, d.vehicle_id, d.resident_id) == (True, "v-b-new", "bob")
 
 
@@ -352,7 +352,7 @@ def test_a_suspended_car_reports_itself_when_nothing_allows(facts: bool) -> None
     src = world()
     src.add_vehicle(Vehicle("v-a-old", "SHARED1", "alice", active=False))
     src.add_vehicle(Vehicle("v-c", "SHARED1", "carol"))  # resident suspended
-    d = run("SHARED1", rules=RuleSet.build(src, vehicle_facts=facts))
+    d = run("SHARED1", rules=RuleIndex.build(src, vehicle_facts=facts))
     assert (d.allowed, d.reason, d.vehicle_id) == (False, Reason.INACTIVE, "v-a-old")
 
 
@@ -361,7 +361,7 @@ def test_two_confusion_plates_are_ambiguous(facts: bool) -> None:
     src = world()
     src.add_vehicle(Vehicle("v-o", "XO1234", "alice"))
     src.add_vehicle(Vehicle("v-0", "X01234", "bob"))
-    rules = RuleSet.build(src, vehicle_facts=facts)
+    rules = RuleIndex.build(src, vehicle_facts=facts)
     d = run("XD1234", rules=rules)  # neither exactly; both by confusion
     assert (d.allowed, d.reason) == (False, Reason.NEEDS_GUARD)
     assert "ambiguous_match" in d.flags
@@ -373,7 +373,7 @@ def test_a_resident_in_a_missing_group_is_not_let_through_by_it(facts: bool) -> 
     src = world()
     src.add_resident(Resident("gus", groups=("no-such-group",), access_points=frozenset()))
     src.add_vehicle(Vehicle("v-gus", "GUS123", "gus"))
-    d = run("GUS123", rules=RuleSet.build(src, vehicle_facts=facts))
+    d = run("GUS123", rules=RuleIndex.build(src, vehicle_facts=facts))
     assert (d.allowed, d.reason) == (False, Reason.NOT_PERMITTED)
 
 
@@ -384,7 +384,7 @@ def test_any_one_open_grant_lets_through(facts: bool) -> None:
     src.add_group(Group("day", "day", frozenset({"main-in"}), "office"))
     src.add_resident(Resident("hal", groups=("day",), schedule_id="night"))
     src.add_vehicle(Vehicle("v-hal", "HAL900", "hal"))
-    rules = RuleSet.build(src, vehicle_facts=facts)
+    rules = RuleIndex.build(src, vehicle_facts=facts)
     assert run("HAL900", rules=rules).allowed  # Wednesday 10:00: the group's window
     assert run("HAL900", rules=rules, now=NOW + 13 * HOUR).allowed  # 23:00: its own
     assert run("HAL900", rules=rules, now=NOW + 9 * HOUR).reason == Reason.OUTSIDE_SCHEDULE
@@ -395,7 +395,7 @@ def test_a_vehicle_deleted_or_re_plated_since_the_index_does_not_open() -> None:
     src = world()
     gone = src.add_vehicle(Vehicle("v-del", "DEL123", "alice"))
     moved = src.add_vehicle(Vehicle("v-mov", "MOV123", "alice"))
-    rules = RuleSet.build(src, vehicle_facts=False)
+    rules = RuleIndex.build(src, vehicle_facts=False)
     del src.vehicles[gone]
     src.vehicles[moved] = Vehicle("v-mov", "NEW999", "alice")
     assert run("DEL123", rules=rules).reason == Reason.UNKNOWN_PLATE
@@ -454,13 +454,13 @@ def one_window(start: dt.time, end: dt.time) -> Schedule:
     return Schedule("w", "", (TimeWindow(ALL_DAYS, start, end),))
 
 
-def scheduled(schedule: Schedule) -> RuleSet:
+def scheduled(schedule: Schedule) -> RuleIndex:
     """A site with one car allowed only under `schedule`."""
     src = world()
     src.add_schedule(schedule)
     src.add_resident(Resident("sam", access_points=None, schedule_id=schedule.id))
     src.add_vehicle(Vehicle("v-sam", "SAM123", "sam"))
-    return RuleSet.build(src)
+    return RuleIndex.build(src)
 
 
 @pytest.mark.parametrize("order", ["closed_first", "open_first"])
@@ -525,7 +525,7 @@ def test_a_missing_schedule_is_never_kept_as_an_answer() -> None:
     src = world()
     src.add_resident(Resident("zed", access_points=None, schedule_id="nope"))
     src.add_vehicle(Vehicle("v-zed", "ZED123", "zed"))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     rules.schedule_answers.clear()
     for _ in range(2):
         d = run("ZED123", rules=rules)
@@ -557,7 +557,7 @@ def test_schedule_answers_never_exceed_their_bound() -> None:
 
 
 def test_compiled_grants_are_kept_per_access_point_and_bounded() -> None:
-    rules = RuleSet.build(world())
+    rules = RuleIndex.build(world())
     assert run("KX55PRM", rules=rules).allowed
     kept = dict(rules._grant_schedules)
     assert len(kept) == 1 and next(iter(kept.values())) == ("office",)
@@ -579,7 +579,7 @@ def test_compiled_grants_are_kept_per_access_point_and_bounded() -> None:
 def test_an_exact_suspended_car_is_not_rescued_by_a_confusion_match(facts: bool) -> None:
     src = world()
     src.add_vehicle(Vehicle("v-zero", "0LD111", "bob"))  # OLD111 by confusion, allowed
-    d = run("OLD111", rules=RuleSet.build(src, vehicle_facts=facts))
+    d = run("OLD111", rules=RuleIndex.build(src, vehicle_facts=facts))
     assert (d.allowed, d.reason, d.vehicle_id) == (False, Reason.INACTIVE, "v-alice-old")
     assert d.match is not None and d.match.kind == MatchKind.EXACT
 
@@ -587,7 +587,7 @@ def test_an_exact_suspended_car_is_not_rescued_by_a_confusion_match(facts: bool)
 def test_an_exact_suspended_car_is_not_rescued_by_a_confusion_pass() -> None:
     src = world()
     src.add_pass(VisitorPass("p-zero", "0LD111", "alice", NOW - HOUR, NOW + HOUR))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     d = run("OLD111", rules=rules, policy=PolicyConfig(visitor_match="confusion"))
     assert (d.allowed, d.reason, d.vehicle_id) == (False, Reason.INACTIVE, "v-alice-old")
 
@@ -596,7 +596,7 @@ def test_a_valid_confusion_pass_is_found_behind_an_expired_one() -> None:
     src = world()
     src.add_pass(VisitorPass("p-old", "XO5555", "alice", NOW - 2 * HOUR, NOW - HOUR))
     src.add_pass(VisitorPass("p-new", "X05555", "alice", NOW - HOUR, NOW + HOUR))
-    d = run("XD5555", rules=RuleSet.build(src), policy=PolicyConfig(visitor_match="confusion"))
+    d = run("XD5555", rules=RuleIndex.build(src), policy=PolicyConfig(visitor_match="confusion"))
     assert (d.allowed, d.reason, d.pass_id) == (True, Reason.VISITOR_PASS, "p-new")
 
 
@@ -604,7 +604,7 @@ def test_a_re_issued_tag_opens_after_its_old_record_is_gone() -> None:
     src = world()
     old = src.add_tag(Tag("t-old", "5555AAAA", "alice"))
     src.add_tag(Tag("t-new", "5555AAAA", "bob"))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     del src.tags[old]
     d = tag("5555AAAA", rules=rules)
     assert (d.allowed, d.resident_id) == (True, "bob")
@@ -626,7 +626,7 @@ def test_an_ambiguous_fuzzy_tier_stops_reading_cars_at_its_second_plate() -> Non
         src.add_resident(r)
     for i in range(10):  # ten cars one edit from the read
         src.add_vehicle(Vehicle(f"v-{i}", f"FLEET{i}", "alice"))
-    rules = RuleSet.build(src, vehicle_facts=False)
+    rules = RuleIndex.build(src, vehicle_facts=False)
     CountingVehicles.reads = 0
     d = run("FLEETX", rules=rules)
     assert (d.reason, "ambiguous_match" in d.flags) == (Reason.NEEDS_GUARD, True)
@@ -639,7 +639,7 @@ def test_ids_come_back_as_stored_whatever_their_characters(facts: bool) -> None:
     src = world()
     src.add_resident(Resident("r-\udc80-ø"))
     src.add_vehicle(Vehicle("v-\ud800-é", "ODD123", "r-\udc80-ø"))
-    d = run("ODD123", rules=RuleSet.build(src, vehicle_facts=facts))
+    d = run("ODD123", rules=RuleIndex.build(src, vehicle_facts=facts))
     assert (d.allowed, d.vehicle_id, d.resident_id) == (True, "v-\ud800-é", "r-\udc80-ø")
 
 
@@ -677,7 +677,7 @@ def test_a_recorded_visitor_exit_is_a_passage_but_not_a_use() -> None:
 def test_an_allowed_resident_is_picked_over_an_expired_pass_of_the_same_plate() -> None:
     src = world()
     src.add_pass(VisitorPass("p-old", "AB12CDE", "bob", NOW - 2 * HOUR, NOW - HOUR))
-    d = run("AB12CDE", rules=RuleSet.build(src))
+    d = run("AB12CDE", rules=RuleIndex.build(src))
     assert (d.allowed, d.reason, d.vehicle_id, d.pass_id) == (
         True,
         Reason.RESIDENT,
@@ -687,7 +687,7 @@ def test_an_allowed_resident_is_picked_over_an_expired_pass_of_the_same_plate() 
 
 
 def test_passes_are_matched_fuzzily_one_edit_away_only() -> None:
-    deep = RuleSet.build(world(), pass_depth=2)
+    deep = RuleIndex.build(world(), pass_depth=2)
     assert run("VIS12", rules=deep).reason == Reason.NEEDS_GUARD  # one edit: a guard looks
     assert run("VIS1", rules=deep).reason == Reason.UNKNOWN_PLATE  # two: not a match
 
@@ -725,6 +725,6 @@ def test_a_read_that_is_not_text_is_recorded_as_its_shortened_repr() -> None:
 def test_an_entity_re_plated_to_text_that_is_no_plate_is_not_a_hit() -> None:
     src = world()
     key = src.add_deny(DenyEntry("d-junk", "JUNK12", "stolen"))
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     src.deny[key] = DenyEntry("d-junk", "J" * 300, "stolen")  # cannot even be normalised
     assert run("JUNK12", rules=rules).reason == Reason.UNKNOWN_PLATE

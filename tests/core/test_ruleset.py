@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from gated.errors import RulesError
 from gated.model import MatchKind
 from gated.plates import confusion_key, distance, normalise
-from gated.rules_model import DenyEntry, Resident, Tag, Vehicle, VisitorPass
-from gated.ruleset import LISTS, RuleSet, _HashTable
-from tests.core.memsource import MemoryRuleSource
+from gated.rules.entities import DenyEntry, Resident, Tag, Vehicle, VisitorPass
+from gated.rules.index import LISTS, RuleIndex, _HashTable
+from gated.rules.memory import MemoryRuleSource
 
 ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -65,7 +65,7 @@ def as_dict(cands: tuple) -> dict[int, tuple[MatchKind, int]]:
 
 def test_exact_confusion_and_fuzzy_hits_carry_their_match() -> None:
     src = source_with(vehicles=["AB12CDE", "AB12CDF", "XY99ZZZ"])
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     exact = rules.lookup("resident", "AB12CDE", 1)
     assert [(c.match.kind, c.match.stored) for c in exact] == [
         (MatchKind.EXACT, "AB12CDE"),
@@ -86,13 +86,13 @@ def test_exact_confusion_and_fuzzy_hits_carry_their_match() -> None:
 
 def test_candidates_are_ordered_best_first() -> None:
     src = source_with(vehicles=["AB12CDF", "A812CDE", "AB12CDE"])
-    found = RuleSet.build(src).lookup("resident", "AB12CDE", 1)
+    found = RuleIndex.build(src).lookup("resident", "AB12CDE", 1)
     assert [c.match.kind for c in found] == [MatchKind.EXACT, MatchKind.CONFUSION, MatchKind.FUZZY]
 
 
 def test_lists_are_kept_apart() -> None:
     src = source_with(vehicles=["AAA111"], passes=["BBB222"], deny=["CCC333"])
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     found = rules.match_plate("BBB222", deny=2, resident=1, visitor_pass=1)
     assert found.deny == () and found.resident == ()
     assert [c.match.list for c in found.visitor_pass] == ["visitor_pass"]
@@ -100,7 +100,7 @@ def test_lists_are_kept_apart() -> None:
 
 
 def test_deny_list_answers_distance_two_by_default() -> None:
-    rules = RuleSet.build(source_with(deny=["STOLEN1"], vehicles=["STOLEN1"]))
+    rules = RuleIndex.build(source_with(deny=["STOLEN1"], vehicles=["STOLEN1"]))
     two_off = "STXLEN2"
     assert [c.match.distance for c in rules.lookup("deny", two_off, 2)] == [2]
     assert rules.lookup("deny", two_off, 1) == ()
@@ -118,7 +118,7 @@ def test_lookups_agree_with_brute_force(size: int, depth: int, n_queries: int) -
     alphabet = "ABCDEFGHJK0125678"  # small alphabet: many near neighbours
     plates = ["".join(rnd.choices(alphabet, k=rnd.randint(3, 8))) for _ in range(size)]
     src = source_with(vehicles=plates, deny=plates[:50])
-    rules = RuleSet.build(src, deny_depth=2, resident_depth=depth)
+    rules = RuleIndex.build(src, deny_depth=2, resident_depth=depth)
     if size > 1000:
         assert rules._table._dict is None
     stored = {k: v.plate for k, v in src.vehicles.items()}
@@ -140,7 +140,7 @@ def test_lookups_agree_with_brute_force(size: int, depth: int, n_queries: int) -
 )
 def test_lookup_property_matches_brute_force(plates: list[str], query: str) -> None:
     src = source_with(passes=plates)
-    rules = RuleSet.build(src, pass_depth=2)
+    rules = RuleIndex.build(src, pass_depth=2)
     stored = {k: p.plate for k, p in src.passes.items()}
     for limit in (0, 1, 2):
         assert as_dict(rules.lookup("visitor_pass", query, limit)) == brute_force(
@@ -150,7 +150,7 @@ def test_lookup_property_matches_brute_force(plates: list[str], query: str) -> N
 
 def test_long_plates_wrap_into_hashes_and_still_verify() -> None:
     long_plates = ["ABCDEFGHJKLMNP", "ABCDEFGHJKLMNR", "1234567890123456"]
-    rules = RuleSet.build(source_with(vehicles=long_plates))
+    rules = RuleIndex.build(source_with(vehicles=long_plates))
     assert [c.match.stored for c in rules.lookup("resident", "ABCDEFGHJKLMNP", 0)] == [
         "ABCDEFGHJKLMNP"
     ]
@@ -159,7 +159,7 @@ def test_long_plates_wrap_into_hashes_and_still_verify() -> None:
 
 
 def test_tags_match_exactly_only() -> None:
-    rules = RuleSet.build(source_with(tags=["0A1B2C3D4E", "E2000017221101441890ABCD"]))
+    rules = RuleIndex.build(source_with(tags=["0A1B2C3D4E", "E2000017221101441890ABCD"]))
     assert [c.match.stored for c in rules.match_tag("0A1B2C3D4E")] == ["0A1B2C3D4E"]
     assert rules.match_tag("0A1B2C3D4F") == ()
     assert rules.match_tag("OA1B2C3D4E") == ()  # no confusion for tags
@@ -171,7 +171,7 @@ def test_store_rows_that_are_not_normalised_are_repaired_or_skipped() -> None:
     src = source_with(
         vehicles=["ab-12 cd", "\u0410\u0412123", "", "---", "A" * 40, "AB\x0012", "OK1"]
     )
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     assert rules.counts()["resident"] == 4
     assert rules.skipped == 3
     assert rules.lookup("resident", "AB12CD")[0].match.stored == "AB12CD"
@@ -180,7 +180,7 @@ def test_store_rows_that_are_not_normalised_are_repaired_or_skipped() -> None:
 
 
 def test_queries_refuse_text_that_is_not_normalised() -> None:
-    rules = RuleSet.build(source_with(vehicles=["AB12"]))
+    rules = RuleIndex.build(source_with(vehicles=["AB12"]))
     with pytest.raises(ValueError, match="normalised"):
         rules.lookup("resident", "ab-12")
     with pytest.raises(ValueError, match="normalised"):
@@ -190,11 +190,11 @@ def test_queries_refuse_text_that_is_not_normalised() -> None:
 
 
 def test_empty_rule_set() -> None:
-    rules = RuleSet.build(MemoryRuleSource())
+    rules = RuleIndex.build(MemoryRuleSource())
     assert len(rules) == 0
     assert rules.match_plate("AB12", deny=2, resident=1, visitor_pass=1).resident == ()
     assert rules.match_tag("AB12") == ()
-    assert RuleSet().lookup("deny", "AB12", 1) == ()
+    assert RuleIndex().lookup("deny", "AB12", 1) == ()
 
 
 class ChangingSource(MemoryRuleSource):
@@ -209,27 +209,27 @@ def test_a_source_changing_during_the_build_is_refused() -> None:
     src = ChangingSource()
     src.add_vehicle(Vehicle("v", "AB12", "r"))
     with pytest.raises(RulesError, match="changed"):
-        RuleSet.build(src)
+        RuleIndex.build(src)
 
 
 def test_bad_depth_is_refused() -> None:
     with pytest.raises(ValueError, match="depth"):
-        RuleSet.build(MemoryRuleSource(), resident_depth=3)
+        RuleIndex.build(MemoryRuleSource(), resident_depth=3)
 
 
 async def test_build_in_a_worker_thread_then_swap() -> None:
     src = source_with(vehicles=["AB12CDE"])
-    old = RuleSet.build(src)
+    old = RuleIndex.build(src)
     src.add_vehicle(Vehicle("v9", "NEW123", "r1"))
     src.version += 1
-    new = await asyncio.to_thread(RuleSet.build, src)
+    new = await asyncio.to_thread(RuleIndex.build, src)
     assert (old.version, new.version) == (1, 2)
     assert old.lookup("resident", "NEW123") == ()
     assert new.lookup("resident", "NEW123")[0].match.stored == "NEW123"
 
 
 def test_counts_and_sizes_are_reported() -> None:
-    rules = RuleSet.build(source_with(vehicles=["AB12", "CD34"], deny=["EF56"], tags=["1234"]))
+    rules = RuleIndex.build(source_with(vehicles=["AB12", "CD34"], deny=["EF56"], tags=["1234"]))
     counts = rules.counts()
     assert (counts["resident"], counts["deny"], counts["tag"], counts["visitor_pass"]) == (
         2,
@@ -258,7 +258,7 @@ def test_hash_table_bucket_mode_finds_every_entry() -> None:
 
 
 def test_normalised_store_plates_match_their_raw_forms() -> None:
-    rules = RuleSet.build(source_with(vehicles=["AB12CDE"]))
+    rules = RuleIndex.build(source_with(vehicles=["AB12CDE"]))
     for raw in ["ab 12 cde", "AB-12-CDE", "\u0430b12cde"]:
         assert rules.lookup("resident", normalise(raw))[0].match.kind == MatchKind.EXACT
 
@@ -267,7 +267,7 @@ def test_normalised_store_plates_match_their_raw_forms() -> None:
 @given(st.lists(st.text(max_size=40), max_size=20))
 def test_hostile_store_rows_never_break_the_build(texts: list[str]) -> None:
     src = source_with(vehicles=texts, deny=texts, tags=texts)
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     for text in texts:
         try:
             plate = normalise(text)
@@ -280,9 +280,9 @@ def test_hostile_store_rows_never_break_the_build(texts: list[str]) -> None:
 
 
 def test_fuzzy_edits_can_be_deferred_and_filled_in() -> None:
-    from gated.ruleset import with_edits
+    from gated.rules.index import with_edits
 
-    rules = RuleSet.build(source_with(vehicles=["AB12CDE"]))
+    rules = RuleIndex.build(source_with(vehicles=["AB12CDE"]))
     query = rules.query("AB12CDX")
     bare = query.candidates("resident", 1, with_edits=False)[0].match
     assert bare.kind == MatchKind.FUZZY and bare.edits == ()
@@ -294,14 +294,14 @@ def test_fuzzy_edits_can_be_deferred_and_filled_in() -> None:
 
 
 def test_query_rejects_oversized_plates() -> None:
-    rules = RuleSet.build(source_with(vehicles=["AB12"]))
+    rules = RuleIndex.build(source_with(vehicles=["AB12"]))
     with pytest.raises(ValueError, match="normalised"):
         rules.query("A" * 17)
 
 
 def test_the_source_can_be_swapped_after_a_build_elsewhere() -> None:
     builder = source_with(vehicles=["AB12CDE"])
-    rules = RuleSet.build(builder)
+    rules = RuleIndex.build(builder)
     key = rules.lookup("resident", "AB12CDE")[0].key
     assert rules.vehicle(key) is not None and rules.vehicle(key).id == "v0"
     live = MemoryRuleSource()  # e.g. the event loop's own connection to the same store
@@ -314,7 +314,7 @@ def test_the_source_can_be_swapped_after_a_build_elsewhere() -> None:
 # --- the policy's fast path: deny screen and fused first pass ------------------------
 
 
-def _first_pass_agrees(rules: RuleSet, query: str, deny_distance: int) -> None:
+def _first_pass_agrees(rules: RuleIndex, query: str, deny_distance: int) -> None:
     """first_pass gives what three candidates() calls give (the policy relies on it)."""
     q = rules.query(query)
     deny, resident, visitor = q.first_pass(deny_distance)
@@ -332,7 +332,7 @@ def _first_pass_agrees(rules: RuleSet, query: str, deny_distance: int) -> None:
 )
 def test_first_pass_agrees_with_candidates(plates: list[str], query: str, deny_d: int) -> None:
     half = len(plates) // 2
-    rules = RuleSet.build(source_with(vehicles=plates[half:], passes=plates, deny=plates[:half]))
+    rules = RuleIndex.build(source_with(vehicles=plates[half:], passes=plates, deny=plates[:half]))
     _first_pass_agrees(rules, query, deny_d)
 
 
@@ -349,7 +349,7 @@ def test_fuzzy_pass_agrees_with_candidates(
 ) -> None:
     half = len(plates) // 2
     src = source_with(vehicles=plates[:half], passes=plates[half:])
-    rules = RuleSet.build(src, resident_depth=depth, pass_depth=depth)
+    rules = RuleIndex.build(src, resident_depth=depth, pass_depth=depth)
     residents, passes = rules.query(query).fuzzy_pass(resident_d, pass_d)
     fresh = rules.query(query)
     assert residents == fresh.candidates("resident", resident_d, with_edits=False)
@@ -361,7 +361,7 @@ def test_a_large_hotlist_is_screened_by_hashes_with_the_same_answers() -> None:
     alphabet = "ABCDEFGH0123"
     deny = ["".join(rnd.choices(alphabet, k=7)) for _ in range(6000)]
     src = source_with(deny=deny, vehicles=deny[:100])
-    rules = RuleSet.build(src, deny_depth=2)
+    rules = RuleIndex.build(src, deny_depth=2)
     assert rules._deny_screen is None  # 6000 x 29 strings: too many for the string screen
     stored = {k: d.plate for k, d in src.deny.items()}
     queries = deny[:5] + ["".join(rnd.choices(alphabet, k=rnd.randint(5, 8))) for _ in range(10)]
@@ -373,7 +373,7 @@ def test_a_large_hotlist_is_screened_by_hashes_with_the_same_answers() -> None:
 
 def test_the_string_screen_sees_every_deny_neighbour() -> None:
     deny = ["STOLEN1", "AB12CDE", "X1"]
-    rules = RuleSet.build(source_with(deny=deny), deny_depth=2)
+    rules = RuleIndex.build(source_with(deny=deny), deny_depth=2)
     assert rules._deny_screen is not None
     reads = ["STOLEN1", "5TOLEN1", "STOLEN", "STXLEN2", "ST0LEN12", "AB2CDE", "A12CD", "X", "XY1"]
     for text in reads:
@@ -391,7 +391,7 @@ def test_matches_made_by_slot_setters_are_plain_matches() -> None:
     import dataclasses
 
     from gated.model import Edit, Match
-    from gated.ruleset import new_match, slot_setters
+    from gated.rules.index import new_match, slot_setters
 
     edit = (Edit("sub", 1, "8", "B"),)
     fast = new_match(MatchKind.CONFUSION, "resident", "AB12CDE", 0, edit)
@@ -409,7 +409,7 @@ def test_a_bucketed_table_answers_fuzzy_queries_like_brute_force() -> None:
     alphabet = "ABCDEF0123"
     plates = ["".join(rnd.choices(alphabet, k=rnd.randint(5, 7))) for _ in range(14000)]
     src = source_with(vehicles=plates)
-    rules = RuleSet.build(src)
+    rules = RuleIndex.build(src)
     assert rules._table._dict is None  # more entries than a dict table holds
     stored = {k: v.plate for k, v in src.vehicles.items()}
     queries = [p[:-1] + "F" for p in plates[:15]] + plates[15:20] + ["ABCDEF", "F0F0F0F"]
@@ -427,7 +427,7 @@ def test_a_bucketed_table_answers_fuzzy_queries_like_brute_force() -> None:
 def test_the_deny_screen_never_misses_a_neighbour_one_edit_away(
     deny: list[str], data: st.DataObject
 ) -> None:
-    rules = RuleSet.build(source_with(deny=deny))
+    rules = RuleIndex.build(source_with(deny=deny))
     base = data.draw(st.sampled_from(deny))
     i = data.draw(st.integers(0, len(base)))
     ch = data.draw(st.sampled_from("ABC0O18XYZ"))

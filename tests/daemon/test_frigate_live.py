@@ -25,8 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gated.app import Daemon
 from gated.config import Config, parse_config
 from gated.health import Health, SystemdNotifier
-from gated.rules import RuleStore
-from gated.rules_io import import_rules
+from gated.rules.files import import_rules
+from gated.rules.store import RuleStore
 from tests.support.broker import (
     MOSQUITTO,
     Broker,

@@ -19,8 +19,8 @@ from gated.app import Daemon
 from gated.config import parse_config
 from gated.hardware.readers import encode_rdm6300_frame
 from gated.health import Health, SystemdNotifier
-from gated.rules import RuleStore
-from gated.rules_io import import_rules
+from gated.rules.files import import_rules
+from gated.rules.store import RuleStore
 from tests.daemon.harness import PtyPort
 from tests.support.broker import Broker, mosquitto_available, mosquitto_broker
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gated.file_modes import FILE_MODE, prepare_sqlite_file, restrict
 from gated.journal import Journal
-from gated.rules import RuleStore
+from gated.rules.store import RuleStore
 from gated.snapshots import SnapshotStore
 from tests.journal.journal_child import audit_event
 

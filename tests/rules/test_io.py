@@ -13,18 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gated import rules_io
 from gated.errors import RulesError
 from gated.plates import normalise
-from gated.rules import KINDS, InvalidRulesError, RuleSetData, RuleStore
-from gated.rules_io import (
-    export_rules,
-    fmt_days,
-    import_rules,
-    parse_days,
-    parse_timestamp,
-)
-from gated.rules_model import (
+from gated.rules import files as rule_files
+from gated.rules.entities import (
     DenyEntry,
     Group,
     Resident,
@@ -34,6 +26,14 @@ from gated.rules_model import (
     Vehicle,
     VisitorPass,
 )
+from gated.rules.files import (
+    export_rules,
+    fmt_days,
+    import_rules,
+    parse_days,
+    parse_timestamp,
+)
+from gated.rules.store import KINDS, InvalidRulesError, RuleSetData, RuleStore
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 AMS = zoneinfo.ZoneInfo("Europe/Amsterdam")
@@ -415,7 +415,7 @@ def test_csv_file_names_must_say_what_they_hold(store: RuleStore, tmp_path: Path
 def test_too_many_rows_is_a_clear_error(
     store: RuleStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rules_io, "MAX_ROWS", 3)
+    monkeypatch.setattr(rule_files, "MAX_ROWS", 3)
     path = write(tmp_path, "residents.csv", "id\n" + "".join(f"r{i}\n" for i in range(10)))
     assert problems_of(store, path) == [
         ("residents.csv", 5, "", "more than 3 rows; split the file")

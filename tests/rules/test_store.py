@@ -10,15 +10,7 @@ from pathlib import Path
 import pytest
 
 from gated.errors import RulesError
-from gated.rules import (
-    KINDS,
-    Delete,
-    InvalidRulesError,
-    RuleSetData,
-    RuleStore,
-    validate,
-)
-from gated.rules_model import (
+from gated.rules.entities import (
     DenyEntry,
     Group,
     Resident,
@@ -28,6 +20,14 @@ from gated.rules_model import (
     TimeWindow,
     Vehicle,
     VisitorPass,
+)
+from gated.rules.store import (
+    KINDS,
+    Delete,
+    InvalidRulesError,
+    RuleSetData,
+    RuleStore,
+    validate,
 )
 
 OFFICE = Schedule(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gated.rules import RuleSetData, RuleStore
-from gated.rules_model import Resident, Vehicle, VehicleFactsSource
-from gated.ruleset import RuleSet
+from gated.rules.entities import Resident, Vehicle, VehicleFactsSource
+from gated.rules.index import RuleIndex
+from gated.rules.store import RuleSetData, RuleStore
 from tests.rules.test_store import small_set
 
 
@@ -68,7 +68,7 @@ def test_a_vehicle_whose_resident_vanished_shows_with_no_resident(store: RuleSto
 
 def test_the_index_built_from_the_store_carries_the_facts(store: RuleStore) -> None:
     store.replace_all(small_set(), actor="t", source="test")
-    rules = RuleSet.build(store)
+    rules = RuleIndex.build(store)
     assert rules.vehicle_facts is not None
     (c,) = rules.lookup("resident", "AB12CD")
     assert rules.vehicle_facts.vehicle_id(c.row) == "v1"

@@ -42,8 +42,8 @@ def rules_import(
     args: argparse.Namespace, *, journal_path: str, rules_path: str, config_path: str | None
 ) -> int:
     """Import a rule-set file atomically; print a summary or every bad row; audit either way."""
-    from gated.rules import RuleStore
-    from gated.rules_io import import_rules
+    from gated.rules.files import import_rules
+    from gated.rules.store import RuleStore
 
     identity, tz = _site(config_path)
     # Both stores are checked before either is touched: an import the audit row cannot follow
@@ -92,8 +92,8 @@ def rules_import(
 
 def rules_export(args: argparse.Namespace, *, rules_path: str) -> int:
     """Write the rule set as JSON (file or stdout) or CSV (a folder)."""
-    from gated.rules import RuleStore
-    from gated.rules_io import export_rules
+    from gated.rules.files import export_rules
+    from gated.rules.store import RuleStore
 
     if not Path(rules_path).exists():
         raise RulesError(f"no rule store at {rules_path}")

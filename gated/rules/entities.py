@@ -1,7 +1,8 @@
 """The rule-set entities (who may enter where and when) and the read interface over them.
 
-`gated.rules` stores these in SQLite (versioned, imported/exported as CSV/JSON);
-`gated.ruleset` builds the in-memory plate index over a RuleSource;
+`gated.rules.store` keeps them in SQLite (versioned; `gated.rules.files` imports and
+exports CSV/JSON), `gated.rules.memory` in dicts; `gated.rules.index` builds the
+in-memory plate index over either, as a RuleSource;
 `gated.policy` decides from both. Plates and tags are stored normalised
 (`gated.plates.normalise`).
 """
@@ -181,7 +182,7 @@ VehicleFactsRow = tuple[int, str, str, bool, str, bool | None, Grant | None]
 class VehicleFactsSource(RuleSource, Protocol):
     """A RuleSource that can also list every vehicle joined with its resident in one pass.
 
-    Optional: the index builder uses it when a source has it (`gated.rules.RuleStore`
+    Optional: the index builder uses it when a source has it (`gated.rules.store.RuleStore`
     does) and then decides the common resident case from compact in-memory facts,
     without reading a Vehicle or Resident per decision; a plain RuleSource still works.
     """

@@ -1,6 +1,6 @@
 """The in-memory plate/tag index the decision uses, built once per rule-set version.
 
-A RuleSet is a RuleSource plus compact numpy tables over its plates, sized for
+A RuleIndex is a RuleSource plus compact numpy tables over its plates, sized for
 a million vehicles on a Raspberry Pi:
 
 * Every plate row (deny list, resident vehicles, visitor passes, in that
@@ -54,7 +54,7 @@ the plates, so they are exactly the rule-set version the index answers for.
 The build ends by handing its freed temporaries back to the OS (glibc
 `malloc_trim`), which otherwise stay resident: about 50 MB at a million cars.
 
-The index is immutable once built: build a new RuleSet for a new version
+The index is immutable once built: build a new RuleIndex for a new version
 (e.g. in a worker thread) and swap the reference; readers never see a
 half-built index.
 """
@@ -84,7 +84,7 @@ from gated.plates import (
     new_edit,
     normalise,
 )
-from gated.rules_model import (
+from gated.rules.entities import (
     DenyEntry,
     Grant,
     Group,
@@ -524,7 +524,7 @@ class _VehicleFactsBuilder:
         return VehicleFacts(base, info, grants, ids)
 
 
-class RuleSet:
+class RuleIndex:
     """A RuleSource plus its compact plate/tag index; immutable once built."""
 
     __slots__ = (
@@ -555,7 +555,7 @@ class RuleSet:
     )
 
     def __init__(self) -> None:
-        """Use RuleSet.build; the constructor makes an empty index."""
+        """Use RuleIndex.build; the constructor makes an empty index."""
         self._source: RuleSource | None = None
         self.version = 0
         self.depths: dict[str, int] = dict.fromkeys(LISTS, 0)
@@ -591,7 +591,7 @@ class RuleSet:
         A decision reads three to six entities; from SQLite each costs a query
         (about 10 µs here), so the residents, groups and schedules that come to
         the gate every day are kept. lru_cache is thread-safe; the caches go
-        away with the RuleSet when a new version replaces it. Answers derived
+        away with the RuleIndex when a new version replaces it. Answers derived
         from the source's groups and schedules (compiled grants, schedule
         answers per minute) start afresh with it too.
         """
@@ -623,7 +623,7 @@ class RuleSet:
         resident_depth: int = 1,
         pass_depth: int = 1,
         vehicle_facts: bool = True,
-    ) -> RuleSet:
+    ) -> RuleIndex:
         """Index every plate and tag of `source`; raises RulesError if it changes meanwhile.
 
         Depths are the largest fuzzy distance each list can answer (0-2); the
@@ -816,7 +816,7 @@ class PlateQuery:
 
     __slots__ = ("_cache", "_dels", "_dels2", "_h0", "_key", "_rules", "ckey", "plate")
 
-    def __init__(self, rules: RuleSet, plate: str, ckey: str | None = None) -> None:
+    def __init__(self, rules: RuleIndex, plate: str, ckey: str | None = None) -> None:
         """Prepare the lookup; raises ValueError unless `plate` is normalised.
 
         A caller passing `ckey` (the policy, which just normalised the plate)

@@ -27,15 +27,7 @@ from typing import IO, Any, Literal
 
 from gated.errors import RulesError
 from gated.plates import normalise
-from gated.rules import (
-    KINDS,
-    ChangeSet,
-    Entity,
-    InvalidRulesError,
-    RuleStore,
-    fmt_time,
-)
-from gated.rules_model import (
+from gated.rules.entities import (
     DenyEntry,
     Group,
     Resident,
@@ -44,6 +36,14 @@ from gated.rules_model import (
     TimeWindow,
     Vehicle,
     VisitorPass,
+)
+from gated.rules.store import (
+    KINDS,
+    ChangeSet,
+    Entity,
+    InvalidRulesError,
+    RuleStore,
+    fmt_time,
 )
 
 FORMAT_NAME = "gated-rules"
@@ -55,7 +55,7 @@ MAX_JSON_BYTES = 512 * 1024 * 1024  # JSON is read whole; bigger sets belong in 
 Format = Literal["json", "csv"]
 
 # Columns (CSV header names, JSON keys) per kind, in export order: the entity's
-# own fields, so the file format cannot drift from gated.rules_model.
+# own fields, so the file format cannot drift from gated.rules.entities.
 _ENTITIES: dict[str, type] = {
     "schedules": Schedule,
     "groups": Group,

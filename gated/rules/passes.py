@@ -106,8 +106,8 @@ async def _audit(journal_path: str, identity: SiteIdentity, action: str, **kw: A
 def run(args: argparse.Namespace, *, journal_path: str, rules_path: str,
         identity: SiteIdentity, tz: str) -> int:
     """Carry out one `gated pass` invocation; returns the exit status."""
-    from gated.rules import Delete, RuleStore
-    from gated.rules_model import VisitorPass
+    from gated.rules.entities import VisitorPass
+    from gated.rules.store import Delete, RuleStore
 
     if args.pass_action != "add" and not Path(rules_path).exists():
         raise RulesError(f"no rule store at {rules_path}")

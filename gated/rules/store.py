@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 from gated.errors import RulesError
 from gated.file_modes import prepare_sqlite_file
 from gated.plates import MAX_PLATE_LEN, MAX_TAG_LEN, normalise
-from gated.rules_model import (
+from gated.rules.entities import (
     DenyEntry,
     Grant,
     Group,
