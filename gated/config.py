@@ -445,6 +445,18 @@ class SyncConfig(_Section, frozen=True):
     heartbeat_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
     key_file: str = ""  # the device's Ed25519 key; default: device-ed25519.key beside the journal
     service_public_keys: list[str] = []  # base64 of each raw 32-byte Ed25519 public key
+    # Downlink (docs/protocol.md, section 11): signed remote commands and rule bundles.
+    remote_commands: bool = True  # take signed commands (open, hold, lockdown …) at all
+    # A command valid for longer than this is refused: a captured one is worth minutes.
+    command_max_age_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    # Tolerated difference between the service's clock and the device's.
+    command_clock_skew_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    # Commands remembered against replay (each until it expires); when full, the one
+    # expiring first is forgotten and anything expiring before it refused.
+    replay_cache_size: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 10_000
+    downlink_state_file: str = ""  # replay cache, active bundle; default: beside the journal
+    rules_poll_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 300.0  # 0: announcements only
+    rules_max_bundle_mb: Annotated[int, msgspec.Meta(ge=1, le=512)] = 64
 
     def __post_init__(self) -> None:
         if self.retry_min_s > self.retry_max_s:
