@@ -950,7 +950,7 @@ async def _hold_when_open(lane: Lane) -> None:
     """Energise a hold-open lane's relay as soon as its board is open, then return."""
     # Polled: the Relay protocol reports faults, not a first open, so there is no event
     # to wait on; this runs only for a hold-open lane, once per generation.
-    while lane.p.relay.fault is not None:  # noqa: ASYNC110
+    while lane.parts.relay.fault is not None:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     with contextlib.suppress(GatedError):  # lost again: on_fault's recovery re-holds
         await lane.relay_recovered()

@@ -9,7 +9,7 @@ clearly better read arrives, and must not journal every repeat.
 * NEW: the first read of a vehicle in this lane's window; decide and act.
 * UPDATE: a read of a vehicle already seen whose confidence beats every read
   so far, or a different but near text (same OCR-confusion key, or one edit
-  away) at least as confident as the best so far. `Outcome.read` is then the
+  away) at least as confident as the best so far. `Offer.read` is then the
   best read of the window; the lane may re-decide on it (new → update, as
   Axis and most ANPR cameras report).
 * DUPLICATE: nothing new; drop it (counted).
@@ -43,10 +43,10 @@ from gated.errors import PayloadError
 from gated.model import CredentialKind, PlateRead
 from gated.plates import confusion_key, distance, normalise
 
-__all__ = ["Coalescer", "Outcome", "Verdict"]
+__all__ = ["Coalescer", "Offer", "OfferKind"]
 
 
-class Verdict(StrEnum):
+class OfferKind(StrEnum):
     """What the lane should do with an offered read."""
 
     NEW = "new"  # decide and act
@@ -55,14 +55,14 @@ class Verdict(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Offer:
     """The verdict on one read, the read to act on, and which vehicle it belongs to."""
 
-    NEW: ClassVar[Verdict] = Verdict.NEW
-    UPDATE: ClassVar[Verdict] = Verdict.UPDATE
-    DUPLICATE: ClassVar[Verdict] = Verdict.DUPLICATE
+    NEW: ClassVar[OfferKind] = OfferKind.NEW
+    UPDATE: ClassVar[OfferKind] = OfferKind.UPDATE
+    DUPLICATE: ClassVar[OfferKind] = OfferKind.DUPLICATE
 
-    kind: Verdict
+    kind: OfferKind
     read: PlateRead  # NEW: the offered read; UPDATE: the best read so far (= the offered one)
     normalised: str  # normalised text of `read` ("" when the text could not be normalised)
     key: str  # the vehicle: equal for NEW and its UPDATEs/DUPLICATEs, unique per window
@@ -125,7 +125,7 @@ class Coalescer:
         """Vehicles currently remembered, over all lanes."""
         return self._count
 
-    def offer(self, read: PlateRead, now: float, group: str = "") -> Outcome:
+    def offer(self, read: PlateRead, now: float, group: str = "") -> Offer:
         """Classify one read received at monotonic time `now` (within its lane's `group`)."""
         self._expire(now)
         try:
@@ -134,7 +134,7 @@ class Coalescer:
             norm = ""
         if self._window <= 0:
             # Coalescing is off: pass it through, remember nothing.
-            return self._count_as(Outcome(Verdict.NEW, read, norm, self._next_key(read), 1, now))
+            return self._count_as(Offer(OfferKind.NEW, read, norm, self._next_key(read), 1, now))
         if not norm:
             return self._count_as(self._offer_unread(read, now, group))
         lane_key = (read.access_point, read.kind, group)
@@ -142,7 +142,7 @@ class Coalescer:
         vehicle = self._find(vehicles, norm, read.kind)
         if vehicle is None:
             vehicle = self._remember(vehicles, read, norm, now)
-            return self._count_as(Outcome(Verdict.NEW, read, norm, vehicle.key, 1, now))
+            return self._count_as(Offer(OfferKind.NEW, read, norm, vehicle.key, 1, now))
         vehicle.last_seen = now
         vehicle.sightings += 1
         is_variant = norm not in vehicle.variants
@@ -154,34 +154,34 @@ class Coalescer:
         gain = _rank(read.confidence) - _rank(vehicle.best.confidence)
         if gain > 0 or (is_variant and gain == 0):
             vehicle.best, vehicle.best_norm = read, norm
-            verdict = Verdict.UPDATE
+            kind = OfferKind.UPDATE
         else:
-            verdict = Verdict.DUPLICATE
-        outcome = Outcome(
-            verdict,
-            vehicle.best if verdict is Verdict.UPDATE else read,
-            vehicle.best_norm if verdict is Verdict.UPDATE else norm,
+            kind = OfferKind.DUPLICATE
+        offer = Offer(
+            kind,
+            vehicle.best if kind is OfferKind.UPDATE else read,
+            vehicle.best_norm if kind is OfferKind.UPDATE else norm,
             vehicle.key,
             vehicle.sightings,
             vehicle.first_seen,
         )
-        return self._count_as(outcome)
+        return self._count_as(offer)
 
-    def _offer_unread(self, read: PlateRead, now: float, group: str) -> Outcome:
+    def _offer_unread(self, read: PlateRead, now: float, group: str) -> Offer:
         """An unread vehicle: one per source for a fixed window from its first read."""
         key = (read.access_point, read.source, group)
         vehicle = self._unread.get(key)
         if vehicle is not None and now - vehicle.first_seen <= self._window:
             vehicle.last_seen = now
             vehicle.sightings += 1
-            return Outcome(
-                Verdict.DUPLICATE, read, "", vehicle.key, vehicle.sightings, vehicle.first_seen
+            return Offer(
+                OfferKind.DUPLICATE, read, "", vehicle.key, vehicle.sightings, vehicle.first_seen
             )
         if vehicle is None:
             self._count += 1
         vehicle = _Vehicle(self._next_key(read), read, "", now, now)
         self._unread[key] = vehicle
-        return Outcome(Verdict.NEW, read, "", vehicle.key, 1, now)
+        return Offer(OfferKind.NEW, read, "", vehicle.key, 1, now)
 
     def _find(self, vehicles: list[_Vehicle], norm: str, kind: CredentialKind) -> _Vehicle | None:
         """The vehicle this text belongs to: an exact match first, then the most recent near one."""
@@ -243,6 +243,6 @@ class Coalescer:
             self._count -= 1
             self.counts["expired"] += 1
 
-    def _count_as(self, outcome: Outcome) -> Outcome:
-        self.counts[outcome.kind.value] += 1
-        return outcome
+    def _count_as(self, offer: Offer) -> Offer:
+        self.counts[offer.kind.value] += 1
+        return offer

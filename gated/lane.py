@@ -43,13 +43,12 @@ from dataclasses import dataclass
 from gated import gate as gm
 from gated.audit import Append, Auditor
 from gated.clock import ClockWatch
-from gated.coalesce import Coalescer, Outcome, Verdict
+from gated.coalesce import Coalescer, Offer, OfferKind
 from gated.config import LaneConfig
 from gated.errors import GatedError, HardwareError, JournalError
 from gated.hardware.base import FrameSource, InputEvent, Relay
 from gated.ids import new_event_id
-from gated.ingest import DEFAULT_RULES, Ingested, SourceRules, ingest
-from gated.ingest import Verdict as Ingest
+from gated.ingest import DEFAULT_RULES, Ingested, SourceRules, Verdict, ingest
 from gated.metrics import LaneMetrics
 from gated.model import (
     AccessEvent,
@@ -111,7 +110,7 @@ class Lane:
     def __init__(self, cfg: LaneConfig, parts: LaneParts) -> None:
         self.cfg = cfg
         self.id = cfg.id
-        self.p = parts
+        self.parts = parts
         self.metrics = LaneMetrics()
         self.coalescer = Coalescer(cfg.dedup_window_s)
         setup = gm.GateSetup(
@@ -139,7 +138,7 @@ class Lane:
     @property
     def mode(self) -> Mode:
         """The lane's current mode."""
-        return self.p.state.mode(self.id)
+        return self.parts.state.mode(self.id)
 
     def on_read(self, read: PlateRead) -> asyncio.Future[int | None]:
         """Take a read from any source (event loop thread); never blocks, never raises.
@@ -159,32 +158,32 @@ class Lane:
         ingested = ingest(
             read,
             self._source_rules.get(read.source, DEFAULT_RULES),
-            self.p.access_point.direction,
+            self.parts.access_point.direction,
             now,
-            not self.p.clock.unsynced(),
+            not self.parts.clock.unsynced(),
         )
         verdict = ingested.verdict
-        if verdict is Ingest.IGNORE:
+        if verdict is Verdict.IGNORE:
             self.metrics.ignored += 1
             done.set_result(None)
             return done
         read = ingested.read
-        if verdict is Ingest.STALE:
+        if verdict is Verdict.STALE:
             # Never coalesced: a replayed plate must not swallow the live car's read.
-            outcome = Outcome(Verdict.NEW, read, read.text, f"stale/{new_event_id()}", 1, 0.0)
+            offer = Offer(OfferKind.NEW, read, read.text, f"stale/{new_event_id()}", 1, 0.0)
         else:
-            group = "" if read.direction == self.p.access_point.direction else "against"
-            outcome = self.coalescer.offer(read, read.received_mono, group)
-            if outcome.kind == Outcome.DUPLICATE:
+            group = "" if read.direction == self.parts.access_point.direction else "against"
+            offer = self.coalescer.offer(read, read.received_mono, group)
+            if offer.kind == OfferKind.DUPLICATE:
                 self.metrics.duplicates += 1
-                return self._merged(read, outcome.key, done)
+                return self._merged(read, offer.key, done)
         kept: asyncio.Future[int | None] = loop.create_future()
         _follow(kept, done)
-        self._kept[outcome.key] = kept
+        self._kept[offer.key] = kept
         if len(self._kept) > _MAX_EVENTS:  # bounded: oldest entries go first
             for old in list(self._kept)[: _MAX_EVENTS // 4]:
                 del self._kept[old]
-        task = loop.create_task(self._process(read, outcome, ingested, now, kept))
+        task = loop.create_task(self._process(read, offer, ingested, now, kept))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return done
@@ -208,14 +207,14 @@ class Lane:
     async def _process(
         self,
         read: PlateRead,
-        outcome: Outcome,
+        offer: Offer,
         ingested: Ingested,
         now: float,
         done: asyncio.Future[int | None],
     ) -> None:
         # `done` follows the event's commit (settled by a callback, a moment later).
         try:
-            await self._handle(read, outcome, ingested, now, done)
+            await self._handle(read, offer, ingested, now, done)
         except Exception:  # one bad read must never take the lane down
             log.exception("lane %s: failed to handle a read from %s", self.id, read.source)
             if not done.done():  # not kept: the source must not answer "taken"
@@ -224,19 +223,20 @@ class Lane:
     async def _handle(
         self,
         read: PlateRead,
-        outcome: Outcome,
+        offer: Offer,
         ingested: Ingested,
         now: float,
         done: asyncio.Future[int | None],
     ) -> None:
-        decision = decide(read, self.p.access_point, self.p.rules.current, self.p.state, now)
+        parts = self.parts
+        decision = decide(read, parts.access_point, parts.rules.current, parts.state, now)
         reason = ingested.verdict.reason
         if reason is not None:
             # Stale, unread or against the lane: journaled with its own reason, never
             # opens. The policy's match still says whose plate it was.
             decision = dataclasses.replace(decision, allowed=False, reason=reason)
-        key = outcome.key
-        previous = self._events.get(key) if outcome.kind == Outcome.UPDATE else None
+        key = offer.key
+        previous = self._events.get(key) if offer.kind == OfferKind.UPDATE else None
         if previous is not None and (previous.allowed or not decision.allowed):
             # A better read of a vehicle already handled: only a deny turning into an
             # allow is acted on (Axis-style new → update); otherwise nothing changes.
@@ -246,8 +246,8 @@ class Lane:
         # Before any await (see module docstring): a racing read of the same vehicle
         # must see this decision, and state such as pass uses must already count it.
         subject = subject_for(decision.vehicle_id, decision.resident_id, decision.pass_id)
-        passage_before = self.p.state.last_passage(subject) if subject is not None else None
-        self.p.state.record(decision, now)
+        passage_before = self.parts.state.last_passage(subject) if subject is not None else None
+        self.parts.state.record(decision, now)
         event_id = new_event_id()
         committed = done  # this read makes the event: its commit is the event's
         self._events[key] = _Event(event_id, decision.allowed, committed)
@@ -280,7 +280,7 @@ class Lane:
             gate_opened = relay_error is None
             if relay_error:
                 # Nobody went through: anti-passback and pass uses must not count it.
-                self.p.state.undo(decision, passage_before)
+                self.parts.state.undo(decision, passage_before)
         self.metrics.decisions[decision.reason.value] += 1
         snap_path, snap_sha, snap_missing = await self._snapshot(event_id, read, now)
         # Personal data (the plate as read, the stored plate) lives only in the
@@ -305,9 +305,9 @@ class Lane:
         captured = read.captured_at
         event = AccessEvent(
             event_id=event_id,
-            tenant_id=self.p.identity.tenant_id,
-            site_id=self.p.identity.site_id,
-            device_id=self.p.identity.device_id,
+            tenant_id=self.parts.identity.tenant_id,
+            site_id=self.parts.identity.site_id,
+            device_id=self.parts.identity.device_id,
             created_at=now,
             event_type=decision.event_type.value,
             access_point=self.id,
@@ -329,7 +329,7 @@ class Lane:
             snapshot_sha256=snap_sha,
             snapshot_missing=snap_missing,
             read_to_relay_ms=relay_ms,
-            clock_unsynced=self.p.clock.unsynced(),
+            clock_unsynced=self.parts.clock.unsynced(),
             metadata=metadata,
             captured_at=(
                 float(captured)
@@ -341,7 +341,7 @@ class Lane:
         seq = await self._journal(event, read.received_mono)
         committed.set_result(seq)
         if relay_error:
-            await self.p.auditor.record(
+            await self.parts.auditor.record(
                 "relay_pulse",
                 "relay",
                 resource_id=self.id,
@@ -382,7 +382,7 @@ class Lane:
         Filed by the device's time (`now`, the row's created_at), never the camera's:
         a camera clock that is off must not scatter pictures across folders.
         """
-        camera = self.p.camera
+        camera = self.parts.camera
         if read.snapshot is None and camera is None:
             return None, None, False
 
@@ -391,7 +391,7 @@ class Lane:
             if jpeg is None:
                 return None, None, True
             try:
-                path, sha = self.p.snapshots.save(event_id, jpeg, now)
+                path, sha = self.parts.snapshots.save(event_id, jpeg, now)
             except (GatedError, OSError) as err:
                 log.warning("lane %s: snapshot not stored: %s", self.id, err)
                 return None, None, True
@@ -407,7 +407,7 @@ class Lane:
         delay = 0.05
         while True:
             try:
-                seq = await self.p.append(event)
+                seq = await self.parts.append(event)
                 break
             except JournalError as err:
                 self.metrics.journal_failures += 1
@@ -442,23 +442,23 @@ class Lane:
         event_id = new_event_id()
         event = AccessEvent(
             event_id=event_id,
-            tenant_id=self.p.identity.tenant_id,
-            site_id=self.p.identity.site_id,
-            device_id=self.p.identity.device_id,
+            tenant_id=self.parts.identity.tenant_id,
+            site_id=self.parts.identity.site_id,
+            device_id=self.parts.identity.device_id,
             created_at=now,
             event_type=(
                 EventType.EXIT
-                if self.p.access_point.direction == Direction.OUT
+                if self.parts.access_point.direction == Direction.OUT
                 else EventType.ENTRY
             ).value,
             access_point=self.id,
             authorization_method=method.value,
             decision_reason=reason.value,
-            rules_version=self.p.rules.current.version,
-            direction=self.p.access_point.direction.value,
+            rules_version=self.parts.rules.current.version,
+            direction=self.parts.access_point.direction.value,
             authorized_by=actor_id,
             read_to_relay_ms=relay_ms,
-            clock_unsynced=self.p.clock.unsynced(),
+            clock_unsynced=self.parts.clock.unsynced(),
             metadata={"note": note, **({"relay_error": relay_error} if relay_error else {})},
             gate_opened=relay_error is None,
         )
@@ -484,7 +484,7 @@ class Lane:
                 await self.apply(gm.ReleaseRequested())
         except HardwareError as err:
             error = str(err)
-        self.p.state.set_mode(self.id, mode)
+        self.parts.state.set_mode(self.id, mode)
         return error
 
     async def relay_test(self, ms: int) -> None:
@@ -496,11 +496,11 @@ class Lane:
         m = self.metrics
         return {
             "mode": self.mode.value,
-            "direction": self.p.access_point.direction.value,
+            "direction": self.parts.access_point.direction.value,
             "gate": self.gate.state.value,
             "alarms": sorted(a.value for a in self.gate.alarms),
-            "relay_fault": self.p.relay.fault,
-            "rules_version": self.p.rules.current.version,
+            "relay_fault": self.parts.relay.fault,
+            "rules_version": self.parts.rules.current.version,
             "reads": m.reads,
             "duplicates": m.duplicates,
             "decisions": dict(m.decisions),
@@ -516,7 +516,7 @@ class Lane:
         self.gate = t.gate
         for alarm in t.raised:
             log.warning("lane %s: gate alarm %s", self.id, alarm.value)
-            self.p.auditor.emit(
+            self.parts.auditor.emit(
                 "gate_alarm",
                 "gate",
                 resource_id=self.id,
@@ -525,7 +525,7 @@ class Lane:
                 metadata={"alarm": alarm.value, "state": t.state.value},
             )
         for alarm in t.cleared:
-            self.p.auditor.emit(
+            self.parts.auditor.emit(
                 "gate_alarm_cleared",
                 "gate",
                 resource_id=self.id,
@@ -535,11 +535,11 @@ class Lane:
         if order is None:
             return False
         if order.action == "pulse":
-            await self.p.relay.pulse(order.ms)
+            await self.parts.relay.pulse(order.ms)
         elif order.action == "hold":
-            await self.p.relay.hold()
+            await self.parts.relay.hold()
         else:
-            await self.p.relay.release()
+            await self.parts.relay.release()
         return True
 
     def on_sensor(self, event: InputEvent) -> None:
@@ -574,7 +574,7 @@ class Lane:
     async def relay_recovered(self) -> None:
         """Re-apply hold-open after a relay board came back (a reconnect always releases)."""
         if self.mode == Mode.HOLD_OPEN or self.gate.hold_presence:
-            await self.p.relay.hold()
+            await self.parts.relay.hold()
 
     # --- lifecycle -----------------------------------------------------------
 

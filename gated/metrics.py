@@ -20,7 +20,7 @@ class Histogram:
     buckets: tuple[float, ...] = LATENCY_BUCKETS_MS
     counts: list[int] = field(default_factory=list)
     total: float = 0.0
-    n: int = 0
+    observations: int = 0
     # The most recent raw values, for exact percentiles on the status page and in
     # benchmarks; bounded so memory does not grow with uptime.
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
@@ -32,7 +32,7 @@ class Histogram:
         """Add one observation."""
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.total += value
-        self.n += 1
+        self.observations += 1
         self.recent.append(value)
 
     def recent_quantile(self, q: float) -> float | None:
@@ -44,9 +44,9 @@ class Histogram:
 
     def quantile(self, q: float) -> float | None:
         """Upper bound of the bucket holding quantile q (None when empty)."""
-        if self.n == 0:
+        if self.observations == 0:
             return None
-        target = q * self.n
+        target = q * self.observations
         running = 0
         for i, count in enumerate(self.counts):
             running += count
@@ -84,9 +84,9 @@ def _histogram_seconds(out: list[str], name: str, lane: str, hist: Histogram) ->
     for bound, count in zip(hist.buckets, hist.counts, strict=False):
         running += count
         out.append(f"{name}_bucket{_labels(lane=lane, le=f'{bound / 1000:g}')} {running}")
-    out.append(f"{name}_bucket{_labels(lane=lane, le='+Inf')} {hist.n}")
+    out.append(f"{name}_bucket{_labels(lane=lane, le='+Inf')} {hist.observations}")
     out.append(f"{name}_sum{_labels(lane=lane)} {hist.total / 1000:.6f}")
-    out.append(f"{name}_count{_labels(lane=lane)} {hist.n}")
+    out.append(f"{name}_count{_labels(lane=lane)} {hist.observations}")
 
 
 def render_prometheus(

@@ -123,7 +123,7 @@ class SlowRelay(FakeRelay):
 
 async def test_racing_update_never_opens_twice(rig: Rig) -> None:
     rig.relay = SlowRelay("slow")
-    rig.lane = Lane(rig.lane.cfg, dataclasses.replace(rig.lane.p, relay=rig.relay))
+    rig.lane = Lane(rig.lane.cfg, dataclasses.replace(rig.lane.parts, relay=rig.relay))
     # Two better reads arrive while the first opening is still being commanded.
     rig.read("AB123CD", confidence=0.9)
     rig.read("AB123CD", confidence=0.95)
@@ -230,7 +230,7 @@ def lane_with(rig: Rig, *, clock: ClockWatch | None = None, **source: Any) -> La
         },
         LaneConfig,
     )
-    parts = dataclasses.replace(rig.lane.p, clock=clock or rig.lane.p.clock)
+    parts = dataclasses.replace(rig.lane.parts, clock=clock or rig.lane.parts.clock)
     rig.lane = Lane(cfg, parts)
     return rig.lane
 
@@ -316,7 +316,7 @@ async def test_an_allowed_read_whose_relay_failed_says_the_gate_did_not_open(rig
     assert row["decision_reason"] == "resident" and row["event_type"] == "entry"
     assert row["gate_opened"] == 0 and "relay_error" in json.loads(row["metadata"])
     # Nobody went through: the live anti-passback state has no passage for the car ...
-    assert rig.lane.p.state.last_passage("v-1") is None
+    assert rig.lane.parts.state.last_passage("v-1") is None
     # ... and neither has the state rebuilt from the journal after a restart.
     assert await rig.journal.last_passages(0.0) == {}
 

@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import zoneinfo
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -762,9 +762,12 @@ def import_rules(
     merge: bool = False,
     actor: str = "installer",
     tz: str | dt.tzinfo = "UTC",
+    deletes: Mapping[str, Iterable[str]] | None = None,
 ) -> ImportResult:
     """Import a JSON file, one CSV file or a folder of CSVs as one change set.
 
+    `deletes` (kind → ids) are removed in the same change set, so a rule-bundle
+    delta from the service is one version or nothing.
     Full replace (default): each kind present in the input ends up exactly as in
     the file; kinds absent from the input are left as they are. `merge`: rows
     are upserted by id and nothing is deleted. Naive times are in `tz` (the
@@ -829,6 +832,9 @@ def import_rules(
                 del data
                 if text is not None:
                     counts = _read_json(cs, text, zone, not merge)
+            for kind, ids in (deletes or {}).items():
+                for i, id_ in enumerate(ids):
+                    cs.delete(kind, id_, where=f"delete.{kind}[{i}]")
         except OSError as err:
             raise RulesError(f"cannot read {path}: {err.strerror or err}") from err
         try:
@@ -846,6 +852,36 @@ def import_rules(
         written={k: v["written"] for k, v in cs.counts.items()},
         deleted={k: v["deleted"] for k, v in cs.counts.items()},
     )
+
+
+def import_document(
+    store: RuleStore,
+    data: bytes,
+    *,
+    name: str,
+    merge: bool = False,
+    deletes: Mapping[str, Iterable[str]] | None = None,
+    actor: str = "service",
+    tz: str | dt.tzinfo = "UTC",
+) -> ImportResult:
+    """Import a JSON rule-set document held in memory (a rule bundle) exactly as a file.
+
+    It goes through a private temporary file named `{name}.json` beside the store, so
+    the change set's source reads `import {name}.json` and every check of
+    `import_rules` applies unchanged.
+    """
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+        raise RulesError(f"{name!r} is not a usable document name")
+    try:
+        with tempfile.TemporaryDirectory(dir=store.path.parent, prefix=".import-") as tmp:
+            path = Path(tmp) / f"{name}.json"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return import_rules(store, path, fmt="json", merge=merge, actor=actor, tz=tz,
+                                deletes=deletes)
+    except OSError as err:
+        raise RulesError(f"cannot stage the rule document: {err.strerror or err}") from err
 
 
 def _decode_json(cs: ChangeSet, data: bytes) -> str | None:
@@ -921,15 +957,15 @@ class _atomic:
             fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         except OSError as err:
             raise RulesError(f"cannot write {self.path}: {err.strerror or err}") from err
-        self.f = io.open(fd, "w", encoding="utf-8", newline="")  # noqa: UP020
-        return self.f
+        self.file = io.open(fd, "w", encoding="utf-8", newline="")  # noqa: UP020
+        return self.file
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         try:
             if exc_type is None:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-            self.f.close()
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()
             if exc_type is None:
                 os.replace(self.tmp, self.path)
         except OSError as err:

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gated.coalesce import Coalescer, Outcome, Verdict
+from gated.coalesce import Coalescer, Offer, OfferKind
 from gated.model import CredentialKind, PlateRead
 
-NEW, UPDATE, DUP = Verdict.NEW, Verdict.UPDATE, Verdict.DUPLICATE
+NEW, UPDATE, DUP = OfferKind.NEW, OfferKind.UPDATE, OfferKind.DUPLICATE
 
 
 def read(
@@ -32,7 +32,7 @@ def read(
 
 
 # Each case: a list of (read, now, expected verdict), offered in order to a 6 s coalescer.
-CASES: dict[str, list[tuple[PlateRead, float, Verdict]]] = {
+CASES: dict[str, list[tuple[PlateRead, float, OfferKind]]] = {
     "repeat of the same read is a duplicate": [
         (read("AB-123-C"), 0.0, NEW),
         (read("AB123C"), 1.0, DUP),  # same once normalised
@@ -131,7 +131,7 @@ def test_update_carries_the_best_read_and_counts_sightings() -> None:
     assert first.key == out.key == dup.key  # one vehicle
     again = c.offer(read("AB123C", 0.7), 30.0)
     assert again.kind is NEW and again.key != first.key  # a new window is a new vehicle
-    assert Outcome.NEW is Verdict.NEW  # the verdicts are reachable from Outcome too
+    assert Offer.NEW is OfferKind.NEW  # the verdicts are reachable from Offer too
     assert c.counts == {"new": 2, "update": 1, "duplicate": 1, "expired": 1}
 
 
