@@ -235,8 +235,8 @@ class CommandReceiver:
         self.max_age_s = max_age_s
         self.clock_skew_s = clock_skew_s
         self._clock = clock
-        self._clock_unsynced = clock_unsynced
-        self._monotonic = monotonic
+        self.clock_unsynced = clock_unsynced
+        self.monotonic = monotonic
         self._queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue(QUEUE_SIZE)
         self.dropped = 0  # commands dropped because QUEUE_SIZE were already waiting
         self.counts: Counter[str] = Counter()  # outcomes and refusal reasons, for metrics
@@ -320,7 +320,7 @@ class CommandReceiver:
             raise Refusal("wrong_tenant", f"it is for tenant {command.tenant_id!r}")
         if command.device_id != self.device_id:
             raise Refusal("wrong_device", f"it is for device {command.device_id!r}")
-        if self._clock_unsynced():
+        if self.clock_unsynced():
             raise Refusal("clock_unsynced",
                           "the device clock is not synchronised: expiry cannot be checked")
         now = self._clock()
@@ -399,7 +399,7 @@ class CommandReceiver:
 
     async def _audit_refusal(self, refusal: Refusal, command_id: str | None,
                              issuer: str | None, data: Any, retained: bool) -> None:
-        now = self._monotonic()
+        now = self.monotonic()
         if now - self._window_start >= REFUSAL_WINDOW_S:
             await self._flush_summary(force=True)
             self._window_start, self._window_audited = now, 0
@@ -464,3 +464,12 @@ def _uuid7() -> uuid.UUID:
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand & ((1 << 12) - 1)) << 64
     value |= 0b10 << 62 | (rand >> 64) & ((1 << 62) - 1)
     return uuid.UUID(int=value)
+
+
+def mqtt_result_publisher(link: Any, topic: str) -> PublishResult:
+    """Publish results as JSON on `topic` (P/commands/result) at QoS 1 through an MqttLink."""
+
+    async def publish(event: dict[str, Any]) -> None:
+        await link.publish(topic, json.dumps(event, ensure_ascii=False).encode("utf-8"), qos=1)
+
+    return publish
