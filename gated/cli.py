@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gated import __version__
+from gated.config import DEFAULT_CONFIG
 from gated.errors import GatedError, StateError
 from gated.wording import plural
 
@@ -23,7 +24,6 @@ EX_FAIL = 1
 EX_USAGE = 64
 EX_CANTCREAT = 73  # sysexits.h: a state file or directory cannot be created or written
 EX_CONFIG = 78
-DEFAULT_CONFIG = "/etc/gated/gated.toml"
 
 
 def _setup_logging(level: str = "info") -> None:
@@ -233,11 +233,11 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 def cmd_pass(args: argparse.Namespace) -> int:
     """Add, revoke or list visitor passes as audited rule-set changes."""
-    from gated.rules.cli import _site
+    from gated.rules.cli import site_of
     from gated.rules.passes import run
 
     db, rules_db, _ = _paths(args)
-    identity, tz = _site(args.config)
+    identity, tz = site_of(args.config)
     return run(args, journal_path=db, rules_path=rules_db, identity=identity, tz=tz)
 
 

@@ -23,6 +23,7 @@ from gated.errors import ConfigError
 from gated.model import AntiPassback, Direction, Mode, SiteIdentity
 
 EX_CONFIG = 78  # sysexits.h: configuration error
+DEFAULT_CONFIG = "/etc/gated/gated.toml"  # where gated run and the CLI look without --config
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Ident = Annotated[str, msgspec.Meta(pattern=_ID)]

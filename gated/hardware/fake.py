@@ -1,7 +1,8 @@
 """Fake devices that record what was done to them, for the demo and for tests.
 
 FakeRelay behaves exactly like the real relays (same pulse/hold/release rules,
-same fault callback) because it shares their core; only the output is a list.
+same fault callback) because it builds on their public core
+(`gated.hardware.relay_core.RelayCore`); only the output is a list.
 FakeInputs lets the demo or a test press buttons and move sensors by name.
 """
 
@@ -13,12 +14,12 @@ from collections.abc import Callable
 
 from gated.errors import HardwareError
 from gated.hardware.base import InputEvent
-from gated.hardware.relays import FaultCallback, _RelayCore
+from gated.hardware.relay_core import FaultCallback, RelayCore
 
 __all__ = ["FakeInputs", "FakeRelay"]
 
 
-class FakeRelay(_RelayCore):
+class FakeRelay(RelayCore):
     """A relay that records (time.monotonic(), action) tuples.
 
     Actions: "pulse", "hold", "release" for commands, "on" / "off" for the

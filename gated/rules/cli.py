@@ -8,17 +8,15 @@ import sys
 from pathlib import Path
 
 from gated.audit import Auditor
-from gated.config import Config, load_config
+from gated.config import DEFAULT_CONFIG, Config, load_config
 from gated.errors import RulesError
 from gated.model import SiteIdentity
 from gated.state_dirs import adopt_files, prepare_file
 from gated.wording import rule_counts
 
 
-def _site(config_path: str | None) -> tuple[SiteIdentity, str]:
+def site_of(config_path: str | None) -> tuple[SiteIdentity, str]:
     """Identity and time zone from the config, when there is one."""
-    from gated.cli import DEFAULT_CONFIG
-
     path = config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
     if path is None:
         return SiteIdentity("unknown", "unknown", "unknown"), "UTC"
@@ -45,7 +43,7 @@ def rules_import(
     from gated.rules.files import import_rules
     from gated.rules.store import RuleStore
 
-    identity, tz = _site(config_path)
+    identity, tz = site_of(config_path)
     # Both stores are checked before either is touched: an import the audit row cannot follow
     # would be a change nobody can account for.
     prepare_file(rules_path, "the rule store")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gated.audit import Auditor
+from gated.config import DEFAULT_CONFIG
 from gated.errors import GatedError, RulesError
 from gated.model import SiteIdentity
 
@@ -60,7 +61,7 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     )
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default=None, help="config file (default /etc/gated/gated.toml)")
+        p.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG})")
         p.add_argument("--rules-db", default=None, help="rule store (default: from the config)")
         p.add_argument("--db", default=None, help="journal for the audit row (default: config)")
         p.set_defaults(func=func)
