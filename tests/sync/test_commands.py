@@ -27,7 +27,7 @@ from gated.hardware.fake import FakeRelay
 from gated.journal import Journal
 from gated.lane import Lane, LaneParts, RulesHolder
 from gated.model import Direction, SiteIdentity
-from gated.mqttlink import MqttLink, MqttMessage
+from gated.mqttlink import MqttLink
 from gated.policy import AccessPoint, MemoryPolicyState
 from gated.rules.index import RuleIndex
 from gated.rules.store import RuleStore
@@ -37,7 +37,8 @@ from gated.sync.commands import CommandReceiver, mqtt_result_publisher
 from gated.sync.downlink_state import DownlinkState
 from gated.sync.signing import parse_public_keys, public_raw, verify
 from tests.support.broker import Broker, mosquitto_available, mosquitto_broker
-from tests.support.schemas import validate_event
+from tests.support.downlink_peer import DownlinkPeer
+from tests.support.receiver import Receiver
 from tests.support.signer import public_b64, tool
 
 TENANT, SITE, DEVICE = "acme", "hq", "gate-1"
@@ -62,44 +63,32 @@ async def until(predicate: Callable[[], object], limit_s: float = 20.0) -> None:
 
 
 class Service:
-    """The central service's side on the broker: publishes commands, collects results."""
+    """The central service: the reference receiver, with its downlink hooks."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.link = MqttLink(MqttConfig(host=broker.host, port=broker.port), "service-test",
-                             name="service")
-        self.results: list[dict[str, Any]] = []
-        self.link.subscribe(PREFIX + "commands/result", self._on_result)
-        self.task: asyncio.Task[None] | None = None
+    def __init__(self, root: Path, broker: Broker) -> None:
+        self.receiver = Receiver(root / "service.sqlite3", mqtt_host=broker.host,
+                                 mqtt_port=broker.port, http=False)
+        self.peer = DownlinkPeer(self.receiver, TENANT)
 
-    def _on_result(self, message: MqttMessage) -> None:
-        event = json.loads(message.payload)
-        validate_event(event)  # every message the device sends fits its schema
-        self.results.append(event)
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        with self.peer.lock:
+            return list(self.peer.results)
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self.link.run())
-        await until(self.link.subscribed.is_set)
+        await asyncio.to_thread(self.receiver.start)
 
     async def send(self, event: dict[str, Any] | bytes, *, retain: bool = False,
                    check_schema: bool = True) -> None:
-        if isinstance(event, dict):
-            if check_schema:
-                validate_event(event)
-            payload = json.dumps(event).encode()
-        else:
-            payload = event
-        await self.link.publish(PREFIX + "commands", payload, qos=1, retain=retain)
+        await asyncio.to_thread(self.peer.send, DEVICE, event, retain=retain,
+                                check_schema=check_schema)
 
     def result_for(self, command_id: str) -> dict[str, Any] | None:
-        for event in self.results:
-            if event["data"]["command_id"] == command_id:
-                return event
-        return None
+        return self.peer.result_for(command_id)
 
     async def stop(self) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        assert self.peer.invalid == [] and self.receiver.invalid == []
+        await asyncio.to_thread(self.receiver.stop)
 
 
 class Device:
@@ -193,9 +182,9 @@ class Clock:
 
 @pytest.fixture
 async def peers(tmp_path: Path, broker: Broker) -> AsyncIterator[tuple[Service, Device]]:
-    service = Service(broker)
+    service = Service(tmp_path, broker)
     await service.start()
-    device = Device(tmp_path / "device", broker, Ed25519PrivateKey.generate(),
+    device = Device(tmp_path / "device", broker, service.receiver.service_key,
                     Ed25519PrivateKey.generate(), Clock())
     (tmp_path / "device").mkdir()
     await device.start()
