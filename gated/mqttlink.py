@@ -39,7 +39,7 @@ from gated.backoff import Backoff
 from gated.config import MqttConfig
 from gated.errors import ConfigError, SyncError
 
-__all__ = ["LinkStats", "MqttLink", "MqttMessage"]
+__all__ = ["LinkStats", "MqttLink", "MqttMessage", "Will"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,16 @@ class MqttMessage:
     payload: bytes
     qos: int
     retain: bool  # set when the broker re-sent a retained message (on (re)subscribe)
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The last will: what the broker publishes for us when the connection is lost."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
 
 
 Handler = Callable[[MqttMessage], None]
@@ -97,8 +107,14 @@ class MqttLink:
         on_state: StateCallback | None = None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        will: Will | None = None,
+        max_inflight: int = 20,
     ) -> None:
         self.cfg = cfg
+        self.will = will  # set at every connect: the broker publishes it if we vanish
+        # QoS 1 messages on the wire awaiting PUBACK (paho's default is 20); the upstream
+        # sync raises it to its window so a round trip does not cap its throughput.
+        self.max_inflight = max_inflight
         self.name = name
         self.client_id = client_id
         self.clean_start = clean_start
@@ -249,6 +265,11 @@ class MqttLink:
                 raise ConfigError(
                     f"mqtt.tls_ca_file: cannot load {self.cfg.tls_ca_file}: {err}"
                 ) from err
+        client.max_inflight_messages_set(self.max_inflight)
+        if self.will is not None:
+            client.will_set(
+                self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain
+            )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
