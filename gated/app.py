@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -977,6 +977,34 @@ def _pin_factory(name: str) -> Any:
         raise ConfigError(
             f"gpio.pin_factory: {name!r} is not usable on this machine: {err}"
         ) from err
+
+
+def rule_bundle_importer(
+    rules_path: str, tz: str
+) -> Callable[[bytes, bool, Mapping[str, list[str]], str], Awaitable[dict[str, Any]]]:
+    """The downlink's way into the rule store: `gated rules import`'s change-set path.
+
+    A bundle's document is imported as one change set (a delta merged, its deletes in the
+    same transaction) on a worker thread with its own RuleStore connection, so the event
+    loop keeps deciding on the last committed version while the import runs.
+    """
+
+    async def apply(document: bytes, delta: bool, deletes: Mapping[str, list[str]],
+                    label: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            from gated.rules.files import import_document
+            from gated.rules.store import RuleStore
+
+            with RuleStore(rules_path) as store:
+                result = import_document(store, document, name=label, merge=delta,
+                                         deletes=deletes, actor="service", tz=tz)
+            return {"rules_version": result.version, "counts": result.counts,
+                    "written": result.written, "deleted": result.deleted,
+                    "sha256": result.sha256}
+
+        return await asyncio.to_thread(work)
+
+    return apply
 
 
 def run_daemon(cfg: Config, *, config_path: str | None = None) -> int:

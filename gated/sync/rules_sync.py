@@ -89,9 +89,10 @@ Fetch = Callable[[int, str], Awaitable[Fetched | None]]  # (since, etag) → bun
 class HttpBundleFetcher:
     """GET /v1/devices/{device_id}/rules?since=V with If-None-Match, the body bounded in bytes."""
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, device_id: str,
-                 *, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self._client = client
+    def __init__(self, client: httpx.AsyncClient | Callable[[], httpx.AsyncClient],
+                 base_url: str, device_id: str, *, max_bytes: int = 64 * 1024 * 1024) -> None:
+        # A client, or a function returning the current one (the owner may re-create it).
+        self._client = client if callable(client) else (lambda: client)
         self._url = f"{base_url.rstrip('/')}/v1/devices/{device_id}/rules"
         self.max_bytes = max_bytes
 
@@ -101,7 +102,7 @@ class HttpBundleFetcher:
         if etag:
             headers["If-None-Match"] = etag
         try:
-            async with self._client.stream("GET", self._url, params={"since": str(since)},
+            async with self._client().stream("GET", self._url, params={"since": str(since)},
                                            headers=headers) as response:
                 if response.status_code in (304, 404):
                     return None
@@ -279,17 +280,21 @@ class RulesSync:
                 await self._refuse(refusal, "bundle", body, via=via)
                 return {"outcome": "refused", "reason": refusal.reason,
                         "message": str(refusal)[:500]}
-            self.active = ActiveBundle(
+            applied = ActiveBundle(
                 version=bundle.version,
                 etag=etag,
                 sha256=bundle.sha256,
                 rules_version=int(done.get("rules_version", 0)),
                 applied_at=self._clock(),
             )
-            await asyncio.to_thread(self._state.set_active_bundle, self.active)
-            self.last_error = None
+            await asyncio.to_thread(self._state.set_active_bundle, applied)
             log.info("rule bundle version %d applied (%s, via %s) as rule set version %s",
                      bundle.version, bundle.mode, via, done.get("rules_version"))
+            if self._reload is not None:
+                try:
+                    await self._reload()
+                except GatedError as err:  # the daemon's store watcher picks it up anyway
+                    log.warning("rules sync: reload after bundle %d: %s", bundle.version, err)
             await self._audit(
                 "rules_bundle_applied",
                 "rules",
@@ -308,11 +313,9 @@ class RulesSync:
                 },
                 metadata={"via": via},
             )
-            if self._reload is not None:
-                try:
-                    await self._reload()
-                except GatedError as err:  # the daemon's store watcher picks it up anyway
-                    log.warning("rules sync: reload after bundle %d: %s", bundle.version, err)
+            # Reported as active only once it is in the store, the index and the journal.
+            self.active = applied
+            self.last_error = None
             return {"outcome": "applied", "version": bundle.version,
                     "rules_version": done.get("rules_version"), "mode": bundle.mode}
 

@@ -1,0 +1,152 @@
+"""The downlink service: signed remote commands and rule bundles, on the sync's MQTT link and HTTP.
+
+app.py builds one `Downlink` beside the `SyncService` (a long-lived service,
+supervised, outliving config generations) and hands it the control plane's
+`perform`, the auditor, the rule-bundle import (the same change-set path as
+`gated rules import`) and the sync's MQTT link. It subscribes `P/commands` and
+`P/rules` on that link, publishes results on `P/commands/result`, and polls
+`GET /v1/devices/{device_id}/rules` when an HTTP endpoint is configured.
+`status()` is what the heartbeat reports about the rule bundle in effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gated.config import Config, SyncHttpConfig
+from gated.errors import ConfigError
+from gated.mqttlink import MqttLink
+from gated.sync.commands import Audit, CommandReceiver, Perform, mqtt_result_publisher
+from gated.sync.downlink_state import DownlinkState
+from gated.sync.rules_sync import ApplyBundle, HttpBundleFetcher, Reload, RulesSync
+from gated.sync.signing import parse_public_keys
+
+__all__ = ["STATE_FILE_NAME", "Downlink", "http_client", "state_file"]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE_NAME = "downlink.sqlite3"
+
+
+def state_file(cfg: Config) -> Path:
+    """Where the replay cache and the active bundle are kept."""
+    configured = cfg.sync.downlink_state_file
+    return Path(configured) if configured else Path(cfg.journal.path).parent / STATE_FILE_NAME
+
+
+def http_client(http: SyncHttpConfig) -> httpx.AsyncClient:
+    """An httpx client for the service: TLS verified (private CA if given), token, client cert."""
+    headers = {"Authorization": f"Bearer {http.token}"} if http.token else {}
+    try:
+        verify: ssl.SSLContext | bool = ssl.create_default_context(
+            cafile=http.ca_file or None)
+        if http.client_cert:
+            verify.load_cert_chain(http.client_cert, http.client_key)  # type: ignore[union-attr]
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"sync.http: cannot load the TLS files: {err}") from err
+    return httpx.AsyncClient(headers=headers, verify=verify,
+                             timeout=httpx.Timeout(http.timeout_s))
+
+
+class Downlink:
+    """Commands and rule bundles from the service, for one device."""
+
+    name = "downlink"
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        perform: Perform,
+        audit: Audit,
+        apply_rules: ApplyBundle,
+        reload_rules: Reload | None = None,
+        link: MqttLink | None = None,
+        device_key: Ed25519PrivateKey | None = None,
+        clock_unsynced: Callable[[], bool] = lambda: False,
+    ) -> None:
+        sync = cfg.sync
+        identity = cfg.site.identity
+        self.prefix = f"gated/v1/{identity.tenant_id}/{identity.device_id}/"
+        self.link = link
+        keys = parse_public_keys(sync.service_public_keys)
+        if not keys:
+            log.warning("downlink: no [sync] service_public_keys: every remote command and "
+                        "rule bundle will be refused")
+        self.state = DownlinkState(state_file(cfg), capacity=sync.replay_cache_size)
+        self.http = sync.http
+        self.client: httpx.AsyncClient | None = None  # made in run(): a restart makes a new one
+        fetch = (HttpBundleFetcher(self._http_client, sync.http.url, identity.device_id,
+                                   max_bytes=sync.rules_max_bundle_mb * 1024 * 1024)
+                 if sync.http.url else None)
+        self.rules = RulesSync(
+            tenant_id=identity.tenant_id,
+            device_id=identity.device_id,
+            service_keys=keys,
+            state=self.state,
+            apply=apply_rules,
+            audit=audit,
+            fetch=fetch,
+            reload=reload_rules,
+            poll_s=sync.rules_poll_s,
+            retry_min_s=sync.retry_min_s,
+            retry_max_s=sync.retry_max_s,
+        )
+        self.commands: CommandReceiver | None = None
+        if sync.remote_commands and link is not None:
+            self.commands = CommandReceiver(
+                tenant_id=identity.tenant_id,
+                device_id=identity.device_id,
+                source=f"gated://{identity.tenant_id}/{identity.site_id}/{identity.device_id}",
+                service_keys=keys,
+                state=self.state,
+                perform=perform,
+                audit=audit,
+                publish_result=mqtt_result_publisher(link, self.prefix + "commands/result"),
+                sync_rules=self.rules.sync_now,
+                device_key=device_key,
+                max_age_s=sync.command_max_age_s,
+                clock_skew_s=sync.command_clock_skew_s,
+                clock_unsynced=clock_unsynced,
+            )
+            link.subscribe(self.prefix + "commands", self.commands.on_mqtt)
+        if link is not None:
+            link.subscribe(self.prefix + "rules", self.rules.on_mqtt)
+
+    def status(self) -> dict[str, Any]:
+        """The downlink's part of the heartbeat and the status API."""
+        out = self.rules.status()
+        if self.commands is not None:
+            out["commands"] = dict(self.commands.counts)
+        return out
+
+    def _http_client(self) -> httpx.AsyncClient:
+        if self.client is None or self.client.is_closed:
+            self.client = http_client(self.http)
+        return self.client
+
+    async def run(self) -> None:
+        """Take commands and bundles until cancelled."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.rules.run(), name="downlink-rules")
+                if self.commands is not None:
+                    group.create_task(self.commands.run(), name="downlink-commands")
+        finally:
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    await self.client.aclose()
+                self.client = None
+
+    def close(self) -> None:
+        """Close the state file (after run() ended)."""
+        self.state.close()
