@@ -231,6 +231,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Show the device's signing key and the service keys it trusts."""
+    from gated.keys_cli import run
+
+    return run(args)
+
+
 def cmd_pass(args: argparse.Namespace) -> int:
     """Add, revoke or list visitor passes as audited rule-set changes."""
     from gated.rules.cli import site_of
@@ -350,11 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="file (json) or directory (csv); default stdout for json")
     p.set_defaults(func=cmd_rules_export)
 
-    from gated import control_client
+    from gated import control_client, keys_cli
     from gated.rules import passes
 
     control_client.add_parser(sub, cmd_ctl)
     passes.add_parser(sub, cmd_pass)
+    keys_cli.add_parser(sub, cmd_keys)
     return parser
 
 
