@@ -24,7 +24,7 @@ import numpy as np
 
 from tests.support.broker import free_port
 
-PAYLOADS = Path(__file__).resolve().parent.parent / "readers_http" / "payloads"
+PAYLOADS = Path(__file__).resolve().parent.parent / "hardware" / "anpr" / "payloads"
 
 # LCUS frames (A0, channel, state, sum) for channel 1.
 LCUS_ON = bytes([0xA0, 0x01, 0x01, 0xA2])

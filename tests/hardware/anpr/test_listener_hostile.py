@@ -23,7 +23,7 @@ from gated.config import AnprHttpSourceConfig, CameraAuthConfig, ListenerConfig
 from gated.hardware.anpr_formats import ParsedRead, parse_payload
 from gated.hardware.anpr_http import UNMATCHED, AnprListener, RefusalSummary
 from gated.model import PlateRead
-from tests.readers_http.conftest import multipart, payload
+from tests.hardware.anpr.conftest import multipart, payload
 
 TOKEN = "tok-hostile-0123456789"
 GENERIC = {"plate": "AB123CD", "confidence": 0.9}

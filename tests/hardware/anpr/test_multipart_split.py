@@ -11,9 +11,15 @@ from hypothesis import strategies as st
 from gated.errors import PayloadError
 from gated.hardware.anpr_formats import MAX_PARTS, _split_multipart
 from gated.hardware.anpr_http import _same
-from tests.readers_http.conftest import multipart
+from tests.hardware.anpr.conftest import multipart
 
-names = st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=12)
+# No backslash: the stdlib parameter parser the splitter uses reads a quoted name ending
+# in one ("x\\") as an escaped closing quote, however the sender escapes it.
+names = st.text(
+    st.characters(min_codepoint=48, max_codepoint=122, exclude_characters="\\"),
+    min_size=1,
+    max_size=12,
+)
 part = st.tuples(
     names,
     st.one_of(st.just(""), names),

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gated.errors import PayloadError
 from gated.hardware.anpr_formats import FORMATS, MAX_XML_BYTES, parse_payload
-from tests.readers_http.conftest import make_jpeg, multipart, payload
+from tests.hardware.anpr.conftest import make_jpeg, multipart, payload
 
 NOW = 1_700_000_000.0
 

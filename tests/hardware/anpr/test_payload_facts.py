@@ -13,7 +13,7 @@ from gated.config import AnprHttpSourceConfig, CameraAuthConfig
 from gated.hardware.anpr_formats import parse_payload
 from gated.hardware.anpr_http import AnprListener
 from gated.model import PlateRead
-from tests.readers_http.conftest import make_jpeg, multipart, payload
+from tests.hardware.anpr.conftest import make_jpeg, multipart, payload
 
 NOW = 1_700_000_000.0
 

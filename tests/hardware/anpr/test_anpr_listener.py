@@ -17,7 +17,7 @@ from gated.errors import HardwareError
 from gated.hardware.anpr_http import UNMATCHED, AnprListener, RefusalSummary
 from gated.hardware.base import PlateSource
 from gated.model import PlateRead
-from tests.readers_http.conftest import make_jpeg, multipart, payload
+from tests.hardware.anpr.conftest import make_jpeg, multipart, payload
 
 SECRET_PASSWORD = "s3cret-pässword"
 SECRET_TOKEN = "tok-0123456789abcdef"
