@@ -6,6 +6,7 @@ would get wrong while every other test still passed (see docs/mutation-testing.m
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zoneinfo
 from typing import Any
@@ -728,3 +729,11 @@ def test_an_entity_re_plated_to_text_that_is_no_plate_is_not_a_hit() -> None:
     rules = RuleIndex.build(src)
     src.deny[key] = DenyEntry("d-junk", "J" * 300, "stolen")  # cannot even be normalised
     assert run("JUNK12", rules=rules).reason == Reason.UNKNOWN_PLATE
+
+
+def test_a_recorded_decision_without_a_direction_counts_as_an_entry() -> None:
+    state = MemoryPolicyState()
+    entry = dataclasses.replace(run("ONCE33"), inputs={})
+    state.record(entry, NOW)
+    assert state.last_passage("p-once") == (Direction.IN, NOW)
+    assert state.pass_uses("p-once") == 1

@@ -476,3 +476,26 @@ def test_an_order_explains_the_gate_leaving_closed_for_its_travel_time(
     g = initial(SWITCH, 0.0, closed=True)
     g, ts = run(g, (0.0, OpenRequested(100)), (leaves_at, PositionChanged(False)))
     assert (Alarm.FORCED_OPEN in ts[-1].raised) is forced
+
+
+def test_held_open_without_a_switch_clears_when_the_gate_is_assumed_closed() -> None:
+    g = initial(BARE, 0.0)
+    g, ts = run(g, (0.0, OpenRequested(1000)), (0.5, PresenceChanged(True)),
+                (70.0, Tick()), (80.0, PresenceChanged(False)), (88.0, Tick()))  # fmt: skip
+    assert Alarm.HELD_OPEN in ts[2].raised
+    assert ts[-1].state == GateState.CLOSED and ts[-1].cleared == (Alarm.HELD_OPEN,)
+    assert g.alarms == frozenset()
+
+
+def test_a_tick_at_the_end_of_a_pulse_sees_it_ended() -> None:
+    g = step(initial(BARE, 0.0), OpenRequested(10_000), 0.0).gate
+    t = step(g, Tick(), 10.0)
+    assert (t.state, t.gate.released_at, t.gate.pulse_until) == (GateState.CLOSING, 10.0, None)
+
+
+def test_a_vehicle_leaving_during_an_explicit_hold_leaves_only_the_hold() -> None:
+    g = initial(BARE, 0.0)
+    g, _ = run(g, (0.0, OpenRequested(5000)), (1.0, PresenceChanged(True)),
+               (2.0, HoldRequested()), (3.0, PresenceChanged(False)))  # fmt: skip
+    assert (g.hold_explicit, g.hold_presence, g.release_deferred) == (True, False, False)
+    assert g.energised(100.0)
