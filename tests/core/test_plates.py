@@ -267,7 +267,7 @@ def test_edits_of_a_shifted_plate_are_minimal(plate: str, shift: int, tail: str)
 
 
 def test_edits_refuse_text_longer_than_any_plate() -> None:
-    with pytest.raises(ValueError, match="plate-sized"):
+    with pytest.raises(ValueError, match=r"^edits\(\) is for plate-sized strings$"):
         edits("A" * (MAX_TEXT_LEN + 1), "A")
     with pytest.raises(ValueError, match="plate-sized"):
         edits("A", "B" * (MAX_TEXT_LEN + 1))

@@ -737,3 +737,12 @@ def test_a_recorded_decision_without_a_direction_counts_as_an_entry() -> None:
     state.record(entry, NOW)
     assert state.last_passage("p-once") == (Direction.IN, NOW)
     assert state.pass_uses("p-once") == 1
+
+
+def test_a_valid_confusion_pass_is_found_behind_two_expired_ones() -> None:
+    src = world()
+    src.add_pass(VisitorPass("p-o", "XO6666", "alice", NOW - 2 * HOUR, NOW - HOUR))
+    src.add_pass(VisitorPass("p-d", "XD6666", "alice", NOW - 2 * HOUR, NOW - HOUR))
+    src.add_pass(VisitorPass("p-q", "XQ6666", "alice", NOW - HOUR, NOW + HOUR))
+    d = run("X06666", rules=RuleIndex.build(src), policy=PolicyConfig(visitor_match="confusion"))
+    assert (d.allowed, d.reason, d.pass_id) == (True, Reason.VISITOR_PASS, "p-q")

@@ -499,3 +499,11 @@ def test_a_vehicle_leaving_during_an_explicit_hold_leaves_only_the_hold() -> Non
                (2.0, HoldRequested()), (3.0, PresenceChanged(False)))  # fmt: skip
     assert (g.hold_explicit, g.hold_presence, g.release_deferred) == (True, False, False)
     assert g.energised(100.0)
+
+
+def test_an_order_while_open_starts_no_movement_check() -> None:
+    # the gate is already open when the order comes, then closes within its travel time
+    g = initial(SWITCH, 0.0, closed=False)
+    g, ts = run(g, (1.0, OpenRequested(500)), (3.0, PositionChanged(True)), (20.0, Tick()))
+    assert all(not t.raised for t in ts) and g.alarms == frozenset()
+    assert next_deadline(g) is None
