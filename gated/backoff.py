@@ -1,4 +1,9 @@
-"""Capped, jittered exponential backoff: a pure schedule, no sleeping, no clock."""
+"""Capped, jittered exponential backoff: a pure schedule, no sleeping, no clock.
+
+One schedule for everything that retries (the supervisor's restarts, relays, readers and
+cameras reopening their device, MqttLink reconnecting, the upstream sync): callers sleep, so
+the schedule is tested as plain numbers and shared by the core and the edges alike.
+"""
 
 from __future__ import annotations
 

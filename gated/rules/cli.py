@@ -1,4 +1,9 @@
-"""`gated rules import|export`: the rule-set files, with the import audited in the journal."""
+"""`gated rules import|export`: the rule-set files, with the import audited in the journal.
+
+An import is one change set of the rule store (a new version the running daemon picks up)
+and one audit row in the journal, success or failure, so every change to who may enter is
+accounted for; both files are checked writable before either is touched.
+"""
 
 from __future__ import annotations
 

@@ -1,62 +1,12 @@
-"""The in-memory plate/tag index the decision uses, built once per rule-set version.
+"""The in-memory plate/tag index the decision uses (`RuleIndex`), built once per rule-set
+version over a RuleSource.
 
-A RuleIndex is a RuleSource plus compact numpy tables over its plates, sized for
-a million vehicles on a Raspberry Pi:
-
-* Every plate row (deny list, resident vehicles, visitor passes, in that
-  order) gets a global row number; its normalised text lives in one
-  fixed-width bytes array and its store row key in an int array.
-* A table holds, per row, uint64 entries
-  ``hash << 36 | position << 32 | level << 30 | row`` where ``hash`` is the
-  string's ASCII bytes read as a big-endian number modulo a 28-bit prime
-  (one-character differences never collide) and ``level`` says how many
-  characters were deleted from the row's confusion key to get it: level 0 is
-  the key itself, levels 1-2 its symmetric-deletion ('SymSpell') neighbourhood. ``position`` is the
-  deleted index at level 1: a substitution at i shows as equal deletions *at
-  i* on both sides, so distance-1 lookups skip pairs deleted at different
-  places (mostly distance 2), which in a dense million-plate fleet are most
-  of the hits. Entries are built with vectorised numpy and kept sorted, with
-  a bucket-start array so a probe is two or three memory reads (see
-  `_HashTable`). The deny list has its own small table (a dict), and every
-  read is first screened against the deny rows' deletion neighbourhood kept
-  as a set of strings (`_deletion_strings`): one C-level set test over the
-  read's deletions, because every read must be checked against the deny list.
-* A query (`PlateQuery`) hashes the read's confusion key and, only when a
-  list needs it, the key's own deletions. Every hit is verified on the real
-  strings, so a hash collision only costs a comparison. Residents and passes
-  are probed with deletions only when no exact/confusion hit exists: a
-  fuzzy candidate can never beat an exact one.
-
-Fuzzy distance is measured between *confusion keys* (see `gated.plates`): a
-character the confusion stage already treats as equal costs nothing, so a read
-with one confusable and one genuinely wrong character is at distance 1.
-`Match.distance` is that key distance; `Match.edits` lists every character
-that differs in the normalised texts (confusable ones included).
-
-Symmetric deletion is complete: if two keys are within Levenshtein distance k,
-deleting at most k characters from each makes them equal. A list therefore
-answers fuzzy queries up to the depth it was built with (``depths``); asking
-for more is capped to the depth and the effective distance is reported by
-``effective_distance``. Memory per plate is about (1 + length) entries of
-8 bytes at depth 1 and about length² more at depth 2, which is why depth 2 is
-the default only for the (small) deny list. A million 7-character plates plus
-100,000 passes take about 93 MB (8.3 M entries, bucket starts, texts, keys).
-
-Vehicle facts: when the source can list its vehicles joined with their
-residents (`VehicleFactsSource`, e.g. the SQLite `RuleStore`), the build also
-keeps, per vehicle row, its id, its resident's id, an active-flags byte and the
-number of the resident's *grant* (own access points, own schedule, groups:
-residents share few distinct ones). About 22 MB more for a million cars. The
-policy then decides a resident's car without building a Vehicle or Resident or
-asking the store: a cache miss over a million cars cost two entity reads
-(an SQLite query each) per decision. The facts are read in the same build as
-the plates, so they are exactly the rule-set version the index answers for.
-The build ends by handing its freed temporaries back to the OS (glibc
-`malloc_trim`), which otherwise stay resident: about 50 MB at a million cars.
-
-The index is immutable once built: build a new RuleIndex for a new version
-(e.g. in a worker thread) and swap the reference; readers never see a
-half-built index.
+Compact numpy tables over every plate (deny list, residents' vehicles, visitor passes)
+answer exact, OCR-confusion and fuzzy (symmetric-deletion) lookups in microseconds for a
+million vehicles on a Raspberry Pi, plus the residents' facts the policy needs without
+reading entities. Immutable once built: the daemon builds a new index in a worker thread
+and swaps the reference. The design (hashing, levels, memory figures and the benchmark
+that measures them): docs/rule-index.md.
 """
 
 from __future__ import annotations
