@@ -746,3 +746,29 @@ def test_a_valid_confusion_pass_is_found_behind_two_expired_ones() -> None:
     src.add_pass(VisitorPass("p-q", "XQ6666", "alice", NOW - HOUR, NOW + HOUR))
     d = run("X06666", rules=RuleIndex.build(src), policy=PolicyConfig(visitor_match="confusion"))
     assert (d.allowed, d.reason, d.pass_id) == (True, Reason.VISITOR_PASS, "p-q")
+
+
+def test_undo_takes_back_exactly_what_record_counted() -> None:
+    # the relay failed: the gate did not open, so the passage and the pass use never happened
+    state = MemoryPolicyState()
+    state.record_passage("v-alice", Direction.OUT, NOW - 100)
+    car = run("AB12CDE", state=state)
+    before = state.last_passage("v-alice")
+    state.record(car, NOW)
+    state.undo(car, before)
+    assert state.last_passage("v-alice") == (Direction.OUT, NOW - 100)
+    visitor = run("ONCE33", state=state)
+    state.record(visitor, NOW)
+    state.undo(visitor, None)
+    assert (state.last_passage("p-once"), state.pass_uses("p-once")) == (None, 0)
+    leaving = run("ONCE33", state=state, direction=Direction.OUT)
+    state.record_pass_use("p-once")
+    state.record(leaving, NOW)
+    state.undo(leaving, None)
+    assert state.pass_uses("p-once") == 1  # an exit was never a use
+    denied = run("ONCE33", state=state, confidence=0.1)
+    assert denied.pass_id == "p-once" and not denied.allowed
+    state.record_passage("p-once", Direction.IN, NOW - 50)
+    state.undo(denied, None)  # nothing was recorded for a denial: nothing to take back
+    assert state.pass_uses("p-once") == 1
+    assert state.last_passage("p-once") == (Direction.IN, NOW - 50)
