@@ -772,3 +772,16 @@ def test_undo_takes_back_exactly_what_record_counted() -> None:
     state.undo(denied, None)  # nothing was recorded for a denial: nothing to take back
     assert state.pass_uses("p-once") == 1
     assert state.last_passage("p-once") == (Direction.IN, NOW - 50)
+
+
+def test_undo_of_a_tag_and_of_a_decision_without_a_direction() -> None:
+    state = MemoryPolicyState()
+    state.record_passage("alice", Direction.OUT, NOW - 100)  # a tag's subject: its resident
+    card = tag("0A1B2C3D4E", state=state)
+    state.record(card, NOW)
+    state.undo(card, (Direction.OUT, NOW - 100))
+    assert state.last_passage("alice") == (Direction.OUT, NOW - 100)
+    entry = dataclasses.replace(run("ONCE33", state=state), inputs={})
+    state.record(entry, NOW)
+    state.undo(entry, None)  # no direction recorded: an entry, as record() counted it
+    assert state.pass_uses("p-once") == 0

@@ -507,3 +507,16 @@ def test_an_order_while_open_starts_no_movement_check() -> None:
     g, ts = run(g, (1.0, OpenRequested(500)), (3.0, PositionChanged(True)), (20.0, Tick()))
     assert all(not t.raised for t in ts) and g.alarms == frozenset()
     assert next_deadline(g) is None
+
+
+def test_after_the_vehicle_left_an_order_pulses_again() -> None:
+    g = initial(BARE, 0.0)
+    g, ts = run(g, (0.0, PresenceChanged(True)), (1.0, PresenceChanged(False)),
+                (2.0, OpenRequested(800)))  # fmt: skip
+    assert (g.present, ts[-1].order) == (False, Order("pulse", 800))
+
+
+def test_a_hold_given_while_opening_after_a_short_pulse_keeps_the_gate_open() -> None:
+    g = initial(BARE, 0.0)
+    g, ts = run(g, (0.0, OpenRequested(1000)), (5.0, HoldRequested()), (9.0, Tick()))
+    assert ts[-1].state == GateState.OPEN and g.energised(9.0)
