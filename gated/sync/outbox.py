@@ -248,7 +248,10 @@ class Outbox:
     async def _mark_later(self, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
-        await self.flush()
+        # Ids acknowledged while a flush was writing were not in it, and their
+        # acknowledged() saw this task still running: flush until none is left.
+        while self.pending_marks:
+            await self.flush()
 
     async def flush(self) -> int:
         """Mark every acknowledged id synced now; returns how many rows changed."""

@@ -119,6 +119,7 @@ class Receiver:
         self.http_requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers
         self.routes: list[tuple[str, str, Route]] = []  # added before start()
         self.on_message: list[Callable[[str, bytes, bool], None]] = []
+        self.picture_states: dict[str, str | None] = {}  # event id -> gatedsnapshot
         self.arrivals: dict[str, float] = {}  # event id -> monotonic time first stored
         self.ack_enabled = True  # False: store but never ack over MQTT (a silent service)
         self._client: mqtt.Client | None = None
@@ -255,6 +256,7 @@ class Receiver:
             for event in events:
                 event_id = event["id"]
                 self.seen[event_id] += 1
+                self.picture_states[event_id] = event.get("gatedsnapshot")
                 data = event["data"]
                 device_id = event["source"].rsplit("/", 1)[-1]
                 if data.get("event_id") != event_id or data.get("seq") != event.get("gatedseq"):

@@ -1,0 +1,270 @@
+"""HTTP uplink: batched CloudEvents POSTs, content-addressed snapshot PUTs, signed heads.
+
+docs/protocol.md, sections 6, 7 and 12. A batch is settled when the service answers
+2xx (the ids it lists as stored or duplicate are marked synced). 400/413/422 mean
+"never": the batch is halved until the one event the service refuses is found, and
+that event is quarantined (audited, then settled), so it cannot block the queue.
+Everything else (5xx, 429, 408, a timeout, a reset, a body cut short) is retried
+with full-jitter back-off, capped, with any Retry-After as a floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import random
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gated.config import SyncConfig
+from gated.errors import SyncError
+from gated.model import SiteIdentity
+from gated.sync.envelope import Ack, access_or_audit, ack_from, encode, source_of
+from gated.sync.outbox import Outbox
+
+__all__ = ["HttpUplink", "full_jitter", "retry_after_s"]
+
+log = logging.getLogger(__name__)
+
+NEVER = frozenset({400, 413, 422})  # the service will never take this batch as it is
+KEPT = frozenset({200, 201, 204, 412})  # snapshot PUT: the service has the picture
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+Quarantine = Callable[..., Awaitable[None]]
+
+
+def full_jitter(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """uniform(0, min(cap, base * 2**attempt)): 'full jitter' back-off."""
+    return rng.uniform(0, min(cap, base * 2 ** min(attempt, 32)))
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HttpUplink:
+    """Delivers the outbox's batches to the service's HTTP API, one batch at a time."""
+
+    name = "http"
+
+    def __init__(self, cfg: SyncConfig, outbox: Outbox, identity: SiteIdentity, *,
+                 snapshot_dir: str, on_ack: Callable[[Ack], None] | None = None,
+                 quarantine: Quarantine | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.identity = identity
+        self.source = source_of(identity)
+        self.snapshot_dir = Path(snapshot_dir)
+        self.on_ack = on_ack
+        self.quarantine = quarantine
+        self.rng = rng or random.Random()
+        base = cfg.http.url.rstrip("/")
+        self.events_url = f"{base}/v1/devices/{identity.device_id}/events"
+        self.heads_url = f"{base}/v1/devices/{identity.device_id}/heads"
+        self.snapshots_url = f"{base}/v1/snapshots/"
+        headers = {"User-Agent": "gated-sync"}
+        if cfg.http.token:
+            headers["Authorization"] = f"Bearer {cfg.http.token}"
+        self.client = httpx.AsyncClient(
+            headers=headers, timeout=cfg.http.timeout_s, verify=self._tls(),
+            transport=transport, follow_redirects=False)
+        self._picture_since: OrderedDict[str, float] = OrderedDict()  # sha256 -> first try
+        self._busy = asyncio.Event()
+        self._idle = asyncio.Event()
+        self.state = "starting"
+        self.posts = 0
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        http = self.cfg.http
+        if not http.url.startswith("https://"):
+            return True
+        try:
+            ctx = ssl.create_default_context(cafile=http.ca_file or None)
+            if http.client_cert:
+                ctx.load_cert_chain(http.client_cert, http.client_key)
+        except (OSError, ssl.SSLError) as err:
+            raise SyncError(f"sync.http: cannot load TLS files: {err}") from err
+        return ctx
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver batch after batch until cancelled."""
+        try:
+            while True:
+                try:
+                    batch = await self.outbox.next_batch()
+                except EOFError:
+                    return
+                self._busy.set()
+                self._idle.clear()
+                try:
+                    await self._deliver(batch.rows)
+                finally:
+                    self._busy.clear()
+                    self._idle.set()
+        finally:
+            await self.client.aclose()
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (bounded) for the batch being delivered."""
+        if self._busy.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+
+    async def _deliver(self, rows: list[dict[str, Any]]) -> None:
+        events: list[tuple[dict[str, Any], dict[str, Any], int]] = []  # (row, event, size)
+        for row in rows:
+            picture = await self._picture(row)
+            if picture is None:
+                # Its picture is not up yet and may still go: the event stays in flight and
+                # is handed out again after ack_timeout_s (the others go on without it).
+                continue
+            event = access_or_audit(row, self.source, picture or None)
+            events.append((row, event, len(encode(event))))
+        chunk: list[tuple[dict[str, Any], dict[str, Any], int]] = []
+        size = 2
+        for item in events:
+            if chunk and size + item[2] + 1 > self.cfg.batch_max_bytes:
+                await self._post(chunk)
+                chunk, size = [], 2
+            chunk.append(item)
+            size += item[2] + 1
+        if chunk:
+            await self._post(chunk)
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def _post(self, chunk: list[tuple[dict[str, Any], dict[str, Any], int]]) -> None:
+        """POST one batch until the service settles it (2xx, or a quarantine)."""
+        body = b"[" + b",".join(encode(e) for _, e, _ in chunk) + b"]"
+        headers = {"Content-Type": BATCH_CONTENT_TYPE, "Idempotency-Key": chunk[0][1]["id"]}
+        attempt = 0
+        while True:
+            delay: float | None = None
+            try:
+                response = await self.client.post(self.events_url, content=body, headers=headers)
+            except httpx.HTTPError as err:
+                self._set_state(f"unreachable: {type(err).__name__}: {err}")
+            else:
+                self.posts += 1
+                status = response.status_code
+                if 200 <= status < 300:
+                    self._settled(chunk, response)
+                    return
+                if status in NEVER:
+                    await self._refused(chunk, status, response.text[:300])
+                    return
+                self._set_state(f"answered {status}")
+                delay = retry_after_s(response.headers.get("Retry-After"))
+            jitter = full_jitter(attempt, self.cfg.retry_min_s, self.cfg.retry_max_s, self.rng)
+            attempt += 1
+            await asyncio.sleep(max(delay or 0.0, jitter))
+
+    def _settled(self, chunk: list[tuple[dict[str, Any], dict[str, Any], int]],
+                 response: httpx.Response) -> None:
+        try:
+            ack = ack_from(response.json())
+        except ValueError as err:
+            # A 2xx we cannot read says nothing of record: send again (deduplicated).
+            # They stay in flight and go again after ack_timeout_s.
+            self._set_state(f"unreadable answer: {err}")
+            return
+        self._set_state("ok")
+        # Ids the answer does not list as stored stay in flight: sent again after
+        # ack_timeout_s, not at once (a service that keeps dropping one is not hammered).
+        self.outbox.acknowledged(ack.stored)
+        if self.on_ack is not None:
+            self.on_ack(ack)  # quarantines what was rejected for good, takes a head answer
+
+    async def _refused(self, chunk: list[tuple[dict[str, Any], dict[str, Any], int]],
+                       status: int, reason: str) -> None:
+        if len(chunk) > 1:  # find the one event the service will not take
+            half = len(chunk) // 2
+            await self._post(chunk[:half])
+            await self._post(chunk[half:])
+            return
+        row = chunk[0][0]
+        if self.quarantine is not None:
+            await self.quarantine(row["event_id"], row, f"HTTP {status}: {reason}",
+                                  http_status=status)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            if state == "ok":
+                log.info("sync http: delivering")
+            else:
+                log.warning("sync http: %s; retrying with back-off", state)
+            self.state = state
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    async def _picture(self, row: dict[str, Any]) -> str | None:
+        """"uploaded", "missing", "pending", "" (no picture) or None (not yet: retry later)."""
+        sha = row.get("snapshot_sha256")
+        if not sha:
+            return ""
+        path = row.get("snapshot_path")
+        file = self.snapshot_dir / path if path else None
+        if file is None or not file.is_file():
+            return "missing"
+        first = self._picture_since.setdefault(sha, time.monotonic())
+        while len(self._picture_since) > 10_000:  # bounded memory
+            self._picture_since.popitem(last=False)
+        try:
+            data = await asyncio.to_thread(file.read_bytes)
+            response = await self.client.put(
+                self.snapshots_url + sha, content=data,
+                headers={"Content-Type": "image/jpeg", "If-None-Match": "*"})
+        except (OSError, httpx.HTTPError) as err:
+            log.debug("sync http: snapshot %s not uploaded: %s", sha, err)
+            response = None
+        if response is not None and response.status_code in KEPT:
+            self._picture_since.pop(sha, None)
+            return "uploaded"
+        if response is not None and response.status_code in NEVER:
+            log.warning("sync http: snapshot %s refused (%d): the event goes without it",
+                        sha, response.status_code)
+            return "pending"
+        if time.monotonic() - first >= self.cfg.snapshot_wait_s:
+            return "pending"  # an event never waits forever for its picture
+        return None
+
+    # --- heads, status ------------------------------------------------------------------------
+
+    async def send_head(self, event: dict[str, Any]) -> None:
+        """POST a signed head; the answer is handed to on_ack."""
+        try:
+            response = await self.client.post(
+                self.heads_url, content=encode(event),
+                headers={"Content-Type": "application/cloudevents+json"})
+        except httpx.HTTPError as err:
+            raise SyncError(f"sync http: head not sent: {err}") from err
+        if 200 <= response.status_code < 300 and self.on_ack is not None:
+            with contextlib.suppress(ValueError):
+                self.on_ack(ack_from(response.json()))
+
+    async def publish_status(self, status: str, reason: str) -> None:
+        """HTTP has no retained status: the service sees the batches."""
+
+    async def publish_event(self, suffix: str, event: dict[str, Any], **_: Any) -> None:
+        """HTTP sends no heartbeat (docs/protocol.md, section 9)."""
