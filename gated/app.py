@@ -24,7 +24,7 @@ import time
 import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gated import __version__
 from gated.audit import Auditor
@@ -43,9 +43,21 @@ from gated.control import Actor, ActorType, ControlPlane
 from gated.errors import ConfigError, GatedError
 from gated.health import Health
 from gated.lane import Lane, LaneParts, RulesHolder
-from gated.model import Mode, PlateRead
+from gated.model import AccessEvent, AuditEvent, Decision, Direction, Mode, PlateRead
 from gated.policy import AccessPoint, MemoryPolicyState
 from gated.supervise import Supervisor, TooManyFailuresError
+
+if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
+    from gated.config import ButtonConfig, LaneConfig, RelayConfig
+    from gated.control_socket import ControlSocket
+    from gated.hardware.anpr_http import AnprListener
+    from gated.hardware.anpr_limits import RefusalSummary
+    from gated.hardware.base import Emit, InputEvent, PlateSource, Relay
+    from gated.journal import Journal
+    from gated.mqttlink import LinkStats
+    from gated.rules.index import RuleIndex
+    from gated.rules.store import RuleStore
+    from gated.snapshots import RemovedSnapshot, SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +77,12 @@ class Generation:
 
     cfg: Config
     lanes: dict[str, Lane] = field(default_factory=dict)
-    relays: dict[str, Any] = field(default_factory=dict)
+    relays: dict[str, Relay] = field(default_factory=dict)
     services: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
-    listeners: list[Any] = field(default_factory=list)  # camera listeners, for the status API
-    mqtt_links: dict[str, Any] = field(default_factory=dict)  # LinkStats by link, for metrics
+    listeners: list[AnprListener] = field(default_factory=list)  # for the status API
+    mqtt_links: dict[str, LinkStats] = field(default_factory=dict)  # for metrics
     rules: RulesHolder | None = None
-    store: Any = None
+    store: RuleStore | None = None
 
 
 class Daemon:
@@ -90,7 +102,7 @@ class Daemon:
         self.health = health or Health()
         self.clock = ClockWatch()
         self.state = MemoryPolicyState()
-        self.journal: Any = None
+        self._journal: Journal | None = None
         self.auditor: Auditor | None = None
         self.generation: Generation | None = None
         self.event_listeners: list[Callable[..., None]] = []
@@ -102,7 +114,7 @@ class Daemon:
         self.state_prune_s = STATE_PRUNE_S
         # Relays whose configuration a reload did not change are handed to the next
         # generation as they are: a held gate is never dropped by a SIGHUP.
-        self._carried_relays: dict[str, tuple[Any, Any]] = {}
+        self._carried_relays: dict[str, tuple[RelayConfig, Relay]] = {}
         self._pin_factory_for: tuple[Any, Any] | None = None  # (GpioConfig, factory)
         self._exit_reason: str | None = None  # why a component ended the daemon
         # Called once when stopping begins (SIGTERM, a fatal error): `gated run` arms its
@@ -110,7 +122,7 @@ class Daemon:
         self.on_stopping: Callable[[], None] | None = None
         self.journal_head: tuple[int, str, float] | None = None  # (seq, row_hash, when read)
         self.control: ControlPlane | None = None  # built once the journal is open
-        self.control_socket: Any = None
+        self.control_socket: ControlSocket | None = None
         self._front_ends: list[asyncio.Task[Any]] = []
 
     # --- public control ------------------------------------------------------
@@ -123,6 +135,13 @@ class Daemon:
     def request_reload(self) -> None:
         """Ask the daemon to reload config and rules (SIGHUP)."""
         self._wake.put_nowait("reload")
+
+    @property
+    def journal(self) -> Journal:
+        """The open journal (the daemon opens it first thing in run())."""
+        if self._journal is None:
+            raise GatedError("the journal is not open yet")
+        return self._journal
 
     def lane(self, lane_id: str) -> Lane:
         """A running lane by id."""
@@ -149,7 +168,7 @@ class Daemon:
         ):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, action)
-        self.journal = await Journal.open(self.cfg.journal.path)
+        self._journal = await Journal.open(self.cfg.journal.path)
         status = 1  # until a clean stop is journaled
         background: list[asyncio.Task[Any]] = []
         error: BaseException | None = None
@@ -345,7 +364,7 @@ class Daemon:
                 log.info("journal head: seq %d row_hash %s", seq, digest)
             await asyncio.sleep(self.cfg.journal.head_interval_s)
 
-    async def _append(self, event: Any) -> int:
+    async def _append(self, event: AccessEvent | AuditEvent) -> int:
         """Journal append that keeps the journal's health current for the watchdog."""
         try:
             seq = await self.journal.append(event)
@@ -367,7 +386,7 @@ class Daemon:
                 self.state.record_pass_use(pass_id)
         since = time.time() - self.cfg.policy.anti_passback_reset_s
         for subject, (direction, at) in (await self.journal.last_passages(since)).items():
-            self.state.record_passage(subject, direction, at)
+            self.state.record_passage(subject, Direction(direction), at)
 
     async def _run_generation(self, cfg: Config) -> str:
         gen = await self._build(cfg)
@@ -618,7 +637,7 @@ class Daemon:
             self._pin_factory_for = (cfg.gpio, _pin_factory(cfg.gpio.pin_factory))
         return self._pin_factory_for[1]
 
-    def _make_relay(self, lane_cfg: Any, pin_factory: Any) -> Any:
+    def _make_relay(self, lane_cfg: LaneConfig, pin_factory: Any) -> Relay:
         from gated.hardware.relays import make_relay
 
         name = f"{lane_cfg.id}-relay"
@@ -722,7 +741,7 @@ class Daemon:
             gen.mqtt_links["frigate"] = source.stats
             gen.services.append(_source(source, self._emit))
 
-    def _on_camera_refused(self, summary: Any) -> None:
+    def _on_camera_refused(self, summary: RefusalSummary) -> None:
         """Audit refused camera pushes: one row per client address and interval, not per push.
 
         `summary` is a gated.hardware.anpr_limits.RefusalSummary; a flood of wrong
@@ -766,7 +785,7 @@ class Daemon:
             sensors = GateSensors(lane.id, lane.sensors, pin_factory=pin_factory)
             gen.services.append((f"{lane.id}-sensors", _bind(sensors.run, self._on_input)))
 
-    def _on_input(self, event: Any) -> None:
+    def _on_input(self, event: InputEvent) -> None:
         """A debounced button press or sensor edge."""
         gen = self.generation
         if gen is None:
@@ -782,7 +801,7 @@ class Daemon:
                     self._background(self._button(button, gen), f"button {button.name}")
                 return
 
-    async def _button(self, button: Any, gen: Generation) -> None:
+    async def _button(self, button: ButtonConfig, gen: Generation) -> None:
         """A guard button is a front end of the control plane (actor: the button)."""
         assert self.control is not None
         actor = Actor(ActorType.GUARD_BUTTON, id=button.name)
@@ -790,7 +809,7 @@ class Daemon:
         for lane in targets:
             await _BUTTON_ACTIONS[button.action](self.control, actor, lane)
 
-    async def _index_rules(self, cfg: Config, gen: Generation) -> Any:
+    async def _index_rules(self, cfg: Config, gen: Generation) -> RuleIndex:
         """Build the plate index in a worker thread; decisions keep using the old one meanwhile."""
         from gated.rules.index import RuleIndex
         from gated.rules.store import RuleStore
@@ -816,7 +835,7 @@ class Daemon:
         """Pick up a new rule-set version (a CLI import, later a downlink) without a restart."""
         from gated.rules.index import release_free_memory
 
-        assert gen.rules is not None
+        assert gen.rules is not None and gen.store is not None
         while True:
             await asyncio.sleep(RULES_POLL_S)
             try:
@@ -842,7 +861,7 @@ class Daemon:
             if forgotten:
                 log.debug("forgot %d anti-passback passages", forgotten)
 
-    async def _keep_snapshot_quota(self, snapshots: Any) -> None:
+    async def _keep_snapshot_quota(self, snapshots: SnapshotStore) -> None:
         """Keep snapshots under their disk quota: synced events' pictures go first."""
         assert self.auditor is not None
         while True:
@@ -865,7 +884,7 @@ class Daemon:
             if removed:
                 log.warning("snapshot quota: removed %d picture(s)", len(removed))
 
-    def _enforce_quota(self, snapshots: Any) -> list[Any]:
+    def _enforce_quota(self, snapshots: SnapshotStore) -> list[RemovedSnapshot]:
         """One quota pass (worker thread) asking the journal which events were synced."""
         import sqlite3
 
@@ -909,7 +928,7 @@ class Daemon:
             tmp.replace(target)
             await asyncio.sleep(gen.cfg.metrics.interval_s)
 
-    def _on_event(self, event: Any, decision: Any) -> None:
+    def _on_event(self, event: AccessEvent, decision: Decision | None) -> None:
         for listener in list(self.event_listeners):
             listener(event, decision)
 
@@ -956,7 +975,7 @@ async def _hold_when_open(lane: Lane) -> None:
         await lane.relay_recovered()
 
 
-def _source(source: Any, emit: Callable[[PlateRead], Any]) -> tuple[str, Callable[[], Any]]:
+def _source(source: PlateSource, emit: Emit) -> tuple[str, Callable[[], Any]]:
     return source.name, _bind(source.run, emit)
 
 

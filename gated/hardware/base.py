@@ -53,6 +53,10 @@ class Relay(Protocol):
         """Release and free the port or pin."""
         ...
 
+    async def run(self) -> None:
+        """Keep the device open, reopening it with backoff after a fault, until cancelled."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class InputEvent:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain, combinations, islice
@@ -227,6 +227,7 @@ def _text_array(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]
             except Exception:  # hostile text in a store row: skip the row, never fail the build
                 texts[i] = ""
         arr = np.array(texts, dtype=f"S{max(1, max(map(len, texts), default=1))}")
+    assert arr is not None  # a text that cannot encode was repaired just above
     lens = np.char.str_len(arr) if len(texts) else np.zeros(0, dtype=np.int64)
     usable &= (lens > 0) & (lens <= max_len)
     if not usable.all():
@@ -267,8 +268,8 @@ class _HashTable:
         np.cumsum(np.bincount(bucket, minlength=1 << bits), out=starts[1:])
         del bucket
         # memoryviews: indexing them yields Python ints at C speed
-        self._starts = memoryview(starts)
-        self._entries = memoryview(entries)
+        self._starts = starts.data
+        self._entries = entries.data
 
     @property
     def nbytes(self) -> int:
@@ -308,7 +309,7 @@ class _Strings:
 
     def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
         self.blob = blob  # UTF-8 (surrogates passed through)
-        self.offsets = memoryview(offsets)  # string i is blob[offsets[i]:offsets[i + 1]]
+        self.offsets = offsets.data  # string i is blob[offsets[i]:offsets[i + 1]]
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -397,7 +398,7 @@ class VehicleFacts:
         self, base: int, info: np.ndarray, grants: tuple[Grant, ...], ids: _Strings
     ) -> None:
         self.base = base  # index row of the first vehicle
-        self.info = memoryview(info)  # indexing a memoryview yields Python ints
+        self.info = info.data  # indexing a memoryview yields Python ints
         self.grants = grants
         self.ids = ids  # vehicle id of row i at 2 i, its resident's id at 2 i + 1
 
@@ -512,7 +513,7 @@ class RuleIndex:
         self.skipped = 0  # store rows that were empty or too long to index
         self._bounds = (0, 0, 0, 0)
         self._plates = np.zeros(0, dtype="S1")
-        self._keys = memoryview(np.zeros(0, dtype=np.int64))  # indexing gives Python ints
+        self._keys = np.zeros(0, dtype=np.int64).data  # indexing gives Python ints
         self._deny_table = _EMPTY
         self._deny_screen: frozenset[str] | None = frozenset()
         self._deny_halves: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
@@ -547,15 +548,15 @@ class RuleIndex:
         """
         self._grant_schedules: dict[tuple[int, str], tuple[str | None, ...]] = {}
         self.schedule_answers: dict[tuple[str, Any, float], bool] = {}
+        self.vehicle: Callable[[int], Vehicle | None]
+        self.visitor_pass: Callable[[int], VisitorPass | None]
         if source is None:
             for name in ("deny_entry", "group", "resident", "schedule", "tag", "vehicle"):
                 setattr(self, name, _none)
             self.visitor_pass = _none
             return
-        self.vehicle: Callable[[int], Vehicle | None] = lru_cache(_CACHE)(source.vehicle)
-        self.visitor_pass: Callable[[int], VisitorPass | None] = lru_cache(_CACHE)(
-            source.visitor_pass
-        )
+        self.vehicle = lru_cache(_CACHE)(source.vehicle)
+        self.visitor_pass = lru_cache(_CACHE)(source.visitor_pass)
         self.deny_entry: Callable[[int], DenyEntry | None] = lru_cache(_CACHE)(source.deny_entry)
         self.tag: Callable[[int], Tag | None] = lru_cache(_CACHE)(source.tag)
         self.resident: Callable[[str], Resident | None] = lru_cache(_CACHE)(source.resident)
@@ -628,7 +629,7 @@ class RuleIndex:
         if facts is not None:
             self.vehicle_facts = facts.finish(kept[0], usable[edges[1] : edges[2]])
         self._plates = arr
-        self._keys = memoryview(key_arr)
+        self._keys = key_arr.data
         self._deny_table = self._build_table(arr, (0,), depths)
         self._deny_screen = _deletion_strings(arr[: kept[0]], deny_depth)
         self._deny_halves = _halves(arr[: kept[0]])
@@ -895,7 +896,7 @@ class PlateQuery:
             h = n // 2
             if ckey[:h] not in halves[0] and ckey[h:] not in halves[1]:
                 return False
-        dels = map("".join, combinations(ckey, n - 1))
+        dels: Iterable[str] = map("".join, combinations(ckey, n - 1))
         if limit == 2 and n > 1:
             dels = chain(dels, map("".join, combinations(ckey, n - 2)))
         return not screen.isdisjoint(dels)
