@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
     from gated.rules.index import RuleIndex
     from gated.rules.store import RuleStore
     from gated.snapshots import RemovedSnapshot, SnapshotStore
+    from gated.sync.service import SyncService
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class Daemon:
         self.control: ControlPlane | None = None  # built once the journal is open
         self.control_socket: ControlSocket | None = None
         self._front_ends: list[asyncio.Task[Any]] = []
+        self.sync: SyncService | None = None  # upstream sync, when [sync] enabled
 
     # --- public control ------------------------------------------------------
 
@@ -232,6 +234,14 @@ class Daemon:
                 self.control, self.cfg.control.socket, group=self.cfg.control.socket_group
             )
             front.append((self.control_socket.name, self.control_socket.run))
+        if self.cfg.sync.enabled:
+            from gated.sync.service import SyncService
+
+            assert self.auditor is not None
+            self.sync = SyncService(
+                self.cfg, self.journal, audit=self.auditor.record, status=self._sync_status,
+                backlog=self._sync_backlog, version=__version__)
+            services.append((self.sync.name, self.sync.run))
         tasks = []
         for name, run in services + front:
             task = asyncio.create_task(supervisor.keep_running(name, run), name=name)
@@ -239,6 +249,26 @@ class Daemon:
             if (name, run) in front:
                 self._front_ends.append(task)
         return tasks
+
+    async def _sync_status(self) -> dict[str, Any]:
+        """What the heartbeat reports of the daemon: health, lanes, the rule-set version."""
+        lanes = self._running_lanes()
+        gen = self.generation
+        return {
+            "healthy": self.health.healthy(),
+            "components": {name: {"ok": c.ok, "detail": c.detail}
+                           for name, c in sorted(self.health.components.items())},
+            "lanes": {lane_id: {"mode": lane.mode.value, "gate": lane.gate.state.value}
+                      for lane_id, lane in lanes.items()},
+            "rules_version": (int(gen.rules.current.version)
+                              if gen is not None and gen.rules is not None else None),
+        }
+
+    async def _sync_backlog(self) -> dict[str, Any]:
+        """Unsynced rows per stream and the oldest one's age, for the heartbeat."""
+        counts, oldest = await self.journal.backlog()
+        return {"counts": counts,
+                "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest)}
 
     async def _stop_front_ends(self) -> None:
         """Stop taking requests from people and remote systems (first step of a stop)."""
@@ -300,6 +330,13 @@ class Daemon:
         """Release relays, journal the stop and close the journal, each step bounded."""
         self._stopping_began()
         await self._release_carried()
+        if self.sync is not None:
+            # Before its task is cancelled: in-flight events get a bounded wait for their
+            # acks (marked synced), and "offline" is published. The rest goes next start.
+            try:
+                await asyncio.wait_for(self.sync.stop(), STOP_STEP_S)
+            except (GatedError, TimeoutError) as err:
+                log.warning("sync did not stop cleanly: %s", err or "timed out")
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -276,6 +276,27 @@ class Journal:
         return await self._rows(stream, "WHERE synced_at IS NULL AND seq > ?",
                                 (int(after_seq),), "ASC", limit)
 
+    async def backlog(self) -> tuple[dict[str, int], float | None]:
+        """Unsynced rows per stream and the oldest one's created_at (None when none).
+
+        Both come from the unsynced partial indexes: cheap with a month of backlog.
+        """
+        counts: dict[str, int] = {}
+        oldest: float | None = None
+        for stream, table in TABLES.items():
+            async with self._reader.execute(
+                f"SELECT count(*), min(seq) FROM {table} WHERE synced_at IS NULL"
+            ) as cur:
+                count, first = await cur.fetchone()
+            counts[stream] = int(count)
+            if first is not None:
+                async with self._reader.execute(
+                    f"SELECT created_at FROM {table} WHERE seq = ?", (first,)
+                ) as cur:
+                    (created,) = await cur.fetchone()
+                oldest = created if oldest is None else min(oldest, created)
+        return counts, oldest
+
     async def mark_synced(self, stream: str, event_ids: Sequence[str],
                           when: float | None = None) -> int:
         """Mark events synced (call only after the transport's acknowledgement)."""

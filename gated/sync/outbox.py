@@ -51,7 +51,10 @@ class CommitWaiter(Protocol):
 class OutboxJournal(Protocol):
     """What the outbox needs of the journal (app.py hands it the Journal)."""
 
-    commits: CommitWaiter
+    @property
+    def commits(self) -> CommitWaiter:
+        """The feed of committed seqs."""
+        ...
 
     async def unsynced(self, stream: str, limit: int = 100,
                        after_seq: int = 0) -> list[dict[str, Any]]:
