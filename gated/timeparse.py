@@ -1,14 +1,16 @@
-"""Parsing of times given on the command line: ISO 8601 or a duration back from now."""
+"""Parsing of times given on the command line: ISO 8601, or a span back from or ahead of now."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
 import time
+import zoneinfo
 
 from gated.errors import GatedError
 
 _DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>[smhdw])$")
+_AHEAD = re.compile(r"^\+?(?P<n>\d+(?:\.\d+)?)(?P<unit>[mhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -27,4 +29,24 @@ def parse_since(text: str, now: float | None = None) -> float:
         ) from err
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)  # naive times are UTC, as the journal stores them
+    return when.timestamp()
+
+
+def parse_when(text: str, tz: str, now: float) -> float:
+    """Epoch seconds for an ISO 8601 time (naive: the site's time zone), 'now', or '4h' ahead."""
+    text = text.strip()
+    m = _AHEAD.match(text)
+    if m:
+        return now + float(m.group("n")) * _UNIT_S[m.group("unit")]
+    if text == "now":
+        return now
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as err:
+        raise GatedError(
+            f"{text!r} is neither an ISO 8601 time (2026-12-24T18:00) nor a span like 4h or 2d"
+        ) from err
+    if when.tzinfo is None:
+        # An installer at the gate means the gate's local time.
+        when = when.replace(tzinfo=zoneinfo.ZoneInfo(tz))
     return when.timestamp()

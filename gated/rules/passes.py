@@ -14,7 +14,6 @@ import asyncio
 import datetime as dt
 import os
 import pwd
-import re
 import secrets
 import sys
 import time
@@ -25,34 +24,11 @@ from typing import Any
 
 from gated.audit import Auditor
 from gated.config import DEFAULT_CONFIG
-from gated.errors import GatedError, RulesError
+from gated.errors import RulesError
 from gated.model import SiteIdentity
+from gated.timeparse import parse_when
 
-__all__ = ["add_parser", "parse_when", "run"]
-
-_AHEAD = re.compile(r"^\+?(?P<n>\d+(?:\.\d+)?)(?P<unit>[mhdw])$")
-_UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_when(text: str, tz: str, now: float) -> float:
-    """Epoch seconds for an ISO 8601 time (naive: the site's time zone) or '+4h', '2d' ahead."""
-    text = text.strip()
-    m = _AHEAD.match(text)
-    if m:
-        return now + float(m.group("n")) * _UNIT_S[m.group("unit")]
-    if text == "now":
-        return now
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError as err:
-        raise GatedError(
-            f"{text!r} is neither an ISO 8601 time (2026-12-24T18:00) nor a span like 4h or 2d"
-        ) from err
-    if when.tzinfo is None:
-        # An installer at the gate means the gate's local time.
-        when = when.replace(tzinfo=zoneinfo.ZoneInfo(tz))
-    return when.timestamp()
-
+__all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     """Add `gated pass …` (handled by `func`) to the top-level subparsers."""
