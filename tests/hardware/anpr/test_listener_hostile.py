@@ -21,7 +21,7 @@ import pytest
 
 from gated.config import AnprHttpSourceConfig, CameraAuthConfig, ListenerConfig
 from gated.hardware.anpr_formats import ParsedRead, parse_payload
-from gated.hardware.anpr_http import UNMATCHED, AnprListener, RefusalSummary
+from gated.hardware.anpr_http import INLINE_PARSE_MAX, UNMATCHED, AnprListener, RefusalSummary
 from gated.model import PlateRead
 from tests.hardware.anpr.conftest import multipart, payload
 
@@ -267,14 +267,15 @@ async def test_parsing_does_not_hold_up_the_event_loop(serve: Any) -> None:
     threads: list[str] = []
 
     def slow_parse(fmt: str, body: bytes, ctype: str, at: float) -> list[ParsedRead]:
-        threads.append(threading.current_thread().name)
         if b"SLOW" in body:
+            threads.append(threading.current_thread().name)
             release.wait(10)  # stands in for an expensive body
         return parse_payload(fmt, body, ctype, at)
 
     served: Served = await serve(parse=slow_parse)
+    large = {"plate": "SLOW1", "pad": "x" * (2 * INLINE_PARSE_MAX)}  # too big to parse inline
     async with served.client() as client:
-        slow = asyncio.create_task(client.post("/cam", json={"plate": "SLOW1"}, headers=bearer()))
+        slow = asyncio.create_task(client.post("/cam", json=large, headers=bearer()))
         await until(lambda: threads)
         # while the expensive parse runs, another camera's push is answered
         fast = await client.post("/cam", json={"plate": "FAST1"}, headers=bearer())
