@@ -1,0 +1,218 @@
+"""Sync benchmark: drain a journal backlog over MQTT with application acks, against raw paho.
+
+`python -m bench.sync [--events N] [--dir DIR]` prints one JSON object as its last line:
+
+* events: the backlog journaled before the sync starts (100,000 by default), built by a
+  child process so this process's peak RSS is the sync's, not the builder's;
+* drain_events_per_s: backlog rows delivered and marked synced per second, through a local
+  Mosquitto to the reference receiver running as its own process (it stores each event
+  in SQLite, then acks over MQTT: acknowledgements of record, not PUBACKs; it skips
+  the JSON Schema checks the tests make, which would make it the bottleneck);
+* raw_paho_events_per_s: the same payloads published by a bare paho-mqtt QoS 1 loop with
+  the same in-flight window, to a topic nobody reads, waiting only for PUBACKs;
+* peak_rss_mb: this process's peak resident set (journal, outbox, transport, paho);
+* lost: journal ids missing at the receiver; duplicates_seen_by_receiver: copies it got
+  more than once (it stores each id once);
+* live_event_latency_p99_ms: a live event appended every 50 ms while the backlog drains,
+  from its commit to the receiver's commit of it (same machine, wall clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+WINDOW = 256
+DEVICE = ("bench-t", "bench-s", "bench-d")
+
+
+def _event(i: int) -> Any:
+    from gated.ids import new_event_id
+    from gated.model import AccessEvent
+
+    now = time.time()
+    return AccessEvent(
+        event_id=new_event_id(), tenant_id=DEVICE[0], site_id=DEVICE[1], device_id=DEVICE[2],
+        created_at=now, event_type="entry" if i % 3 else "denied", access_point="main-in",
+        authorization_method="auto_plate", decision_reason="resident" if i % 3 else
+        "unknown_plate", rules_version=12, direction="in", vehicle_plate=f"AB{i % 99999:05d}",
+        confidence_score=0.91, resident_id=f"r{i % 500}", read_to_relay_ms=1.4,
+        captured_at=now - 0.3, gate_opened=bool(i % 3),
+        metadata={"match": {"kind": "exact", "list": "resident"}, "source": "cam-1"})
+
+
+async def _build(path: str, events: int) -> None:
+    from gated.journal import Journal
+
+    async with await Journal.open(path, max_batch=1000) as journal:
+        for start in range(0, events, 1000):
+            await journal.append_many([_event(i) for i in range(start, min(events, start + 1000))])
+
+
+def _config(tmp: Path, port: int) -> Any:
+    from gated.config import parse_config
+
+    return parse_config({
+        "site": dict(zip(("tenant_id", "site_id", "device_id"), DEVICE, strict=True)),
+        "journal": {"path": str(tmp / "journal.sqlite3"), "snapshot_dir": str(tmp / "snaps")},
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "sync": {"enabled": True, "mqtt_window": WINDOW, "batch_max_events": 500,
+                 "ack_timeout_s": 60, "head_interval_s": 86400, "heartbeat_interval_s": 86400},
+    })
+
+
+async def _drain(tmp: Path, port: int, events: int) -> dict[str, Any]:
+    from gated.audit import Auditor
+    from gated.journal import Journal
+    from gated.sync.service import SyncService
+
+    cfg = _config(tmp, port)
+    journal = await Journal.open(tmp / "journal.sqlite3")
+    auditor = Auditor(journal.append, cfg.site.identity)
+    service = SyncService(cfg, journal, audit=auditor.record)
+    live: dict[str, float] = {}
+    started = time.monotonic()
+    task = asyncio.create_task(service.run())
+
+    async def live_events() -> None:
+        i = 0
+        while True:
+            event = _event(10_000_000 + i)
+            await journal.append(event)
+            live[event.event_id] = time.time()
+            i += 1
+            await asyncio.sleep(0.05)
+
+    feeder = asyncio.create_task(live_events())
+    backlog_head = events
+    # The backlog is drained when the oldest unsynced row is a live one (poll: a benchmark).
+    while await _oldest_unsynced(journal) <= backlog_head:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    elapsed = time.monotonic() - started
+    feeder.cancel()
+    await asyncio.gather(feeder, return_exceptions=True)
+    deadline = time.monotonic() + 30
+    while await _oldest_unsynced(journal) < 2**62 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)  # the last live events
+    await service.stop(2.0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    ids = set()
+    for table in ("access_logs", "audit_logs"):
+        async with journal._reader.execute(f"SELECT event_id FROM {table}") as cur:
+            ids |= {r[0] for r in await cur.fetchall()}
+    await journal.close()
+    return {"elapsed": elapsed, "ids": ids, "live": live, "drained": events + len(live)}
+
+
+async def _oldest_unsynced(journal: Any) -> int:
+    seqs = [rows[0]["seq"] for s in ("access", "audit") if (rows := await journal.unsynced(s, 1))]
+    return min(seqs, default=2**62)
+
+
+def _raw_paho(tmp: Path, port: int) -> float:
+    """The same payloads through a bare paho QoS 1 loop, PUBACKs only."""
+    from gated.model import SiteIdentity
+    from gated.sync.envelope import access_or_audit, encode, source_of
+
+    source = source_of(SiteIdentity(*DEVICE))
+    conn = sqlite3.connect(tmp / "journal.sqlite3")
+    from gated.journal.rows import COLUMNS, public_row
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.max_inflight_messages_set(WINDOW)
+    client.max_queued_messages_set(WINDOW)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    count = 0
+    started = time.monotonic()
+    infos = []
+    cols = ", ".join(COLUMNS["access"])
+    for values in conn.execute(f"SELECT {cols} FROM access_logs ORDER BY seq"):
+        payload = encode(access_or_audit(public_row("access", values), source))
+        while True:
+            info = client.publish("bench/raw", payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                break
+            time.sleep(0.0005)  # queue full: wait for PUBACKs
+        infos.append(info)
+        if len(infos) >= WINDOW:
+            infos.pop(0).wait_for_publish(30)
+        count += 1
+    for info in infos:
+        info.wait_for_publish(30)
+    elapsed = time.monotonic() - started
+    client.loop_stop()
+    client.disconnect()
+    conn.close()
+    return count / elapsed
+
+
+def main() -> None:
+    """Run the benchmark and print one JSON line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--dir", default=None)
+    parser.add_argument("--build-only", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.build_only:
+        asyncio.run(_build(args.build_only, args.events))
+        return
+    from tests.support.broker import mosquitto_broker
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as name:
+        tmp = Path(name)
+        subprocess.run([sys.executable, "-m", "bench.sync", "--events", str(args.events),
+                        "--build-only", str(tmp / "journal.sqlite3")], check=True)
+        with mosquitto_broker(tmp / "broker") as broker:
+            stats = tmp / "receiver-stats.json"
+            receiver = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.receiver", "--mqtt-port",
+                 str(broker.port), "--db", str(tmp / "service.sqlite3"), "--stats", str(stats),
+                 "--no-validate"],
+                stdout=subprocess.PIPE, text=True)
+            assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+            result = asyncio.run(_drain(tmp, broker.port, args.events))
+            receiver.terminate()
+            receiver.wait(60)
+            seen = json.loads(stats.read_text())
+            service = sqlite3.connect(tmp / "service.sqlite3")
+            stored = dict(service.execute("SELECT event_id, received_at FROM events"))
+            service.close()
+            raw = _raw_paho(tmp, broker.port)
+    latencies = sorted((stored[i] - t) * 1000 for i, t in result["live"].items() if i in stored)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None
+    drain = args.events / result["elapsed"]
+    print(json.dumps({
+        "events": args.events,
+        "drain_events_per_s": round(drain),
+        "raw_paho_events_per_s": round(raw),
+        "drain_vs_raw": round(drain / raw, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "lost": len(result["ids"] - set(stored)),
+        "duplicates_seen_by_receiver": seen["duplicates_seen"],
+        "live_events": len(result["live"]),
+        "live_event_latency_p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "live_event_latency_p99_ms": round(p99, 1) if p99 is not None else None,
+        "receiver_invalid": len(seen["invalid"]),
+        "cpus": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
