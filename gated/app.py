@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
     from gated.rules.index import RuleIndex
     from gated.rules.store import RuleStore
     from gated.snapshots import RemovedSnapshot, SnapshotStore
+    from gated.sync.downlink import Downlink
     from gated.sync.service import SyncService
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class Daemon:
         self.control_socket: ControlSocket | None = None
         self._front_ends: list[asyncio.Task[Any]] = []
         self.sync: SyncService | None = None  # upstream sync, when [sync] enabled
+        self.downlink: Downlink | None = None  # signed commands and rule bundles, beside sync
 
     # --- public control ------------------------------------------------------
 
@@ -239,9 +241,14 @@ class Daemon:
 
             assert self.auditor is not None
             self.sync = SyncService(
-                self.cfg, self.journal, audit=self.auditor.record, status=self._sync_status,
+                self.cfg, self.journal, audit=self._sync_audit, status=self._sync_status,
                 backlog=self._sync_backlog, version=__version__)
             services.append((self.sync.name, self.sync.run))
+            # The downlink is a front end (remote people acting on the gate): it stops taking
+            # commands with the control socket, before reads are drained and relays released.
+            self.downlink = self._make_downlink(self.sync)
+            if self.downlink is not None:
+                front.append((self.downlink.name, self.downlink.run))
         tasks = []
         for name, run in services + front:
             task = asyncio.create_task(supervisor.keep_running(name, run), name=name)
@@ -249,6 +256,49 @@ class Daemon:
             if (name, run) in front:
                 self._front_ends.append(task)
         return tasks
+
+    def _make_downlink(self, sync: SyncService) -> Downlink | None:
+        """The downlink on the sync's MQTT link and HTTP endpoint; None when it cannot start."""
+        from gated.sync.downlink import Downlink
+
+        assert self.control is not None and self.auditor is not None
+        cfg = self.cfg
+        clock_unsynced: Callable[[], bool] = (
+            self.clock.unsynced if cfg.sync.commands_need_synchronised_clock else lambda: False)
+        try:
+            return Downlink(
+                cfg,
+                perform=self.control.perform,
+                audit=self.auditor.record,
+                apply_rules=rule_bundle_importer(cfg.rules.path, cfg.site.timezone),
+                reload_rules=self._reload_rules_now,
+                link=sync.link,
+                device_key=sync.key,
+                clock_unsynced=clock_unsynced,
+            )
+        except (GatedError, OSError, sqlite3.Error) as err:
+            # The gate and the uplink keep working: a broken state file must not stop them.
+            log.error("downlink not started (no remote commands or rule bundles): %s", err)
+            self.health.set("downlink", False, str(err))
+            return None
+
+    async def _sync_audit(self, action: str, resource_type: str, **fields: Any) -> int:
+        """The sync's audit rows; a countersigned head is also copied beside the journal.
+
+        The copy is the anchor `gated journal verify --countersigned` still finds when the
+        journal's tail, countersignature rows included, was cut off.
+        """
+        assert self.auditor is not None
+        seq = await self.auditor.record(action, resource_type, **fields)
+        if action == "head_countersigned" and isinstance(fields.get("new_values"), dict):
+            from gated.journal.verify import save_countersigned_copy
+
+            try:
+                await asyncio.to_thread(
+                    save_countersigned_copy, self.cfg.journal.path, fields["new_values"])
+            except OSError as err:
+                log.warning("could not keep a copy of the countersigned head: %s", err)
+        return seq
 
     async def _sync_status(self) -> dict[str, Any]:
         """What the heartbeat reports of the daemon: health, lanes, the rule-set version."""
@@ -262,6 +312,7 @@ class Daemon:
                       for lane_id, lane in lanes.items()},
             "rules_version": (int(gen.rules.current.version)
                               if gen is not None and gen.rules is not None else None),
+            "rules_bundle": self.downlink.status() if self.downlink is not None else None,
         }
 
     async def _sync_backlog(self) -> dict[str, Any]:
@@ -341,6 +392,9 @@ class Daemon:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.downlink is not None:
+            with contextlib.suppress(Exception):
+                self.downlink.close()
         if self.auditor is not None:
             if error is not None and not isinstance(error, Exception):
                 reason: str | None = f"{type(error).__name__}"

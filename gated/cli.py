@@ -165,8 +165,66 @@ def cmd_journal_verify(args: argparse.Namespace) -> int:
             print(f"gated: --anchor: {err}", file=sys.stderr)
             return EX_USAGE
     db, _, _ = _paths(args)
+    if args.countersigned:
+        if anchor is not None:
+            print("gated: --anchor and --countersigned: give one of them", file=sys.stderr)
+            return EX_USAGE
+        return _verify_countersigned(db, args.config)
     result = verify(db, anchor=anchor)
     print(result.message)
+    return result.exit_code
+
+
+def _verify_countersigned(db: str, config_path: str | None) -> int:
+    """Verify against the newest head the service countersigned (journal rows or the copy)."""
+    from gated.journal.verify import (
+        EXIT_CANNOT_VERIFY,
+        EXIT_NOT_INTACT,
+        countersigned_heads,
+        verify,
+    )
+    from gated.sync.signing import SignatureError, parse_public_keys
+    from gated.sync.signing import verify as verify_signature
+
+    try:
+        heads = countersigned_heads(db)
+    except GatedError as err:  # CannotVerifyError too: no journal, or an unreadable copy
+        print(f"journal cannot verify: {err}")
+        return EXIT_CANNOT_VERIFY
+    if not heads:
+        print("journal cannot verify against a countersigned head: none recorded (the service "
+              "has not countersigned a head of this journal yet)")
+        return EXIT_CANNOT_VERIFY
+    config_path = config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    checked = "service signature NOT checked (no config with [sync] service_public_keys)"
+    cfg = _load_config_or_exit(config_path) if config_path else None
+    keys = parse_public_keys(cfg.sync.service_public_keys) if cfg is not None else {}
+    device_id = cfg.site.identity.device_id if cfg is not None else None
+    for head in heads:  # the journal's newest and the copy: each must be the service's own
+        seq = head.anchor[0]
+        if keys:
+            # A countersignature nobody can forge is what makes this anchor worth more than
+            # the file's own rows: a rebuilt chain cannot carry a valid one for its new hash.
+            try:
+                kid = verify_signature(head.head, keys)
+            except SignatureError as err:
+                print(f"journal NOT intact: the countersigned head seq {seq} ({head.where}) "
+                      f"does not verify under the service keys: {err}")
+                return EXIT_NOT_INTACT
+            if head.head.get("device_id") != device_id:
+                print(f"journal NOT intact: the countersigned head seq {seq} ({head.where}) "
+                      f"is for device {head.head.get('device_id')!r}, not this one")
+                return EXIT_NOT_INTACT
+            checked = f"service signature checked (kid {kid})"
+    newest = heads[0]
+    same_seq = [h for h in heads if h.anchor[0] == newest.anchor[0] and h.anchor != newest.anchor]
+    if same_seq:
+        print(f"journal NOT intact: two countersigned heads for seq {newest.anchor[0]} differ "
+              f"({newest.where}, {same_seq[0].where})")
+        return EXIT_NOT_INTACT
+    result = verify(db, anchor=newest.anchor)
+    print(f"{result.message} — against the countersigned head seq {newest.anchor[0]} "
+          f"({newest.where}), {checked}")
     return result.exit_code
 
 
@@ -312,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--anchor",
         metavar="SEQ:HASH",
         help="a head recorded earlier (gated journal head): the chain must still contain it",
+    )
+    p.add_argument(
+        "--countersigned",
+        action="store_true",
+        help="anchor on the newest head the service countersigned (journal rows and the copy"
+        " beside the journal); its signature is checked with the config's service keys",
     )
     p.set_defaults(func=cmd_journal_verify)
     p = journal.add_parser("head", help="print the chain head's seq and hash (an anchor)")

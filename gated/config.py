@@ -480,6 +480,11 @@ class GpioConfig(_Section, frozen=True):
 
     pin_factory: Literal["auto", "lgpio", "rpigpio", "pigpio", "native", "mock"] = "auto"
 
+    # Expiry cannot be judged on a clock nobody set: commands are refused while the kernel
+    # (or systemd-timesyncd) does not report it synchronised. false trusts the wall clock as
+    # it is, for a clock kept by means the kernel does not see (a container on a host that
+    # keeps time, an RTC set by hand).
+    commands_need_synchronised_clock: bool = True
 
 class SupervisorConfig(_Section, frozen=True):
     """How failing components are restarted before the process gives up."""

@@ -10,11 +10,13 @@ Three outcomes, three exit codes: intact (0); verified and NOT intact (1); canno
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -95,6 +97,107 @@ def parse_anchor(text: str) -> tuple[int, str]:
             f"anchor {text!r}: expected SEQ:HASH, a sequence number and a 64-digit hex row_hash "
             "(as `gated journal head` prints it)")
     return int(match.group(1)), match.group(2).lower()
+
+
+COUNTERSIGNED_FILE_NAME = "countersigned-head.json"  # beside the journal (written by the daemon)
+
+
+@dataclass(frozen=True, slots=True)
+class Countersigned:
+    """A chain head the service countersigned, and where it was found."""
+
+    head: dict[str, Any]  # the countersignature as the service signed it (kid, sig included)
+    where: str  # "journal row seq N" or the copy's path
+
+    @property
+    def anchor(self) -> tuple[int, str]:
+        """(seq, row_hash) the chain must still contain."""
+        return int(self.head["seq"]), str(self.head["row_hash"]).lower()
+
+
+def countersigned_copy_path(journal_path: str | os.PathLike[str]) -> Path:
+    """Where the daemon keeps its copy of the newest countersigned head."""
+    return Path(journal_path).parent / COUNTERSIGNED_FILE_NAME
+
+
+def save_countersigned_copy(journal_path: str | os.PathLike[str], head: dict[str, Any]) -> None:
+    """Keep the newest countersigned head beside the journal (fsynced, renamed into place).
+
+    The journal's own `head_countersigned` rows go when its tail is cut; this copy does not
+    (unless it is removed too, which `verify --countersigned` then reports as no anchor).
+    """
+    from gated.file_modes import open_private
+
+    target = countersigned_copy_path(journal_path)
+    current = _read_copy(target)
+    if current is not None and current.anchor[0] >= int(head["seq"]):
+        return  # never step the anchor back
+    tmp = target.with_name(target.name + ".tmp")
+    fd = open_private(tmp)
+    try:
+        os.write(fd, json.dumps(head, sort_keys=True).encode("utf-8") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _head_shape(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        return None
+    seq, row_hash = value.get("seq"), value.get("row_hash")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return None
+    if not isinstance(row_hash, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", row_hash):
+        return None
+    return value
+
+
+def _read_copy(path: Path) -> Countersigned | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise JournalError(f"{path}: not a countersigned head: {err}") from err
+    head = _head_shape(value)
+    if head is None:
+        raise JournalError(f"{path}: not a countersigned head")
+    return Countersigned(head, str(path))
+
+
+def countersigned_heads(path: str | os.PathLike[str]) -> list[Countersigned]:
+    """The newest countersigned head in the journal's `head_countersigned` rows, and the copy.
+
+    At most two, newest (highest countersigned seq) first. Read, not verified: the caller
+    checks each one's service signature (it holds the keys), then `verify(anchor=…)` with
+    the newest. CannotVerifyError when there is no journal; JournalError for a broken copy.
+    """
+    path = Path(path)
+    conn = _open_ro(path)
+    found: Countersigned | None = None
+    try:
+        rows = conn.execute(
+            "SELECT seq, new_values FROM audit_logs WHERE action = 'head_countersigned' "
+            "ORDER BY seq")
+        for seq, text in rows:
+            try:
+                head = _head_shape(json.loads(text)) if text else None
+            except ValueError:
+                head = None
+            if head is not None and (found is None or head["seq"] > found.anchor[0]):
+                found = Countersigned(head, f"journal row seq {seq}")
+    except sqlite3.Error as err:
+        raise CannotVerifyError(f"cannot read {path}: {err}") from err
+    finally:
+        conn.close()
+    heads = [h for h in (found, _read_copy(countersigned_copy_path(path))) if h is not None]
+    return sorted(heads, key=lambda h: h.anchor[0], reverse=True)
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:

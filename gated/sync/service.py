@@ -260,3 +260,5 @@ class SyncService:
                 await self.transport.publish_event("heartbeat", await self.heartbeat(), qos=0)
             except (SyncError, OSError) as err:
                 log.debug("sync: heartbeat not sent: %s", err)
+        if extra.get("rules_bundle") is not None:  # the downlink's bundle in effect (11.2)
+            data["rules_bundle"] = extra["rules_bundle"]
