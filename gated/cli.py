@@ -149,7 +149,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gated.demo import run_demo
 
     return run_demo(
-        Path(args.dir), duration_s=args.duration, interval_s=args.interval, port=args.port
+        Path(args.dir), duration_s=args.duration, interval_s=args.interval, port=args.port,
+        mqtt=args.mqtt, sync=not args.no_sync,
     )
 
 
@@ -380,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_journal_verify)
     p = journal.add_parser("head", help="print the chain head's seq and hash (an anchor)")
     db_args(p)
+    p.add_argument(
+        "--mqtt",
+        metavar="HOST:PORT",
+        default=None,
+        help="sync to this MQTT broker (default: 127.0.0.1:1883 when one answers); a demo"
+        " service stores and acknowledges the events",
+    )
+    p.add_argument("--no-sync", action="store_true", help="do not sync, even to a local broker")
     p.add_argument("--json", action="store_true", help="one JSON object: seq, row_hash, anchor")
     p.set_defaults(func=cmd_journal_head)
     p = journal.add_parser("export", help="export rows as JSON lines or CSV")

@@ -293,3 +293,42 @@ def test_journal_verify_countersigned_passes_intact_and_fails_a_cut_tail(
     cut = gated("journal", "verify", "--countersigned", "--config", str(site.config))
     assert cut.returncode == 1, cut.stdout + cut.stderr
     assert "truncated" in cut.stdout
+
+
+# --- gated demo with a broker ------------------------------------------------------------
+
+
+def test_the_demo_syncs_to_a_broker_and_says_plainly_when_there_is_none(tmp_path: Path) -> None:
+    if not mosquitto_available():
+        pytest.skip("mosquitto is not installed")
+    from tests.support.broker import free_port, mosquitto_broker
+
+    with mosquitto_broker(tmp_path / "broker") as broker:
+        demo = gated("demo", "--dir", str(tmp_path / "demo"), "--duration", "8", "--interval",
+                     "0.3", "--port", "0", "--mqtt", f"127.0.0.1:{broker.port}", timeout=120)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    assert f"sync    MQTT 127.0.0.1:{broker.port}" in out
+    assert "stored and acknowledged by the demo service" in out
+    *_, last = out.strip().splitlines()
+    assert last.startswith("gated demo: synced "), last
+    synced = int(last.split()[3])
+    assert synced >= 5, last
+    # Every row the device marked synced is in the demo service's own store: acks of record.
+    journal = sqlite3.connect(tmp_path / "demo" / "journal.sqlite3")
+    marked = {r[0] for t in ("access_logs", "audit_logs") for r in journal.execute(
+        f"SELECT event_id FROM {t} WHERE synced_at IS NOT NULL")}
+    journal.close()
+    service = sqlite3.connect(tmp_path / "demo" / "service.sqlite3")
+    kept = {r[0] for r in service.execute("SELECT event_id FROM events")}
+    service.close()
+    assert len(marked) == synced and marked <= kept
+
+    port = free_port()  # nothing listens there
+    alone = gated("demo", "--dir", str(tmp_path / "alone"), "--duration", "3", "--interval",
+                  "0.3", "--port", "0", "--mqtt", f"127.0.0.1:{port}", timeout=120)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    said = [line for line in alone.stdout.splitlines() if "no MQTT broker" in line]
+    assert len(said) == 1 and f"127.0.0.1:{port}" in said[0] and "sync is off" in said[0]
+    assert " OPEN " in alone.stdout  # the demo kept deciding
+    assert "synced" not in alone.stdout
