@@ -64,6 +64,9 @@ class SnapshotStore:
         self.quota_bytes = quota_bytes
         self.max_bytes = max_bytes
         self._used: int | None = None  # computed lazily by one directory walk
+        # Set by the state quota when nothing more can be freed: new pictures are refused
+        # (their rows record them as missing) until it clears.
+        self.refuse_reason: str | None = None
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -79,6 +82,8 @@ class SnapshotStore:
         data = bytes(jpeg)
         if len(data) > self.max_bytes:
             raise PayloadError(f"snapshot: {len(data)} bytes exceeds the {self.max_bytes} limit")
+        if self.refuse_reason is not None:
+            raise JournalError(f"snapshot not stored: {self.refuse_reason}")
         if not data.startswith(_SOI):
             raise PayloadError("snapshot: not a JPEG (no start-of-image marker)")
         if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
@@ -147,6 +152,10 @@ class SnapshotStore:
                 found.append((full.relative_to(self.directory).as_posix(), size))
         found.sort()
         return found
+
+    def files(self) -> list[tuple[str, int]]:
+        """(relative path, size) of every stored snapshot, oldest first."""
+        return self._files()
 
     def used_bytes(self) -> int:
         """Bytes the snapshots use now (one directory walk at first call, then tracked)."""

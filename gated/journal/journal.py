@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from gated.journal.rows import (
     prepare_values,
     public_row,
 )
-from gated.journal.schema import HEAD_SQL
+from gated.journal.schema import HEAD_SQL, WAL_LIMIT_BYTES
 from gated.journal.writer import Erasure, Pruned, Writer, WriterThread
 from gated.model import AccessEvent, AuditEvent
 
@@ -70,11 +70,12 @@ class Journal:
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *, max_batch: int = 256,
-                   migrations: Path | None = None) -> Journal:
+                   migrations: Path | None = None,
+                   wal_limit_bytes: int = WAL_LIMIT_BYTES) -> Journal:
         """Open (creating dirs and schema as needed) and check the tail of the chain."""
         path = Path(path)
         thread = WriterThread("gated-journal")
-        writer = Writer(path)
+        writer = Writer(path, wal_limit_bytes)
         try:
             await thread.call(writer.open, migrations)
         except BaseException:  # also a cancelled open: the queued open may still succeed
@@ -325,18 +326,102 @@ class Journal:
         ids = [checked_text("event_ids", i, required=True) for i in event_ids]
         return await self._write(self._writer.erase, record, plate, visitor_name, ip_address, ids)
 
-    async def prune(self, older_than: float, keep_unsynced: bool = True, *,
-                    now: float | None = None, clock_unsynced: bool = False,
-                    batch: int = 2000) -> Pruned:
+    async def prune(self, older_than: float | Mapping[str, float], keep_unsynced: bool = True,
+                    *, now: float | None = None, clock_unsynced: bool = False,
+                    batch: int = 2000, max_batches: int = 0) -> Pruned:
         """Retention: delete oldest rows created before `older_than`, oldest first.
 
+        `older_than` is one cutoff or one per stream ({"access": t, "audit": t}).
         Stops at the first row that must stay (too new, or unsynced while keep_unsynced),
-        records the checkpoint and chains a "journal_pruned" audit record per batch.
+        records the checkpoint and chains a "journal_pruned" audit record per batch;
+        `max_batches` > 0 stops after that many batches (the disk quota measures between).
         Returns the deleted snapshot paths for the caller to remove.
         """
         now = time.time() if now is None else float(now)
-        return await self._write(self._writer.prune, float(older_than), keep_unsynced, now,
-                                 clock_unsynced, int(batch))
+        cutoffs: float | dict[str, float] = (
+            {str(k): float(v) for k, v in older_than.items()}
+            if isinstance(older_than, Mapping) else float(older_than))
+        return await self._write(self._writer.prune, cutoffs, keep_unsynced, now,
+                                 clock_unsynced, int(batch), int(max_batches))
+
+    async def continue_from(self, record: AuditEvent, anchor: tuple[int, str] | None) -> int:
+        """Journal `record` as the first row of an empty journal, after the old head `anchor`.
+
+        Used once, when a corrupt journal was moved aside (gated.journal.recovery).
+        """
+        _, values = prepare(record)
+        seq = int(await self._write(self._writer.continue_from, values, anchor))
+        self.commits.advance(seq)
+        return seq
+
+    async def checkpoint(self, mode: str = "TRUNCATE") -> tuple[int, int, int]:
+        """A WAL checkpoint on the writer thread: (busy, WAL frames, frames copied).
+
+        busy=1 means a reader still holds an older snapshot; nothing waits for it.
+        """
+        return tuple(await self._write(self._writer.checkpoint, mode))  # type: ignore[return-value]
+
+    async def bytes_in_use(self) -> int:
+        """Bytes of the journal's main file that hold data, plus its WAL and index files."""
+        used = int(await self._write(self._writer.pages_in_use))
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                used += os.stat(f"{self.path}{suffix}").st_size
+        return used
+
+    async def snapshots_before(self, before: float, *, after_seq: int = 0,
+                               limit: int = 500) -> list[tuple[int, str, bool]]:
+        """(seq, snapshot_path, synced) of access rows created before `before`, oldest first.
+
+        For snapshot retention: the row stays (its snapshot_sha256 is hashed), the file goes.
+        """
+        sql = ("SELECT seq, snapshot_path, synced_at IS NOT NULL FROM access_logs "
+               "WHERE seq > ? AND snapshot_path IS NOT NULL AND created_at < ? "
+               "ORDER BY seq LIMIT ?")
+        async with self._reader.execute(sql, (int(after_seq), float(before), int(limit))) as cur:
+            return [(int(seq), str(path), bool(synced))
+                    for seq, path, synced in await cur.fetchall()]
+
+    async def synced_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these access events the upstream has acknowledged (synced_at set)."""
+        found: set[str] = set()
+        ids = list(event_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            async with self._reader.execute(
+                f"SELECT event_id FROM access_logs WHERE synced_at IS NOT NULL "
+                f"AND event_id IN ({marks})", chunk) as cur:
+                found.update(str(e) for (e,) in await cur.fetchall())
+        return found
+
+    async def access_matching(self, *, plates: Sequence[str] = (),
+                              resident_id: str | None = None) -> list[dict[str, Any]]:
+        """event_id, seq and snapshot_path of access rows with one of these plates or this
+        resident whose personal fields are not erased yet (for `gated journal redact`)."""
+        found: list[dict[str, Any]] = []
+        wanted = [p for p in plates if p]
+        clauses, params = [], []
+        if wanted:
+            clauses.append(f"vehicle_plate IN ({', '.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if resident_id is not None:
+            clauses.append("resident_id = ?")
+            params.append(resident_id)
+        if not clauses:
+            return found
+        sql = ("SELECT seq, event_id, snapshot_path, snapshot_sha256 FROM access_logs "
+               f"WHERE pii_salt IS NOT NULL AND ({' OR '.join(clauses)}) ORDER BY seq")
+        async with self._reader.execute(sql, params) as cur:
+            for seq, event_id, path, sha in await cur.fetchall():
+                found.append({"seq": seq, "event_id": event_id, "snapshot_path": path,
+                              "snapshot_sha256": sha})
+        return found
+
+
+def _column(stream: str, name: str) -> None:
+    if name not in COLUMNS[stream] or name == "pii_salt":
+        raise JournalError(f"{stream} rows have no column {name!r}")
 
 
 def _select(stream: str) -> str:

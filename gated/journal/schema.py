@@ -127,7 +127,11 @@ HEAD_SQL = (
 )
 
 
-def connect(path: Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+
+
+def connect(path: Path, *, timeout_s: float = 5.0,
+            wal_limit_bytes: int = WAL_LIMIT_BYTES) -> sqlite3.Connection:
     """A write connection with the journal's pragmas (WAL, synchronous=FULL)."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=timeout_s,
                            check_same_thread=False)
@@ -136,8 +140,9 @@ def connect(path: Path, *, timeout_s: float = 5.0) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
-    # Keep the WAL file from staying large on the SD card after a burst.
-    conn.execute("PRAGMA journal_size_limit = 4194304")
+    # Keep the WAL file from staying large on the SD card after a burst (or after a long
+    # reader held checkpoints back): each checkpoint that resets it cuts it to this size.
+    conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit_bytes)}")
     return conn
 
 

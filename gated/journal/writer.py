@@ -15,7 +15,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,13 @@ from gated.journal.rows import (
     fill_personal,
     values_hash,
 )
-from gated.journal.schema import connect, iter_rows, migrate, trigger_problem
+from gated.journal.schema import (
+    WAL_LIMIT_BYTES,
+    connect,
+    iter_rows,
+    migrate,
+    trigger_problem,
+)
 from gated.state_dirs import prepare_dir
 
 _INSERT_SQL = {
@@ -79,8 +85,9 @@ class _Head:
 class Writer:
     """Owns the write connection and the chain head; every method runs on one thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
         self.path = path
+        self.wal_limit_bytes = wal_limit_bytes
         self.conn: sqlite3.Connection | None = None
         self.head = _Head()
         self.tail_problem: str | None = None
@@ -93,7 +100,7 @@ class Writer:
             # the journal holds plates, names and addresses.
             prepare_dir(self.path.parent, "the journal")
             prepare_sqlite_file(self.path)
-            self.conn = connect(self.path)
+            self.conn = connect(self.path, wal_limit_bytes=self.wal_limit_bytes)
             migrate(self.conn, migrations)
             self.trigger_problem = trigger_problem(self.conn, migrations)
             self._load_head()
@@ -262,13 +269,20 @@ class Writer:
 
         return self._transaction(work)
 
-    def prune(self, older_than: float, keep_unsynced: bool, now: float, clock_unsynced: bool,
-              batch: int) -> Pruned:
-        """Delete the oldest rows (synced unless told otherwise) created before older_than."""
+    def prune(self, older_than: float | Mapping[str, float], keep_unsynced: bool, now: float,
+              clock_unsynced: bool, batch: int, max_batches: int = 0) -> Pruned:
+        """Delete the oldest rows (synced unless told otherwise) created before their cutoff.
+
+        `older_than` is one cutoff or one per stream ("access", "audit"); `max_batches`
+        (0: no limit) lets the disk quota free a little at a time and measure again.
+        """
+        cutoffs = (dict(older_than) if isinstance(older_than, Mapping)
+                   else dict.fromkeys(TABLES, float(older_than)))
         total = Pruned()
+        batches = 0
         while True:
             part = self._transaction(
-                lambda: self._prune_batch(older_than, keep_unsynced, now, clock_unsynced, batch))
+                lambda: self._prune_batch(cutoffs, keep_unsynced, now, clock_unsynced, batch))
             if part.rows == 0:
                 return total
             total = Pruned(
@@ -276,10 +290,11 @@ class Writer:
                 unsynced_rows=total.unsynced_rows + part.unsynced_rows,
                 snapshot_paths=total.snapshot_paths + part.snapshot_paths,
                 audit_seqs=total.audit_seqs + part.audit_seqs)
-            if part.rows < batch:
+            batches += 1
+            if part.rows < batch or batches == max_batches:
                 return total
 
-    def _prune_batch(self, older_than: float, keep_unsynced: bool, now: float,
+    def _prune_batch(self, cutoffs: dict[str, float], keep_unsynced: bool, now: float,
                      clock_unsynced: bool, batch: int) -> Pruned:
         assert self.conn is not None
         doomed: list[tuple[str, dict[str, Any]]] = []
@@ -287,8 +302,10 @@ class Writer:
                                      "UNION ALL SELECT seq FROM audit_logs ORDER BY seq LIMIT ?)",
                                      (batch,)):
             # Oldest first and contiguous: the remaining chain must start right after the
-            # checkpoint, so the first row that must stay ends the pass.
-            if row["created_at"] >= older_than or (keep_unsynced and row["synced_at"] is None):
+            # checkpoint, so the first row that must stay ends the pass (a row kept by its
+            # own kind's retention keeps every newer row of either kind too).
+            if (row["created_at"] >= cutoffs.get(stream, float("-inf"))
+                    or (keep_unsynced and row["synced_at"] is None)):
                 break
             doomed.append((stream, row))
         if not doomed:
@@ -307,6 +324,7 @@ class Writer:
                           (last["seq"], last["row_hash"]))
         self.conn.execute("UPDATE journal_control SET retention = 0 WHERE id = 1")
         unsynced = sum(1 for _, r in doomed if r["synced_at"] is None)
+        older = sorted(set(cutoffs.values()))
         record = {
             "event_id": _new_event_id(), "tenant_id": last["tenant_id"],
             "site_id": last["site_id"], "device_id": last["device_id"],
@@ -318,7 +336,9 @@ class Writer:
             "metadata": msgspec.json.encode({
                 PRUNED_SEQ_KEY: last["seq"], PRUNED_HASH_KEY: last["row_hash"],
                 "rows": len(doomed), "unsynced_rows": unsynced,
-                "older_than": float(older_than)}, order="sorted").decode(),
+                "older_than": older[0] if len(older) == 1 else
+                {k: float(v) for k, v in sorted(cutoffs.items())}},
+                order="sorted").decode(),
         }
         fill_personal(record, "audit", {"ip_address": None, "user_agent": None})
         (audit_seq,) = self._insert([("audit", as_values("audit", record))])
@@ -327,6 +347,65 @@ class Writer:
             snapshot_paths=tuple(r["snapshot_path"] for s, r in doomed
                                  if s == "access" and r["snapshot_path"]),
             audit_seqs=(audit_seq,))
+
+    def continue_from(self, record: dict[str, Any], anchor: tuple[int, str] | None) -> int:
+        """Chain `record` first in an empty journal, after `anchor` (seq, row_hash) if given.
+
+        For a fresh journal replacing a corrupt one: the checkpoint is set to the old head
+        and the record carries it as a retention record does, so `verify` accepts the chain
+        starting there and upstream sees the seqs continue.
+        """
+
+        def work() -> int:
+            assert self.conn is not None
+            if self.head.seq != 0:
+                raise JournalError("the journal is not empty: it cannot continue another chain")
+            meta = msgspec.json.decode(record["metadata"])
+            if anchor is not None:
+                seq, digest = anchor
+                self.conn.execute("UPDATE journal_control SET retention = 1 WHERE id = 1")
+                self.conn.execute(
+                    "UPDATE journal_checkpoint SET seq = ?, row_hash = ? WHERE id = 1",
+                    (int(seq), str(digest)))
+                self.conn.execute("UPDATE journal_control SET retention = 0 WHERE id = 1")
+                self.head = _Head(int(seq), str(digest))
+                meta[PRUNED_SEQ_KEY], meta[PRUNED_HASH_KEY] = int(seq), str(digest)
+            done = dict(record)
+            done["metadata"] = msgspec.json.encode(meta, order="sorted").decode()
+            (audit_seq,) = self._insert([("audit", as_values("audit", done))])
+            return int(audit_seq)
+
+        return int(self._transaction(work))
+
+    def checkpoint(self, mode: str) -> tuple[int, int, int]:
+        """Run a WAL checkpoint between batches; (busy, wal frames, frames copied).
+
+        Runs on the writer thread, so no append of ours is half-way through it. The busy
+        timeout is dropped to zero for it: a reader holding an old snapshot must make the
+        checkpoint give up at once (busy=1), never stall appends for the 5 s timeout.
+        """
+        assert self.conn is not None
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise JournalError(f"checkpoint mode: unknown {mode!r}")
+        timeout_ms = self.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            busy, frames, copied = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.OperationalError as err:  # "database is locked": another writer's turn
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+            busy, frames, copied = 1, -1, -1
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+        return int(busy), int(frames), int(copied)
+
+    def pages_in_use(self) -> int:
+        """Bytes of the main file holding data (pages retention freed are reused first)."""
+        assert self.conn is not None
+        size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        count = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(size) * max(0, int(count) - int(free))
 
 
 def _space_hint(path: Path) -> str:
