@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
     from gated.snapshots import RemovedSnapshot, SnapshotStore
     from gated.sync.downlink import Downlink
     from gated.sync.service import SyncService
+    from gated.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class Daemon:
         self.control_socket: ControlSocket | None = None
         self._front_ends: list[asyncio.Task[Any]] = []
         self.sync: SyncService | None = None  # upstream sync, when [sync] enabled
+        self.web: WebServer | None = None  # the status page, when [web] enabled
         self.downlink: Downlink | None = None  # signed commands and rule bundles, beside sync
 
     # --- public control ------------------------------------------------------
@@ -236,6 +238,8 @@ class Daemon:
                 self.control, self.cfg.control.socket, group=self.cfg.control.socket_group
             )
             front.append((self.control_socket.name, self.control_socket.run))
+        if self.cfg.web.enabled:
+            front.append(self._build_web())
         if self.cfg.sync.enabled:
             from gated.sync.service import SyncService
 
@@ -299,6 +303,28 @@ class Daemon:
             except OSError as err:
                 log.warning("could not keep a copy of the countersigned head: %s", err)
         return seq
+
+    def _build_web(self) -> tuple[str, Callable[[], Any]]:
+        """The status page (gated.web): acts through the control plane, reads the journal."""
+        from gated.web.server import WebDeps, WebServer
+
+        assert self.control is not None and self.auditor is not None
+        deps = WebDeps(
+            control=self.control, journal=self.journal, audit=self.auditor.record,
+            snapshot_dir=self.cfg.journal.snapshot_dir, timezone=self.cfg.site.timezone,
+            passes=WebPassDesk(self), decision_context=self._decision_context,
+            metrics_text=self.metrics_text,
+            sync_backlog=self._sync_backlog if self.cfg.sync.enabled else None,
+        )
+        self.web = WebServer(self.cfg.web, deps)
+        return self.web.name, self.web.run
+
+    def _decision_context(self, lane_id: str) -> tuple[AccessPoint, RuleIndex] | None:
+        """A running lane's access point and the rule index it decides with now (replay)."""
+        lane = self._running_lanes().get(lane_id)
+        if lane is None:
+            return None
+        return lane.parts.access_point, lane.parts.rules.current
 
     async def _sync_status(self) -> dict[str, Any]:
         """What the heartbeat reports of the daemon: health, lanes, the rule-set version."""
@@ -1087,6 +1113,79 @@ def _pin_factory(name: str) -> Any:
         raise ConfigError(
             f"gpio.pin_factory: {name!r} is not usable on this machine: {err}"
         ) from err
+
+
+class WebPassDesk:
+    """Visitor passes from the status page: `gated pass`'s change-set path, audited."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def issue(self, actor: Actor, *, plate: str, host: str, valid_from: float,
+                    valid_until: float, uses: int | None, name: str) -> dict[str, Any]:
+        """Add a pass as one rule-set version; the audit row names the guard."""
+        import secrets
+
+        from gated.rules.entities import VisitorPass
+        from gated.rules.store import RuleStore
+
+        pass_id = f"p-{time.strftime('%Y%m%d', time.gmtime())}-{secrets.token_hex(3)}"
+        entry = VisitorPass(id=pass_id, plate=plate, host_resident_id=host,
+                            valid_from=valid_from, valid_until=valid_until, visitor_name=name,
+                            access_points=None, max_uses=uses)
+
+        def work() -> int:
+            with RuleStore(self._daemon.cfg.rules.path) as store:
+                return int(store.apply([entry], actor=actor.id or "guard",
+                                       source="status page pass add"))
+
+        version = await asyncio.to_thread(work)
+        await self._audit("pass_add", actor, pass_id, {
+            "rules_version": version, "host_resident_id": host, "valid_from": valid_from,
+            "valid_until": valid_until, "max_uses": uses, "access_points": None})
+        return {"pass_id": pass_id, "rules_version": version}
+
+    async def revoke(self, actor: Actor, pass_id: str) -> dict[str, Any]:
+        """Remove a pass as one rule-set version (LookupError when there is none)."""
+        from gated.rules.store import Delete, RuleStore
+
+        def work() -> int:
+            with RuleStore(self._daemon.cfg.rules.path) as store:
+                if store.get("visitor_passes", pass_id) is None:
+                    raise LookupError(f"no visitor pass {pass_id!r}")
+                return int(store.apply([Delete("visitor_passes", pass_id)],
+                                       actor=actor.id or "guard",
+                                       source="status page pass revoke"))
+
+        version = await asyncio.to_thread(work)
+        await self._audit("pass_revoke", actor, pass_id, {"rules_version": version})
+        return {"pass_id": pass_id, "rules_version": version}
+
+    async def list(self) -> list[dict[str, Any]]:
+        """Passes valid now or later."""
+        from gated.rules.entities import VisitorPass
+        from gated.rules.store import RuleStore
+
+        def work() -> list[dict[str, Any]]:
+            now = time.time()
+            with RuleStore(self._daemon.cfg.rules.path) as store:
+                passes = [p for p in store.entities("visitor_passes", raw=False)
+                          if isinstance(p, VisitorPass) and p.valid_until >= now]
+            return [{"id": p.id, "plate": p.plate, "visitor_name": p.visitor_name,
+                     "host_resident_id": p.host_resident_id, "valid_until": p.valid_until,
+                     "max_uses": p.max_uses} for p in passes]
+
+        return await asyncio.to_thread(work)
+
+    async def _audit(self, action: str, actor: Actor, pass_id: str,
+                     values: dict[str, Any]) -> None:
+        auditor = self._daemon.auditor
+        assert auditor is not None
+        await auditor.record(action, "visitor_pass", resource_id=pass_id,
+                             actor_type=actor.type.value, actor_id=actor.id,
+                             actor_role=actor.role, ip_address=actor.address,
+                             user_agent=actor.user_agent, request_id=actor.request_id,
+                             new_values=values)
 
 
 def rule_bundle_importer(

@@ -307,6 +307,13 @@ def cmd_pass(args: argparse.Namespace) -> int:
     return run(args, journal_path=db, rules_path=rules_db, identity=identity, tz=tz)
 
 
+def cmd_user(args: argparse.Namespace) -> int:
+    """Add, change, remove or list status page users."""
+    from gated.web.users_cli import run
+
+    return run(args)
+
+
 def cmd_rules_export(args: argparse.Namespace) -> int:
     """Export the rule set as JSON or CSV."""
     from gated.rules.cli import rules_export
@@ -436,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     control_client.add_parser(sub, cmd_ctl)
     passes.add_parser(sub, cmd_pass)
     keys_cli.add_parser(sub, cmd_keys)
+    from gated.web import users_cli
+
+    users_cli.add_parser(sub, cmd_user)
     return parser
 
 

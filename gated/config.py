@@ -509,6 +509,27 @@ class ControlConfig(_Section, frozen=True):
     socket_group: str = ""  # group that may connect (e.g. "gated-ctl"); empty: the daemon's
 
 
+class WebConfig(_Section, frozen=True):
+    """The local status page (docs/status-page.md): login, live gate view, guard actions."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # "0.0.0.0" to reach it from the LAN (then use TLS)
+    port: Port = 8080
+    users_file: str = "/var/lib/gated/web-users.json"  # written by `gated user add|passwd|remove`
+    tls_cert: str = ""  # PEM certificate chain; with tls_key: HTTPS and Secure cookies
+    tls_key: str = ""
+    session_idle_s: Annotated[float, msgspec.Meta(ge=60, le=86_400 * 7)] = 3600.0
+    session_max_s: Annotated[float, msgspec.Meta(ge=60, le=86_400 * 30)] = 43_200.0
+    login_max_failures: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5  # per user and per address
+    login_window_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    lockout_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    max_clients: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32  # live-feed connections at once
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key: give both for TLS, or neither")
+
+
 class LogConfig(_Section, frozen=True):
     """Logging."""
 
@@ -532,6 +553,7 @@ class Config(_Section, frozen=True):
     log: LogConfig = LogConfig()
     control: ControlConfig = ControlConfig()
     sync: SyncConfig = SyncConfig()
+    web: WebConfig = WebConfig()
 
     def __post_init__(self) -> None:
         _check_cross_references(self)

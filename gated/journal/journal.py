@@ -248,6 +248,46 @@ class Journal:
             return sorted(rows, key=lambda r: r["seq"], reverse=True)[:limit]
         return await self._rows(stream, "", (), "DESC", limit)
 
+    async def after(self, seq: int, limit: int = 200) -> list[dict[str, Any]]:
+        """Rows of both streams with seq > `seq`, oldest first (the live feed's one reader)."""
+        rows = await self._rows("access", "WHERE seq > ?", (int(seq),), "ASC", limit)
+        rows += await self._rows("audit", "WHERE seq > ?", (int(seq),), "ASC", limit)
+        return sorted(rows, key=lambda r: r["seq"])[:limit]
+
+    async def get(self, stream: str, event_id: str) -> dict[str, Any] | None:
+        """One row by its event id, or None."""
+        rows = await self._rows(stream, "WHERE event_id = ?", (str(event_id),), "DESC", 1)
+        return rows[0] if rows else None
+
+    async def find(self, stream: str, *, equals: Mapping[str, Any] | None = None,
+                   contains: Mapping[str, str] | None = None, since: float | None = None,
+                   until: float | None = None, before_seq: int | None = None,
+                   limit: int = 50) -> list[dict[str, Any]]:
+        """Newest rows first matching every filter (the status page's lists and CSV export).
+
+        Column names are checked against the stream's columns (never interpolated from
+        input); `contains` is a case-insensitive substring match.
+        """
+        if stream not in TABLES:
+            raise JournalError(f"stream: expected access or audit, got {stream!r}")
+        clauses: list[str] = []
+        params: list[Any] = []
+        for name, value in (equals or {}).items():
+            _column(stream, name)
+            clauses.append(f"{name} = ?")
+            params.append(value)
+        for name, value in (contains or {}).items():
+            _column(stream, name)
+            clauses.append(f"instr(lower({name}), lower(?)) > 0")
+            params.append(str(value))
+        for clause, value in (("created_at >= ?", since), ("created_at < ?", until),
+                              ("seq < ?", before_seq)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return await self._rows(stream, where, params, "DESC", limit)
+
     async def pass_uses(self) -> dict[str, int]:
         """Entries made with each visitor pass (exits do not use a pass up), surviving retention."""
         async with self._reader.execute("SELECT pass_id, uses FROM pass_use_counts") as cur:
