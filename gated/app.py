@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
     from gated.hardware.anpr_limits import RefusalSummary
     from gated.hardware.base import Emit, InputEvent, PlateSource, Relay
     from gated.journal import Journal
+    from gated.journal.recovery import Recovery
     from gated.mqttlink import LinkStats
     from gated.rules.index import RuleIndex
     from gated.rules.store import RuleStore
@@ -114,6 +115,8 @@ class Daemon:
         self._modes_seeded = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.snapshot_quota_check_s = SNAPSHOT_QUOTA_CHECK_S
+        self.state_usage: tuple[int, int] | None = None  # (bytes used, quota) when a quota is set
+        self._quota_exhausted = False
         self.state_prune_s = STATE_PRUNE_S
         # Relays whose configuration a reload did not change are handed to the next
         # generation as they are: a held gate is never dropped by a SIGHUP.
@@ -174,13 +177,21 @@ class Daemon:
         ):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, action)
-        self._journal = await Journal.open(self.cfg.journal.path)
+        from gated.journal.recovery import recover_if_corrupt
+
+        # A corrupt file is moved aside and a fresh journal started: a gate that cannot
+        # open its journal would fail every start (systemd's restart loop) and open nothing.
+        recovery = await asyncio.to_thread(recover_if_corrupt, self.cfg.journal.path)
+        self._journal = await Journal.open(
+            self.cfg.journal.path, wal_limit_bytes=self.cfg.journal.wal_limit_mb * 1024 * 1024)
         status = 1  # until a clean stop is journaled
         background: list[asyncio.Task[Any]] = []
         error: BaseException | None = None
         try:
             self.health.set("journal", True, critical=True)
             self.auditor = Auditor(self._append, self.cfg.site.identity, self.clock)
+            if recovery is not None:
+                await self._record_recovery(recovery)
             await self._seed_state()
             await self.auditor.record(
                 "daemon_start",
@@ -218,6 +229,21 @@ class Daemon:
             "journal_check", "journal", status="failure", error_message=problem
         )
 
+    async def _record_recovery(self, recovery: Recovery) -> None:
+        """First row of the fresh journal: what was wrong, where the old file went, its head."""
+        assert self.auditor is not None
+        detail = f"corrupt journal moved aside to {recovery.moved_to.name}: {recovery.problem}"
+        self.health.set("journal-recovery", False, detail)
+        record = self.auditor.build(
+            "journal_recovered", "journal", status="failure", error_message=recovery.problem,
+            metadata={
+                "moved_to": str(recovery.moved_to),
+                "old_head_seq": recovery.old_head[0] if recovery.old_head else None,
+                "old_head_hash": recovery.old_head[1] if recovery.old_head else None,
+                "check_ms": round(recovery.check_ms, 1),
+            })
+        await self.journal.continue_from(record, recovery.old_head)
+
     def _start_long_lived(self) -> list[asyncio.Task[Any]]:
         """Start the services that outlive generations, each supervised like a component.
 
@@ -228,6 +254,7 @@ class Daemon:
         services: list[tuple[str, Callable[[], Any]]] = [
             ("health", self.health.run),
             ("journal-head", self._publish_head),
+            ("journal-checkpoint", self._checkpoint_wal),
         ]
         front: list[tuple[str, Callable[[], Any]]] = []
         if self.cfg.control.socket:
@@ -695,6 +722,10 @@ class Daemon:
             max_bytes=cfg.journal.snapshot_max_kb * 1024,  # larger pictures: row says missing
         )
         gen.services.append(("snapshot-quota", _bind(self._keep_snapshot_quota, snapshots)))
+        if cfg.retention.enabled:
+            gen.services.append(("retention", _bind(self._keep_retention, snapshots)))
+            if cfg.retention.state_quota_mb:
+                gen.services.append(("state-quota", _bind(self._keep_state_quota, snapshots)))
         gen.services.append(("policy-state-prune", self._prune_policy_state))
         if cfg.metrics.textfile:
             gen.services.append(("metrics-textfile", _bind(self._write_metrics, gen)))
@@ -1001,6 +1032,82 @@ class Daemon:
             if removed:
                 log.warning("snapshot quota: removed %d picture(s)", len(removed))
 
+    async def _checkpoint_wal(self) -> None:
+        """Checkpoint and truncate the WAL periodically, so it never stays large on the card."""
+        while True:
+            await asyncio.sleep(self.cfg.journal.wal_checkpoint_s)
+            busy, frames, copied = await self.journal.checkpoint("TRUNCATE")
+            if busy:
+                # A reader holds an older snapshot: copy what it allows; the WAL is cut back
+                # to wal_limit_mb at the first checkpoint after that reader lets go.
+                busy, frames, copied = await self.journal.checkpoint("PASSIVE")
+                log.debug("WAL checkpoint postponed by a reader (%d of %d frames copied)",
+                          copied, frames)
+
+    async def _keep_retention(self, snapshots: SnapshotStore) -> None:
+        """Purge acknowledged rows and pictures past their age ([retention])."""
+        from gated.journal.lifecycle import DAY_S, Retention, RetentionPolicy
+
+        r = self.cfg.retention
+        retention = Retention(self.journal, snapshots, RetentionPolicy(
+            r.access_days * DAY_S, r.audit_days * DAY_S, r.snapshot_days * DAY_S,
+            r.require_synced))
+        while True:
+            # An unsynchronised clock restricts the pass to acknowledged rows (see Retention).
+            done = await retention.run_once(time.time(), self.clock.unsynced())
+            if done.rows or done.snapshots:
+                log.info("retention: %d row(s) through seq %d and %d picture(s) purged",
+                         done.rows, done.through_seq, done.snapshots)
+            if done.snapshots:
+                # Rows carry their own journal_pruned record; expired pictures get one.
+                await self._audit_system("snapshots_expired", "snapshot", metadata={
+                    "count": done.snapshots, "bytes": done.snapshot_bytes,
+                    "older_than_days": r.snapshot_days})
+            await asyncio.sleep(r.interval_s)
+
+    async def _keep_state_quota(self, snapshots: SnapshotStore) -> None:
+        """Keep the state folders under [retention] state_quota_mb; alarm when it cannot."""
+        from gated.journal.lifecycle import StateQuota
+
+        r = self.cfg.retention
+        quota = StateQuota(self.journal, snapshots, r.state_quota_mb * 1024 * 1024)
+        while True:
+            done = await quota.enforce(time.time(), self.clock.unsynced())
+            self.state_usage = (done.used_after, done.quota_bytes)
+            if done.snapshots or done.rows:
+                log.warning("state quota: freed %d picture(s) and %d row(s) of acknowledged "
+                            "events (%d -> %d bytes)", done.snapshots, done.rows,
+                            done.used_before, done.used_after)
+                await self._audit_system("state_quota_freed", "journal", metadata={
+                    "snapshots": done.snapshots, "snapshot_bytes": done.snapshot_bytes,
+                    "rows": done.rows, "used_before": done.used_before,
+                    "used_after": done.used_after, "quota": done.quota_bytes})
+            if done.exhausted != self._quota_exhausted:
+                self._quota_exhausted = done.exhausted
+                detail = (f"{done.used_after} of {done.quota_bytes} bytes used and nothing "
+                          "acknowledged left to free: events journaled without pictures"
+                          if done.exhausted else "")
+                snapshots.refuse_reason = "state quota exhausted" if done.exhausted else None
+                self.health.set("state-quota", not done.exhausted, detail)
+                if done.exhausted:
+                    log.error("state quota exhausted: %s", detail)
+                await self._audit_system(
+                    "state_quota_exhausted" if done.exhausted else "state_quota_recovered",
+                    "journal", status="failure" if done.exhausted else "success",
+                    error_message=detail or None,
+                    metadata={"used": done.used_after, "quota": done.quota_bytes})
+            elif done.exhausted:
+                snapshots.refuse_reason = "state quota exhausted"  # a new generation's store
+            await asyncio.sleep(r.quota_interval_s)
+
+    async def _audit_system(self, action: str, resource_type: str, **fields: Any) -> None:
+        """Audit a housekeeping outcome; a failed write is logged, the task carries on."""
+        assert self.auditor is not None
+        try:
+            await self.auditor.record(action, resource_type, **fields)
+        except GatedError as err:
+            log.error("could not journal %s: %s", action, err)
+
     def _enforce_quota(self, snapshots: SnapshotStore) -> list[RemovedSnapshot]:
         """One quota pass (worker thread) asking the journal which events were synced."""
         import sqlite3
@@ -1025,7 +1132,8 @@ class Daemon:
         )
         components = {name: c.ok for name, c in self.health.components.items()}
         links = self.generation.mqtt_links if self.generation else {}
-        return render_prometheus(lanes, components, links) + _head_metrics(self.journal_head)
+        return (render_prometheus(lanes, components, links) + _head_metrics(self.journal_head)
+                + _state_metrics(self.state_usage, self._quota_exhausted))
 
     async def _write_metrics(self, gen: Generation) -> None:
         """Rewrite the metrics textfile atomically every interval (node_exporter reads it)."""
@@ -1048,6 +1156,24 @@ class Daemon:
     def _on_event(self, event: AccessEvent, decision: Decision | None) -> None:
         for listener in list(self.event_listeners):
             listener(event, decision)
+
+
+def _state_metrics(usage: tuple[int, int] | None, exhausted: bool) -> str:
+    """The state folders' disk use against their quota (empty when no quota is set)."""
+    if usage is None:
+        return ""
+    used, quota = usage
+    return (
+        "# HELP gated_state_bytes Bytes the journal and snapshot folders use.\n"
+        "# TYPE gated_state_bytes gauge\n"
+        f"gated_state_bytes {used}\n"
+        "# HELP gated_state_quota_bytes The state folders' disk quota.\n"
+        "# TYPE gated_state_quota_bytes gauge\n"
+        f"gated_state_quota_bytes {quota}\n"
+        "# HELP gated_state_quota_exhausted 1 while over quota with nothing left to free.\n"
+        "# TYPE gated_state_quota_exhausted gauge\n"
+        f"gated_state_quota_exhausted {int(exhausted)}\n"
+    )
 
 
 def _head_metrics(head: tuple[int, str, float] | None) -> str:

@@ -86,6 +86,7 @@ def _paths(args: argparse.Namespace) -> tuple[str, str, str]:
 # Which state files each command reads or writes (what it reports using).
 _USES: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("journal", "stats"): ("journal", "snapshots"),
+    ("journal", "redact"): ("journal", "snapshots"),
     ("rules", "import"): ("rules", "journal"),
     ("rules", "export"): ("rules",),
     ("pass", "add"): ("rules", "journal"),
@@ -275,6 +276,32 @@ def cmd_journal_stats(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_journal_backup(args: argparse.Namespace) -> int:
+    """Copy the journal (online, consistent while the daemon runs), verify it, print a summary."""
+    from gated.journal.backup import backup
+
+    db, _, _ = _paths(args)
+    try:
+        done = backup(db, args.dest)
+    except GatedError as err:
+        print(f"gated: {err}", file=sys.stderr)
+        return EX_CANTCREAT
+    print(f"backup {done.path}: {plural(done.rows, 'row')} through seq {done.head_seq} "
+          f"(head {done.head_hash}), {done.bytes} bytes, verified in {done.seconds:.1f} s")
+    return EX_OK
+
+
+def cmd_journal_redact(args: argparse.Namespace) -> int:
+    """Erase a plate's or a resident's personal fields and snapshots, audited."""
+    from gated.journal.redact import run_cli
+    from gated.rules.cli import site_of
+
+    db, _, snaps = _paths(args)
+    identity, _tz = site_of(args.config)
+    return run_cli(journal_path=db, snapshot_dir=snaps, identity=identity, plate=args.plate,
+                   resident_id=args.resident, reason=args.reason)
+
+
 def cmd_rules_import(args: argparse.Namespace) -> int:
     """Import a rule-set file atomically and audit it."""
     from gated.rules.cli import rules_import
@@ -412,6 +439,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="snapshot folder (default: from the config, or 'snapshots' beside --db)",
     )
     p.set_defaults(func=cmd_journal_stats)
+    p = journal.add_parser(
+        "backup", help="copy the journal to DEST while the daemon runs, verified (SQLite backup)")
+    db_args(p)
+    p.add_argument("dest", help="a new file, or a folder to put a dated copy in")
+    p.set_defaults(func=cmd_journal_backup)
+    p = journal.add_parser(
+        "redact", help="erase the personal fields and snapshots of a plate's or resident's events")
+    db_args(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--plate", help="the plate, as typed or normalised")
+    who.add_argument("--resident", help="a resident id: every event recorded for them")
+    p.add_argument("--reason", default="erasure request",
+                   help="why (kept in the audit record, e.g. a request reference)")
+    p.add_argument(
+        "--snapshots",
+        help="snapshot folder (default: from the config, or 'snapshots' beside --db)",
+    )
+    p.set_defaults(func=cmd_journal_redact)
 
     rules = sub.add_parser("rules", help="import or export the rule set").add_subparsers(
         dest="rules_command", required=True, metavar="SUBCOMMAND"

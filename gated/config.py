@@ -76,6 +76,26 @@ class JournalConfig(_Section, frozen=True):
     # How often the chain head (seq, row_hash) is logged and put in the metrics: each
     # published head is an anchor a cut or rebuilt tail cannot match.
     head_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    # WAL bounds (docs/operations.md): a TRUNCATE checkpoint this often, and the size the
+    # WAL file is cut back to after a checkpoint that could not truncate it.
+    wal_checkpoint_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    wal_limit_mb: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+
+
+class RetentionConfig(_Section, frozen=True):
+    """How long rows and snapshots are kept, and the disk quota of the whole state folder."""
+
+    enabled: bool = True
+    access_days: Annotated[float, msgspec.Meta(gt=0, le=36_500)] = 90.0
+    audit_days: Annotated[float, msgspec.Meta(gt=0, le=36_500)] = 90.0
+    snapshot_days: Annotated[float, msgspec.Meta(gt=0, le=36_500)] = 90.0
+    # Only rows and pictures the upstream acknowledged are purged by age. false: purge by
+    # age whether synced or not (for a device that never syncs; see docs/operations.md).
+    require_synced: bool = True
+    interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 3600.0
+    # Disk quota of the journal's folder plus the snapshot folder; 0: no quota.
+    state_quota_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+    quota_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
 
 
 class RulesConfig(_Section, frozen=True):
@@ -541,6 +561,7 @@ class Config(_Section, frozen=True):
 
     site: SiteConfig
     journal: JournalConfig = JournalConfig()
+    retention: RetentionConfig = RetentionConfig()
     rules: RulesConfig = RulesConfig()
     policy: PolicyConfig = PolicyConfig()
     lanes: list[LaneConfig] = []
