@@ -53,3 +53,10 @@ if [ "$want_test" -eq 1 ] && ! command -v mosquitto >/dev/null && [ ! -x /usr/sb
     # The tests start their own broker on a free port; the packaged service is not needed.
     (as_root systemctl disable --now mosquitto >/dev/null 2>&1) || true
 fi
+
+if [ "$want_test" -eq 1 ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+    # tests/web/test_browser.py drives Debian's headless Chromium through its own driver:
+    # nothing is downloaded at test time.
+    echo "setup: installing chromium and chromium-driver for the status page's browser tests" >&2
+    apt_install chromium chromium-driver
+fi
