@@ -381,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="camera listener port on 127.0.0.1 (default 8081, or a free one if that is in use;"
         " 0: any free)",
     )
+    p.add_argument(
+        "--mqtt",
+        metavar="HOST:PORT",
+        default=None,
+        help="sync to this MQTT broker (default: 127.0.0.1:1883 when one answers); a demo"
+        " service stores and acknowledges the events",
+    )
+    p.add_argument("--no-sync", action="store_true", help="do not sync, even to a local broker")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("check-config", help="validate a config file (exit 0 or 78)")
@@ -415,14 +423,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_journal_verify)
     p = journal.add_parser("head", help="print the chain head's seq and hash (an anchor)")
     db_args(p)
-    p.add_argument(
-        "--mqtt",
-        metavar="HOST:PORT",
-        default=None,
-        help="sync to this MQTT broker (default: 127.0.0.1:1883 when one answers); a demo"
-        " service stores and acknowledges the events",
-    )
-    p.add_argument("--no-sync", action="store_true", help="do not sync, even to a local broker")
     p.add_argument("--json", action="store_true", help="one JSON object: seq, row_hash, anchor")
     p.set_defaults(func=cmd_journal_head)
     p = journal.add_parser("export", help="export rows as JSON lines or CSV")

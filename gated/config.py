@@ -472,6 +472,11 @@ class SyncConfig(_Section, frozen=True):
     command_max_age_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
     # Tolerated difference between the service's clock and the device's.
     command_clock_skew_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    # Expiry cannot be judged on a clock nobody set: commands are refused while the kernel
+    # (or systemd-timesyncd) does not report it synchronised. false trusts the wall clock as
+    # it is, for a clock kept by means the kernel does not see (a container on a host that
+    # keeps time, an RTC set by hand).
+    commands_need_synchronised_clock: bool = True
     # Commands remembered against replay (each until it expires); when full, the one
     # expiring first is forgotten and anything expiring before it refused.
     replay_cache_size: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 10_000
@@ -500,11 +505,6 @@ class GpioConfig(_Section, frozen=True):
 
     pin_factory: Literal["auto", "lgpio", "rpigpio", "pigpio", "native", "mock"] = "auto"
 
-    # Expiry cannot be judged on a clock nobody set: commands are refused while the kernel
-    # (or systemd-timesyncd) does not report it synchronised. false trusts the wall clock as
-    # it is, for a clock kept by means the kernel does not see (a container on a host that
-    # keeps time, an RTC set by hand).
-    commands_need_synchronised_clock: bool = True
 
 class SupervisorConfig(_Section, frozen=True):
     """How failing components are restarted before the process gives up."""

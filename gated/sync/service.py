@@ -249,6 +249,8 @@ class SyncService:
             "components": extra.get("components", {}),
             "lanes": extra.get("lanes", {}),
         }
+        if extra.get("rules_bundle") is not None:  # the downlink's bundle in effect (11.2)
+            data["rules_bundle"] = extra["rules_bundle"]
         return envelope.heartbeat_event(data, self.source, time.time())
 
     async def _heartbeats(self) -> None:
@@ -260,5 +262,3 @@ class SyncService:
                 await self.transport.publish_event("heartbeat", await self.heartbeat(), qos=0)
             except (SyncError, OSError) as err:
                 log.debug("sync: heartbeat not sent: %s", err)
-        if extra.get("rules_bundle") is not None:  # the downlink's bundle in effect (11.2)
-            data["rules_bundle"] = extra["rules_bundle"]
