@@ -412,6 +412,10 @@ class MqttConfig(_Section, frozen=True):
     client_id: str = ""  # default: "gated-<device_id>"
     tls: bool = False
     tls_ca_file: str = ""  # PEM CA bundle of a private broker CA; empty: the system's CAs
+    # TLS client authentication (the broker's require_certificate): a PEM certificate and
+    # its unencrypted PEM key. The broker's name is always verified: no "insecure" switch.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
     # Reconnect back-off (doubling, jittered): a broker that comes back is seen within
     # reconnect_max_s, so the gate is never blind for minutes after an outage.
@@ -423,6 +427,10 @@ class MqttConfig(_Section, frozen=True):
             raise ValueError("reconnect_min_s: must not exceed reconnect_max_s")
         if self.tls_ca_file and not self.tls:
             raise ValueError("tls_ca_file: set tls = true to use a CA file")
+        if self.tls_cert_file and not self.tls:
+            raise ValueError("tls_cert_file: set tls = true to use a client certificate")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file: set tls_cert_file and tls_key_file together")
         if self.password and not self.username:
             raise ValueError("password: needs a username")
 

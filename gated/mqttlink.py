@@ -39,7 +39,7 @@ from gated.backoff import Backoff
 from gated.config import MqttConfig
 from gated.errors import ConfigError, SyncError
 
-__all__ = ["LinkStats", "MqttLink", "MqttMessage", "Will"]
+__all__ = ["LinkStats", "MqttLink", "MqttMessage", "Will", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,9 @@ class MqttLink:
         self._subscribe_mid: int | None = None
         self._connected_at = 0.0
         self._malformed_logged: dict[str, tuple[float, int]] = {}
+        # Paho thread only: did this attempt get a CONNACK, and why did its socket close.
+        self._accepted = False
+        self._closed_by = ""
 
     # --- what consumers call (event loop thread) -------------------------------------
 
@@ -259,12 +262,7 @@ class MqttLink:
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self.cfg.password or None)
         if self.cfg.tls:
-            try:
-                client.tls_set(ca_certs=self.cfg.tls_ca_file or None)
-            except (OSError, ssl.SSLError, ValueError) as err:
-                raise ConfigError(
-                    f"mqtt.tls_ca_file: cannot load {self.cfg.tls_ca_file}: {err}"
-                ) from err
+            client.tls_set_context(tls_context(self.cfg))
         client.max_inflight_messages_set(self.max_inflight)
         if self.will is not None:
             client.will_set(
@@ -297,7 +295,19 @@ class MqttLink:
             return
         if self._stopping.is_set():
             client.disconnect()
+        self._accepted = False
+        self._closed_by = ""
         client.loop_forever(timeout=0.5)
+        if not self._accepted and not self._stopping.is_set():
+            # TCP (and the TLS handshake as far as the client sees it) went through, but the
+            # broker closed before any CONNACK: with TLS 1.3 a refused client certificate
+            # looks like this. Said plainly, once, instead of a silent retry loop.
+            self._to_loop(
+                self._attempt_failed,
+                "closed before the broker accepted the connection "
+                f"({self._closed_by or 'no reason given'}); "
+                "if it uses TLS client certificates, check tls_cert_file and its CA",
+            )
 
     def _to_loop(self, fn: Callable[..., None], *args: Any) -> bool:
         """The one seam from paho's thread into asyncio; False once the loop is closed."""
@@ -311,6 +321,7 @@ class MqttLink:
         return True
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._accepted = True  # a CONNACK came, good or bad: its reason is reported below
         if reason.is_failure:
             client.disconnect()  # ends loop_forever; the back-off decides the next attempt
             self._to_loop(self._attempt_failed, f"broker refused: {reason}")
@@ -322,6 +333,7 @@ class MqttLink:
         self._to_loop(self._connected, mid)
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._closed_by = str(reason)
         self._to_loop(self._disconnected, f"disconnected: {reason}")
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: Any, _p: Any) -> None:
@@ -419,6 +431,34 @@ class MqttLink:
                     handler(message)
                 except Exception:  # one consumer's bug must not stop the others
                     log.exception("mqtt %s: handler for %s failed", self.name, topic_filter)
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """The TLS context for a broker: its CA, our client certificate, the name checked.
+
+    Built here rather than by paho's tls_set so the choices are ours and visible:
+    certificate and host name verification always on (there is no "insecure" key: a
+    gate that talks to whoever answers on the broker's address can be fed forged acks),
+    TLS 1.2 at least. A file that cannot be loaded is a ConfigError naming its key.
+    """
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.tls_ca_file or None)
+    except (OSError, ssl.SSLError, ValueError) as err:
+        raise ConfigError(f"mqtt.tls_ca_file: cannot load {cfg.tls_ca_file}: {err}") from err
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if cfg.tls_cert_file:
+        try:
+            ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
+        except (OSError, ssl.SSLError, ValueError) as err:
+            # Which of the two is wrong is not always knowable (a key that does not match
+            # its certificate): name both, never the key's content.
+            raise ConfigError(
+                f"mqtt.tls_cert_file: cannot load {cfg.tls_cert_file} with its key "
+                f"{cfg.tls_key_file}: {err}"
+            ) from err
+    return ctx
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -15,7 +15,9 @@ import contextlib
 import email.utils
 import logging
 import random
+import sqlite3
 import ssl
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -30,7 +32,7 @@ from gated.model import SiteIdentity
 from gated.sync.envelope import Ack, access_or_audit, ack_from, encode, source_of
 from gated.sync.outbox import Outbox
 
-__all__ = ["HttpUplink", "full_jitter", "retry_after_s"]
+__all__ = ["HttpUplink", "Pictures", "full_jitter", "http_client", "retry_after_s"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,8 @@ class HttpUplink:
                  snapshot_dir: str, on_ack: Callable[[Ack], None] | None = None,
                  quarantine: Quarantine | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 pictures_state: str | Path | None = None) -> None:
         self.cfg = cfg
         self.outbox = outbox
         self.identity = identity
@@ -80,30 +83,15 @@ class HttpUplink:
         base = cfg.http.url.rstrip("/")
         self.events_url = f"{base}/v1/devices/{identity.device_id}/events"
         self.heads_url = f"{base}/v1/devices/{identity.device_id}/heads"
-        self.snapshots_url = f"{base}/v1/snapshots/"
-        headers = {"User-Agent": "gated-sync"}
-        if cfg.http.token:
-            headers["Authorization"] = f"Bearer {cfg.http.token}"
-        self.client = httpx.AsyncClient(
-            headers=headers, timeout=cfg.http.timeout_s, verify=self._tls(),
-            transport=transport, follow_redirects=False)
+        self.client = http_client(cfg, transport=transport)
+        # Pictures whose events went without them ("pending") are retried from here.
+        self.pictures = Pictures(cfg, self.client, snapshot_dir, state_path=pictures_state,
+                                 rng=self.rng)
         self._picture_since: OrderedDict[str, float] = OrderedDict()  # sha256 -> first try
         self._busy = asyncio.Event()
         self._idle = asyncio.Event()
         self.state = "starting"
         self.posts = 0
-
-    def _tls(self) -> ssl.SSLContext | bool:
-        http = self.cfg.http
-        if not http.url.startswith("https://"):
-            return True
-        try:
-            ctx = ssl.create_default_context(cafile=http.ca_file or None)
-            if http.client_cert:
-                ctx.load_cert_chain(http.client_cert, http.client_key)
-        except (OSError, ssl.SSLError) as err:
-            raise SyncError(f"sync.http: cannot load TLS files: {err}") from err
-        return ctx
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -230,23 +218,22 @@ class HttpUplink:
         first = self._picture_since.setdefault(sha, time.monotonic())
         while len(self._picture_since) > 10_000:  # bounded memory
             self._picture_since.popitem(last=False)
-        try:
-            data = await asyncio.to_thread(file.read_bytes)
-            response = await self.client.put(
-                self.snapshots_url + sha, content=data,
-                headers={"Content-Type": "image/jpeg", "If-None-Match": "*"})
-        except (OSError, httpx.HTTPError) as err:
-            log.debug("sync http: snapshot %s not uploaded: %s", sha, err)
-            response = None
-        if response is not None and response.status_code in KEPT:
+        outcome = await self.pictures.upload(sha, file)
+        if outcome == "kept":
             self._picture_since.pop(sha, None)
             return "uploaded"
-        if response is not None and response.status_code in NEVER:
-            log.warning("sync http: snapshot %s refused (%d): the event goes without it",
-                        sha, response.status_code)
+        if outcome == "never":
+            self._picture_since.pop(sha, None)
             return "pending"
+        if outcome == "gone":
+            self._picture_since.pop(sha, None)
+            return "missing"
         if time.monotonic() - first >= self.cfg.snapshot_wait_s:
-            return "pending"  # an event never waits forever for its picture
+            # An event never waits forever for its picture: it goes "pending", and the
+            # picture is retried on its own (Pictures.run) until the service keeps it.
+            self._picture_since.pop(sha, None)
+            await self.pictures.later(sha, str(path), row["event_id"])
+            return "pending"
         return None
 
     # --- heads, status ------------------------------------------------------------------------
@@ -268,3 +255,168 @@ class HttpUplink:
 
     async def publish_event(self, suffix: str, event: dict[str, Any], **_: Any) -> None:
         """HTTP sends no heartbeat (docs/protocol.md, section 9)."""
+
+
+def http_client(cfg: SyncConfig, *,
+                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The service's HTTP client: bearer token, TLS verified (private CA, client cert)."""
+    headers = {"User-Agent": "gated-sync"}
+    if cfg.http.token:
+        headers["Authorization"] = f"Bearer {cfg.http.token}"
+    return httpx.AsyncClient(headers=headers, timeout=cfg.http.timeout_s, verify=_tls(cfg),
+                             transport=transport, follow_redirects=False)
+
+
+def _tls(cfg: SyncConfig) -> ssl.SSLContext | bool:
+    http = cfg.http
+    if not http.url.startswith("https://"):
+        return True
+    try:
+        ctx = ssl.create_default_context(cafile=http.ca_file or None)
+        if http.client_cert:
+            ctx.load_cert_chain(http.client_cert, http.client_key)
+    except (OSError, ssl.SSLError) as err:
+        raise SyncError(f"sync.http: cannot load TLS files: {err}") from err
+    return ctx
+
+
+PICTURES_MAX = 100_000  # pictures remembered for a later upload; beyond, the oldest is let go
+
+
+class Pictures:
+    """Snapshot uploads by SHA-256, and the pictures still owed to the service.
+
+    An event whose picture could not be uploaded within `snapshot_wait_s` goes without
+    it (`gatedsnapshot: "pending"`); its picture is then remembered in a small SQLite
+    file beside the journal (so a restart does not forget it) and retried, oldest
+    first, one at a time, with the same capped full-jitter back-off as every other
+    failure, until the service keeps it (the PUT itself tells the service: it holds
+    the event's `snapshot_sha256` now), the file is gone, or the service refuses it for
+    good. Over MQTT with a `[sync.http] url` every event's picture goes this way.
+    """
+
+    def __init__(self, cfg: SyncConfig, client: httpx.AsyncClient, snapshot_dir: str | Path,
+                 *, state_path: str | Path | None, rng: random.Random | None = None,
+                 max_entries: int = PICTURES_MAX) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.snapshot_dir = Path(snapshot_dir)
+        self.url = cfg.http.url.rstrip("/") + "/v1/snapshots/"
+        self.rng = rng or random.Random()
+        self.max_entries = max_entries
+        self._db = sqlite3.connect(str(state_path) if state_path else ":memory:",
+                                   check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()  # one connection, used from worker threads
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS pending (sha256 TEXT PRIMARY KEY,"
+                             " path TEXT NOT NULL, event_id TEXT, added_at REAL NOT NULL)")
+        self._wake = asyncio.Event()
+        self.uploaded = 0  # kept by the service after their event had gone without them
+        self.given_up = 0  # gone from disk, refused for good, or pushed out by the bound
+        self.failures = 0  # consecutive failed attempts (the back-off's exponent)
+        self.last_error = ""
+
+    # --- one upload -------------------------------------------------------------------
+
+    async def upload(self, sha: str, file: Path) -> str:
+        """PUT one picture: "kept", "gone" (no file), "never" (refused for good) or "failed"."""
+        try:
+            data = await asyncio.to_thread(file.read_bytes)
+        except FileNotFoundError:
+            return "gone"
+        except OSError as err:
+            self.last_error = f"cannot read {file.name}: {err}"
+            return "failed"
+        try:
+            response = await self.client.put(
+                self.url + sha, content=data,
+                headers={"Content-Type": "image/jpeg", "If-None-Match": "*"})
+        except httpx.HTTPError as err:
+            self.last_error = f"{type(err).__name__}: {err}"
+            log.debug("sync http: snapshot %s not uploaded: %s", sha, err)
+            return "failed"
+        if response.status_code in KEPT:
+            return "kept"
+        if response.status_code in NEVER:
+            log.warning("sync http: snapshot %s refused for good (%d): it stays on the device",
+                        sha, response.status_code)
+            return "never"
+        self.last_error = f"answered {response.status_code}"
+        return "failed"
+
+    # --- pictures owed ------------------------------------------------------------------
+
+    async def later(self, sha: str, path: str, event_id: str | None) -> None:
+        """Remember a picture whose event went without it; retried by run()."""
+        await self.later_many([(sha, path, event_id)])
+
+    async def later_many(self, pictures: list[tuple[str, str, str | None]]) -> None:
+        """Remember several (sha256, path, event id) in one transaction."""
+        if not pictures:
+            return
+        dropped = await asyncio.to_thread(self._remember, pictures, time.time())
+        if dropped:
+            self.given_up += dropped
+            log.warning("sync http: %d picture(s) owed to the service forgotten: more than %d "
+                        "waiting (they stay on the device)", dropped, self.max_entries)
+        self._wake.set()
+
+    def _remember(self, pictures: list[tuple[str, str, str | None]], now: float) -> int:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)",
+                                 [(sha, path, event_id, now) for sha, path, event_id in pictures])
+            over = int(self._db.execute("SELECT count(*) FROM pending").fetchone()[0]) - (
+                self.max_entries)
+            if over > 0:
+                self._db.execute("DELETE FROM pending WHERE sha256 IN (SELECT sha256 FROM "
+                                 "pending ORDER BY added_at LIMIT ?)", (over,))
+            self._db.execute("COMMIT")
+            return max(0, over)
+
+    def _oldest(self) -> tuple[str, str] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha256, path FROM pending ORDER BY added_at LIMIT 1").fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def _forget(self, sha: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pending WHERE sha256 = ?", (sha,))
+
+    def owed(self) -> int:
+        """Pictures still owed to the service."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM pending").fetchone()[0])
+
+    async def run(self) -> None:
+        """Upload the pictures owed, oldest first, backing off while uploads fail."""
+        while True:
+            self._wake.clear()  # before the look: a picture added meanwhile wakes us
+            item = await asyncio.to_thread(self._oldest)
+            if item is None:
+                await self._wake.wait()
+                continue
+            sha, path = item
+            outcome = await self.upload(sha, self.snapshot_dir / path)
+            if outcome == "failed":
+                self.failures += 1
+                await asyncio.sleep(max(self.cfg.retry_min_s, full_jitter(
+                    self.failures, self.cfg.retry_min_s, self.cfg.retry_max_s, self.rng)))
+                continue
+            self.failures = 0
+            await asyncio.to_thread(self._forget, sha)
+            if outcome == "kept":
+                self.uploaded += 1
+                log.info("sync http: picture %s uploaded after its event", sha[:12])
+            else:
+                self.given_up += 1
+                if outcome == "gone":
+                    log.info("sync http: picture %s was removed before it could be uploaded",
+                             sha[:12])
+
+    def status(self) -> dict[str, Any]:
+        """For the heartbeat: how pictures reach the service and what is still owed."""
+        return {"upload": "http", "owed": self.owed(), "uploaded_later": self.uploaded,
+                "given_up": self.given_up, "last_error": self.last_error or None}

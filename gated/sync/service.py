@@ -27,7 +27,7 @@ from gated.errors import SyncError
 from gated.mqttlink import MqttLink, Will
 from gated.sync import envelope
 from gated.sync.envelope import Ack
-from gated.sync.outbox import Outbox, OutboxJournal
+from gated.sync.outbox import Batch, Outbox, OutboxJournal
 from gated.sync.signing import (
     KEY_FILE_NAME,
     SignatureError,
@@ -42,6 +42,7 @@ __all__ = ["SyncJournal", "SyncService"]
 log = logging.getLogger(__name__)
 
 STOP_FLUSH_S = 3.0  # at SIGTERM: the longest a stop waits for in-flight acks
+PICTURES_FILE = "sync-pictures.sqlite3"  # beside the journal: pictures owed to the service
 
 
 class SyncJournal(OutboxJournal, Protocol):
@@ -88,6 +89,8 @@ class SyncService:
         self.link: MqttLink | None = None
         self.transport: Any = None
         self.snapshot_dir = snapshot_dir or cfg.journal.snapshot_dir
+        self.pictures_state = Path(cfg.journal.path).parent / PICTURES_FILE
+        self.pictures: Any = None  # gated.sync.http.Pictures when pictures go upstream
         self._build_transport()
 
     # --- transport -------------------------------------------------------------------------
@@ -111,6 +114,16 @@ class SyncService:
                                  session_expiry_s=self.sync.mqtt_session_expiry_s,
                                  on_state=self._on_link_state, will=will,
                                  max_inflight=min(self.sync.mqtt_window, 65_535))
+            if self.sync.http.url:
+                # Pictures never go over the broker (megabytes): with a [sync.http] url they
+                # are PUT by hash beside the MQTT events; without one they stay on the device.
+                from gated.sync.http import Pictures, http_client
+
+                self.pictures = Pictures(self.sync, http_client(self.sync), self.snapshot_dir,
+                                         state_path=self.pictures_state)
+                self.outbox = _PictureOutbox(
+                    self.journal, self.pictures, batch_max_events=self.sync.batch_max_events,
+                    ack_timeout_s=self.sync.ack_timeout_s)
             self.transport = MqttUplink(self.link, self.outbox, self.identity,
                                         window=self.sync.mqtt_window, ack_mode=self.sync.ack,
                                         on_ack=self._on_ack)
@@ -119,7 +132,9 @@ class SyncService:
 
             self.transport = HttpUplink(self.sync, self.outbox, self.identity,
                                         snapshot_dir=self.snapshot_dir,
-                                        on_ack=self._on_ack, quarantine=self._quarantine)
+                                        on_ack=self._on_ack, quarantine=self._quarantine,
+                                        pictures_state=self.pictures_state)
+            self.pictures = self.transport.pictures
 
     def _on_link_state(self, up: bool, detail: str) -> None:
         if up and not self._stopping:
@@ -138,6 +153,8 @@ class SyncService:
                 group.create_task(self.link.run(), name="sync-link")
             group.create_task(self.transport.run(), name="sync-transport")
             group.create_task(self._heads(), name="sync-heads")
+            if self.pictures is not None:
+                group.create_task(self.pictures.run(), name="sync-pictures")
             if self.link is not None:
                 group.create_task(self._heartbeats(), name="sync-heartbeat")
 
@@ -248,6 +265,10 @@ class SyncService:
             "healthy": bool(extra.get("healthy", True)),
             "components": extra.get("components", {}),
             "lanes": extra.get("lanes", {}),
+            # Says plainly where pictures go: "http" (with what is still owed) or "local"
+            # (an MQTT-only site: no [sync.http] url, pictures stay on the device).
+            "pictures": (await asyncio.to_thread(self.pictures.status)
+                         if self.pictures is not None else {"upload": "local"}),
         }
         if extra.get("rules_bundle") is not None:  # the downlink's bundle in effect (11.2)
             data["rules_bundle"] = extra["rules_bundle"]
@@ -262,3 +283,25 @@ class SyncService:
                 await self.transport.publish_event("heartbeat", await self.heartbeat(), qos=0)
             except (SyncError, OSError) as err:
                 log.debug("sync: heartbeat not sent: %s", err)
+
+
+class _PictureOutbox(Outbox):
+    """The outbox of an MQTT uplink that also owes pictures over HTTP.
+
+    Every picture of a row handed to the MQTT uplink is remembered for an HTTP PUT
+    (its event goes at once with `gatedsnapshot: "pending"`; the PUT by hash tells the
+    service the picture arrived). Remembering is idempotent, so re-sends cost nothing.
+    """
+
+    def __init__(self, journal: OutboxJournal, pictures: Any, **kwargs: Any) -> None:
+        super().__init__(journal, **kwargs)
+        self.pictures = pictures
+
+    async def next_batch(self, limit: int | None = None) -> Batch:
+        """The next batch, its pictures remembered for upload first."""
+        batch = await super().next_batch(limit)
+        owed = [(row["snapshot_sha256"], row["snapshot_path"], row["event_id"])
+                for row in batch.rows if row.get("snapshot_sha256") and row.get("snapshot_path")
+                and not row.get("snapshot_missing")]
+        await self.pictures.later_many(owed)
+        return batch

@@ -239,6 +239,20 @@ class Receiver:
         with self.lock:
             return {r[0] for r in self.db.execute("SELECT sha256 FROM snapshots")}
 
+    def picture_state(self, event_id: str) -> str | None:
+        """The event's picture as the service knows it (docs/protocol.md, section 7).
+
+        "uploaded" once a PUT of the event's snapshot_sha256 was kept, whenever it came;
+        otherwise the event's `gatedsnapshot` as sent (None: no picture).
+        """
+        with self.lock:
+            row = self.db.execute("SELECT data FROM events WHERE event_id = ?",
+                                  (event_id,)).fetchone()
+        sha = json.loads(row[0]).get("snapshot_sha256") if row is not None else None
+        if sha and sha in self.snapshot_hashes():
+            return "uploaded"
+        return self.picture_states.get(event_id)
+
     def publish(self, topic: str, payload: bytes | str, *, retain: bool = False,
                 qos: int = 1) -> None:
         """Publish on the broker as the service (commands, rule announcements)."""
