@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gated.config import MqttConfig
+from gated.errors import SyncError
 from gated.model import SiteIdentity
 from gated.mqttlink import MqttLink, MqttMessage
 
@@ -83,7 +84,10 @@ class DemoService:
                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "datacontenttype": "application/json",
                    "data": {"stored": stored, "duplicate": duplicate, "rejected": []}}
-            self.link.publish_nowait(self.prefix + "acks", json.dumps(ack), qos=1)
+            try:
+                await self.link.publish(self.prefix + "acks", json.dumps(ack), qos=1)
+            except SyncError as err:  # the device re-sends what it saw no ack for
+                log.info("demo service: ack not delivered: %s", err)
             if stored and self.on_stored is not None:
                 self.on_stored(len(stored), self.total)
 
