@@ -1114,10 +1114,17 @@ class Daemon:
 
         conn = sqlite3.connect(f"file:{self.cfg.journal.path}?mode=ro", uri=True)
         query = "SELECT synced_at IS NOT NULL FROM access_logs WHERE event_id = ?"
+        # A picture still owed to the service (its event went "pending") counts as unsynced:
+        # the quota must not delete the only copy before the upload it is waiting for.
+        pictures = self.sync.pictures if self.sync is not None else None
+
+        def synced(event_id: str) -> bool:
+            if pictures is not None and pictures.is_owed(event_id):
+                return False
+            return bool((conn.execute(query, (event_id,)).fetchone() or (0,))[0])
+
         try:
-            return snapshots.enforce(
-                lambda event_id: bool((conn.execute(query, (event_id,)).fetchone() or (0,))[0])
-            )
+            return snapshots.enforce(synced)
         finally:
             conn.close()
 

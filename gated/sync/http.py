@@ -311,6 +311,7 @@ class Pictures:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS pending (sha256 TEXT PRIMARY KEY,"
                              " path TEXT NOT NULL, event_id TEXT, added_at REAL NOT NULL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS pending_event ON pending (event_id)")
         self._wake = asyncio.Event()
         self.uploaded = 0  # kept by the service after their event had gone without them
         self.given_up = 0  # gone from disk, refused for good, or pushed out by the bound
@@ -384,6 +385,12 @@ class Pictures:
     def _forget(self, sha: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM pending WHERE sha256 = ?", (sha,))
+
+    def is_owed(self, event_id: str) -> bool:
+        """True while this event's picture is still owed (the snapshot quota spares it)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM pending WHERE event_id = ? LIMIT 1",
+                                    (event_id,)).fetchone() is not None
 
     def owed(self) -> int:
         """Pictures still owed to the service."""

@@ -566,6 +566,7 @@ async def test_pictures_owed_survive_a_restart(
     task = asyncio.create_task(service.run())
     await eventually(lambda: all_synced(journal), what="the event settled without its picture")
     await eventually(lambda: service.pictures.owed() == 1, what="the picture owed")
+    assert service.pictures.is_owed(event.event_id)  # the snapshot quota spares it meanwhile
     await _stop(service, task)
     receiver.http_faults.clear()  # the service is well again; the device starts afresh
 
@@ -573,6 +574,7 @@ async def test_pictures_owed_survive_a_restart(
     task = asyncio.create_task(service.run())
     await eventually(lambda: sha in receiver.snapshot_hashes(), what="uploaded after restart")
     await eventually(lambda: service.pictures.owed() == 0, what="nothing owed")
+    assert not service.pictures.is_owed(event.event_id)
     await _stop(service, task)
     assert receiver.picture_state(event.event_id) == "uploaded"
 
