@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         Path(args.dir), duration_s=args.duration, interval_s=args.interval, port=args.port,
-        mqtt=args.mqtt, sync=not args.no_sync,
+        mqtt=args.mqtt, sync=not args.no_sync, web_port=args.web_port,
     )
 
 
@@ -389,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
         " service stores and acknowledges the events",
     )
     p.add_argument("--no-sync", action="store_true", help="do not sync, even to a local broker")
+    p.add_argument(
+        "--web-port", type=int, default=None,
+        help="status page port on 127.0.0.1 (default 8080, or a free one if that is in use)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("check-config", help="validate a config file (exit 0 or 78)")
