@@ -125,6 +125,9 @@ class LiveHub:
                 await commits.wait(seq + 1)
             except EOFError:
                 return
+            if not self._clients:
+                seq = commits.seq  # nobody watches: no read at all on a commit
+                continue
             while True:
                 rows = await self.journal.after(seq, READ_BATCH)
                 if not rows:

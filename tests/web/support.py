@@ -35,10 +35,11 @@ class WebSite:
     site: Site
     relay: PtyPort
     port: int
+    scheme: str = "http"
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def client(self) -> httpx.Client:
         """A browser-like client (keeps cookies, never follows redirects by itself)."""
@@ -96,6 +97,7 @@ def serving(web: WebSite) -> Iterator[DaemonProcess]:
 
 def _answers(base: str) -> bool:
     try:
-        return httpx.get(base + "/healthz", timeout=2).status_code in (200, 503)
+        # A readiness probe only: the TLS test checks the certificate itself.
+        return httpx.get(base + "/healthz", timeout=2, verify=False).status_code in (200, 503)
     except httpx.TransportError:
         return False
