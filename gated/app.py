@@ -241,6 +241,8 @@ class Daemon:
                 "old_head_seq": recovery.old_head[0] if recovery.old_head else None,
                 "old_head_hash": recovery.old_head[1] if recovery.old_head else None,
                 "check_ms": round(recovery.check_ms, 1),
+                "last_readable_seq": recovery.last_readable[0] if recovery.last_readable else None,
+                "last_readable_hash": recovery.last_readable[1] if recovery.last_readable else None,
             })
         await self.journal.continue_from(record, recovery.old_head)
 

@@ -30,12 +30,17 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """A corrupt journal moved aside: why, where to, and the old head if it could be read."""
+    """A corrupt journal moved aside: why, where to, and the old head if it could be read.
+
+    `last_readable` is the newest row a forward scan still reached when the head itself
+    could not be read: forensic information only, since later rows may have existed.
+    """
 
     problem: str
     moved_to: Path
     old_head: tuple[int, str] | None
     check_ms: float
+    last_readable: tuple[int, str] | None = None
 
 
 def _is_corruption(err: sqlite3.Error) -> bool:
@@ -111,6 +116,29 @@ def read_old_head(path: Path) -> tuple[int, str] | None:
     return best
 
 
+def read_last_readable(path: Path) -> tuple[int, str] | None:
+    """The newest row a forward scan of each table reaches before damage stops it."""
+    best: tuple[int, str] | None = None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        for table in ("access_logs", "audit_logs"):
+            try:
+                cur = conn.execute(f"SELECT seq, row_hash FROM {table} ORDER BY seq")
+                while rows := cur.fetchmany(1000):
+                    seq, digest = rows[-1]
+                    if isinstance(seq, int) and isinstance(digest, str) \
+                            and (best is None or seq > best[0]):
+                        best = (seq, digest)
+            except sqlite3.Error:
+                continue  # the damage: what came before it counts
+    finally:
+        conn.close()
+    return best
+
+
 def move_aside(path: Path, now: float | None = None) -> Path:
     """Rename the journal and its -wal/-shm to `NAME.corrupt-<UTC time>`; the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
@@ -141,9 +169,10 @@ def recover_if_corrupt(path: str | os.PathLike[str]) -> Recovery | None:
         log.debug("journal quick check passed in %.0f ms", check_ms)
         return None
     old_head = read_old_head(path)
+    last = read_last_readable(path) if old_head is None else None
     moved = move_aside(path)
     log.critical("journal %s is corrupt (%s): moved aside to %s; starting a fresh journal%s",
                  path, problem, moved,
                  f" from the old head seq {old_head[0]}" if old_head else
                  " (the old head could not be read)")
-    return Recovery(problem, moved, old_head, check_ms)
+    return Recovery(problem, moved, old_head, check_ms, last)

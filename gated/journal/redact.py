@@ -109,7 +109,7 @@ async def _redact_cli(journal_path: str, snapshot_dir: str, identity: SiteIdenti
     journal = await Journal.open(journal_path)
     try:
         auditor = Auditor(journal.append, identity)
-        snapshots = SnapshotStore(snapshot_dir, 1) if Path(snapshot_dir).is_dir() else None
+        snapshots = SnapshotStore(snapshot_dir, 1) if snapshot_dir else None
 
         def build(metadata: dict[str, object]) -> AuditEvent:
             return auditor.build(ACTION, "person", actor_type="local_user", actor_id=_user(),
@@ -128,7 +128,9 @@ def run_cli(*, journal_path: str, snapshot_dir: str, identity: SiteIdentity,
         print(f"gated: no journal at {journal_path}", file=sys.stderr)
         return 66
     try:
-        done = asyncio.run(_redact_cli(journal_path, snapshot_dir, identity, plate,
+        # No snapshot folder: nothing to delete beside the rows.
+        folder = snapshot_dir if Path(snapshot_dir).is_dir() else ""
+        done = asyncio.run(_redact_cli(journal_path, folder, identity, plate,
                                        resident_id, reason))
     except GatedError as err:
         print(f"gated: {err}", file=sys.stderr)

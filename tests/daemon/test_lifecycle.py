@@ -73,10 +73,23 @@ def _flip_page(path: Path) -> None:
         fh.write(os.urandom(size))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _zero_header, _flip_page],
-                         ids=["truncated", "zeroed-header", "flipped-page"])
+def _break_index(path: Path) -> None:
+    # A garbage page in an index: the table itself, and so the head, can still be read.
+    conn = sqlite3.connect(path)
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master "
+                           "WHERE name = 'access_logs_created_at'").fetchone()
+    conn.close()
+    with path.open("r+b") as fh:
+        fh.seek((root - 1) * size)
+        fh.write(os.urandom(size))
+
+
+@pytest.mark.parametrize("damage,head_readable", [
+    (_truncate, False), (_zero_header, False), (_flip_page, False), (_break_index, True)],
+    ids=["truncated", "zeroed-header", "flipped-page", "flipped-index-page"])
 def test_corrupt_journal_is_moved_aside_and_a_fresh_one_continues(
-        tmp_path: Path, damage) -> None:
+        tmp_path: Path, damage, head_readable: bool) -> None:
     site = _site(tmp_path)
     head = _fill(site.journal)
     damage(site.journal)
@@ -90,11 +103,12 @@ def test_corrupt_journal_is_moved_aside_and_a_fresh_one_continues(
         meta = __import__("json").loads(first["metadata"])
         moved = Path(meta["moved_to"])
         assert moved.exists() and moved.name.startswith("journal.sqlite3.corrupt-")
-        if meta["old_head_seq"] is not None:  # readable: the chain continues after it
+        if head_readable:  # the chain continues after the old head
             assert (meta["old_head_seq"], meta["old_head_hash"]) == head
-            assert first["seq"] == head[0] + 1
-        else:
-            assert first["seq"] == 1
+            assert first["seq"] == head[0] + 1 and first["prev_hash"] == head[1]
+        else:  # it restarts, saying how far the damaged file could still be read
+            assert meta["old_head_seq"] is None and first["seq"] == 1
+            assert meta["last_readable_seq"] is None or meta["last_readable_seq"] < head[0]
         assert post_generic(site.listener_port, CAMERA_PATH, "AB123CD") == 200
         assert site.wait_rows(1)
         assert daemon.wait_log("corrupt")

@@ -23,6 +23,10 @@ from tests.journal.journal_child import access_event, audit_event
 JPEG = b"\xff\xd8\xff\xe0" + b"x" * 20_000
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
 def rows(path: Path, table: str) -> list[sqlite3.Row]:
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
@@ -62,7 +66,7 @@ async def test_retention_per_kind_only_acknowledged_and_verify_still_passes(
     await j.mark_synced("access", first)
     done = await retention.run_once(now)
     assert (done.rows, done.through_seq, done.snapshots) == (2, 2, 2)
-    assert [r["seq"] for r in rows(path, "access_logs")][0] == 3
+    assert rows(path, "access_logs")[0]["seq"] == 3
     assert len(snaps.files()) == 1
     # Everything acknowledged: rows 3 and 4 (the 40-day audit row) go, 5 (40-day access) stays.
     await j.mark_synced("access", await _ids(j, "access"))
@@ -171,20 +175,20 @@ async def test_wal_is_cut_back_once_a_long_reader_lets_go(tmp_path: Path) -> Non
     for _ in range(30):
         await j.append_many([access_event(metadata={"pad": "p" * 1500}) for _ in range(50)])
     # While the reader holds its snapshot the WAL cannot restart: it grows.
-    grown = wal.stat().st_size
+    grown = _size(wal)
     assert grown > 4 * limit
     busy, _, _ = await j.checkpoint("TRUNCATE")
     assert busy == 1  # gave up at once instead of blocking the writer
     reader.execute("COMMIT")
     reader.close()
     busy, _, _ = await j.checkpoint("TRUNCATE")
-    assert busy == 0 and wal.stat().st_size == 0
+    assert busy == 0 and _size(wal) == 0
     # More appends after that: SQLite's own checkpoints keep it within the limit.
     for _ in range(30):
         await j.append_many([access_event(metadata={"pad": "p" * 1500}) for _ in range(50)])
     await j.checkpoint("PASSIVE")
     await j.append(access_event())  # restarts the WAL from its start, cut to the limit
-    assert wal.stat().st_size <= limit + 64 * 1024
+    assert _size(wal) <= limit + 64 * 1024
     await j.close()
     assert verify(path).ok
 
