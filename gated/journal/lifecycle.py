@@ -67,9 +67,13 @@ class Retention:
     async def run_once(self, now: float, clock_unsynced: bool = False) -> RetentionOutcome:
         """Prune expired rows, then expired pictures; report what went."""
         p = self.policy
+        # Ages come from the wall clock. While it is unsynchronised (a Pi without an RTC
+        # booting in 1970, or jumping ahead) only acknowledged rows may go, whatever
+        # require_synced says: a wrong age then costs nothing the upstream does not hold.
+        keep_unsynced = p.require_synced or clock_unsynced
         pruned = await self.journal.prune(
             {"access": now - p.access_s, "audit": now - p.audit_s},
-            keep_unsynced=p.require_synced, now=now, clock_unsynced=clock_unsynced)
+            keep_unsynced=keep_unsynced, now=now, clock_unsynced=clock_unsynced)
         count = 0
         freed = 0
         if pruned.snapshot_paths:
@@ -80,7 +84,7 @@ class Retention:
                 now - p.snapshot_s, after_seq=self._snapshot_seq, limit=500)
             doomed: list[str] = []
             for seq, path, synced in found:
-                if p.require_synced and not synced:
+                if keep_unsynced and not synced:
                     found = []  # stop here: this picture waits for its ack, so do later ones
                     break
                 doomed.append(path)
