@@ -16,7 +16,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-__all__ = ["LiveHub", "event_summary"]
+from gated.web.words import reason_words
+
+__all__ = ["LiveHub", "audit_summary", "event_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ def event_summary(row: Mapping[str, Any]) -> dict[str, Any]:
         "captured_at": row.get("captured_at"), "lane": row["access_point"],
         "event_type": row["event_type"], "direction": row.get("direction"),
         "plate": row.get("vehicle_plate"), "visitor_name": row.get("visitor_name"),
-        "reason": row["decision_reason"], "method": row["authorization_method"],
+        "reason": row["decision_reason"], "reason_text": reason_words(row["decision_reason"]),
+        "method": row["authorization_method"],
         "authorized_by": row.get("authorized_by"), "confidence": row.get("confidence_score"),
         "gate_opened": row.get("gate_opened"), "read_to_relay_ms": row.get("read_to_relay_ms"),
         "snapshot": bool(row.get("snapshot_path")), "rules_version": row.get("rules_version"),

@@ -277,7 +277,7 @@ class WebServer:
                 raise _Problem(422, "body is not JSON") from err
             if not isinstance(body, dict):
                 raise _Problem(422, "body must be a JSON object")
-            form = {k: v for k, v in body.items() if isinstance(v, str | int | bool)}
+            form = {str(k): v for k, v in body.items() if isinstance(v, str)}
         else:
             posted = await request.post()
             form = {k: v for k, v in posted.items() if isinstance(v, str)}

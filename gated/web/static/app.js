@@ -26,7 +26,7 @@
     a.className = "plate";
     a.textContent = e.plate || "—";
     plate.appendChild(a);
-    cell(tr, e.event_type + " · " + e.reason);
+    cell(tr, e.event_type + " · " + (e.reason_text || e.reason));
     const pic = cell(tr, "");
     if (e.snapshot) {
       const img = document.createElement("img");
