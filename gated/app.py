@@ -341,7 +341,8 @@ class Daemon:
         deps = WebDeps(
             control=self.control, journal=self.journal, audit=self.auditor.record,
             snapshot_dir=self.cfg.journal.snapshot_dir, timezone=self.cfg.site.timezone,
-            passes=WebPassDesk(self), decision_context=self._decision_context,
+            passes=WebPassDesk(self), rules=WebRuleDesk(self),
+            decision_context=self._decision_context,
             metrics_text=self.metrics_text,
             sync_backlog=self._sync_backlog if self.cfg.sync.enabled else None,
         )
@@ -1321,6 +1322,72 @@ class WebPassDesk:
                              actor_role=actor.role, ip_address=actor.address,
                              user_agent=actor.user_agent, request_id=actor.request_id,
                              new_values=values)
+
+
+class WebRuleDesk:
+    """Admin edits of the deny list from the status page: `gated rules import`'s path.
+
+    Each save is one merged JSON document imported as one change set (a removal as the
+    delta's delete), so the running daemon picks it up like any import; audited as
+    `rules_edit` with the admin's identity. Refused when the central service owns the
+    rule set (sync with trusted service keys: its bundles would overwrite local edits).
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def owner(self) -> str | None:
+        """Who else owns the rule set, or None when local edits are allowed."""
+        sync = self._daemon.cfg.sync
+        if sync.enabled and sync.service_public_keys:
+            return "the central service (signed rule bundles)"
+        return None
+
+    async def deny_list(self) -> list[dict[str, Any]]:
+        """Every deny-list entry."""
+        from gated.rules.entities import DenyEntry
+        from gated.rules.store import RuleStore
+
+        def work() -> list[dict[str, Any]]:
+            with RuleStore(self._daemon.cfg.rules.path) as store:
+                return [{"id": e.id, "plate": e.plate, "reason": e.reason, "until": e.until}
+                        for e in store.entities("deny_list", raw=False)
+                        if isinstance(e, DenyEntry)]
+
+        return await asyncio.to_thread(work)
+
+    async def deny_add(self, actor: Actor, *, plate: str, reason: str) -> dict[str, Any]:
+        """Add a deny-list entry (one rule-set version)."""
+        import json
+        import secrets
+
+        entry_id = f"d-web-{secrets.token_hex(4)}"
+        doc = {"format": "gated-rules", "format_version": 1,
+               "deny_list": [{"id": entry_id, "plate": plate, "reason": reason}]}
+        result = await self._import(actor, json.dumps(doc).encode(), {})
+        return {"id": entry_id, **result}
+
+    async def deny_remove(self, actor: Actor, entry_id: str) -> dict[str, Any]:
+        """Remove a deny-list entry (LookupError when there is none)."""
+        if not any(e["id"] == entry_id for e in await self.deny_list()):
+            raise LookupError(f"no deny-list entry {entry_id!r}")
+        doc = b'{"format": "gated-rules", "format_version": 1}'
+        return await self._import(actor, doc, {"deny_list": [entry_id]})
+
+    async def _import(self, actor: Actor, document: bytes,
+                      deletes: Mapping[str, list[str]]) -> dict[str, Any]:
+        cfg = self._daemon.cfg
+        result = await rule_bundle_importer(cfg.rules.path, cfg.site.timezone)(
+            document, True, deletes, "status-page")
+        auditor = self._daemon.auditor
+        assert auditor is not None
+        await auditor.record(
+            "rules_edit", "rules", resource_id="deny_list", actor_type=actor.type.value,
+            actor_id=actor.id, actor_role=actor.role, ip_address=actor.address,
+            user_agent=actor.user_agent, request_id=actor.request_id,
+            new_values={"rules_version": result["rules_version"],
+                        "written": result["written"], "deleted": result["deleted"]})
+        return {"rules_version": result["rules_version"]}
 
 
 def rule_bundle_importer(

@@ -87,6 +87,26 @@ class PassDesk(Protocol):
         ...
 
 
+class RuleDesk(Protocol):
+    """Admin edits of the rule set through `gated rules import`'s path (app.py)."""
+
+    def owner(self) -> str | None:
+        """Who else owns the rule set (local edits refused), or None."""
+        ...
+
+    async def deny_list(self) -> list[dict[str, Any]]:
+        """Every deny-list entry."""
+        ...
+
+    async def deny_add(self, actor: Actor, *, plate: str, reason: str) -> dict[str, Any]:
+        """Add an entry: one rule-set version and one audit row."""
+        ...
+
+    async def deny_remove(self, actor: Actor, entry_id: str) -> dict[str, Any]:
+        """Remove an entry (LookupError when there is none)."""
+        ...
+
+
 @dataclass
 class WebDeps:
     """What the page is given by app.py: the control plane, the journal's reads, callables."""
@@ -97,6 +117,7 @@ class WebDeps:
     snapshot_dir: str
     timezone: str = "UTC"
     passes: PassDesk | None = None
+    rules: RuleDesk | None = None
     decision_context: DecisionContext | None = None
     metrics_text: Callable[[], str] | None = None
     sync_backlog: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
@@ -158,6 +179,9 @@ class WebServer:
         r.add_get("/passes", self.passes_page)
         r.add_post("/passes", self.pass_issue)
         r.add_post("/passes/{pass_id}/revoke", self.pass_revoke)
+        r.add_get("/rules/deny", self.deny_page)
+        r.add_post("/rules/deny", self.deny_add)
+        r.add_post("/rules/deny/{entry_id}/remove", self.deny_remove)
         r.add_get("/metrics", self.metrics)
         r.add_get("/api/status", self.api_status)
         r.add_get("/api/events", self.api_events)
@@ -769,6 +793,54 @@ class WebServer:
         return self._render(request, "passes.html", passes=await desk.list(),
                             message=f"pass {pass_id} revoked "
                                     f"(rule-set version {done['rules_version']})")
+
+    # --- the rule set (admin): the deny list ------------------------------------------
+
+    def _rules(self, *, editing: bool) -> RuleDesk:
+        if self.deps.rules is None:
+            raise _Problem(404, "rule-set editing is not available here")
+        owner = self.deps.rules.owner()
+        if editing and owner:
+            raise _Problem(409, f"the rule set is owned by {owner}: edit it there")
+        return self.deps.rules
+
+    async def _deny_view(self, request: web.Request, message: str) -> web.Response:
+        desk = self._rules(editing=False)
+        return self._render(request, "rules_deny.html", entries=await desk.deny_list(),
+                            owner=desk.owner(), message=message)
+
+    async def deny_page(self, request: web.Request) -> web.Response:
+        """The deny list, and (unless the central service owns it) the form to add."""
+        self._need(request, "admin")
+        return await self._deny_view(request, "")
+
+    async def deny_add(self, request: web.Request) -> web.Response:
+        """Add a deny-list entry (admin): one rule-set version and one audit row."""
+        session, form = await self._need_post(request, "admin")
+        desk = self._rules(editing=True)
+        plate = (form.get("plate") or "").strip()
+        reason = (form.get("reason") or "").strip()
+        if not plate or len(plate) > 16 or len(reason) > 200:
+            raise _Problem(422, "plate (1 to 16 characters) and a reason of at most 200")
+        try:
+            done = await desk.deny_add(self._actor(request, session), plate=plate,
+                                       reason=reason)
+        except Exception as err:  # a RulesError: a plate that does not normalise
+            raise _Problem(422, str(err)) from err
+        return await self._deny_view(
+            request, f"{done['id']} added (rule-set version {done['rules_version']})")
+
+    async def deny_remove(self, request: web.Request) -> web.Response:
+        """Remove a deny-list entry (admin)."""
+        session, _ = await self._need_post(request, "admin")
+        desk = self._rules(editing=True)
+        entry_id = request.match_info["entry_id"][:64]
+        try:
+            done = await desk.deny_remove(self._actor(request, session), entry_id)
+        except LookupError as err:
+            raise _Problem(404, str(err)) from err
+        return await self._deny_view(
+            request, f"{entry_id} removed (rule-set version {done['rules_version']})")
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus exposition (behind login: lane names and counts are site data)."""

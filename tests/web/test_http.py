@@ -445,3 +445,29 @@ def test_an_address_is_locked_out_and_a_flood_is_summarised(tmp_path: Path) -> N
         assert counted == 13 - 3  # ... the rest in one summary row
     finally:
         site.relay.close()
+
+
+def test_an_admin_deny_lists_a_plate_and_the_gate_obeys_at_once(
+        web: tuple[WebSite, Any]) -> None:
+    site, _ = web
+    guard = site.login("gus")
+    assert guard.get("/rules/deny").status_code == 403
+    assert guard.post("/rules/deny", data={"csrf": csrf_of(guard), "plate": "X1"}
+                      ).status_code == 403
+    admin = site.login("ada")
+    token = csrf_of(admin)
+    added = admin.post("/rules/deny", data={"csrf": token, "plate": "GH456JK",
+                                            "reason": "reported stolen"})
+    assert added.status_code == 200, added.text
+    wait_rules(admin, added.text)
+    assert push(site, "GH456JK") == 200
+    row = [r for r in site.site.rows() if r["vehicle_plate"] == "GH456JK"][-1]
+    assert (row["event_type"], row["decision_reason"]) == ("denied", "deny_listed")
+    edit = audit(site.site, "rules_edit")[-1]
+    assert (edit["actor_id"], edit["actor_role"], edit["actor_type"]) == ("ada", "admin", "guard")
+    entry_id = re.search(r"(d-web-[0-9a-f]+) added", added.text).group(1)  # type: ignore[union-attr]
+    removed = admin.post(f"/rules/deny/{entry_id}/remove", data={"csrf": token})
+    assert removed.status_code == 200
+    assert entry_id not in removed.text.split("removed")[1]
+    assert admin.post(f"/rules/deny/{entry_id}/remove", data={"csrf": token}
+                      ).status_code == 404
