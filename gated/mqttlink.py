@@ -130,7 +130,14 @@ class MqttLink:
         self._stopping = threading.Event()
         self._pending = 0  # messages scheduled on the loop and not yet handled
         self._pending_lock = threading.Lock()
-        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._acks: dict[int, asyncio.Future[None]] = {}  # awaited publishes by mid
+        self._on_acked: dict[int, Callable[[], None]] = {}  # publish_nowait callbacks by mid
+        # PUBACKs cross from paho's thread in batches: the network thread appends mids
+        # here and schedules one hand-over while none is pending (a drain of thousands of
+        # messages a second must not cost one cross-thread wake-up each).
+        self._pubacks: deque[int] = deque()
+        self._pubacks_lock = threading.Lock()
+        self._pubacks_scheduled = False
         self._subscribe_mid: int | None = None
         self._connected_at = 0.0
         self._malformed_logged: dict[str, tuple[float, int]] = {}
@@ -160,6 +167,35 @@ class MqttLink:
         or the link is closed before the broker acknowledged it. A PUBACK means the
         broker has it, not that anyone stored it (see docs/design.md, invariant 3).
         """
+        mid = self._hand_to_paho(topic, payload, qos, retain)
+        assert self._loop is not None
+        # Registered before any await: the acknowledgement is handled on this same loop
+        # (through _to_loop), so it can never be looked up before this line ran.
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._acks[mid] = future
+        try:
+            await future
+        finally:
+            self._acks.pop(mid, None)
+
+    def publish_nowait(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
+        on_acked: Callable[[], None] | None = None,
+    ) -> int:
+        """Hand a message to paho without waiting; returns its mid.
+
+        For senders that do not need each PUBACK (the upstream sync waits for the
+        service's own ack) or that take it as a callback, `on_acked`, called on the
+        event loop when the broker acknowledges it (QoS 1) and never if the link closes
+        first. A QoS 1 message published while the link is down waits in paho's queue.
+        Raises SyncError like publish().
+        """
+        mid = self._hand_to_paho(topic, payload, qos, retain)
+        if on_acked is not None:
+            self._on_acked[mid] = on_acked  # before any PUBACK can be handled (same loop)
+        return mid
+
+    def _hand_to_paho(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> int:
         client = self._client
         if client is None or self._loop is None:
             raise SyncError(f"mqtt {self.name}: link is not running")
@@ -168,14 +204,7 @@ class MqttLink:
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise SyncError(f"mqtt {self.name}: publish refused: {mqtt.error_string(info.rc)}")
-        # Registered before any await: the acknowledgement is handled on this same loop
-        # (through _to_loop), so it can never be looked up before this line ran.
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._acks[info.mid] = future
-        try:
-            await future
-        finally:
-            self._acks.pop(info.mid, None)
+        return int(info.mid)
 
     def malformed(self, topic_filter: str, problem: str) -> None:
         """Count a message its consumer could not parse, and log it at a bounded rate."""
@@ -226,6 +255,7 @@ class MqttLink:
                 if not future.done():
                     future.set_exception(SyncError(f"mqtt {self.name}: link closed"))
             self._acks.clear()
+            self._on_acked.clear()
 
     async def _connection(self, client: mqtt.Client) -> float | None:
         """One connection attempt and its life, on a paho network thread; when it was up."""
@@ -341,7 +371,14 @@ class MqttLink:
         self._to_loop(self._subscribe_acked, mid, failed)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
-        self._to_loop(self._published, mid)
+        self._pubacks.append(mid)
+        with self._pubacks_lock:
+            if self._pubacks_scheduled:
+                return  # the pending hand-over takes this mid too
+            self._pubacks_scheduled = True
+        if not self._to_loop(self._published):
+            with self._pubacks_lock:
+                self._pubacks_scheduled = False
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         with self._pending_lock:
@@ -407,10 +444,24 @@ class MqttLink:
             self.stats.last_resubscribe_s = self._monotonic() - self._connected_at
             self.subscribed.set()
 
-    def _published(self, mid: int) -> None:
-        future = self._acks.get(mid)
-        if future is not None and not future.done():
-            future.set_result(None)
+    def _published(self) -> None:
+        # Cleared before draining: a mid appended after this line schedules a new call.
+        with self._pubacks_lock:
+            self._pubacks_scheduled = False
+        pubacks = self._pubacks
+        while pubacks:
+            mid = pubacks.popleft()
+            future = self._acks.get(mid)
+            if future is not None:
+                if not future.done():
+                    future.set_result(None)
+                continue
+            callback = self._on_acked.pop(mid, None)
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:  # one consumer's bug must not stop the others
+                    log.exception("mqtt %s: PUBACK callback failed", self.name)
 
     def _overflowed(self) -> None:
         self.stats.overflow += 1

@@ -237,8 +237,10 @@ class Journal:
         if stream not in TABLES:
             raise JournalError(f"stream: expected access or audit, got {stream!r}")
         sql = f"{_select(stream)} {where} ORDER BY seq {order} LIMIT ?"
-        async with self._reader.execute(sql, [*params, int(limit)]) as cur:
-            return [public_row(stream, r) for r in await cur.fetchall()]
+        # One hop to the reader thread (execute, fetch and close in one call): the sync's
+        # drain reads a batch per round and each hop waits for that thread's turn.
+        rows = await self._reader.execute_fetchall(sql, [*params, int(limit)])
+        return [public_row(stream, r) for r in rows]
 
     async def recent(self, stream: str = "all", limit: int = 50) -> list[dict[str, Any]]:
         """Newest rows first (each with a "stream" key); stream is access, audit or all."""

@@ -6,6 +6,11 @@ accepting that a crashed broker loses what it held). At most `window` events awa
 ack at once; one not acked within `ack_timeout_s` is published again (same id) by the
 outbox's re-send. The link (MqttLink) reconnects by itself with its capped back-off;
 the session is persistent so acks published while the device was away still arrive.
+
+The drain's cost is per event, so the send path does per event only what it must:
+encode the envelope and hand it to paho (`MqttLink.publish_nowait`: no task, no
+PUBACK future; the service's ack is what counts). PUBACKs are awaited only in the
+opt-in broker mode, where they are collected and given to the outbox in batches.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gated.errors import SyncError
@@ -55,21 +61,17 @@ class MqttUplink:
         self.source = source_of(identity)
         self._monotonic = monotonic
         self._room = asyncio.Event()
-        self._publishing: set[asyncio.Task[None]] = set()
-        self.published = 0
+        self._pubacked: list[str] = []  # broker mode: ids PUBACKed, handed to the outbox soon
+        self.published = 0  # events handed to the link (QoS 1: paho sends them when it can)
         link.subscribe(self.prefix + "acks", self._on_ack_message, qos=1)
 
     # --- sending ----------------------------------------------------------------------
-
-    def _outstanding(self) -> int:
-        now = self._monotonic()
-        return sum(1 for item in self.outbox.inflight.values() if item.due > now)
 
     async def run(self) -> None:
         """Send batches as the window allows, until cancelled."""
         while True:
             await self.link.subscribed.wait()  # the acks subscription is in place
-            room = self.window - self._outstanding()
+            room = self.window - self.outbox.awaited(self._monotonic())
             if room <= 0:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
@@ -79,30 +81,38 @@ class MqttUplink:
                 batch = await self.outbox.next_batch(room)
             except EOFError:  # the journal closed: the daemon is stopping
                 return
-            for row in batch.rows:
-                self._send(row)
+            self._send(batch.rows)
 
     def _until_due(self) -> float:
-        dues = [item.due for item in self.outbox.inflight.values()]
-        return max(0.01, min(dues) - self._monotonic()) if dues else 1.0
+        earliest = self.outbox.earliest_due()
+        return max(0.01, earliest - self._monotonic()) if earliest is not None else 1.0
 
-    def _send(self, row: dict[str, Any]) -> None:
-        snapshot = "pending" if row.get("snapshot_sha256") else None
-        payload = encode(access_or_audit(row, self.source, snapshot))
-        task = asyncio.get_running_loop().create_task(
-            self._publish(row["event_id"], payload))
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+    def _send(self, rows: list[dict[str, Any]]) -> None:
+        topic = self.prefix + "events"
+        source = self.source
+        publish = self.link.publish_nowait
+        broker = self.ack_mode == "broker"
+        for row in rows:
+            snapshot = "pending" if row.get("snapshot_sha256") else None
+            payload = encode(access_or_audit(row, source, snapshot))
+            try:
+                publish(topic, payload, qos=1,
+                        on_acked=partial(self._pubacked_one, row["event_id"]) if broker
+                        else None)
+            except SyncError:
+                continue  # still in flight in the outbox: sent again when it falls due
+            self.published += 1
 
-    async def _publish(self, event_id: str, payload: bytes) -> None:
-        try:
-            await self.link.publish(self.prefix + "events", payload, qos=1)
-        except SyncError:
-            return  # still in flight in the outbox: sent again when it falls due
-        self.published += 1
-        if self.ack_mode == "broker":
-            self.outbox.acknowledged([event_id])
-            self._room.set()
+    def _pubacked_one(self, event_id: str) -> None:
+        # Broker mode: PUBACKs arrive in bursts; the outbox hears of them once per burst.
+        if not self._pubacked:
+            asyncio.get_running_loop().call_soon(self._pubacked_flush)
+        self._pubacked.append(event_id)
+
+    def _pubacked_flush(self) -> None:
+        ids, self._pubacked = self._pubacked, []
+        self.outbox.acknowledged(ids)
+        self._room.set()
 
     async def publish_event(self, suffix: str, event: dict[str, Any], *, qos: int = 1,
                             retain: bool = False) -> None:
@@ -123,7 +133,7 @@ class MqttUplink:
     async def settle(self, timeout_s: float) -> None:
         """Wait (bounded) for publishes on the wire and acks of what is in flight."""
         deadline = self._monotonic() + timeout_s
-        while (self._publishing or self.outbox.inflight) and self._monotonic() < deadline:
+        while self.outbox.inflight and self._monotonic() < deadline:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), max(0.01, deadline - self._monotonic()))

@@ -7,10 +7,16 @@ Two lanes read it (docs/protocol.md, section 4):
   so an event committed now goes in the next batch (oldest of the new rows first);
 * the **backfill lane** walks the unsynced rows at or below that start head, oldest
   first, `batch_max_events` at a time, with a cursor: a month of backlog is streamed
-  from SQLite, never loaded whole, and never stands in front of a live event.
+  from SQLite, never loaded whole, and never stands in front of a live event. It reads
+  a full `batch_max_events` even when the transport has room for fewer (acks free
+  the window a few ids at a time) and hands the rest out from that read-ahead on
+  later turns: the fixed cost of a read (a hop to the reader thread per stream) is
+  paid once per batch, not once per ack.
 
 In-flight events are remembered by id and seq only (bounded by the transport's
-window); the rows themselves are re-read when sent again. An event not acknowledged
+window), in the order they fall due, so the transport asks "how many are still
+awaited" and "when is the next one due" without scanning them all on every ack;
+the rows themselves are re-read when sent again. An event not acknowledged
 within `ack_timeout_s` is sent again (the backfill pass restarts from the oldest
 unsynced row and skips what is still in flight and not yet due). Acknowledged ids
 are marked synced in batches (one journal transaction per flush, not per event),
@@ -24,6 +30,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -97,11 +104,18 @@ class Outbox:
         start = journal.commits.seq
         self.live_cursor = start  # the live lane has handed out every row up to here
         self.backfill_limit = start  # the backfill lane covers rows up to here …
-        self.backfill_cursor = 0  # … and has handed out those up to here in this pass
+        self.backfill_cursor = 0  # … and has read those up to here in this pass
         self.backfill_done = False
-        self.inflight: dict[str, _InFlight] = {}
+        self._ahead: deque[dict[str, Any]] = deque()  # backfill rows read, not handed out
+        self._read_all = False  # this pass's reads reached the end of its part
+        self._passes = 0  # backfill passes begun (a read spanning a restart is dropped)
+        self._reading: asyncio.Future[None] | None = None  # the read-ahead under way
+        # Kept in due order: handed-out events go to the end (their due is now + timeout,
+        # never earlier than one already held); given-back ones, due now, to the front.
+        self.inflight: OrderedDict[str, _InFlight] = OrderedDict()
         self._live_turns = 0
         self._to_mark: dict[str, list[str]] = {s: [] for s in STREAMS}
+        self._acked_unmarked: set[str] = set()  # ids in _to_mark or in the flush under way
         self._mark_task: asyncio.Task[None] | None = None
         self._marking: asyncio.Lock = asyncio.Lock()
         self.acked = 0  # ids acknowledged since start (counted once each)
@@ -115,7 +129,10 @@ class Outbox:
         return list(heapq.merge(*parts, key=lambda r: r["seq"]))[:limit]
 
     def _usable(self, row: dict[str, Any], now: float) -> bool:
-        held = self.inflight.get(row["event_id"])
+        event_id = row["event_id"]
+        if event_id in self._acked_unmarked:
+            return False  # acknowledged, its row not yet marked: a re-send would be waste
+        held = self.inflight.get(event_id)
         return held is None or held.due <= now
 
     async def next_batch(self, limit: int | None = None) -> Batch:
@@ -151,42 +168,98 @@ class Outbox:
         return None
 
     async def _backfill(self, limit: int, now: float) -> Batch | None:
+        ahead = self._ahead
         while not self.backfill_done:
-            rows = await self._read(self.backfill_cursor, limit)
-            if len(rows) < limit:
-                self.backfill_done = True
-            if rows:
-                self.backfill_cursor = rows[-1]["seq"]
-            inside = [r for r in rows if r["seq"] <= self.backfill_limit]
-            if len(inside) < len(rows):
-                self.backfill_done = True  # reached the live lane's part
-            usable = [r for r in inside if self._usable(r, now)]
+            if not ahead and not self._read_all:
+                await self._read_ahead_now()
+            usable: list[dict[str, Any]] = []
+            while ahead and len(usable) < limit:
+                row = ahead.popleft()
+                if self._usable(row, now):
+                    usable.append(row)
+            if not self._read_all and len(ahead) < self.batch_max_events:
+                self._start_read_ahead()  # read on while this batch is sent and acked
             if usable:
                 return self._hand_out(usable, live=False, now=now)
+            if not ahead and self._read_all:
+                self.backfill_done = True
         return None
+
+    def _start_read_ahead(self) -> asyncio.Future[None]:
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read_next())
+            self._reading.add_done_callback(self._read_finished)
+        return self._reading
+
+    async def _read_ahead_now(self) -> None:
+        # Shielded: a cancelled caller (the service stopping) leaves the read to finish
+        # on its own (its done callback takes any error) instead of cutting it half-way.
+        await asyncio.shield(self._start_read_ahead())
+
+    def _read_finished(self, task: asyncio.Future[None]) -> None:
+        if self._reading is task:
+            self._reading = None
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("sync: backfill read failed: %s", task.exception())
+
+    async def _read_next(self) -> None:
+        """Read the next `batch_max_events` rows of this backfill pass into the read-ahead."""
+        passes = self._passes
+        rows = await self._read(self.backfill_cursor, self.batch_max_events)
+        if passes != self._passes:
+            return  # a new pass began while this read was awaited: its rows are not ours
+        if len(rows) < self.batch_max_events:
+            self._read_all = True
+        if rows:
+            self.backfill_cursor = rows[-1]["seq"]
+        inside = [r for r in rows if r["seq"] <= self.backfill_limit]
+        if len(inside) < len(rows):
+            self._read_all = True  # reached the live lane's part
+        self._ahead.extend(inside)
 
     def _restart_backfill(self) -> None:
         """Start a new backfill pass over everything the live lane has passed."""
         self.backfill_cursor = 0
         self.backfill_limit = self.live_cursor
         self.backfill_done = False
+        self._ahead.clear()
+        self._read_all = False
+        self._passes += 1
 
     def _due(self, now: float) -> bool:
-        return any(item.due <= now for item in self.inflight.values())
+        earliest = self.earliest_due()
+        return earliest is not None and earliest <= now
+
+    def earliest_due(self) -> float | None:
+        """When the first in-flight event falls due (None when nothing is in flight)."""
+        for item in self.inflight.values():
+            return item.due
+        return None
+
+    def awaited(self, now: float) -> int:
+        """In-flight events not yet due: those still awaiting their ack (the window's use)."""
+        due = 0
+        for item in self.inflight.values():  # the due ones, if any, are at the front
+            if item.due > now:
+                break
+            due += 1
+        return len(self.inflight) - due
 
     def _hand_out(self, rows: list[dict[str, Any]], *, live: bool, now: float) -> Batch:
         due = now + self.ack_timeout_s
+        inflight = self.inflight
         for row in rows:
-            if row["event_id"] in self.inflight:
+            event_id = row["event_id"]
+            if inflight.pop(event_id, None) is not None:  # re-inserted below: at the end
                 self.resent += 1
-            self.inflight[row["event_id"]] = _InFlight(row["stream"], row["seq"], due)
+            inflight[event_id] = _InFlight(row["stream"], row["seq"], due)
         return Batch(rows, live)
 
     async def _wait_for_work(self) -> None:
         """Sleep until a new commit or the earliest in-flight event falls due."""
         waits: list[Awaitable[Any]] = [self.journal.commits.wait(self.live_cursor + 1)]
-        if self.inflight:
-            earliest = min(item.due for item in self.inflight.values())
+        earliest = self.earliest_due()
+        if earliest is not None:
             waits.append(asyncio.sleep(max(0.0, earliest - self._monotonic()) + 0.001))
         tasks = [asyncio.ensure_future(w) for w in waits]
         try:
@@ -211,6 +284,7 @@ class Outbox:
             item = self.inflight.get(event_id)
             if item is not None:
                 item.due = now
+                self.inflight.move_to_end(event_id, last=False)  # due order: now is first
         if self.backfill_done:
             self._restart_backfill()
 
@@ -221,6 +295,7 @@ class Outbox:
         restart) are marked too: the service stored them either way.
         """
         count = 0
+        self._acked_unmarked.update(event_ids)
         for event_id in event_ids:
             item = self.inflight.pop(event_id, None)
             stream = item.stream if item is not None else None
@@ -260,15 +335,18 @@ class Outbox:
         """Mark every acknowledged id synced now; returns how many rows changed."""
         changed = 0
         async with self._marking:
+            done: list[str] = []
             for stream in STREAMS:
                 ids, self._to_mark[stream] = self._to_mark[stream], []
                 if not ids:
                     continue
+                done += ids
                 try:
                     changed += await self.journal.mark_synced(stream, ids)
                 except Exception as err:
                     # Unmarked rows are sent again later and deduplicated: nothing lost.
                     log.warning("sync: cannot mark %d event(s) synced: %s", len(ids), err)
+            self._acked_unmarked.difference_update(done)
         if changed and self._on_marked is not None:
             self._on_marked(changed)
         return changed
