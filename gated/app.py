@@ -338,10 +338,11 @@ class Daemon:
         from gated.web.server import WebDeps, WebServer
 
         assert self.control is not None and self.auditor is not None
+        rule_desk = WebRuleDesk(self)
         deps = WebDeps(
             control=self.control, journal=self.journal, audit=self.auditor.record,
             snapshot_dir=self.cfg.journal.snapshot_dir, timezone=self.cfg.site.timezone,
-            passes=WebPassDesk(self), rules=WebRuleDesk(self),
+            passes=WebPassDesk(self), rules=rule_desk, names=rule_desk.names,
             decision_context=self._decision_context,
             metrics_text=self.metrics_text,
             sync_backlog=self._sync_backlog if self.cfg.sync.enabled else None,
@@ -1325,12 +1326,13 @@ class WebPassDesk:
 
 
 class WebRuleDesk:
-    """Admin edits of the deny list from the status page: `gated rules import`'s path.
+    """Admin edits of the rule set from the status page: `gated rules import`'s path.
 
     Each save is one merged JSON document imported as one change set (a removal as the
-    delta's delete), so the running daemon picks it up like any import; audited as
-    `rules_edit` with the admin's identity. Refused when the central service owns the
-    rule set (sync with trusted service keys: its bundles would overwrite local edits).
+    delta's delete), so every check of an import applies and the change set names the
+    admin; audited as `rules_edit` with the admin's identity, and indexed at once so the
+    next read is decided on it. Refused when the central service owns the rule set (sync
+    with trusted service keys: its bundles would overwrite local edits).
     """
 
     def __init__(self, daemon: Daemon) -> None:
@@ -1358,36 +1360,142 @@ class WebRuleDesk:
 
     async def deny_add(self, actor: Actor, *, plate: str, reason: str) -> dict[str, Any]:
         """Add a deny-list entry (one rule-set version)."""
-        import json
         import secrets
 
         entry_id = f"d-web-{secrets.token_hex(4)}"
-        doc = {"format": "gated-rules", "format_version": 1,
-               "deny_list": [{"id": entry_id, "plate": plate, "reason": reason}]}
-        result = await self._import(actor, json.dumps(doc).encode(), {})
+        doc = {"deny_list": [{"id": entry_id, "plate": plate, "reason": reason}]}
+        result = await self._import(actor, doc, {}, "deny_list")
         return {"id": entry_id, **result}
 
     async def deny_remove(self, actor: Actor, entry_id: str) -> dict[str, Any]:
         """Remove a deny-list entry (LookupError when there is none)."""
         if not any(e["id"] == entry_id for e in await self.deny_list()):
             raise LookupError(f"no deny-list entry {entry_id!r}")
-        doc = b'{"format": "gated-rules", "format_version": 1}'
-        return await self._import(actor, doc, {"deny_list": [entry_id]})
+        return await self._import(actor, {}, {"deny_list": [entry_id]}, "deny_list")
 
-    async def _import(self, actor: Actor, document: bytes,
-                      deletes: Mapping[str, list[str]]) -> dict[str, Any]:
+    async def entries(self, kind: str, query: str, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` entries of a kind (as an export writes them) containing `query`."""
+        from gated.rules.files import record
+        from gated.rules.store import RuleStore
+
+        zone = zoneinfo.ZoneInfo(self._daemon.cfg.site.timezone)
+        needle = query.casefold()
+        # "kk11ll" finds the plate typed "KK-11-LL": compare without separators too
+        squashed = "".join(c for c in needle if c.isalnum())
+
+        def matches(value: Any) -> bool:
+            text = str(value).casefold()
+            return needle in text or bool(
+                squashed and squashed in "".join(c for c in text if c.isalnum()))
+
+        def work() -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            with RuleStore(self._daemon.cfg.rules.path) as store:
+                for entity in store.entities(kind, raw=True):
+                    row = record(kind, entity, zone, text=True)
+                    if not needle or any(matches(v) for v in row.values()):
+                        out.append(row)
+                        if len(out) >= limit:
+                            break
+            return out
+
+        return await asyncio.to_thread(work)
+
+    async def entry(self, kind: str, entry_id: str) -> dict[str, Any] | None:
+        """One entry of a kind as an export writes it, or None."""
+        from gated.rules.files import record
+        from gated.rules.store import RuleStore
+
+        zone = zoneinfo.ZoneInfo(self._daemon.cfg.site.timezone)
+
+        def work() -> dict[str, Any] | None:
+            with RuleStore(self._daemon.cfg.rules.path) as store:
+                # Plates and tags come back normalised, which imports the same.
+                entity = store.get(kind, entry_id)
+                return None if entity is None else record(kind, entity, zone, text=True)
+
+        return await asyncio.to_thread(work)
+
+    async def save(self, actor: Actor, document: Mapping[str, list[dict[str, Any]]],
+                   resource: str) -> dict[str, Any]:
+        """Add or update entries (merged by id) as one rule-set version; InvalidRulesError."""
+        return await self._import(actor, document, {}, resource)
+
+    async def remove(self, actor: Actor, kind: str, entry_id: str) -> dict[str, Any]:
+        """Delete one entry as one rule-set version (LookupError when there is none)."""
+        if await self.entry(kind, entry_id) is None:
+            raise LookupError(f"no {kind} entry {entry_id!r}")
+        return await self._import(actor, {}, {kind: [entry_id]}, f"{kind}/{entry_id}")
+
+    async def _import(self, actor: Actor, document: Mapping[str, Any],
+                      deletes: Mapping[str, list[str]], resource: str) -> dict[str, Any]:
+        import json
+
+        from gated.rules.files import import_document
+        from gated.rules.store import RuleStore
+
         cfg = self._daemon.cfg
-        result = await rule_bundle_importer(cfg.rules.path, cfg.site.timezone)(
-            document, True, deletes, "status-page")
+        data = json.dumps({"format": "gated-rules", "format_version": 1, **document}).encode()
+
+        def work() -> dict[str, Any]:
+            with RuleStore(cfg.rules.path) as store:
+                result = import_document(store, data, name="status-page", merge=True,
+                                         deletes=deletes, actor=f"web:{actor.id}",
+                                         tz=cfg.site.timezone)
+            return {"rules_version": result.version, "written": result.written,
+                    "deleted": result.deleted}
+
+        result = await asyncio.to_thread(work)
         auditor = self._daemon.auditor
         assert auditor is not None
         await auditor.record(
-            "rules_edit", "rules", resource_id="deny_list", actor_type=actor.type.value,
+            "rules_edit", "rules", resource_id=resource[:128], actor_type=actor.type.value,
             actor_id=actor.id, actor_role=actor.role, ip_address=actor.address,
             user_agent=actor.user_agent, request_id=actor.request_id,
             new_values={"rules_version": result["rules_version"],
                         "written": result["written"], "deleted": result["deleted"]})
+        await self._index_now(int(result["rules_version"]))
         return {"rules_version": result["rules_version"]}
+
+    async def _index_now(self, version: int) -> None:
+        """Decide on the saved version from the next read on, not the next rule poll."""
+        daemon = self._daemon
+        gen = daemon.generation
+        if gen is None or gen.rules is None or gen.rules.current.version >= version:
+            return
+        try:
+            index = await daemon._index_rules(gen.cfg, gen)
+        except Exception as err:  # the rule poll retries and reports it in health
+            log.error("could not index rule-set version %d: %s", version, err)
+            return
+        # The poll may have swapped in a newer index meanwhile: never go back.
+        if index.version > gen.rules.current.version:
+            gen.rules.current = index
+            daemon.health.set("rules", True, f"version {index.version}")
+
+    def names(self, resident_id: str | None, pass_id: str | None) -> dict[str, str]:
+        """Names for an event page from the rule index the lanes decide with (read-only)."""
+        gen = self._daemon.generation
+        index = gen.rules.current if gen is not None and gen.rules is not None else None
+        source = index.source if index is not None else None
+        out: dict[str, str] = {}
+        if index is None or source is None:
+            return out
+        with contextlib.suppress(Exception):  # a row the store no longer has: no name
+            if resident_id:
+                resident = index.resident(resident_id)
+                if resident is not None and resident.name:
+                    out["resident"] = resident.name
+            get = getattr(source, "get", None)
+            if pass_id and get is not None:
+                visitor_pass = get("visitor_passes", pass_id)
+                if visitor_pass is not None:
+                    if visitor_pass.visitor_name:
+                        out["pass_holder"] = visitor_pass.visitor_name
+                    host = index.resident(visitor_pass.host_resident_id)
+                    if host is not None and host.name:
+                        out["host"] = host.name
+        return out
 
 
 def rule_bundle_importer(

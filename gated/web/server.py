@@ -33,12 +33,15 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from gated.config import WebConfig
 from gated.control import Actor, ActorType, ControlPlane, Result
 from gated.web.auth import LoginLimiter, LoginSummary, Session, Sessions, csrf_ok
+from gated.web.charts import HourlyTally, hourly_svg, latency_svg, percentile
 from gated.web.feed import LiveHub, audit_summary, event_summary
 from gated.web.replay import DecisionContext, replay
+from gated.web.rule_forms import KINDS, FormError, document_for, problem_text
 from gated.web.users import RANK, UserError, UserStore
 from gated.web.words import explain, reason_words
 
@@ -106,6 +109,23 @@ class RuleDesk(Protocol):
         """Remove an entry (LookupError when there is none)."""
         ...
 
+    async def entries(self, kind: str, query: str, limit: int) -> list[dict[str, Any]]:
+        """Entries of a kind containing `query`, as an export writes them."""
+        ...
+
+    async def entry(self, kind: str, entry_id: str) -> dict[str, Any] | None:
+        """One entry as an export writes it, or None."""
+        ...
+
+    async def save(self, actor: Actor, document: Mapping[str, list[dict[str, Any]]],
+                   resource: str) -> dict[str, Any]:
+        """Merge entries by id: one rule-set version, one audit row (InvalidRulesError)."""
+        ...
+
+    async def remove(self, actor: Actor, kind: str, entry_id: str) -> dict[str, Any]:
+        """Delete an entry (LookupError when there is none)."""
+        ...
+
 
 @dataclass
 class WebDeps:
@@ -118,6 +138,8 @@ class WebDeps:
     timezone: str = "UTC"
     passes: PassDesk | None = None
     rules: RuleDesk | None = None
+    # (resident id, pass id) → names from the rule index the lanes decide with
+    names: Callable[[str | None, str | None], Mapping[str, str]] | None = None
     decision_context: DecisionContext | None = None
     metrics_text: Callable[[], str] | None = None
     sync_backlog: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
@@ -145,6 +167,7 @@ class WebServer:
                                        cfg.lockout_s)
         self.summary = LoginSummary()
         self.hub = LiveHub(deps.journal, self._status, max_clients=cfg.max_clients)
+        self.tally = HourlyTally(deps.journal)
         self.tz = zoneinfo.ZoneInfo(deps.timezone)
         self.tls = bool(cfg.tls_cert)
         self.started = asyncio.Event()
@@ -182,6 +205,12 @@ class WebServer:
         r.add_get("/rules/deny", self.deny_page)
         r.add_post("/rules/deny", self.deny_add)
         r.add_post("/rules/deny/{entry_id}/remove", self.deny_remove)
+        r.add_get("/rules", self.rules_index)
+        r.add_get("/rules/{kind}", self.rules_page)
+        r.add_post("/rules/{kind}", self.rules_add)
+        r.add_get("/rules/{kind}/{entry_id}", self.rules_entry)
+        r.add_post("/rules/{kind}/{entry_id}", self.rules_edit)
+        r.add_post("/rules/{kind}/{entry_id}/deactivate", self.rules_deactivate)
         r.add_get("/metrics", self.metrics)
         r.add_get("/api/status", self.api_status)
         r.add_get("/api/events", self.api_events)
@@ -441,7 +470,25 @@ class WebServer:
         """Lanes, their modes, alarms and health, last events; updated live by app.js."""
         self._need(request, "viewer")
         data = await self._dashboard_data()
-        return self._render(request, "dashboard.html", actions=ACTIONS, **data)
+        return self._render(request, "dashboard.html", actions=ACTIONS,
+                            charts=await self._charts(), **data)
+
+    async def _charts(self) -> dict[str, Any]:
+        """The two 24-hour charts as SVG markup (numbers and fixed words only)."""
+        hours = await self.tally.refresh(time.time())
+
+        def label(start: int) -> str:
+            return dt.datetime.fromtimestamp(start, self.tz).strftime("%H:00")
+
+        latencies = [v for h in hours for v in h.latencies]
+        return {
+            "hourly": Markup(hourly_svg(hours, label)),
+            "latency": Markup(latency_svg(hours, label)),
+            "entries": sum(h.entries for h in hours), "exits": sum(h.exits for h in hours),
+            "denials": sum(h.denials for h in hours), "reads": len(latencies),
+            "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
+            "max": max(latencies, default=None),
+        }
 
     async def api_status(self, request: web.Request) -> web.Response:
         """The dashboard's data as JSON."""
@@ -634,14 +681,27 @@ class WebServer:
         self._need(request, "viewer")
         row = await self._event(request.match_info["event_id"])
         return self._render(request, "event.html", row=row, e=event_summary(row),
-                            words=explain(row), replayed=None)
+                            words=explain(row), replayed=None, names=self._names(row))
 
     async def replay_page(self, request: web.Request) -> web.Response:
         """The event page with today's rules' answer beside the recorded one."""
         self._need(request, "viewer")
         row = await self._event(request.match_info["event_id"])
         return self._render(request, "event.html", row=row, e=event_summary(row),
-                            words=explain(row), replayed=self._replay(row))
+                            words=explain(row), replayed=self._replay(row),
+                            names=self._names(row))
+
+    def _names(self, row: Mapping[str, Any]) -> Mapping[str, str]:
+        """The resident's and pass holder's names as the rule set has them now."""
+        if self.deps.names is None:
+            return {}
+        resident, pass_id = row.get("resident_id"), row.get("pass_id")
+        try:
+            return self.deps.names(resident if isinstance(resident, str) else None,
+                                   pass_id if isinstance(pass_id, str) else None)
+        except Exception:  # a name is a courtesy: the event page shows without it
+            log.exception("could not read names for event %s", row.get("event_id"))
+            return {}
 
     def _replay(self, row: dict[str, Any]) -> dict[str, Any]:
         if self.deps.decision_context is None:
@@ -842,6 +902,107 @@ class WebServer:
         return await self._deny_view(
             request, f"{entry_id} removed (rule-set version {done['rules_version']})")
 
+    # --- the rule set (admin): residents, vehicles, tags, groups, schedules ---------------
+
+    def _kind(self, request: web.Request) -> str:
+        kind = request.match_info["kind"]
+        if kind not in KINDS:
+            raise _Problem(404, f"no rule list {kind[:32]!r}")
+        return kind
+
+    async def rules_index(self, request: web.Request) -> web.Response:
+        """The rule set's lists (admin)."""
+        self._need(request, "admin")
+        raise web.HTTPSeeOther("/rules/residents")
+
+    async def _rules_view(self, request: web.Request, kind: str, *, message: str = "",
+                          error: str = "", form: Mapping[str, str] | None = None,
+                          http_status: int = 200) -> web.Response:
+        desk = self._rules(editing=False)
+        query = request.query.get("q", "")
+        if query:
+            _text(query, "q")
+        entries = await desk.entries(kind, query, PAGE)
+        return self._render(request, "rules.html", http_status=http_status, kind=kind,
+                            kinds=KINDS, spec=KINDS[kind], entries=entries, query=query,
+                            owner=desk.owner(), message=message, error=error,
+                            form=form or {}, editing=None)
+
+    async def rules_page(self, request: web.Request) -> web.Response:
+        """One kind's list with search, and (unless owned elsewhere) the form to add."""
+        self._need(request, "admin")
+        return await self._rules_view(request, self._kind(request))
+
+    async def rules_entry(self, request: web.Request) -> web.Response:
+        """One entry's edit form."""
+        self._need(request, "admin")
+        kind = self._kind(request)
+        desk = self._rules(editing=False)
+        entry_id = request.match_info["entry_id"][:64]
+        entry = await desk.entry(kind, entry_id)
+        if entry is None:
+            raise _Problem(404, f"no {KINDS[kind].one} {entry_id!r}")
+        return self._render(request, "rules.html", kind=kind, kinds=KINDS, spec=KINDS[kind],
+                            entries=[], query="", owner=desk.owner(), message="", error="",
+                            form={k: _form_text(v) for k, v in entry.items()},
+                            editing=entry_id)
+
+    async def _rules_save(self, request: web.Request, kind: str,
+                          entry_id: str | None) -> web.Response:
+        session, form = await self._need_post(request, "admin")
+        desk = self._rules(editing=True)
+        if entry_id is not None and await desk.entry(kind, entry_id) is None:
+            raise _Problem(404, f"no {KINDS[kind].one} {entry_id!r}")
+        try:
+            document, saved_id = document_for(kind, form, entry_id)
+        except FormError as err:
+            raise _Problem(422, str(err)) from err
+        if entry_id is None and await desk.entry(kind, saved_id) is not None:
+            raise _Problem(422, f"id: {saved_id!r} is already used")
+        try:
+            done = await desk.save(self._actor(request, session), document, f"{kind}/{saved_id}")
+        except Exception as err:  # InvalidRulesError: the import's checks, by field
+            raise _Problem(422, problem_text(err)) from err
+        verb = "added" if entry_id is None else "saved"
+        return await self._rules_view(
+            request, kind, message=f"{saved_id} {verb} (rule-set version "
+                                   f"{done['rules_version']})")
+
+    async def rules_add(self, request: web.Request) -> web.Response:
+        """Add an entry (admin): one rule-set version, one audit row, decided on at once."""
+        return await self._rules_save(request, self._kind(request), None)
+
+    async def rules_edit(self, request: web.Request) -> web.Response:
+        """Save an edited entry (admin)."""
+        return await self._rules_save(request, self._kind(request),
+                                      request.match_info["entry_id"][:64])
+
+    async def rules_deactivate(self, request: web.Request) -> web.Response:
+        """Deactivate a resident, vehicle or tag; remove a group or schedule (admin)."""
+        session, _ = await self._need_post(request, "admin")
+        kind = self._kind(request)
+        desk = self._rules(editing=True)
+        entry_id = request.match_info["entry_id"][:64]
+        entry = await desk.entry(kind, entry_id)
+        if entry is None:
+            raise _Problem(404, f"no {KINDS[kind].one} {entry_id!r}")
+        actor = self._actor(request, session)
+        try:
+            if "active" in entry:
+                done = await desk.save(actor, {kind: [{**entry, "active": "false"}]},
+                                       f"{kind}/{entry_id}")
+                verb = "deactivated"
+            else:  # groups and schedules have no active flag: they go
+                done = await desk.remove(actor, kind, entry_id)
+                verb = "removed"
+        except LookupError as err:
+            raise _Problem(404, str(err)) from err
+        except Exception as err:  # e.g. a group residents still name
+            raise _Problem(409, problem_text(err)) from err
+        return await self._rules_view(
+            request, kind, message=f"{entry_id} {verb} (rule-set version "
+                                   f"{done['rules_version']})")
+
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus exposition (behind login: lane names and counts are site data)."""
         self._need(request, "viewer")
@@ -853,6 +1014,15 @@ class WebServer:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _form_text(value: Any) -> str:
+    """An exported value as a form field shows it."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def _inside(root_dir: str, relative: str) -> Path | None:
