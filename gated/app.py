@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
     from gated.hardware.anpr_limits import RefusalSummary
     from gated.hardware.base import Emit, InputEvent, PlateSource, Relay
     from gated.journal import Journal
+    from gated.journal.hold import JournalHold
     from gated.journal.recovery import Recovery
     from gated.mqttlink import LinkStats
     from gated.rules.index import RuleIndex
@@ -72,6 +73,7 @@ STOP_STEP_S = 5.0
 STOP_DEADLINE_S = 17.0
 SNAPSHOT_QUOTA_CHECK_S = 60.0
 STATE_PRUNE_S = 600.0
+HOLD_FLUSH_AT_STOP_S = 3.0  # last try to write held events at a stop (disk still full: fast)
 RELAY_OPEN_WAIT_S = 10.0  # longest a generation waits for its relays before sources start
 
 
@@ -111,6 +113,8 @@ class Daemon:
         self.generation: Generation | None = None
         self.event_listeners: list[Callable[..., None]] = []
         self.started = asyncio.Event()
+        self.hold: JournalHold | None = None  # events the disk refused (gated.journal.hold)
+        self._journal_ready = asyncio.Event()  # set once the journal is open
         self._wake: asyncio.Queue[str] = asyncio.Queue()
         self._modes_seeded = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -172,6 +176,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig, action in (
             (signal.SIGTERM, self.request_stop),
+        from gated.journal.hold import JournalHeldError
             (signal.SIGINT, self.request_stop),
             (signal.SIGHUP, self.request_reload),
         ):
@@ -182,30 +187,33 @@ class Daemon:
         # A corrupt file is moved aside and a fresh journal started: a gate that cannot
         # open its journal would fail every start (systemd's restart loop) and open nothing.
         recovery = await asyncio.to_thread(recover_if_corrupt, self.cfg.journal.path)
-        self._journal = await Journal.open(
-            self.cfg.journal.path, wal_limit_bytes=self.cfg.journal.wal_limit_mb * 1024 * 1024)
+        opened = await self._open_journal(Journal, log_disk_full=True)
         status = 1  # until a clean stop is journaled
         background: list[asyncio.Task[Any]] = []
         error: BaseException | None = None
         try:
-            self.health.set("journal", True, critical=True)
             self.auditor = Auditor(self._append, self.cfg.site.identity, self.clock)
-            if recovery is not None:
-                await self._record_recovery(recovery)
-            await self._seed_state()
-            await self.auditor.record(
-                "daemon_start",
-                "daemon",
-                new_values={"version": __version__, "config": redacted(self.cfg)},
-            )
-            await self._report_journal_check()
+            self.hold = self._make_hold(self.auditor)
+            background.append(asyncio.create_task(self.hold.run(), name="journal-hold"))
             self.control = ControlPlane(
                 self._running_lanes,
                 self.auditor,
                 reload_rules=self._reload_rules_now,
                 status_extra=self._status_extra,
             )
-            background.extend(self._start_long_lived())
+            if opened:
+                await self._start_journaled(recovery, background, record_start=True)
+            else:
+                # The disk is too full to open the journal at all. Refusing to start opens
+                # nothing; instead the gate runs, what it decides is held in memory, and the
+                # rest of the start-up follows once the journal opens (docs/operations.md).
+                self.health.set("journal-writes", False,
+                                "the journal cannot be opened: the disk is full")
+                with contextlib.suppress(JournalHeldError):
+                    await self._record_start()
+                background.append(asyncio.create_task(
+                    self._open_when_possible(Journal, recovery, background),
+                    name="journal-open"))
             status = await self._run_generations()
         except BaseException as err:
             error = err
@@ -218,6 +226,64 @@ class Daemon:
         """Log, audit and show as unhealthy what the journal's checks at open found."""
         assert self.auditor is not None
         problem = self.journal.integrity_problem
+    async def _open_journal(self, journal_type: type[Journal], *, log_disk_full: bool) -> bool:
+        """Open the journal; False (not raised) when the disk is too full to open it."""
+        from gated.journal.writer import JournalWriteError
+
+        try:
+            self._journal = await journal_type.open(
+                self.cfg.journal.path,
+                wal_limit_bytes=self.cfg.journal.wal_limit_mb * 1024 * 1024)
+        except JournalWriteError as err:
+            if not err.disk_full:
+                raise
+            if log_disk_full:
+                log.error("%s: starting degraded, events are held in memory", err)
+            return False
+        self._journal_ready.set()
+        return True
+
+    async def _open_when_possible(self, journal_type: type[Journal], recovery: Recovery | None,
+                                  background: list[asyncio.Task[Any]]) -> None:
+        """Retry opening the journal (capped back-off), then finish the start-up."""
+        delay = 0.5
+        while not await self._open_journal(journal_type, log_disk_full=False):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        log.warning("journal opened: writing the events held in memory")
+        await self._start_journaled(recovery, background, record_start=False)
+
+    async def _start_journaled(self, recovery: Recovery | None,
+                               background: list[asyncio.Task[Any]], *,
+                               record_start: bool) -> None:
+        """The start-up steps that need an open journal, then the long-lived services."""
+        from gated.journal.hold import JournalHeldError
+
+        assert self.hold is not None
+        self.health.set("journal", True, critical=True)
+        if recovery is not None:
+            await self._record_recovery(recovery)
+        # Before the held events are written: they were recorded in the live state as
+        # they were decided, and must not be counted a second time from their rows.
+        await self._seed_state()
+        self.hold.attach(self.journal)
+        # A full disk at start-up: the record is held (written once space returns) and
+        # the gate starts degraded; refusing to start would open nothing at all.
+        if record_start:
+            with contextlib.suppress(JournalHeldError):
+                await self._record_start()
+        with contextlib.suppress(JournalHeldError):
+            await self._report_journal_check()
+        background.extend(self._start_long_lived())
+
+    async def _record_start(self) -> None:
+        assert self.auditor is not None
+        await self.auditor.record(
+            "daemon_start",
+            "daemon",
+            new_values={"version": __version__, "config": redacted(self.cfg)},
+        )
+
         if not problem:
             return
         # The gate keeps working (a new event is worth more than a refusal to start), but
@@ -456,6 +522,15 @@ class Daemon:
             if error is not None and not isinstance(error, Exception):
                 reason: str | None = f"{type(error).__name__}"
             elif error is not None:
+        if self.hold is not None:
+            # One last bounded try; what is still held now dies with the process. It was
+            # never acknowledged, but the count must be on record somewhere: the log.
+            lost = await self.hold.close(HOLD_FLUSH_AT_STOP_S)
+            if lost or self.hold.unreported_drops:
+                log.critical("stopping with %d held events not journaled (lost); %d dropped "
+                             "earlier by [journal] hold_max_events", lost,
+                             self.hold.dropped_total)
+                status = 1  # gone without a row saying so: systemd must know
                 reason = f"{type(error).__name__}: {error}"
             else:
                 reason = self._exit_reason
@@ -513,9 +588,18 @@ class Daemon:
             await asyncio.sleep(self.cfg.journal.head_interval_s)
 
     async def _append(self, event: AccessEvent | AuditEvent) -> int:
-        """Journal append that keeps the journal's health current for the watchdog."""
+        """Journal append that keeps the journal's health current for the watchdog.
+
+        Through the hold: an event the disk refused is held in memory (JournalHeldError),
+        shown as "journal-writes" unhealthy, and written once the disk takes it.
+        """
+        from gated.journal.hold import JournalHeldError  # loaded with the journal by run()
+
         try:
-            seq = await self.journal.append(event)
+            seq = await (self.hold.append(event) if self.hold is not None
+                         else self.journal.append(event))
+        except JournalHeldError:
+            raise
         except GatedError as err:
             self.health.set("journal", False, str(err), critical=True)
             raise
@@ -526,6 +610,24 @@ class Daemon:
         """Rebuild pass uses and anti-passback state from the journal, the source of truth.
 
         The rows hold what the live state recorded: the direction the lane resolved
+    def _make_hold(self, auditor: Auditor) -> JournalHold:
+        """The bounded in-memory queue for events the disk refused (gated.journal.hold)."""
+        from gated.journal.hold import JournalHold
+
+        def changed(held: int, detail: str) -> None:
+            # Not critical: a watchdog restart would lose the held events and free no
+            # space. The gate keeps deciding; health, metrics and the page say degraded.
+            self.health.set("journal-writes", held == 0, detail)
+
+        def dropped(count: int) -> AuditEvent:
+            return auditor.build(
+                "journal_hold_dropped", "journal", status="failure",
+                error_message=f"{count} events the disk refused were dropped from memory",
+                metadata={"dropped": count, "hold_max_events": self.cfg.journal.hold_max_events})
+
+        return JournalHold(self._journal, self.cfg.journal.hold_max_events,
+                           on_change=changed, dropped_record=dropped)
+
         (gated.ingest), the decision's event_type, and gate_opened = 0 where the relay
         failed (no passage, no pass use), so a restart never changes an outcome.
         """
@@ -1021,6 +1123,7 @@ class Daemon:
             removed = await asyncio.to_thread(self._enforce_quota, snapshots)
             for gone in removed:
                 # An unsynced event's picture is evidence nobody else has: say so loudly.
+        await self._journal_ready.wait()  # a start on a full disk opens it later
                 self.auditor.emit(
                     "snapshot_removed",
                     "snapshot",
@@ -1056,6 +1159,7 @@ class Daemon:
         retention = Retention(self.journal, snapshots, RetentionPolicy(
             r.access_days * DAY_S, r.audit_days * DAY_S, r.snapshot_days * DAY_S,
             r.require_synced))
+        await self._journal_ready.wait()  # a start on a full disk opens it later
         while True:
             # An unsynchronised clock restricts the pass to acknowledged rows (see Retention).
             done = await retention.run_once(time.time(), self.clock.unsynced())
@@ -1099,6 +1203,7 @@ class Daemon:
                     "state_quota_exhausted" if done.exhausted else "state_quota_recovered",
                     "journal", status="failure" if done.exhausted else "success",
                     error_message=detail or None,
+        await self._journal_ready.wait()  # a start on a full disk opens it later
                     metadata={"used": done.used_after, "quota": done.quota_bytes})
             elif done.exhausted:
                 snapshots.refuse_reason = "state quota exhausted"  # a new generation's store
@@ -1144,7 +1249,8 @@ class Daemon:
         components = {name: c.ok for name, c in self.health.components.items()}
         links = self.generation.mqtt_links if self.generation else {}
         return (render_prometheus(lanes, components, links) + _head_metrics(self.journal_head)
-                + _state_metrics(self.state_usage, self._quota_exhausted))
+                + _state_metrics(self.state_usage, self._quota_exhausted)
+                + _hold_metrics(self.hold))
 
     async def _write_metrics(self, gen: Generation) -> None:
         """Rewrite the metrics textfile atomically every interval (node_exporter reads it)."""
@@ -1215,6 +1321,23 @@ _BUTTON_ACTIONS: dict[str, Callable[[ControlPlane, Actor, Lane], Awaitable[Any]]
     ),
     "lockdown": lambda control, actor, lane: control.lockdown(
         actor, lane.mode != Mode.LOCKDOWN, lane.id
+def _hold_metrics(hold: JournalHold | None) -> str:
+    """Events the disk refused: held in memory now, dropped by the bound, written later."""
+    if hold is None:
+        return ""
+    return (
+        "# HELP gated_journal_held_events Events held in memory because the disk refused them.\n"
+        "# TYPE gated_journal_held_events gauge\n"
+        f"gated_journal_held_events {hold.held}\n"
+        "# HELP gated_journal_held_dropped_total Held events dropped by hold_max_events.\n"
+        "# TYPE gated_journal_held_dropped_total counter\n"
+        f"gated_journal_held_dropped_total {hold.dropped_total}\n"
+        "# HELP gated_journal_held_written_total Held events written once the disk took them.\n"
+        "# TYPE gated_journal_held_written_total counter\n"
+        f"gated_journal_held_written_total {hold.written_total}\n"
+    )
+
+
     ),
 }
 

@@ -80,6 +80,9 @@ class JournalConfig(_Section, frozen=True):
     # WAL file is cut back to after a checkpoint that could not truncate it.
     wal_checkpoint_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
     wal_limit_mb: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    # Events the disk refused (full, I/O error) wait in memory, in order, up to this many;
+    # past it the oldest go, counted and audited (gated.journal.hold, docs/operations.md).
+    hold_max_events: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
 
 
 class RetentionConfig(_Section, frozen=True):

@@ -339,7 +339,10 @@ class Lane:
             gate_opened=gate_opened,
         )
         seq = await self._journal(event, read.received_mono)
-        committed.set_result(seq)
+        if seq is None:  # held or refused: never acknowledged as kept
+            committed.cancel()
+        else:
+            committed.set_result(seq)
         if relay_error:
             await self.parts.auditor.record(
                 "relay_pulse",
@@ -402,18 +405,21 @@ class Lane:
             self.metrics.snapshots_missing += 1
         return path, sha, missing
 
-    async def _journal(self, event: AccessEvent, since_mono: float) -> int:
-        """Append with retries (an access event is the last thing gated gives up on); seq."""
-        delay = 0.05
-        while True:
-            try:
-                seq = await self.parts.append(event)
-                break
-            except JournalError as err:
-                self.metrics.journal_failures += 1
-                log.error("lane %s: journal append failed (retrying): %s", self.id, err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    async def _journal(self, event: AccessEvent, since_mono: float) -> int | None:
+        """Append once; the row's seq, or None when it is not (yet) on disk.
+
+        No retry loop here: one task per read retrying on its own back-off would grow
+        without bound on a full disk and commit reads out of order. The daemon's append
+        (gated.journal.hold) holds an event the storage refused, in order and bounded,
+        and writes it once the disk takes writes again; until then the read is simply
+        not acknowledged (the camera is answered 503).
+        """
+        try:
+            seq = await self.parts.append(event)
+        except JournalError as err:
+            self.metrics.journal_failures += 1
+            log.debug("lane %s: event %s not journaled: %s", self.id, event.event_id, err)
+            return None
         self.metrics.journal_lag_ms.observe((time.monotonic() - since_mono) * 1000)
         return seq
 

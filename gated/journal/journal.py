@@ -35,7 +35,7 @@ from gated.journal.rows import (
     public_row,
 )
 from gated.journal.schema import HEAD_SQL, WAL_LIMIT_BYTES
-from gated.journal.writer import Erasure, Pruned, Writer, WriterThread
+from gated.journal.writer import Erasure, Pruned, Writer, WriterThread, write_error
 from gated.model import AccessEvent, AuditEvent
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class Journal:
         try:
             results = self._writer.append_batch(items)
         except BaseException as err:  # the write itself failed: every caller hears it
-            results = [JournalError(f"journal write failed: {err}")] * len(items)
+            results = [write_error(err)] * len(items)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to tell
             self._loop.call_soon_threadsafe(self._delivered, batch, results)
 
@@ -210,6 +210,13 @@ class Journal:
             return await self._thread.call(fn, *args)
         except sqlite3.Error as err:
             raise JournalError(f"journal write failed: {err}") from err
+
+    async def reopen(self) -> None:
+        """Open the write connection again (after an I/O error); raises JournalWriteError."""
+        try:
+            await self._write(self._writer.reopen)
+        except JournalError as err:
+            raise write_error(err) from err
 
     async def close(self) -> None:
         """Drain pending appends, then close both connections and the writer thread."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import queue
 import sqlite3
@@ -57,6 +58,29 @@ _INSERT_SQL = {
 _TAIL_CHECK_ROWS = 64  # rows checked at open; the full walk is `gated journal verify`
 
 
+class JournalWriteError(JournalError):
+    """The storage refused a write (disk full, I/O error): nothing of it was committed.
+
+    Unlike an invalid or duplicate event, the same write may succeed later, so the
+    daemon holds the event and writes it again (gated.journal.hold).
+    """
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+def write_error(err: BaseException) -> JournalWriteError:
+    """The JournalWriteError for a failed write, saying whether the disk was full."""
+    code = getattr(err, "sqlite_errorcode", None)
+    disk_full = ((isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL)
+                 or (isinstance(err, OSError) and err.errno == errno.ENOSPC)
+                 or "database or disk is full" in str(err))
+    error = JournalWriteError(f"journal write failed: {err}", disk_full=disk_full)
+    error.__cause__ = err
+    return error
+
+
 @dataclass(frozen=True, slots=True)
 class Erasure:
     """What a lawful erasure cleared, and the seq of the audit record that documents it."""
@@ -93,8 +117,10 @@ class Writer:
         self.tail_problem: str | None = None
         self.trigger_problem: str | None = None
         self._data_version = -1
+        self._migrations: Path | None = None
 
     def open(self, migrations: Path | None) -> None:
+        self._migrations = migrations
         try:
             # Folders 0750 and the file 0640 whatever the umask (its -wal/-shm follow it):
             # the journal holds plates, names and addresses.
@@ -106,8 +132,11 @@ class Writer:
             self._load_head()
         except (sqlite3.Error, OSError, StateError) as err:
             self.close()
-            raise JournalError(
-                f"cannot open journal {self.path}: {err}{_space_hint(self.path)}") from err
+            hint = _space_hint(self.path)
+            message = f"cannot open journal {self.path}: {err}{hint}"
+            if hint:  # the daemon starts degraded and opens it once there is room
+                raise JournalWriteError(message, disk_full=True) from err
+            raise JournalError(message) from err
 
     def _load_head(self) -> None:
         assert self.conn is not None
@@ -162,6 +191,19 @@ class Writer:
             self.conn.close()
             self.conn = None
 
+    def reopen(self) -> None:
+        """Drop the write connection and open the file again (after an I/O error).
+
+        No checkpoint on the way out: the disk just failed a write. The new connection
+        reads the WAL back from disk (SQLite's recovery), so nothing this connection
+        believed about pages the kernel may have dropped survives the error.
+        """
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = None
+        self.open(self._migrations)
+
     def _insert(self, items: Sequence[tuple[str, list[Any]]]) -> list[int]:
         """Number, chain and insert rows (values in COLUMNS order) in the open transaction."""
         assert self.conn is not None
@@ -197,8 +239,8 @@ class Writer:
 
     def append_batch(self, items: Sequence[tuple[str, list[Any]]]) -> list[int | JournalError]:
         """Commit a batch in one transaction; on failure retry one by one so only bad rows fail."""
-        if self.conn is None:
-            return [JournalError("journal is closed")] * len(items)
+        if self.conn is None:  # a reopen after an I/O error failed: the next may not
+            return [JournalWriteError("journal is not open (reopening failed)")] * len(items)
         try:
             return list(self._transaction(lambda: self._insert(items)))
         except sqlite3.Error as err:
@@ -212,9 +254,11 @@ class Writer:
     def _explain(self, err: sqlite3.Error, event_id: str) -> JournalError:
         if isinstance(err, sqlite3.IntegrityError) and "event_id" in str(err):
             return JournalError(f"event {event_id} is already in the journal")
-        error = JournalError(f"journal write failed: {err}")
-        error.__cause__ = err
-        return error
+        if isinstance(err, sqlite3.IntegrityError):  # a refused row, not the storage
+            error = JournalError(f"journal write failed: {err}")
+            error.__cause__ = err
+            return error
+        return write_error(err)
 
     def mark_synced(self, stream: str, event_ids: Sequence[str], when: float) -> int:
         """Set synced_at on the given events of one stream; return how many changed."""
