@@ -109,12 +109,12 @@ class Daemon:
         self.clock = ClockWatch()
         self.state = MemoryPolicyState()
         self._journal: Journal | None = None
+        self.hold: JournalHold | None = None  # events the disk refused (gated.journal.hold)
+        self._journal_ready = asyncio.Event()  # set once the journal is open
         self.auditor: Auditor | None = None
         self.generation: Generation | None = None
         self.event_listeners: list[Callable[..., None]] = []
         self.started = asyncio.Event()
-        self.hold: JournalHold | None = None  # events the disk refused (gated.journal.hold)
-        self._journal_ready = asyncio.Event()  # set once the journal is open
         self._wake: asyncio.Queue[str] = asyncio.Queue()
         self._modes_seeded = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -172,11 +172,11 @@ class Daemon:
         systemd restarts the unit instead of trusting a daemon that stopped writing.
         """
         from gated.journal import Journal
+        from gated.journal.hold import JournalHeldError
 
         loop = asyncio.get_running_loop()
         for sig, action in (
             (signal.SIGTERM, self.request_stop),
-        from gated.journal.hold import JournalHeldError
             (signal.SIGINT, self.request_stop),
             (signal.SIGHUP, self.request_reload),
         ):
@@ -222,10 +222,6 @@ class Daemon:
             status = await self._shut_down(status, error, background)
         return status
 
-    async def _report_journal_check(self) -> None:
-        """Log, audit and show as unhealthy what the journal's checks at open found."""
-        assert self.auditor is not None
-        problem = self.journal.integrity_problem
     async def _open_journal(self, journal_type: type[Journal], *, log_disk_full: bool) -> bool:
         """Open the journal; False (not raised) when the disk is too full to open it."""
         from gated.journal.writer import JournalWriteError
@@ -284,6 +280,10 @@ class Daemon:
             new_values={"version": __version__, "config": redacted(self.cfg)},
         )
 
+    async def _report_journal_check(self) -> None:
+        """Log, audit and show as unhealthy what the journal's checks at open found."""
+        assert self.auditor is not None
+        problem = self.journal.integrity_problem
         if not problem:
             return
         # The gate keeps working (a new event is worth more than a refusal to start), but
@@ -518,10 +518,6 @@ class Daemon:
         if self.downlink is not None:
             with contextlib.suppress(Exception):
                 self.downlink.close()
-        if self.auditor is not None:
-            if error is not None and not isinstance(error, Exception):
-                reason: str | None = f"{type(error).__name__}"
-            elif error is not None:
         if self.hold is not None:
             # One last bounded try; what is still held now dies with the process. It was
             # never acknowledged, but the count must be on record somewhere: the log.
@@ -531,6 +527,10 @@ class Daemon:
                              "earlier by [journal] hold_max_events", lost,
                              self.hold.dropped_total)
                 status = 1  # gone without a row saying so: systemd must know
+        if self.auditor is not None:
+            if error is not None and not isinstance(error, Exception):
+                reason: str | None = f"{type(error).__name__}"
+            elif error is not None:
                 reason = f"{type(error).__name__}: {error}"
             else:
                 reason = self._exit_reason
@@ -606,10 +606,6 @@ class Daemon:
         self.health.set("journal", True, critical=True)
         return seq
 
-    async def _seed_state(self) -> None:
-        """Rebuild pass uses and anti-passback state from the journal, the source of truth.
-
-        The rows hold what the live state recorded: the direction the lane resolved
     def _make_hold(self, auditor: Auditor) -> JournalHold:
         """The bounded in-memory queue for events the disk refused (gated.journal.hold)."""
         from gated.journal.hold import JournalHold
@@ -628,6 +624,10 @@ class Daemon:
         return JournalHold(self._journal, self.cfg.journal.hold_max_events,
                            on_change=changed, dropped_record=dropped)
 
+    async def _seed_state(self) -> None:
+        """Rebuild pass uses and anti-passback state from the journal, the source of truth.
+
+        The rows hold what the live state recorded: the direction the lane resolved
         (gated.ingest), the decision's event_type, and gate_opened = 0 where the relay
         failed (no passage, no pass use), so a restart never changes an outcome.
         """
@@ -1117,13 +1117,13 @@ class Daemon:
 
     async def _keep_snapshot_quota(self, snapshots: SnapshotStore) -> None:
         """Keep snapshots under their disk quota: synced events' pictures go first."""
+        await self._journal_ready.wait()  # a start on a full disk opens it later
         assert self.auditor is not None
         while True:
             await asyncio.sleep(self.snapshot_quota_check_s)
             removed = await asyncio.to_thread(self._enforce_quota, snapshots)
             for gone in removed:
                 # An unsynced event's picture is evidence nobody else has: say so loudly.
-        await self._journal_ready.wait()  # a start on a full disk opens it later
                 self.auditor.emit(
                     "snapshot_removed",
                     "snapshot",
@@ -1153,13 +1153,13 @@ class Daemon:
 
     async def _keep_retention(self, snapshots: SnapshotStore) -> None:
         """Purge acknowledged rows and pictures past their age ([retention])."""
+        await self._journal_ready.wait()  # a start on a full disk opens it later
         from gated.journal.lifecycle import DAY_S, Retention, RetentionPolicy
 
         r = self.cfg.retention
         retention = Retention(self.journal, snapshots, RetentionPolicy(
             r.access_days * DAY_S, r.audit_days * DAY_S, r.snapshot_days * DAY_S,
             r.require_synced))
-        await self._journal_ready.wait()  # a start on a full disk opens it later
         while True:
             # An unsynchronised clock restricts the pass to acknowledged rows (see Retention).
             done = await retention.run_once(time.time(), self.clock.unsynced())
@@ -1175,6 +1175,7 @@ class Daemon:
 
     async def _keep_state_quota(self, snapshots: SnapshotStore) -> None:
         """Keep the state folders under [retention] state_quota_mb; alarm when it cannot."""
+        await self._journal_ready.wait()  # a start on a full disk opens it later
         from gated.journal.lifecycle import StateQuota
 
         r = self.cfg.retention
@@ -1203,7 +1204,6 @@ class Daemon:
                     "state_quota_exhausted" if done.exhausted else "state_quota_recovered",
                     "journal", status="failure" if done.exhausted else "success",
                     error_message=detail or None,
-        await self._journal_ready.wait()  # a start on a full disk opens it later
                     metadata={"used": done.used_after, "quota": done.quota_bytes})
             elif done.exhausted:
                 snapshots.refuse_reason = "state quota exhausted"  # a new generation's store
@@ -1293,6 +1293,23 @@ def _state_metrics(usage: tuple[int, int] | None, exhausted: bool) -> str:
     )
 
 
+def _hold_metrics(hold: JournalHold | None) -> str:
+    """Events the disk refused: held in memory now, dropped by the bound, written later."""
+    if hold is None:
+        return ""
+    return (
+        "# HELP gated_journal_held_events Events held in memory because the disk refused them.\n"
+        "# TYPE gated_journal_held_events gauge\n"
+        f"gated_journal_held_events {hold.held}\n"
+        "# HELP gated_journal_held_dropped_total Held events dropped by hold_max_events.\n"
+        "# TYPE gated_journal_held_dropped_total counter\n"
+        f"gated_journal_held_dropped_total {hold.dropped_total}\n"
+        "# HELP gated_journal_held_written_total Held events written once the disk took them.\n"
+        "# TYPE gated_journal_held_written_total counter\n"
+        f"gated_journal_held_written_total {hold.written_total}\n"
+    )
+
+
 def _head_metrics(head: tuple[int, str, float] | None) -> str:
     """The chain head as last read by the periodic head task (empty before the first read)."""
     if head is None:
@@ -1321,23 +1338,6 @@ _BUTTON_ACTIONS: dict[str, Callable[[ControlPlane, Actor, Lane], Awaitable[Any]]
     ),
     "lockdown": lambda control, actor, lane: control.lockdown(
         actor, lane.mode != Mode.LOCKDOWN, lane.id
-def _hold_metrics(hold: JournalHold | None) -> str:
-    """Events the disk refused: held in memory now, dropped by the bound, written later."""
-    if hold is None:
-        return ""
-    return (
-        "# HELP gated_journal_held_events Events held in memory because the disk refused them.\n"
-        "# TYPE gated_journal_held_events gauge\n"
-        f"gated_journal_held_events {hold.held}\n"
-        "# HELP gated_journal_held_dropped_total Held events dropped by hold_max_events.\n"
-        "# TYPE gated_journal_held_dropped_total counter\n"
-        f"gated_journal_held_dropped_total {hold.dropped_total}\n"
-        "# HELP gated_journal_held_written_total Held events written once the disk took them.\n"
-        "# TYPE gated_journal_held_written_total counter\n"
-        f"gated_journal_held_written_total {hold.written_total}\n"
-    )
-
-
     ),
 }
 
