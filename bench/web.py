@@ -154,9 +154,6 @@ async def _phase(base: Path, web: bool, clients: int, rate: float, seconds: floa
                 readers.append(asyncio.create_task(
                     _reader(session, base_url + "/api/live", seen, ready)))
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 30)
-            for path in ("/", "/static/app.css", "/static/app.js"):
-                async with sessions[0].get(base_url + path) as r:
-                    page_bytes += len(await r.read())
         async with aiohttp.ClientSession() as camera:
             url = f"http://127.0.0.1:{camera_port}/anpr/main-in"
             reads = int(rate * seconds)
@@ -169,6 +166,10 @@ async def _phase(base: Path, web: bool, clients: int, rate: float, seconds: floa
                 async with camera.post(url, json={"plate": plate, "confidence": 0.95}) as r:
                     assert r.status == 200, await r.text()
         await asyncio.sleep(1.0)  # the last rows reach the pages
+        if web:  # after the load: 20 recent rows and both 24-hour charts drawn
+            for path in ("/", "/static/app.css", "/static/app.js"):
+                async with sessions[0].get(base_url + path) as r:
+                    page_bytes += len(await r.read())
         rss = _rss_mb(proc.pid)
     finally:
         for task in readers:

@@ -121,3 +121,55 @@ def test_a_guard_runs_the_gate_from_the_page(tmp_path: Path, browser: webdriver.
             assert console_errors(browser) == []
     finally:
         site.relay.close()
+
+
+@pytest.mark.parametrize("browser", list(VIEWPORTS), indirect=True)
+def test_an_admin_adds_a_resident_and_their_car_is_let_in_live(
+        tmp_path: Path, browser: webdriver.Chrome) -> None:
+    viewport = "phone" if browser.get_window_size()["width"] < 600 else "desktop"
+    site: WebSite = make_site(tmp_path)
+    wait = WebDriverWait(browser, WAIT_S)
+    try:
+        with serving(site):
+            site.relay.drain(0.3)
+            browser.get(site.base + "/login")
+            browser.find_element(By.ID, "user").send_keys("ada")
+            browser.find_element(By.ID, "password").send_keys(PASSWORDS["ada"])
+            browser.find_element(By.ID, "login").click()
+            wait.until(ec.text_to_be_present_in_element((By.ID, "live-state"), "live"))
+            # The rule set from the page: a resident with a first vehicle, in one save.
+            browser.find_element(By.LINK_TEXT, "Rules").click()
+            wait.until(ec.presence_of_element_located((By.ID, "rules-form")))
+            for field, value in (("f-id", "r-77"), ("f-name", "Noor Bakker"),
+                                 ("f-unit", "7C"), ("f-access_points", "*"),
+                                 ("f-plate", "NEW-123-X")):
+                browser.find_element(By.ID, field).send_keys(value)
+            shot(browser, viewport, "8-rules-add-resident")
+            browser.find_element(By.ID, "rules-save").click()
+            message = wait.until(ec.presence_of_element_located((By.ID, "rules-message")))
+            assert message.text.startswith("r-77 added (rule-set version")
+            assert "Noor Bakker" in browser.find_element(By.ID, "rules-list").text
+            shot(browser, viewport, "9-rules-added")
+            # The next read of that plate is let in, and shows up live.
+            browser.get(site.base + "/")
+            wait.until(ec.text_to_be_present_in_element((By.ID, "live-state"), "live"))
+            post_until_accepted(site.site.listener_port, CAMERA_PATH, "NEW123X")
+            wait.until(ec.text_to_be_present_in_element((By.ID, "live-events"), "NEW123X"))
+            row = browser.find_element(By.CSS_SELECTOR, "#live-events tr")
+            assert "NEW123X" in row.text and "entry" in row.text
+            assert row.get_attribute("class") == "allowed"
+            assert site.relay.read(8, timeout_s=5) == LCUS_ON + LCUS_OFF
+            shot(browser, viewport, "10-resident-let-in")
+            # The event page names the resident; the dashboard charts the day.
+            row.find_element(By.CSS_SELECTOR, "a.plate").click()
+            name = wait.until(ec.presence_of_element_located((By.ID, "resident-name")))
+            assert name.text.startswith("Noor Bakker")
+            shot(browser, viewport, "11-event-named")
+            browser.get(site.base + "/")
+            chart = browser.find_element(By.CSS_SELECTOR, "#chart-hourly svg")
+            assert chart.size["width"] > 200
+            browser.execute_script("arguments[0].scrollIntoView()", chart)
+            shot(browser, viewport, "12-charts")
+            assert console_errors(browser) == []
+    finally:
+        site.relay.close()
