@@ -300,3 +300,18 @@ service_public_keys = ["{key}"]
                 assert read(site, "AB123CD")["decision_reason"] == "resident"
         finally:
             site.relay.close()
+
+
+def test_the_event_page_names_a_pass_holder_and_their_host(web: tuple[WebSite, Any]) -> None:
+    site, _ = web
+    guard = site.login("gus")
+    issued = guard.post("/passes", data={"csrf": csrf_of(guard), "plate": "PASS55",
+                                         "host": "r-1", "until": "4h", "name": "Piet Visser"})
+    assert issued.status_code == 200, issued.text
+    version = version_of(issued.text)
+    assert wait_until(lambda: lane_version(guard) >= version, 20)
+    row = read(site, "PASS55")
+    assert (row["decision_reason"], row["pass_id"] is not None) == ("visitor_pass", True)
+    page = guard.get(f"/events/{row['event_id']}").text
+    holder = re.search(r'id="pass-holder">(.*?)</dd>', page, re.S).group(1)  # type: ignore[union-attr]
+    assert holder.startswith("Piet Visser · host Ann Jansen"), holder
