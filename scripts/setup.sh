@@ -60,3 +60,9 @@ if [ "$want_test" -eq 1 ] && { ! command -v chromium >/dev/null || ! command -v 
     echo "setup: installing chromium and chromium-driver for the status page's browser tests" >&2
     apt_install chromium chromium-driver
 fi
+if [ "$want_test" -eq 1 ] && ! command -v strace >/dev/null; then
+    # tests/daemon/test_io_errors.py and test_power_loss_order.py inject I/O errors into
+    # gated run and trace its write/fsync order with strace.
+    echo "setup: installing strace for the journal's fault and write-order tests" >&2
+    apt_install strace
+fi
