@@ -44,7 +44,7 @@ from gated.errors import ConfigError, GatedError
 from gated.health import Health
 from gated.lane import Lane, LaneParts, RulesHolder
 from gated.model import AccessEvent, AuditEvent, Decision, Direction, Mode, PlateRead
-from gated.policy import AccessPoint, MemoryPolicyState
+from gated.policy import AccessPoint, ClockView, MemoryPolicyState
 from gated.supervise import Supervisor, TooManyFailuresError
 
 if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
@@ -108,6 +108,10 @@ class Daemon:
         self.health = health or Health()
         self.clock = ClockWatch()
         self.state = MemoryPolicyState()
+        # Schedules and pass windows follow the clock watch's view (docs/operations.md).
+        self.clock.listeners.append(
+            lambda synced, offset, plausible: self.state.set_clock(
+                ClockView(synced, offset, plausible)))
         self._journal: Journal | None = None
         self.hold: JournalHold | None = None  # events the disk refused (gated.journal.hold)
         self._journal_ready = asyncio.Event()  # set once the journal is open
@@ -832,6 +836,8 @@ class Daemon:
             gen.services.append(("retention", _bind(self._keep_retention, snapshots)))
             if cfg.retention.state_quota_mb:
                 gen.services.append(("state-quota", _bind(self._keep_state_quota, snapshots)))
+        if cfg.privacy.unknown_plate_hash_after_h > 0:
+            gen.services.append(("unknown-plates", _bind(self._forget_unknown_plates, snapshots)))
         gen.services.append(("policy-state-prune", self._prune_policy_state))
         if cfg.metrics.textfile:
             gen.services.append(("metrics-textfile", _bind(self._write_metrics, gen)))
@@ -1172,6 +1178,27 @@ class Daemon:
                     "count": done.snapshots, "bytes": done.snapshot_bytes,
                     "older_than_days": r.snapshot_days})
             await asyncio.sleep(r.interval_s)
+
+    async def _forget_unknown_plates(self, snapshots: SnapshotStore) -> None:
+        """Erase plates that matched nobody after [privacy] unknown_plate_hash_after_h."""
+        from gated.journal.privacy import ACTION, UnknownPlates
+
+        p = self.cfg.privacy
+        auditor = self.auditor
+        assert auditor is not None
+
+        def build(metadata: dict[str, object]) -> AuditEvent:
+            return auditor.build(ACTION, "access_event", metadata=metadata)
+
+        forget = UnknownPlates(self.journal, snapshots, build,
+                               after_s=p.unknown_plate_hash_after_h * 3600.0,
+                               pictures=p.unknown_plate_pictures)
+        while True:
+            # Ages on the time base when the clock jumped; nothing while it cannot be right.
+            now = self.clock.estimated_now()
+            if now is not None:
+                await forget.run_once(now)
+            await asyncio.sleep(p.interval_s)
 
     async def _keep_state_quota(self, snapshots: SnapshotStore) -> None:
         """Keep the state folders under [retention] state_quota_mb; alarm when it cannot."""

@@ -101,6 +101,16 @@ class RetentionConfig(_Section, frozen=True):
     quota_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
 
 
+class PrivacyConfig(_Section, frozen=True):
+    """How long the plate and picture of a read that matched nobody are kept."""
+
+    # Hours after which an unknown plate's text is erased and its picture blurred or
+    # deleted (docs/operations.md, "Unknown plates"); 0: kept like every other row.
+    unknown_plate_hash_after_h: Annotated[float, msgspec.Meta(ge=0, le=876_000)] = 0.0
+    unknown_plate_pictures: Literal["blur", "delete"] = "blur"
+    interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 600.0
+
+
 class RulesConfig(_Section, frozen=True):
     """Where the rule set is stored."""
 
@@ -117,6 +127,9 @@ class PolicyConfig(_Section, frozen=True):
     anti_passback: AntiPassback = AntiPassback.OFF
     anti_passback_reset_s: Seconds = 4 * 3600
     plate_formats: list[str] = []  # optional regexes a normalised plate must match
+    # Schedules and pass windows while the clock is not synchronised and no time base
+    # from this boot exists: "deny" (reason clock_unsynced) or "wall" (trust the clock).
+    unsynced_clock: Literal["deny", "wall"] = "deny"
 
     def __post_init__(self) -> None:
         for i, pattern in enumerate(self.plate_formats):
@@ -573,6 +586,7 @@ class Config(_Section, frozen=True):
     site: SiteConfig
     journal: JournalConfig = JournalConfig()
     retention: RetentionConfig = RetentionConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     rules: RulesConfig = RulesConfig()
     policy: PolicyConfig = PolicyConfig()
     lanes: list[LaneConfig] = []

@@ -48,6 +48,18 @@ Order of checks, and why:
    enforced and is flagged ``anti_passback_clock``.
 9. Nothing matched: ``unknown_plate``.
 
+**Clock.** Schedules and pass validity windows are judged on the time the
+PolicyState's optional ``clock`` (a ClockView) gives: while the device clock is
+synchronised, ``now``; while it is not but the daemon saw it synchronised
+earlier in this boot, ``now`` corrected by the offset measured on the
+monotonic clock (flag ``clock_estimated``); with no such time base, a
+plausible clock is used as it is (the row's ``clock_unsynced`` says so), and a
+clock that cannot be right (before this code existed: a Pi booted in 1970)
+refuses every grant that needs a schedule and every pass window with reason
+``clock_unsynced`` (fail closed) unless ``[policy] unsynced_clock = "wall"``.
+Grants without a schedule, the deny list and modes never depend on the clock
+(docs/operations.md, "The clock").
+
 Residents and passes are weighed by match quality: the closest match (exact
 before confusion before fuzzy) explains the read, whether it allows or not, so
 a fuzzy resident hit never opens for a car whose exact visitor pass has
@@ -104,6 +116,23 @@ _LIVE = VEHICLE_ACTIVE | RESIDENT_KNOWN | RESIDENT_ACTIVE
 
 
 @dataclass(frozen=True, slots=True)
+class ClockView:
+    """What the policy may believe about the wall clock (set by the daemon's clock watch).
+
+    `offset_s`, while unsynchronised, is what to add to the wall clock to get the time
+    measured on the monotonic clock from the last synchronised reading of this boot;
+    None when there is no such reading (booted without a clock, never synchronised).
+    """
+
+    synced: bool = True
+    offset_s: float | None = None
+    plausible: bool = True  # False: a date before this code existed (a Pi booted in 1970)
+
+
+SYNCED_CLOCK = ClockView()
+
+
+@dataclass(frozen=True, slots=True)
 class AccessPoint:
     """One access point as the policy sees it: id, default direction, policy and time zone."""
 
@@ -149,6 +178,12 @@ class MemoryPolicyState:
         self._modes: dict[str, Mode] = dict(modes or {})
         self._passages: dict[str, tuple[Direction, float]] = {}
         self._uses: dict[str, int] = {}
+        # Read by decide() for schedules and pass windows (see the module doc, Clock).
+        self.clock: ClockView = SYNCED_CLOCK
+
+    def set_clock(self, view: ClockView) -> None:
+        """Tell decisions what the wall clock is worth now (the daemon's clock watch calls it)."""
+        self.clock = view
 
     def mode(self, access_point_id: str) -> Mode:
         """The current mode of an access point (normal unless set)."""
@@ -284,6 +319,8 @@ class _Context:
         "now",
         "rules",
         "state",
+        "window_blocked",
+        "window_now",
     )
 
     def __init__(
@@ -303,7 +340,21 @@ class _Context:
         self.inputs = inputs
         self.flags: list[str] = []
         self.format_ok = True
-        self.local: dt.datetime | None = None  # `now` on the site's wall clock, once needed
+        self.local: dt.datetime | None = None  # window_now on the site's wall clock, once needed
+        # The time schedules and pass windows are judged on (module doc, Clock); when
+        # window_blocked, nothing that needs one may open by itself.
+        self.window_now = now
+        self.window_blocked = False
+        clock = getattr(state, "clock", SYNCED_CLOCK)
+        if isinstance(clock, ClockView) and not clock.synced:
+            if clock.offset_s is not None:
+                self.window_now = now + clock.offset_s
+                inputs["window_now"] = self.window_now
+                self.flags.append("clock_estimated")
+            elif not clock.plausible and ap.policy.unsynced_clock == "deny":
+                self.window_blocked = True
+            # Otherwise a plausible clock NTP has not confirmed (a battery RTC, a site
+            # without network): used as it is; the row's clock_unsynced column says so.
 
     def schedule_ok(self, schedule_id: str | None) -> bool:
         """Is the schedule open now at this access point (flags why not, if it cannot say)?
@@ -314,8 +365,12 @@ class _Context:
         """
         if schedule_id is None:
             return True
+        if self.window_blocked:
+            if "clock_unsynced" not in self.flags:
+                self.flags.append("clock_unsynced")
+            return False
         answers = self.rules.schedule_answers
-        minute = self.now // 60
+        minute = self.window_now // 60
         cache_key = (schedule_id, self.ap.tz, minute)
         answer = answers.get(cache_key)
         if answer is not None:
@@ -326,7 +381,7 @@ class _Context:
             return False
         if self.local is None:
             try:
-                self.local = dt.datetime.fromtimestamp(self.now, self.ap.tz)
+                self.local = dt.datetime.fromtimestamp(self.window_now, self.ap.tz)
             except (OverflowError, ValueError, OSError):
                 self.flags.append("bad_clock")  # `now` outside what a calendar can hold
                 return False
@@ -378,7 +433,7 @@ class _Context:
             return Reason.NOT_PERMITTED
         if any(self.schedule_ok(s) for s in schedules):
             return None
-        return Reason.OUTSIDE_SCHEDULE
+        return Reason.CLOCK_UNSYNCED if self.window_blocked else Reason.OUTSIDE_SCHEDULE
 
 
 def _same_all_minute(
@@ -555,9 +610,13 @@ def _pass_outcome(
             reason: Reason | None = Reason.INACTIVE
         elif vp.access_points is not None and ctx.ap.id not in vp.access_points:
             reason = Reason.NOT_PERMITTED
-        elif ctx.now < vp.valid_from:
+        elif ctx.window_blocked:
+            reason = Reason.CLOCK_UNSYNCED  # a window cannot be judged without a clock
+            if "clock_unsynced" not in ctx.flags:
+                ctx.flags.append("clock_unsynced")
+        elif ctx.window_now < vp.valid_from:
             reason = Reason.PASS_NOT_YET_VALID
-        elif ctx.now >= vp.valid_until:
+        elif ctx.window_now >= vp.valid_until:
             reason = Reason.PASS_EXPIRED
         elif vp.max_uses is not None and ctx.direction == Direction.IN and (
             _note_uses(ctx, vp.id) >= vp.max_uses
@@ -669,7 +728,9 @@ def _plate_outcome(ctx: _Context, rules: RuleIndex, text: str) -> _Outcome | Non
         entry = ctx.rules.deny_entry(c.key)
         if entry is None or not _same_text(entry.plate, c.match.stored):
             continue
-        if entry.until is not None and ctx.now >= entry.until:
+        # Without a clock a deny entry never lapses (fail closed: a jump forward must
+        # not lift a ban early).
+        if entry.until is not None and not ctx.window_blocked and ctx.window_now >= entry.until:
             continue
         inputs["deny_entry"] = entry.id
         return _Outcome(False, Reason.DENY_LISTED, c.match)
