@@ -135,6 +135,10 @@ class Outbox:
         held = self.inflight.get(event_id)
         return held is None or held.due <= now
 
+    def live_waiting(self) -> bool:
+        """Rows were committed that the live lane has not looked at yet."""
+        return self.journal.commits.seq > self.live_cursor
+
     async def next_batch(self, limit: int | None = None) -> Batch:
         """Wait for rows to send and return up to `limit` of them, marked in flight."""
         limit = min(limit or self.batch_max_events, self.batch_max_events)

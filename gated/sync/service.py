@@ -103,7 +103,7 @@ class SyncService:
 
     def _build_transport(self) -> None:
         if self.sync.transport == "mqtt":
-            from gated.sync.mqtt import MqttUplink
+            from gated.sync.mqtt import PUBACK_WINDOW, MqttUplink
 
             mqtt_cfg = self._mqtt_config()
             client_id = (mqtt_cfg.client_id or f"gated-{self.identity.device_id}") + "-sync"
@@ -113,7 +113,7 @@ class SyncService:
             self.link = MqttLink(mqtt_cfg, client_id, name="sync", clean_start=False,
                                  session_expiry_s=self.sync.mqtt_session_expiry_s,
                                  on_state=self._on_link_state, will=will,
-                                 max_inflight=min(self.sync.mqtt_window, 65_535))
+                                 max_inflight=min(self.sync.mqtt_window, PUBACK_WINDOW))
             if self.sync.http.url:
                 # Pictures never go over the broker (megabytes): with a [sync.http] url they
                 # are PUT by hash beside the MQTT events; without one they stay on the device.
