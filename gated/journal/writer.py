@@ -223,7 +223,8 @@ class Writer:
         return list(range(first, seq + 1))
 
     def _transaction(self, work: Any) -> Any:
-        assert self.conn is not None
+        if self.conn is None:  # a reopen after an I/O error failed: the next may not
+            raise JournalWriteError("journal is not open (reopening failed)")
         saved = _Head(self.head.seq, self.head.row_hash)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -262,7 +263,8 @@ class Writer:
 
     def mark_synced(self, stream: str, event_ids: Sequence[str], when: float) -> int:
         """Set synced_at on the given events of one stream; return how many changed."""
-        assert self.conn is not None
+        if self.conn is None:  # a reopen after an I/O error failed: the next may not
+            raise JournalWriteError("journal is not open (reopening failed)")
         table = TABLES[stream]
 
         def work() -> int:
@@ -428,7 +430,8 @@ class Writer:
         timeout is dropped to zero for it: a reader holding an old snapshot must make the
         checkpoint give up at once (busy=1), never stall appends for the 5 s timeout.
         """
-        assert self.conn is not None
+        if self.conn is None:  # a reopen after an I/O error failed: the next may not
+            raise JournalWriteError("journal is not open (reopening failed)")
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise JournalError(f"checkpoint mode: unknown {mode!r}")
         timeout_ms = self.conn.execute("PRAGMA busy_timeout").fetchone()[0]
@@ -445,7 +448,8 @@ class Writer:
 
     def pages_in_use(self) -> int:
         """Bytes of the main file holding data (pages retention freed are reused first)."""
-        assert self.conn is not None
+        if self.conn is None:  # a reopen after an I/O error failed: the next may not
+            raise JournalWriteError("journal is not open (reopening failed)")
         size = self.conn.execute("PRAGMA page_size").fetchone()[0]
         count = self.conn.execute("PRAGMA page_count").fetchone()[0]
         free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
