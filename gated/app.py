@@ -1181,6 +1181,7 @@ class Daemon:
 
     async def _forget_unknown_plates(self, snapshots: SnapshotStore) -> None:
         """Erase plates that matched nobody after [privacy] unknown_plate_hash_after_h."""
+        await self._journal_ready.wait()  # a start on a full disk opens it later
         from gated.journal.privacy import ACTION, UnknownPlates
 
         p = self.cfg.privacy
