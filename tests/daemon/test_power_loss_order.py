@@ -13,6 +13,7 @@ reason, where strace is missing (scripts/setup.sh --test installs it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -167,16 +168,27 @@ class TracedDaemon(DaemonProcess):
              sys.executable, "-m", "gated", "run", "--config", str(site.config)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
+    def _gated_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        with contextlib.suppress(OSError):
+            return [int(p) for p in children.read_text().split()]
+        return []
+
     def terminate(self, timeout_s: float = 20.0) -> int:
         """SIGTERM to gated itself (strace's child); gated's exit status, as strace passes it."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-        for pid in pids:
+        for pid in self._gated_pids():
             os.kill(pid, signal.SIGTERM)
         try:
             return self.proc.wait(timeout_s)
         finally:
             self.close()
+
+    def close(self) -> None:
+        """Kill gated too: killing strace alone would leave it running untraced."""
+        for pid in self._gated_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        super().close()
 
 
 def test_every_200_follows_an_fsync_of_the_wal_holding_its_row(
