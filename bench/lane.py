@@ -8,7 +8,13 @@ daemon from the moment the listener received a read to the moment the relay
 was commanded; journal lag is from receipt to the durable commit of its row.
 Every read must be journaled.
 
-    python -m bench.lane [--reads 2000] [--residents 5000]
+With `--with-sync-backlog N` the journal starts with N unsynced events and the daemon's
+upstream sync drains them over a local Mosquitto to the reference receiver (its own
+process, acking after it stored each event) while the reads are pushed: the gate must
+not notice. The line then also says how much of the backlog was still unsynced when
+the reads began and ended (the drain overlapped the measurement) and the drain's rate.
+
+    python -m bench.lane [--reads 2000] [--residents 5000] [--with-sync-backlog N]
 
 Last line: one JSON object.
 """
@@ -46,7 +52,7 @@ print(ok[0], time.monotonic() - start)
 """
 
 
-def _config(base: Path, port: int) -> str:
+def _config(base: Path, port: int, broker_port: int | None = None) -> str:
     lanes = ""
     for lane, direction in (("lane-in", "in"), ("lane-out", "out")):
         lanes += f"""
@@ -81,7 +87,27 @@ port = {port}
 [log]
 level = "warning"
 {lanes}
+{_sync_config(broker_port) if broker_port is not None else ""}
 """
+
+
+def _sync_config(broker_port: int) -> str:
+    return f"""
+[mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+[sync]
+enabled = true
+head_interval_s = 86400
+heartbeat_interval_s = 86400
+"""
+
+
+def _unsynced(path: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(
+            "SELECT (SELECT count(*) FROM access_logs WHERE synced_at IS NULL)"
+            " + (SELECT count(*) FROM audit_logs WHERE synced_at IS NULL)").fetchone()[0])
 
 
 def _free_port() -> int:
@@ -97,7 +123,8 @@ def _plate(i: int) -> str:
     return f"{a[i % 23]}{a[(i // 23) % 23]}{i % 1000:03d}{a[(i // 529) % 23]}{a[(i // 7) % 23]}"
 
 
-async def _run(reads: int, residents: int) -> dict[str, object]:
+async def _run(reads: int, residents: int, backlog: int = 0,
+               broker_port: int | None = None) -> dict[str, object]:
     from gated.app import Daemon
     from gated.config import load_config
     from gated.rules.files import import_rules
@@ -105,8 +132,13 @@ async def _run(reads: int, residents: int) -> dict[str, object]:
 
     base = Path(tempfile.mkdtemp(prefix="gated-bench-lane-"))
     port = _free_port()
-    (base / "gated.toml").write_text(_config(base, port))
+    (base / "gated.toml").write_text(_config(base, port, broker_port))
     cfg = load_config(base / "gated.toml")
+    if backlog:  # built by a child process, as bench.sync does
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.sync", "--events", str(backlog), "--build-only",
+            cfg.journal.path)
+        assert await proc.wait() == 0
     known = sorted({_plate(i) for i in range(residents)})
     rules = {
         "format": "gated-rules",
@@ -128,6 +160,12 @@ async def _run(reads: int, residents: int) -> dict[str, object]:
     daemon = Daemon(cfg)
     task = asyncio.create_task(daemon.run())
     await asyncio.wait_for(daemon.started.wait(), 60)
+    sync: dict[str, object] = {}
+    left_at_start, reads_began = 0, time.monotonic()
+    if backlog:
+        while _unsynced(cfg.journal.path) >= backlog:  # noqa: ASYNC110 - a benchmark polls
+            await asyncio.sleep(0.05)  # the drain has begun: measure while it runs
+        left_at_start, reads_began = _unsynced(cfg.journal.path), time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -140,11 +178,18 @@ async def _run(reads: int, residents: int) -> dict[str, object]:
     )
     out, _ = await proc.communicate("\n".join(pushed).encode())
     accepted, client_s = out.decode().split()
+    if backlog:
+        left = _unsynced(cfg.journal.path)
+        sync = {"backlog_unsynced_when_reads_began": left_at_start,
+                "backlog_unsynced_when_reads_ended": left,
+                "drain_events_per_s_during_reads": round(
+                    (left_at_start - left) / (time.monotonic() - reads_began))}
     deadline = time.monotonic() + 60
     journaled = 0
     while time.monotonic() < deadline:
         with sqlite3.connect(cfg.journal.path) as conn:
             journaled = conn.execute("SELECT count(*) FROM access_logs").fetchone()[0]
+        journaled -= backlog  # the reads' rows, after the backlog's
         if journaled >= reads:
             break
         await asyncio.sleep(0.1)
@@ -172,6 +217,7 @@ async def _run(reads: int, residents: int) -> dict[str, object]:
         "residents": len(known),
         "daemon_exit": status,
         "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+        **({"sync_backlog": backlog, **sync} if backlog else {}),
     }
 
 
@@ -180,8 +226,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--residents", type=int, default=5000)
+    parser.add_argument("--with-sync-backlog", type=int, default=0, metavar="N",
+                        help="drain N unsynced events upstream while measuring")
     args = parser.parse_args()
-    result = asyncio.run(_run(args.reads, args.residents))
+    if not args.with_sync_backlog:
+        print(json.dumps(asyncio.run(_run(args.reads, args.residents))))
+        return
+    import subprocess
+
+    from tests.support.broker import mosquitto_broker
+
+    with tempfile.TemporaryDirectory() as name, mosquitto_broker(
+            Path(name) / "broker", "max_queued_messages 10000") as broker:
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.receiver", "--mqtt-port", str(broker.port),
+             "--db", str(Path(name) / "service.sqlite3"), "--no-validate"],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+            result = asyncio.run(_run(args.reads, args.residents, args.with_sync_backlog,
+                                      broker.port))
+        finally:
+            receiver.terminate()
+            receiver.wait(60)
     print(json.dumps(result))
 
 
