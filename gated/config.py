@@ -478,7 +478,9 @@ class SyncConfig(_Section, frozen=True):
     ack: Literal["service", "broker"] = "service"
     mqtt: MqttConfig | None = None  # the upstream broker; default: the [mqtt] section
     mqtt_session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=4_294_967_295)] = 604_800
-    mqtt_window: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 256
+    # 1,000: drains a backlog ~1.8x faster than 256 (bench.sync) and fits Mosquitto's
+    # default queue for a busy service (max_queued_messages 1000; docs/protocol.md, 4).
+    mqtt_window: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 1000
     http: SyncHttpConfig = SyncHttpConfig()
     batch_max_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     batch_max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=64 * 1024 * 1024)] = 1_048_576
