@@ -335,6 +335,8 @@ class FrigateSource:
         self.link = MqttLink(
             mqtt_cfg, self.client_id, name="frigate", clean_start=True, on_state=on_link_state
         )
+        # One counter: the core counts its drops where the metrics read the link's.
+        self.link.stats.dropped = self.plates.dropped
         for topic in self.plates.topics:
             self.link.subscribe(topic, self._handle, qos=1)
         self.reads = 0
@@ -381,9 +383,6 @@ class FrigateSource:
         except PayloadError as err:
             self.link.malformed(message.topic, str(err))
             return
-        finally:
-            self.link.stats.dropped.clear()
-            self.link.stats.dropped.update(self.plates.dropped)
         assert self._emit is not None
         for read in reads:
             # The future is the journal's; Frigate cannot be told "taken", so nothing waits.

@@ -24,6 +24,7 @@ from gated.hardware.frigate import (
     FrigateSource,
 )
 from gated.model import PlateRead
+from gated.mqttlink import MqttMessage
 from tests.support.broker import MOSQUITTO, Broker, wait_until_accepting
 
 NOW = 1_757_347_000.0
@@ -172,6 +173,18 @@ def test_handled_objects_outlast_end_and_redelivery() -> None:
     # remembered for OBJECT_MEMORY_S after the last message, then forgotten (bounded)
     core.feed("frigate/events", event("new", obj("9.9-i")), NOW, 145.0 + OBJECT_MEMORY_S + 1)
     assert "8.8-h" not in core.tracked
+
+
+def test_the_source_drops_are_the_link_stats_the_metrics_read() -> None:
+    source = FrigateSource(MqttConfig(), SOURCES, client_id="gated-test")
+    reads: list[PlateRead] = []
+    source._emit = reads.append  # type: ignore[assignment]
+    body = event("update", obj("1.1-a", plate="AB123CD", score=0.91))
+    for _ in range(3):
+        source._handle(MqttMessage("frigate/events", body, 1, False))
+    assert len(reads) == 1
+    assert source.stats.dropped == {"repeat": 2}
+    assert source.counters["dropped_repeat"] == 2
 
 
 def test_plates_on_objects_of_other_labels_are_dropped_and_counted() -> None:
