@@ -463,10 +463,22 @@ class Daemon:
         gen = self.generation
         if gen is None or gen.rules is None:
             raise GatedError("no generation is running")
-        index = await self._index_rules(gen.cfg, gen)
+        self._install_index(gen, await self._index_rules(gen.cfg, gen))
+        return int(gen.rules.current.version)
+
+    def _install_index(self, gen: Generation, index: RuleIndex) -> bool:
+        """Swap a freshly built index in; False (dropped) when it is older than the current.
+
+        Atomic: decisions in flight keep the old index. The rule poll, `gated ctl
+        reload-rules` and a status-page edit each build one; whichever finishes last must
+        not take the lanes back to a version another path already installed.
+        """
+        assert gen.rules is not None
+        if index.version < gen.rules.current.version:
+            return False
         gen.rules.current = index
         self.health.set("rules", True, f"version {index.version}")
-        return int(index.version)
+        return True
 
     async def _status_extra(self) -> dict[str, Any]:
         """Daemon-wide status beside the lanes: health, journal head, version."""
@@ -1107,8 +1119,8 @@ class Daemon:
                 self.health.set("rules", False, str(err))
                 log.error("could not load rule-set version: %s", err)
                 continue
-            gen.rules.current = index  # atomic swap: decisions in flight keep the old one
-            self.health.set("rules", True, f"version {index.version}")
+            if not self._install_index(gen, index):
+                continue
             log.info("rule set version %d loaded", index.version)
             # The old index (tens of MB at a large site) is garbage now: give it back.
             await asyncio.to_thread(release_free_memory)
@@ -1619,10 +1631,7 @@ class WebRuleDesk:
         except Exception as err:  # the rule poll retries and reports it in health
             log.error("could not index rule-set version %d: %s", version, err)
             return
-        # The poll may have swapped in a newer index meanwhile: never go back.
-        if index.version > gen.rules.current.version:
-            gen.rules.current = index
-            daemon.health.set("rules", True, f"version {index.version}")
+        daemon._install_index(gen, index)  # the poll may have installed a newer one meanwhile
 
     def names(self, resident_id: str | None, pass_id: str | None) -> dict[str, str]:
         """Names for an event page from the rule index the lanes decide with (read-only)."""
