@@ -62,7 +62,7 @@ from gated.model import (
     Reason,
     SiteIdentity,
 )
-from gated.policy import AccessPoint, MemoryPolicyState, decide, subject_for
+from gated.policy import AccessPoint, MemoryPolicyState, decide
 from gated.rules.index import RuleIndex
 from gated.snapshots import SnapshotStore
 
@@ -245,9 +245,7 @@ class Lane:
             return
         # Before any await (see module docstring): a racing read of the same vehicle
         # must see this decision, and state such as pass uses must already count it.
-        subject = subject_for(decision.vehicle_id, decision.resident_id, decision.pass_id)
-        passage_before = self.parts.state.last_passage(subject) if subject is not None else None
-        self.parts.state.record(decision, now)
+        passage_before = self.parts.state.record(decision, now)
         event_id = new_event_id()
         committed = done  # this read makes the event: its commit is the event's
         self._events[key] = _Event(event_id, decision.allowed, committed)

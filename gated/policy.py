@@ -211,22 +211,28 @@ class MemoryPolicyState:
         """Count entries made with a visitor pass."""
         self._uses[pass_id] = self._uses.get(pass_id, 0) + count
 
-    def record(self, decision: Decision, at: float) -> None:
-        """Record the passage an allowed decision led to (call once the gate has opened)."""
+    def record(self, decision: Decision, at: float) -> tuple[Direction, float] | None:
+        """Record the passage an allowed decision led to (call once the gate has opened).
+
+        Returns the subject's passage as it was before, which is what undo() restores.
+        """
         if not decision.allowed:
-            return
+            return None
         direction = Direction(decision.inputs.get("direction", Direction.IN))
         subject = subject_for(decision.vehicle_id, decision.resident_id, decision.pass_id)
+        previous = None
         if subject is not None:
+            previous = self._passages.get(subject)
             self.record_passage(subject, direction, at)
         if decision.pass_id is not None and direction == Direction.IN:
             self.record_pass_use(decision.pass_id)
+        return previous
 
     def undo(self, decision: Decision, previous: tuple[Direction, float] | None) -> None:
         """Take back what record(decision) counted: the gate did not open (relay failed).
 
-        `previous` is last_passage(subject) as it was before record(); the journal's
-        rebuild (gated.app._seed_state) skips such rows the same way.
+        `previous` is what record() returned (the subject's passage before it); the
+        journal's rebuild (gated.app._seed_state) skips such rows the same way.
         """
         if not decision.allowed:
             return

@@ -753,12 +753,12 @@ def test_undo_takes_back_exactly_what_record_counted() -> None:
     state = MemoryPolicyState()
     state.record_passage("v-alice", Direction.OUT, NOW - 100)
     car = run("AB12CDE", state=state)
-    before = state.last_passage("v-alice")
-    state.record(car, NOW)
+    before = state.record(car, NOW)  # what the passage was: what undo() restores
+    assert before == (Direction.OUT, NOW - 100)
     state.undo(car, before)
     assert state.last_passage("v-alice") == (Direction.OUT, NOW - 100)
     visitor = run("ONCE33", state=state)
-    state.record(visitor, NOW)
+    assert state.record(visitor, NOW) is None  # the pass had no passage yet
     state.undo(visitor, None)
     assert (state.last_passage("p-once"), state.pass_uses("p-once")) == (None, 0)
     leaving = run("ONCE33", state=state, direction=Direction.OUT)
