@@ -39,6 +39,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gated import gate as gm
 from gated.audit import Append, Auditor
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 
 EventListener = Callable[[AccessEvent, Decision | None], None]
 _MAX_EVENTS = 4096  # vehicles whose event the lane remembers (bounded: oldest go first)
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -169,8 +171,9 @@ class Lane:
             return done
         read = ingested.read
         if verdict is Verdict.STALE:
-            # Never coalesced: a replayed plate must not swallow the live car's read.
-            offer = Offer(OfferKind.NEW, read, read.text, f"stale/{new_event_id()}", 1, 0.0)
+            # Never coalesced: a replayed plate must not swallow the live car's read. No
+            # read can merge into it either, so the lane keeps nothing of it (key "").
+            offer = Offer(OfferKind.NEW, read, read.text, "", 1, 0.0)
         else:
             group = "" if read.direction == self.parts.access_point.direction else "against"
             offer = self.coalescer.offer(read, read.received_mono, group)
@@ -179,10 +182,7 @@ class Lane:
                 return self._merged(read, offer.key, done)
         kept: asyncio.Future[int | None] = loop.create_future()
         _follow(kept, done)
-        self._kept[offer.key] = kept
-        if len(self._kept) > _MAX_EVENTS:  # bounded: oldest entries go first
-            for old in list(self._kept)[: _MAX_EVENTS // 4]:
-                del self._kept[old]
+        _remember(self._kept, offer.key, kept)
         task = loop.create_task(self._process(read, offer, ingested, now, kept))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -248,10 +248,7 @@ class Lane:
         passage_before = self.parts.state.record(decision, now)
         event_id = new_event_id()
         committed = done  # this read makes the event: its commit is the event's
-        self._events[key] = _Event(event_id, decision.allowed, committed)
-        if len(self._events) > _MAX_EVENTS:  # bounded: oldest entries go first
-            for stale in list(self._events)[: _MAX_EVENTS // 4]:
-                del self._events[stale]
+        _remember(self._events, key, _Event(event_id, decision.allowed, committed))
         try:
             await self._act_and_journal(read, decision, ingested, now, event_id, previous,
                                         passage_before, committed)
@@ -602,6 +599,16 @@ def _journal_confidence(confidence: float | None) -> float | None:
 
 # Decision inputs that carry the plate itself; the row's vehicle_plate column holds it.
 _PERSONAL_INPUTS = frozenset({"raw_text", "normalised", "confusion_key"})
+
+
+def _remember(table: dict[str, _T], key: str, value: _T) -> None:
+    """table[key] = value, bounded to _MAX_EVENTS (oldest go first); key "": nothing kept."""
+    if not key:
+        return
+    table[key] = value
+    if len(table) > _MAX_EVENTS:
+        for old in list(table)[: _MAX_EVENTS // 4]:
+            del table[old]
 
 
 def _follow(source: asyncio.Future[int | None], target: asyncio.Future[int | None]) -> None:

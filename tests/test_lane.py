@@ -329,3 +329,21 @@ async def test_every_read_is_answered_with_the_seq_of_the_row_that_keeps_it(rig:
     assert await first == await merged
     [row] = rig.rows()
     assert row["seq"] == await first
+
+
+async def test_stale_reads_never_push_a_live_vehicle_out_of_the_lane_memory(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of replayed messages must not make the lane forget the car at the gate."""
+    monkeypatch.setattr("gated.lane._MAX_EVENTS", 4)
+    lane = lane_with(rig)
+    first = await lane.on_read(dataclasses.replace(plate_read("AB123CD"), confidence=0.9))
+    for i in range(12):
+        await lane.on_read(plate_read(f"ZZ{i:03d}ZZ", retained=True))
+    # the same car, read better: its event is still known, so it neither opens again ...
+    better = dataclasses.replace(plate_read("AB123CD"), confidence=0.97)
+    assert await lane.on_read(better) == first
+    await rig.settle()
+    assert rig.relay.pulses_ms == [800]
+    # ... nor is a second row written for it
+    assert [r["decision_reason"] for r in rig.rows()].count("resident") == 1
