@@ -1594,21 +1594,11 @@ class WebRuleDesk:
                       deletes: Mapping[str, list[str]], resource: str) -> dict[str, Any]:
         import json
 
-        from gated.rules.files import import_document
-        from gated.rules.store import RuleStore
-
         cfg = self._daemon.cfg
         data = json.dumps({"format": "gated-rules", "format_version": 1, **document}).encode()
-
-        def work() -> dict[str, Any]:
-            with RuleStore(cfg.rules.path) as store:
-                result = import_document(store, data, name="status-page", merge=True,
+        result = await import_change_set(cfg.rules.path, cfg.site.timezone, data, merge=True,
                                          deletes=deletes, actor=f"web:{actor.id}",
-                                         tz=cfg.site.timezone)
-            return {"rules_version": result.version, "written": result.written,
-                    "deleted": result.deleted}
-
-        result = await asyncio.to_thread(work)
+                                         label="status-page")
         auditor = self._daemon.auditor
         assert auditor is not None
         await auditor.record(
@@ -1664,26 +1654,38 @@ def rule_bundle_importer(
     """The downlink's way into the rule store: `gated rules import`'s change-set path.
 
     A bundle's document is imported as one change set (a delta merged, its deletes in the
-    same transaction) on a worker thread with its own RuleStore connection, so the event
-    loop keeps deciding on the last committed version while the import runs.
+    same transaction) by import_change_set, as the status page's rule edits are.
     """
 
     async def apply(document: bytes, delta: bool, deletes: Mapping[str, list[str]],
                     label: str) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            from gated.rules.files import import_document
-            from gated.rules.store import RuleStore
-
-            with RuleStore(rules_path) as store:
-                result = import_document(store, document, name=label, merge=delta,
-                                         deletes=deletes, actor="service", tz=tz)
-            return {"rules_version": result.version, "counts": result.counts,
-                    "written": result.written, "deleted": result.deleted,
-                    "sha256": result.sha256}
-
-        return await asyncio.to_thread(work)
+        return await import_change_set(rules_path, tz, document, merge=delta,
+                                       deletes=deletes, actor="service", label=label)
 
     return apply
+
+
+async def import_change_set(rules_path: str, tz: str, document: bytes, *, merge: bool,
+                            deletes: Mapping[str, list[str]], actor: str,
+                            label: str) -> dict[str, Any]:
+    """Import a JSON rule document as one change set, on a worker thread.
+
+    The worker opens its own RuleStore connection (sqlite3 connections belong to one
+    thread), so the event loop keeps deciding on the last committed version meanwhile.
+    """
+
+    def work() -> dict[str, Any]:
+        from gated.rules.files import import_document
+        from gated.rules.store import RuleStore
+
+        with RuleStore(rules_path) as store:
+            result = import_document(store, document, name=label, merge=merge,
+                                     deletes=deletes, actor=actor, tz=tz)
+        return {"rules_version": result.version, "counts": result.counts,
+                "written": result.written, "deleted": result.deleted,
+                "sha256": result.sha256}
+
+    return await asyncio.to_thread(work)
 
 
 def run_daemon(cfg: Config, *, config_path: str | None = None) -> int:
