@@ -171,16 +171,15 @@ class Coalescer:
         """An unread vehicle: one per source for a fixed window from its first read."""
         key = (read.access_point, read.source, group)
         vehicle = self._unread.get(key)
-        if vehicle is not None and now - vehicle.first_seen <= self._window:
+        if vehicle is not None:  # still in its window: _expire() has just dropped ended ones
             vehicle.last_seen = now
             vehicle.sightings += 1
             return Offer(
                 OfferKind.DUPLICATE, read, "", vehicle.key, vehicle.sightings, vehicle.first_seen
             )
-        if vehicle is None:
-            self._count += 1
         vehicle = _Vehicle(self._next_key(read), read, "", now, now)
         self._unread[key] = vehicle
+        self._count += 1
         return Offer(OfferKind.NEW, read, "", vehicle.key, 1, now)
 
     def _find(self, vehicles: list[_Vehicle], norm: str, kind: CredentialKind) -> _Vehicle | None:
