@@ -1482,10 +1482,7 @@ class WebPassDesk:
         auditor = self._daemon.auditor
         assert auditor is not None
         await auditor.record(action, "visitor_pass", resource_id=pass_id,
-                             actor_type=actor.type.value, actor_id=actor.id,
-                             actor_role=actor.role, ip_address=actor.address,
-                             user_agent=actor.user_agent, request_id=actor.request_id,
-                             new_values=values)
+                             **actor.audit_fields(), new_values=values)
 
 
 class WebRuleDesk:
@@ -1602,9 +1599,7 @@ class WebRuleDesk:
         auditor = self._daemon.auditor
         assert auditor is not None
         await auditor.record(
-            "rules_edit", "rules", resource_id=resource[:128], actor_type=actor.type.value,
-            actor_id=actor.id, actor_role=actor.role, ip_address=actor.address,
-            user_agent=actor.user_agent, request_id=actor.request_id,
+            "rules_edit", "rules", resource_id=resource[:128], **actor.audit_fields(),
             new_values={"rules_version": result["rules_version"],
                         "written": result["written"], "deleted": result["deleted"]})
         await self._index_now(int(result["rules_version"]))

@@ -115,6 +115,12 @@ class Actor:
     request_id: str | None = None
     user_agent: str | None = None
 
+    def audit_fields(self) -> dict[str, str | None]:
+        """The audit row's actor columns (Auditor.record keywords)."""
+        return {"actor_type": self.type.value, "actor_id": self.id, "actor_role": self.role,
+                "ip_address": self.address, "user_agent": self.user_agent,
+                "request_id": self.request_id}
+
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -344,12 +350,7 @@ class ControlPlane:
             action,
             resource_type,
             resource_id=lane_id if isinstance(lane_id, str) else None,
-            actor_type=actor.type.value,
-            actor_id=actor.id,
-            actor_role=actor.role,
-            ip_address=actor.address,
-            user_agent=actor.user_agent,
-            request_id=actor.request_id,
+            **actor.audit_fields(),
             status="success" if result.ok else "failure",
             error_message=None if result.ok else f"{result.outcome.value}: {result.message}",
             metadata=metadata,
