@@ -24,6 +24,7 @@ from gated.config import MqttConfig
 from gated.errors import SyncError
 from gated.model import SiteIdentity
 from gated.mqttlink import MqttLink, MqttMessage
+from gated.sync.envelope import ACK_TYPE, topic_prefix
 
 __all__ = ["DemoService"]
 
@@ -39,7 +40,7 @@ class DemoService:
 
     def __init__(self, mqtt_cfg: MqttConfig, identity: SiteIdentity, db_path: Path, *,
                  on_stored: OnStored | None = None) -> None:
-        self.prefix = f"gated/v1/{identity.tenant_id}/{identity.device_id}/"
+        self.prefix = topic_prefix(identity)
         self.source = f"gated-service://{identity.tenant_id}"
         self.link = MqttLink(mqtt_cfg, f"gated-demo-service-{identity.device_id}",
                              name=self.name)
@@ -80,7 +81,7 @@ class DemoService:
                 continue
             # The ack comes after the commit: that is what makes it an ack of record.
             ack = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": self.source,
-                   "type": "io.gated.ack.v1",
+                   "type": ACK_TYPE,
                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "datacontenttype": "application/json",
                    "data": {"stored": stored, "duplicate": duplicate, "rejected": []}}
