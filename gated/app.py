@@ -1529,7 +1529,7 @@ class WebRuleDesk:
 
     async def deny_remove(self, actor: Actor, entry_id: str) -> dict[str, Any]:
         """Remove a deny-list entry (LookupError when there is none)."""
-        if not any(e["id"] == entry_id for e in await self.deny_list()):
+        if await self.entry("deny_list", entry_id) is None:
             raise LookupError(f"no deny-list entry {entry_id!r}")
         return await self._import(actor, {}, {"deny_list": [entry_id]}, "deny_list")
 
