@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_LINE = 16 * 1024  # a request is a few hundred bytes
 IDLE_TIMEOUT_S = 60.0  # a connection that says nothing for this long is closed
 MAX_CONNECTIONS = 16
+SOCKET_MODE = 0o660  # the daemon's user and the configured group
 
 
 def peer_actor(sock: socket.socket | None, request_id: str | None = None) -> Actor:
@@ -62,14 +63,11 @@ def peer_actor(sock: socket.socket | None, request_id: str | None = None) -> Act
 class ControlSocket:
     """Serves the control plane on a Unix socket until cancelled."""
 
-    def __init__(self, control: ControlPlane, path: str, *, group: str = "",
-                 mode: int = 0o660) -> None:
+    def __init__(self, control: ControlPlane, path: str, *, group: str = "") -> None:
         self.name = "control-socket"
         self.control = control
         self.path = Path(path)
         self.group = group
-        self.mode = mode
-        self.started = asyncio.Event()
         self._connections = 0
 
     async def run(self) -> None:
@@ -81,7 +79,7 @@ class ControlSocket:
         server = await asyncio.start_unix_server(self._serve, path=str(self.path),
                                                  limit=MAX_LINE)
         try:
-            os.chmod(self.path, self.mode)
+            os.chmod(self.path, SOCKET_MODE)
             if self.group:
                 try:
                     gid = grp.getgrnam(self.group).gr_gid
@@ -89,11 +87,9 @@ class ControlSocket:
                     raise ConfigError(f"control.socket_group: no group {self.group!r}") from err
                 os.chown(self.path, -1, gid)
             log.info("control socket listening on %s", self.path)
-            self.started.set()
             async with server:
                 await server.serve_forever()
         finally:
-            self.started.clear()
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
