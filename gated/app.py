@@ -49,7 +49,6 @@ from gated.supervise import Supervisor, TooManyFailuresError
 
 if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
     from gated.config import ButtonConfig, LaneConfig, RelayConfig
-    from gated.control_socket import ControlSocket
     from gated.hardware.anpr_http import AnprListener
     from gated.hardware.anpr_limits import RefusalSummary
     from gated.hardware.base import Emit, InputEvent, PlateSource, Relay
@@ -62,7 +61,6 @@ if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
     from gated.snapshots import RemovedSnapshot, SnapshotStore
     from gated.sync.downlink import Downlink
     from gated.sync.service import SyncService
-    from gated.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +134,8 @@ class Daemon:
         self.on_stopping: Callable[[], None] | None = None
         self.journal_head: tuple[int, str, float] | None = None  # (seq, row_hash, when read)
         self.control: ControlPlane | None = None  # built once the journal is open
-        self.control_socket: ControlSocket | None = None
         self._front_ends: list[asyncio.Task[Any]] = []
         self.sync: SyncService | None = None  # upstream sync, when [sync] enabled
-        self.web: WebServer | None = None  # the status page, when [web] enabled
         self.downlink: Downlink | None = None  # signed commands and rule bundles, beside sync
 
     # --- public control ------------------------------------------------------
@@ -333,10 +329,10 @@ class Daemon:
             from gated.control_socket import ControlSocket
 
             assert self.control is not None
-            self.control_socket = ControlSocket(
+            control_socket = ControlSocket(
                 self.control, self.cfg.control.socket, group=self.cfg.control.socket_group
             )
-            front.append((self.control_socket.name, self.control_socket.run))
+            front.append((control_socket.name, control_socket.run))
         if self.cfg.web.enabled:
             front.append(self._build_web())
         if self.cfg.sync.enabled:
@@ -417,8 +413,8 @@ class Daemon:
             metrics_text=self.metrics_text,
             sync_backlog=self._sync_backlog if self.cfg.sync.enabled else None,
         )
-        self.web = WebServer(self.cfg.web, deps)
-        return self.web.name, self.web.run
+        web = WebServer(self.cfg.web, deps)
+        return web.name, web.run
 
     def _decision_context(self, lane_id: str) -> tuple[AccessPoint, RuleIndex] | None:
         """A running lane's access point and the rule index it decides with now (replay)."""
