@@ -309,10 +309,7 @@ class CommandReceiver:
         try:
             verify(event["data"], self._keys)
         except SignatureError as err:
-            text = str(err)
-            code = ("unsigned" if text.startswith("unsigned")
-                    else "unknown_key" if "unknown key" in text else "bad_signature")
-            raise Refusal(code, text) from err
+            raise Refusal(err.reason, str(err)) from err
         return command
 
     def _check(self, command: _Command) -> None:

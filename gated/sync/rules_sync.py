@@ -398,10 +398,7 @@ class RulesSync:
         try:
             verify(obj, self._keys)
         except SignatureError as err:
-            text = str(err)
-            code = ("unsigned" if text.startswith("unsigned")
-                    else "unknown_key" if "unknown key" in text else "bad_signature")
-            raise BundleRefused(code, text) from err
+            raise BundleRefused(err.reason, str(err)) from err
 
     def _for_me(self, obj: Mapping[str, Any]) -> None:
         tenant, device = str(obj.get("tenant_id"))[:64], str(obj.get("device_id"))[:64]

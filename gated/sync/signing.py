@@ -48,7 +48,15 @@ KEY_FILE_NAME = "device-ed25519.key"
 
 
 class SignatureError(SyncError):
-    """A signed object is unsigned, signed by an unknown key, or its signature is wrong."""
+    """A signed object is unsigned, signed by an unknown key, or its signature is wrong.
+
+    `reason` is the refusal code the downlink audits: "unsigned", "unknown_key" or
+    "bad_signature".
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # --- canonical JSON -----------------------------------------------------------------
@@ -197,26 +205,28 @@ def verify(obj: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]) -> str:
     """
     sig, kid = obj.get("sig"), obj.get("kid")
     if not isinstance(sig, str) or not sig:
-        raise SignatureError("unsigned: no sig")
+        raise SignatureError("unsigned", "unsigned: no sig")
     if not isinstance(kid, str) or not kid:
-        raise SignatureError("unsigned: no kid")
+        raise SignatureError("unsigned", "unsigned: no kid")
     key = keys.get(kid)
     if key is None:
-        raise SignatureError(f"signed by an unknown key (kid {kid})")
+        raise SignatureError("unknown_key", f"signed by an unknown key (kid {kid})")
     try:
         signature = _unb64url(sig)
     except (binascii.Error, ValueError) as err:
-        raise SignatureError("sig is not base64url") from err
+        raise SignatureError("bad_signature", "sig is not base64url") from err
     if len(signature) != 64:
-        raise SignatureError(f"sig is {len(signature)} bytes, not an Ed25519 signature")
+        raise SignatureError("bad_signature",
+                             f"sig is {len(signature)} bytes, not an Ed25519 signature")
     try:
         message = canonical_json({k: v for k, v in obj.items() if k != "sig"})
     except (TypeError, ValueError) as err:
-        raise SignatureError(f"cannot canonicalise the signed object: {err}") from err
+        raise SignatureError("bad_signature",
+                             f"cannot canonicalise the signed object: {err}") from err
     try:
         key.verify(signature, message)
     except InvalidSignature as err:
-        raise SignatureError(f"bad signature (kid {kid})") from err
+        raise SignatureError("bad_signature", f"bad signature (kid {kid})") from err
     return kid
 
 
