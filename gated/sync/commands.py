@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,8 +49,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gated.control import Actor, ActorType, Outcome, Result
 from gated.errors import GatedError
+from gated.ids import new_event_id
 from gated.mqttlink import MqttMessage
 from gated.sync.downlink_state import DownlinkState
+from gated.sync.envelope import rfc3339
 from gated.sync.signing import SignatureError, sign, verify
 
 __all__ = [
@@ -60,7 +61,6 @@ __all__ = [
     "CommandReceiver",
     "Refusal",
     "parse_time",
-    "rfc3339",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,6 @@ class CommandOutcome:
     reason: str | None  # the refusal code when refused here; None when the control plane answered
     message: str
     data: Mapping[str, Any] = field(default_factory=dict)
-
-
-def rfc3339(ts: float) -> str:
-    """UTC time as RFC 3339 with microseconds and Z (the protocol's time format)."""
-    moment = dt.datetime.fromtimestamp(ts, dt.UTC)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: Any, name: str) -> float:
@@ -381,7 +375,7 @@ class CommandReceiver:
             result = sign(result, self._device_key)
         event = {
             "specversion": "1.0",
-            "id": str(_uuid7()),
+            "id": new_event_id(),  # time-ordered, like every id the device sends
             "source": self.source,
             "type": RESULT_TYPE,
             "time": result["at"],
@@ -452,15 +446,6 @@ def _plain(value: Any) -> Any:
         return json.loads(json.dumps(value, default=str))
     except (TypeError, ValueError):
         return {}
-
-
-def _uuid7() -> uuid.UUID:
-    """A UUIDv7 for a message id (time-ordered, like every id the device sends)."""
-    ms = int(time.time() * 1000)
-    rand = int.from_bytes(uuid.uuid4().bytes, "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand & ((1 << 12) - 1)) << 64
-    value |= 0b10 << 62 | (rand >> 64) & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
 
 
 def mqtt_result_publisher(link: Any, topic: str) -> PublishResult:
