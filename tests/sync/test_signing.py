@@ -25,6 +25,7 @@ from gated.sync.signing import (
     verify,
 )
 from tests.support.schemas import validate
+from tests.support.signer import tool
 
 _SORTED = msgspec.json.Encoder(order="sorted")
 json_values = st.recursive(
@@ -43,6 +44,22 @@ def test_canonical_json_is_byte_identical_to_the_journals_encoder(value: object)
 
 def _has_nan(value: object) -> bool:
     return isinstance(value, float) and math.isnan(value)
+
+
+@given(json_values)
+def test_the_reference_signer_signs_the_same_bytes(value: object) -> None:
+    # tools/sign_command.py carries its own copy of canonical JSON (it must run without
+    # gated): the bytes it signs are the bytes the device verifies.
+    assert tool.canonical(value) == canonical_json(value)
+
+
+def test_the_reference_signer_makes_the_same_signature_and_kid() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    obj = {"device_id": "d1", "n": [1, 2.5, None, True], "text": "é\n", "sig": "old"}
+    assert tool.kid_of(tool.raw_public(key)) == kid_of(key)
+    assert tool.sign(obj, key) == sign(obj, key)  # Ed25519 is deterministic
 
 
 @pytest.mark.parametrize(("number", "text"), [
