@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from bench._site import free_port
+
 XML = """<?xml version="1.0" encoding="UTF-8"?>
 <EventNotificationAlert version="2.0" xmlns="http://www.isapi.org/ver20/XMLSchema">
 <ipAddress>192.168.1.64</ipAddress><channelID>1</channelID>
@@ -32,12 +33,6 @@ XML = """<?xml version="1.0" encoding="UTF-8"?>
 <ANPR><country>3</country><licensePlate>{plate}</licensePlate><direction>forward</direction>
 <confidenceLevel>95</confidenceLevel><plateType>unknown</plateType></ANPR>
 </EventNotificationAlert>"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _jpeg() -> bytes:
@@ -72,7 +67,7 @@ def _io(pid: int) -> dict[str, int]:
 
 
 def _run(root: Path, events: int, picture: bytes | None) -> dict[str, float]:
-    port = _free_port()
+    port = free_port()
     root.mkdir(parents=True)
     config = root / "gated.toml"
     config.write_text(f"""

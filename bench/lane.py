@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._site import free_port, import_residents, lane_toml, plate, site_toml
+
 CLIENT = r"""
 import sys, time, httpx, threading
 port, n, lanes = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
@@ -59,42 +61,10 @@ print(ok[0], time.monotonic() - start)
 
 
 def _config(base: Path, port: int, broker_port: int | None = None) -> str:
-    lanes = ""
-    for lane, direction in (("lane-in", "in"), ("lane-out", "out")):
-        lanes += f"""
-[[lanes]]
-id = "{lane}"
-direction = "{direction}"
-dedup_window_s = 0
-[lanes.relay]
-kind = "fake"
-pulse_ms = 200
-[[lanes.sources]]
-kind = "anpr_http"
-name = "cam-{lane}"
-format = "generic"
-path = "/anpr/{lane}"
-[lanes.sources.auth]
-allowed_ips = ["127.0.0.1/32"]
-"""
-    return f"""
-[site]
-tenant_id = "bench"
-site_id = "bench"
-device_id = "bench-1"
-[journal]
-path = "{base / "journal.sqlite3"}"
-snapshot_dir = "{base / "snapshots"}"
-[rules]
-path = "{base / "rules.sqlite3"}"
-[cameras_listener]
-host = "127.0.0.1"
-port = {port}
-[log]
-level = "warning"
-{lanes}
-{_sync_config(broker_port) if broker_port is not None else ""}
-"""
+    lanes = "".join(lane_toml(lane, direction, f"/anpr/{lane}", source=f"cam-{lane}")
+                    for lane, direction in (("lane-in", "in"), ("lane-out", "out")))
+    return site_toml(base, port, "bench-1",
+                     lanes + (_sync_config(broker_port) if broker_port is not None else ""))
 
 
 def _sync_config(broker_port: int) -> str:
@@ -116,28 +86,13 @@ def _unsynced(path: str) -> int:
             " + (SELECT count(*) FROM audit_logs WHERE synced_at IS NULL)").fetchone()[0])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _plate(i: int) -> str:
-    a = "ABCDEFGHJKLMNPRSTUVWXYZ"
-    return f"{a[i % 23]}{a[(i // 23) % 23]}{i % 1000:03d}{a[(i // 529) % 23]}{a[(i // 7) % 23]}"
-
-
 async def _run(reads: int, residents: int, backlog: int = 0,
                broker_port: int | None = None) -> dict[str, object]:
     from gated.app import Daemon
     from gated.config import load_config
-    from gated.rules.files import import_rules
-    from gated.rules.store import RuleStore
 
     base = Path(tempfile.mkdtemp(prefix="gated-bench-lane-"))
-    port = _free_port()
+    port = free_port()
     (base / "gated.toml").write_text(_config(base, port, broker_port))
     cfg = load_config(base / "gated.toml")
     if backlog:  # built by a child process, as bench.sync does
@@ -145,21 +100,8 @@ async def _run(reads: int, residents: int, backlog: int = 0,
             sys.executable, "-m", "bench.sync", "--events", str(backlog), "--build-only",
             cfg.journal.path)
         assert await proc.wait() == 0
-    known = sorted({_plate(i) for i in range(residents)})
-    rules = {
-        "format": "gated-rules",
-        "format_version": 1,
-        "residents": [
-            {"id": f"r{i}", "name": f"Resident {i}", "access_points": "*"}
-            for i in range(len(known))
-        ],
-        "vehicles": [
-            {"id": f"v{i}", "plate": p, "resident_id": f"r{i}"} for i, p in enumerate(known)
-        ],
-    }
-    (base / "rules.json").write_text(json.dumps(rules))
-    with RuleStore(cfg.rules.path) as store:
-        import_rules(store, base / "rules.json")
+    known = sorted({plate(i) for i in range(residents)})
+    import_residents(base, cfg.rules.path, known)
 
     # Three in four reads are residents (open), the rest unknown (deny); all distinct in sequence.
     pushed = [known[i % len(known)] if i % 4 else f"Q{i:06d}Q" for i in range(reads)]

@@ -32,17 +32,11 @@ from typing import Any
 
 import httpx
 
+from bench._site import lane_toml, rss_mb
+
 SAMPLE_S = 5.0
 OPEN_EVERY_S = 2.0
 VEHICLES = 200
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _mb(path: Path) -> float:
@@ -50,25 +44,6 @@ def _mb(path: Path) -> float:
         return path.stat().st_size / 2**20
     except FileNotFoundError:
         return 0.0
-
-
-def _lane(camera_path: str) -> str:
-    return f"""
-[[lanes]]
-id = "main-in"
-direction = "in"
-dedup_window_s = 0
-[lanes.relay]
-kind = "fake"
-pulse_ms = 50
-[[lanes.sources]]
-kind = "anpr_http"
-name = "cam-main-in"
-format = "generic"
-path = "{camera_path}"
-[lanes.sources.auth]
-allowed_ips = ["127.0.0.1/32"]
-"""
 
 
 def _open(sock: Path, rid: str) -> bool:
@@ -118,7 +93,8 @@ def run(duration_s: float, rate: float, outage_every_s: float, outage_s: float,
     site = Site(work / "site")
     site.root.mkdir()
     sock = site.root / "control.sock"
-    site.write_config(_lane(CAMERA_PATH), extra=f"""
+    site.write_config(lane_toml("main-in", "in", CAMERA_PATH, source="cam-main-in",
+                                pulse_ms=50), extra=f"""
 [log]
 level = "warning"
 
@@ -167,7 +143,7 @@ service_public_keys = ["{receiver.service_public_b64}"]
         with httpx.Client(timeout=10) as client:
             while (now := time.monotonic()) - started < duration_s:
                 if now >= next_sample:
-                    samples.append((now - started, _rss_mb(pid)))
+                    samples.append((now - started, rss_mb(pid)))
                     wal_max = max(wal_max, _mb(wal))
                     next_sample += SAMPLE_S
                 if outage_ends is None and now >= next_outage:
@@ -195,7 +171,7 @@ service_public_keys = ["{receiver.service_public_b64}"]
                 time.sleep(max(0.0, min(next_read, next_sample, next_open) - time.monotonic()))
         if outage_ends is not None:
             broker.start()
-        samples.append((time.monotonic() - started, _rss_mb(pid)))
+        samples.append((time.monotonic() - started, rss_mb(pid)))
         wal_max = max(wal_max, _mb(wal))
         deadline = time.monotonic() + 300
         while _journal(site.journal)[2] and time.monotonic() < deadline:

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -31,66 +30,22 @@ from typing import Any
 
 import aiohttp
 
+from bench._site import free_port, import_residents, lane_toml, plate, rss_mb, site_toml
+
 RESIDENTS = 2000
 PASSWORD = "bench-password-1"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _plate(i: int) -> str:
-    a = "ABCDEFGHJKLMNPRSTUVWXYZ"
-    return f"{a[i % 23]}{a[(i // 23) % 23]}{i % 1000:03d}{a[(i // 529) % 23]}{a[(i // 7) % 23]}"
-
-
 def _config(base: Path, camera_port: int, web_port: int, web: bool) -> str:
-    return f"""
-[site]
-tenant_id = "bench"
-site_id = "bench"
-device_id = "bench-web"
-[journal]
-path = "{base / "journal.sqlite3"}"
-snapshot_dir = "{base / "snapshots"}"
-[rules]
-path = "{base / "rules.sqlite3"}"
-[cameras_listener]
-host = "127.0.0.1"
-port = {camera_port}
+    return site_toml(base, camera_port, "bench-web", f"""
 [control]
 socket = ""
-[log]
-level = "warning"
 [web]
 enabled = {"true" if web else "false"}
 port = {web_port}
 users_file = "{base / "users.json"}"
 max_clients = 64
-[[lanes]]
-id = "main-in"
-direction = "in"
-dedup_window_s = 0
-[lanes.relay]
-kind = "fake"
-pulse_ms = 200
-[[lanes.sources]]
-kind = "anpr_http"
-name = "cam"
-format = "generic"
-path = "/anpr/main-in"
-[lanes.sources.auth]
-allowed_ips = ["127.0.0.1/32"]
-"""
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+""" + lane_toml("main-in", "in", "/anpr/main-in", source="cam"))
 
 
 def _q(values: list[float], p: float) -> float | None:
@@ -127,7 +82,7 @@ async def _reader(session: aiohttp.ClientSession, url: str, seen: dict[str, list
 
 async def _phase(base: Path, web: bool, clients: int, rate: float, seconds: float,
                  offset: int) -> dict[str, Any]:
-    camera_port, web_port = _free_port(), _free_port()
+    camera_port, web_port = free_port(), free_port()
     config = base / "gated.toml"
     config.write_text(_config(base, camera_port, web_port, web))
     log = (base / f"daemon-{'web' if web else 'plain'}.log").open("wb")
@@ -160,17 +115,17 @@ async def _phase(base: Path, web: bool, clients: int, rate: float, seconds: floa
             start = time.monotonic()
             for i in range(reads):
                 # Three in four reads are residents (the relay pulses), the rest unknown.
-                plate = _plate(offset + i) if i % 4 else f"Q{offset + i:06d}Q"
+                read = plate(offset + i) if i % 4 else f"Q{offset + i:06d}Q"
                 await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-                sent[plate] = time.monotonic()
-                async with camera.post(url, json={"plate": plate, "confidence": 0.95}) as r:
+                sent[read] = time.monotonic()
+                async with camera.post(url, json={"plate": read, "confidence": 0.95}) as r:
                     assert r.status == 200, await r.text()
         await asyncio.sleep(1.0)  # the last rows reach the pages
         if web:  # after the load: 20 recent rows and both 24-hour charts drawn
             for path in ("/", "/static/app.css", "/static/app.js"):
                 async with sessions[0].get(base_url + path) as r:
                     page_bytes += len(await r.read())
-        rss = _rss_mb(proc.pid)
+        rss = rss_mb(proc.pid)
     finally:
         for task in readers:
             task.cancel()
@@ -191,20 +146,10 @@ async def _phase(base: Path, web: bool, clients: int, rate: float, seconds: floa
 
 
 async def _run(clients: int, rate: float, seconds: float) -> dict[str, Any]:
-    from gated.rules.files import import_rules
-    from gated.rules.store import RuleStore
     from gated.web.users import UserStore
 
     base = Path(tempfile.mkdtemp(prefix="gated-bench-web-"))
-    known = [_plate(i) for i in range(RESIDENTS)]
-    rules = {"format": "gated-rules", "format_version": 1,
-             "residents": [{"id": f"r{i}", "name": f"R {i}", "access_points": "*"}
-                           for i in range(RESIDENTS)],
-             "vehicles": [{"id": f"v{i}", "plate": p, "resident_id": f"r{i}"}
-                          for i, p in enumerate(known)]}
-    (base / "rules.json").write_text(json.dumps(rules))
-    with RuleStore(base / "rules.sqlite3") as store:
-        import_rules(store, base / "rules.json")
+    import_residents(base, base / "rules.sqlite3", [plate(i) for i in range(RESIDENTS)])
     UserStore(base / "users.json").add("bench", "viewer", PASSWORD)
     reads = int(rate * seconds)
     plain = await _phase(base, False, clients, rate, seconds, 0)
