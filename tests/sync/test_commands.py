@@ -12,7 +12,7 @@ import sqlite3
 import time
 import uuid
 import zoneinfo
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,36 +36,20 @@ from gated.sync import commands as commands_module
 from gated.sync.commands import CommandReceiver, mqtt_result_publisher
 from gated.sync.downlink_state import DownlinkState
 from gated.sync.signing import parse_public_keys, public_raw, verify
-from tests.support.broker import Broker, mosquitto_available, mosquitto_broker
 from tests.support.downlink_peer import DownlinkPeer
 from tests.support.receiver import Receiver
 from tests.support.signer import public_b64, tool
+from tests.sync.conftest import KillableBroker, eventually
 
 TENANT, SITE, DEVICE = "acme", "hq", "gate-1"
 PREFIX = f"gated/v1/{TENANT}/{DEVICE}/"
 ISSUER = "ops:ann@example.com"
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A real Mosquitto on a free loopback port."""
-    if not mosquitto_available():
-        pytest.skip("mosquitto is not installed")
-    with mosquitto_broker(tmp_path / "broker") as running:
-        yield running
-
-
-async def until(predicate: Callable[[], object], limit_s: float = 20.0) -> None:
-    """Wait for a condition the links' callbacks set, failing after limit_s."""
-    async with asyncio.timeout(limit_s):
-        while not predicate():  # noqa: ASYNC110 - set from callbacks
-            await asyncio.sleep(0.02)
-
-
 class Service:
     """The central service: the reference receiver, with its downlink hooks."""
 
-    def __init__(self, root: Path, broker: Broker) -> None:
+    def __init__(self, root: Path, broker: KillableBroker) -> None:
         self.receiver = Receiver(root / "service.sqlite3", mqtt_host=broker.host,
                                  mqtt_port=broker.port, http=False)
         self.peer = DownlinkPeer(self.receiver, TENANT)
@@ -94,7 +78,7 @@ class Service:
 class Device:
     """The gate: journal, two lanes on fake relays, the control plane, and the command receiver."""
 
-    def __init__(self, root: Path, broker: Broker, service_key: Ed25519PrivateKey,
+    def __init__(self, root: Path, broker: KillableBroker, service_key: Ed25519PrivateKey,
                  device_key: Ed25519PrivateKey, clock: Callable[[], float]) -> None:
         self.root, self.broker, self.clock = root, broker, clock
         self.service_key, self.device_key = service_key, device_key
@@ -148,7 +132,7 @@ class Device:
         self.link.subscribe(PREFIX + "commands", self.receiver.on_mqtt)
         self.tasks = [asyncio.create_task(self.link.run()),
                       asyncio.create_task(self.receiver.run())]
-        await until(self.link.subscribed.is_set)
+        await eventually(self.link.subscribed.is_set)
 
     async def stop(self) -> None:
         for task in reversed(self.tasks):
@@ -181,7 +165,7 @@ class Clock:
 
 
 @pytest.fixture
-async def peers(tmp_path: Path, broker: Broker) -> AsyncIterator[tuple[Service, Device]]:
+async def peers(tmp_path: Path, broker: KillableBroker) -> AsyncIterator[tuple[Service, Device]]:
     service = Service(tmp_path, broker)
     await service.start()
     device = Device(tmp_path / "device", broker, service.receiver.service_key,
@@ -205,7 +189,7 @@ def command(dev: Device, action: str = "open", *, key: Ed25519PrivateKey | None 
 
 
 async def answered(service: Service, command_id: str) -> dict[str, Any]:
-    await until(lambda: service.result_for(command_id) is not None)
+    await eventually(lambda: service.result_for(command_id) is not None)
     result = service.result_for(command_id)
     assert result is not None
     return result
@@ -336,7 +320,7 @@ async def test_not_json_is_refused_and_audited_without_an_answer(
 ) -> None:
     service, device = peers
     await service.send(b"\xff{not json")
-    await until(lambda: device.audits("remote_command_refused"))
+    await eventually(lambda: device.audits("remote_command_refused"))
     [row] = device.audits("remote_command_refused")
     assert json.loads(row["metadata"])["reason"] == "malformed" and row["resource_id"] is None
     good = command(device)  # the receiver carries on
@@ -366,7 +350,7 @@ async def test_a_replayed_command_acts_once(peers: tuple[Service, Device]) -> No
     await service.send(cmd)
     await answered(service, cmd["id"])
     await service.send(copy.deepcopy(cmd))
-    await until(lambda: len(service.results) == 2)
+    await eventually(lambda: len(service.results) == 2)
     assert [r["data"]["reason"] for r in service.results] == [None, "replayed"]
     assert device.relays["main-in"].pulses_ms == [800]
     [row] = device.audits("remote_command_refused")
@@ -395,7 +379,7 @@ async def test_a_retained_command_does_not_act_again_on_resubscribe(
     # A reconnect re-delivers the retained message: remembered, so refused, never re-run.
     await device.stop()
     await device.start()
-    await until(lambda: len(service.results) == 2)
+    await eventually(lambda: len(service.results) == 2)
     assert [r["data"]["reason"] for r in service.results] == [None, "replayed"]
     assert device.relays["main-in"].pulses_ms == []  # the new relay object never moved
     [row] = device.audits("remote_command_refused")
@@ -413,7 +397,7 @@ async def test_a_command_replayed_after_a_restart_is_refused(
     await device.stop()  # the daemon stops; the replay cache stays on disk
     await device.start()
     await service.send(copy.deepcopy(cmd))
-    await until(lambda: len(service.results) == 2)
+    await eventually(lambda: len(service.results) == 2)
     assert service.results[1]["data"]["reason"] == "replayed"
     assert first_relay.pulses_ms == [800] and device.relays["main-in"].pulses_ms == []
     assert len(device.rows("access_logs")) == 1
@@ -425,7 +409,7 @@ async def test_refusals_are_summarised_under_a_flood(peers: tuple[Service, Devic
     sent = 3 * commands_module.REFUSALS_AUDITED
     for _ in range(sent):
         await service.send(command(device, key=Ed25519PrivateKey.generate()))
-    await until(lambda: len(service.results) == sent)
+    await eventually(lambda: len(service.results) == sent)
     rows = device.audits("remote_command_refused")
     assert len(rows) == commands_module.REFUSALS_AUDITED
     await device.stop()  # stopping writes the summary of what was not audited one by one

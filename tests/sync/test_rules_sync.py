@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ from gated.journal import Journal
 from gated.mqttlink import MqttLink
 from gated.rules.store import RuleStore
 from gated.sync.downlink import Downlink
-from tests.support.broker import Broker, mosquitto_available, mosquitto_broker
 from tests.support.downlink_peer import DownlinkPeer
 from tests.support.receiver import Receiver
+from tests.sync.conftest import KillableBroker, eventually
 
 TENANT, SITE, DEVICE = "acme", "hq", "gate-1"
 
@@ -35,22 +35,6 @@ RULES_V1: dict[str, Any] = {
     "vehicles": [{"id": "v-1", "plate": "AB-123-C", "resident_id": "r-1"},
                  {"id": "v-2", "plate": "XY-999-Z", "resident_id": "r-2"}],
 }
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A real Mosquitto on a free loopback port."""
-    if not mosquitto_available():
-        pytest.skip("mosquitto is not installed")
-    with mosquitto_broker(tmp_path / "broker") as running:
-        yield running
-
-
-async def until(predicate: Callable[[], object], limit_s: float = 20.0) -> None:
-    """Wait for a condition other threads and tasks set, failing after limit_s."""
-    async with asyncio.timeout(limit_s):
-        while not predicate():  # noqa: ASYNC110 - set from callbacks
-            await asyncio.sleep(0.02)
 
 
 class Gate:
@@ -82,7 +66,7 @@ class Gate:
         )
         self.tasks = [asyncio.create_task(self.link.run()),
                       asyncio.create_task(self.downlink.run())]
-        await until(self.link.subscribed.is_set)
+        await eventually(self.link.subscribed.is_set)
 
     async def stop(self) -> None:
         for task in reversed(self.tasks):
@@ -117,7 +101,7 @@ class Gate:
 
 
 @pytest.fixture
-async def peers(tmp_path: Path, broker: Broker) -> AsyncIterator[tuple[DownlinkPeer, Gate]]:
+async def peers(tmp_path: Path, broker: KillableBroker) -> AsyncIterator[tuple[DownlinkPeer, Gate]]:
     receiver = Receiver(tmp_path / "service.sqlite3", mqtt_host=broker.host,
                         mqtt_port=broker.port, http=True)
     peer = DownlinkPeer(receiver, TENANT)
@@ -157,7 +141,7 @@ async def test_announced_full_bundle_is_fetched_applied_audited_and_reported(
     peer, gate = peers
     peer.add_bundle(DEVICE, 1, RULES_V1)
     await announce(peer, 1)
-    await until(lambda: gate.version == 1)
+    await eventually(lambda: gate.version == 1)
 
     assert gate.store_rows("vehicles") == ["v-1", "v-2"]
     assert gate.store_rows("residents") == ["r-1", "r-2"]
@@ -178,12 +162,12 @@ async def test_delta_upserts_and_deletes_in_one_version(peers: tuple[DownlinkPee
     peer, gate = peers
     peer.add_bundle(DEVICE, 1, RULES_V1)
     await announce(peer, 1)
-    await until(lambda: gate.version == 1)
+    await eventually(lambda: gate.version == 1)
     peer.add_bundle(DEVICE, 2,
                     {"vehicles": [{"id": "v-3", "plate": "NEW-1", "resident_id": "r-1"}]},
                     base_version=1, delete={"vehicles": ["v-2"]})
     await announce(peer, 2)
-    await until(lambda: gate.version == 2)
+    await eventually(lambda: gate.version == 2)
 
     assert gate.store_rows("vehicles") == ["v-1", "v-3"]
     assert gate.store_version() == 2  # one change set for the upsert and the delete
@@ -213,7 +197,7 @@ async def test_inline_bundle_in_the_announcement_needs_no_http(
     peer, gate = peers
     bundle = peer.add_bundle("unused", 1, RULES_V1, for_device=DEVICE)
     await announce(peer, 1, inline=bundle)
-    await until(lambda: gate.version == 1)
+    await eventually(lambda: gate.version == 1)
     assert gate.store_rows("vehicles") == ["v-1", "v-2"] and peer.rules_requests == []
     assert json.loads(gate.audits("rules_bundle_applied")[0]["metadata"])["via"] == "announcement"
 
@@ -224,11 +208,11 @@ async def test_the_active_version_survives_a_restart_and_the_retained_announceme
     peer, gate = peers
     peer.add_bundle(DEVICE, 1, RULES_V1)
     await announce(peer, 1)
-    await until(lambda: gate.version == 1)
+    await eventually(lambda: gate.version == 1)
     await gate.stop()
     await gate.start()  # the retained announcement arrives again on subscribe
     assert gate.version == 1
-    await until(lambda: gate.downlink.rules.announced == 1)
+    await eventually(lambda: gate.downlink.rules.announced == 1)
     await gate.downlink.rules.sync_now()
     assert [since for since, _ in peer.rules_requests] == [0, 1]
     assert len(gate.audits("rules_bundle_applied")) == 1 and gate.store_version() == 1
@@ -242,7 +226,7 @@ async def test_a_sync_rules_command_fetches_then_reloads_through_the_control_pla
     peer.add_bundle(DEVICE, 1, RULES_V1)
     cmd = peer.command(DEVICE, "sync_rules")
     await asyncio.to_thread(peer.send, DEVICE, cmd)
-    await until(lambda: peer.result_for(cmd["id"]) is not None)
+    await eventually(lambda: peer.result_for(cmd["id"]) is not None)
     result = peer.result_for(cmd["id"])
     assert result is not None and result["data"]["outcome"] == "success"
     assert result["data"]["data"]["sync"]["outcome"] == "applied"
@@ -331,12 +315,12 @@ async def test_a_forged_announcement_fetches_nothing(peers: tuple[DownlinkPeer, 
     peer, gate = peers
     peer.add_bundle(DEVICE, 1, RULES_V1)
     await announce(peer, 1, key=Ed25519PrivateKey.generate())
-    await until(lambda: gate.refusals())
+    await eventually(lambda: gate.refusals())
     assert gate.refusals() == ["unknown_key"] and peer.rules_requests == []
     meta = json.loads(gate.audits("rules_bundle_refused")[0]["metadata"])
     assert meta["what"] == "announcement"
     await announce(peer, 1, tenant="evil")
-    await until(lambda: len(gate.refusals()) == 2)
+    await eventually(lambda: len(gate.refusals()) == 2)
     assert gate.refusals()[1] == "wrong_tenant" and gate.version == 0
 
 
@@ -347,7 +331,7 @@ async def test_service_failures_change_nothing_and_are_retried(
     peer.add_bundle(DEVICE, 1, RULES_V1)
     peer.rules_answer = (503, b"busy")
     await announce(peer, 1)
-    await until(lambda: gate.version == 1)  # the 503 was retried after a back-off
+    await eventually(lambda: gate.version == 1)  # the 503 was retried after a back-off
     assert [since for since, _ in peer.rules_requests] == [0, 0]
     assert gate.store_version() == 1 and len(gate.audits("rules_bundle_applied")) == 1
     # A body cut short is not JSON: refused as malformed, nothing changed.
