@@ -4,6 +4,7 @@ the reference receiver, a journal, and helpers that build events and wait for ou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from gated.config import Config, parse_config
 from gated.ids import new_event_id
 from gated.journal import Journal
 from gated.model import AccessEvent
+from gated.sync.service import SyncService
 from tests.support.broker import (
     HOST,
     MOSQUITTO,
@@ -174,6 +176,14 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 60.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def stop_service(service: SyncService, task: asyncio.Task[None]) -> None:
+    """Stop a SyncService as the daemon does (bounded settle), then cancel its run task."""
+    await service.stop(1.0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def all_synced(journal: Journal) -> bool:

@@ -6,7 +6,6 @@ and the journal taking the gate's events all along."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
@@ -22,15 +21,9 @@ from tests.sync.conftest import (
     auditor_for,
     eventually,
     journal_ids,
+    stop_service,
     sync_config,
 )
-
-
-async def _stop(service: SyncService, task: asyncio.Task[None]) -> None:
-    await service.stop(1.0)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def test_a_signed_head_is_countersigned_and_journaled(
@@ -54,7 +47,7 @@ async def test_a_signed_head_is_countersigned_and_journaled(
     assert rows and rows[0]["new_values"] == counter and rows[0]["resource_id"] == "30"
     # Our own countersignature row alone does not make a new head to sign.
     assert await service.send_head() is None
-    await _stop(service, task)
+    await stop_service(service, task)
     status = [(body["status"], retained) for topic, body, retained in receiver.statuses
               if topic == f"gated/v1/{TENANT}/{DEVICE}/status"]
     assert ("online", False) in status and status[-1] == ("offline", False)
@@ -78,7 +71,7 @@ async def test_a_head_that_does_not_match_the_services_chain_is_refused_and_audi
                      what="refusal")
     await eventually(lambda: _audited(journal, "head_refused"), what="audit row")
     assert service.last_countersigned is None
-    await _stop(service, task)
+    await stop_service(service, task)
 
 
 async def _audited(journal: Journal, action: str) -> bool:
@@ -96,7 +89,7 @@ async def _drain_through(fault, tmp_path: Path, broker, receiver_factory,
     await eventually(lambda: len(receiver.ids(DEVICE)) > 300, what="drain under way")
     gate_seqs = await fault(broker)
     await eventually(lambda: all_synced(journal), timeout_s=120, what="every row synced")
-    await _stop(service, task)
+    await stop_service(service, task)
     assert len(gate_seqs) >= 1  # the gate journaled during the fault
     assert receiver.ids(DEVICE) == await journal_ids(journal)
     assert receiver.count() == len(await journal_ids(journal))

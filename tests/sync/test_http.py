@@ -4,7 +4,6 @@ every fault the service can answer with, quarantine of a refused event, pictures
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from pathlib import Path
 
@@ -19,19 +18,9 @@ from tests.sync.conftest import (
     auditor_for,
     eventually,
     journal_ids,
+    stop_service,
     sync_config,
 )
-
-
-async def _run(service: SyncService) -> asyncio.Task[None]:
-    return asyncio.create_task(service.run())
-
-
-async def _stop(service: SyncService, task: asyncio.Task[None]) -> None:
-    await service.stop(1.0)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def test_every_http_fault_ends_with_every_event_stored_once(
@@ -49,11 +38,11 @@ async def test_every_http_fault_ends_with_every_event_stored_once(
                       service_key=receiver.service_public_b64)
     await journal.append_many([access_event(i) for i in range(200)])
     service = SyncService(cfg, journal, audit=auditor_for(journal, cfg).record)
-    task = await _run(service)
+    task = asyncio.create_task(service.run())
     for i in range(20):  # the gate keeps journaling while sync retries
         await journal.append(access_event(500 + i))
     await eventually(lambda: all_synced(journal), what="every row synced")
-    await _stop(service, task)
+    await stop_service(service, task)
     assert receiver.http_faults == []  # every injected fault was met
     assert receiver.ids(DEVICE) == await journal_ids(journal)
     assert receiver.duplicates_seen > 0  # the "stored then 500" batch came twice …
@@ -74,9 +63,9 @@ async def test_a_refused_event_is_quarantined_and_audited_not_retried_forever(
     receiver.http_faults.append(Fault("reject", 422, ids=frozenset({bad})))
     await journal.append_many(events)
     service = SyncService(cfg, journal, audit=auditor_for(journal, cfg).record)
-    task = await _run(service)
+    task = asyncio.create_task(service.run())
     await eventually(lambda: all_synced(journal), what="every row settled")
-    await _stop(service, task)
+    await stop_service(service, task)
     audit = [r for r in await journal.recent("audit", 50) if r["action"] == "sync_quarantined"]
     assert len(audit) == 1
     assert audit[0]["metadata"]["event_id"] == bad
@@ -110,9 +99,9 @@ async def test_pictures_go_first_by_hash_and_an_event_never_waits_forever(
     ]
     await journal.append_many(events)
     service = SyncService(cfg, journal, audit=auditor_for(journal, cfg).record)
-    task = await _run(service)
+    task = asyncio.create_task(service.run())
     await eventually(lambda: all_synced(journal), what="all three events settled")
-    await _stop(service, task)
+    await stop_service(service, task)
     assert receiver.snapshot_hashes() == {sha["a"]}
     states = {receiver_sha: receiver.picture_states[e.event_id] for receiver_sha, e in zip(
         (sha["a"], sha["b"], sha["c"]), events, strict=True)}

@@ -5,7 +5,6 @@ service's ack, and the lanes' journal keeps taking events meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 from gated.journal import Journal
@@ -17,20 +16,10 @@ from tests.sync.conftest import (
     auditor_for,
     eventually,
     journal_ids,
+    stop_service,
     sync_config,
     unsynced_count,
 )
-
-
-async def _run(service: SyncService) -> asyncio.Task[None]:
-    return asyncio.create_task(service.run())
-
-
-async def _stop(service: SyncService, task: asyncio.Task[None]) -> None:
-    await service.stop(1.0)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def test_backlog_and_live_events_all_arrive_once_with_the_chain_intact(
@@ -43,7 +32,7 @@ async def test_backlog_and_live_events_all_arrive_once_with_the_chain_intact(
     await journal.append_many([access_event(i) for i in range(600)])  # the backlog
     await auditor.record("daemon_start", "daemon")
     service = SyncService(cfg, journal, audit=auditor.record)
-    task = await _run(service)
+    task = asyncio.create_task(service.run())
     live_seqs = []
     for i in range(100):  # live events while the backlog drains: the gate keeps journaling
         live_seqs.append(await journal.append(access_event(1000 + i)))
@@ -52,7 +41,7 @@ async def test_backlog_and_live_events_all_arrive_once_with_the_chain_intact(
     await eventually(lambda: receiver.ids(DEVICE) >= expected, what="every event upstream")
     await eventually(lambda: all_synced(journal),
                      what="every row marked synced")
-    await _stop(service, task)
+    await stop_service(service, task)
     assert receiver.ids(DEVICE) == await journal_ids(journal)  # 0 lost, nothing foreign
     assert receiver.chain_problems(DEVICE) == []
     assert receiver.invalid == []
@@ -67,13 +56,13 @@ async def test_nothing_is_marked_synced_without_the_services_ack(
     cfg = sync_config(tmp_path, broker=broker, service_key=receiver.service_public_b64)
     await journal.append_many([access_event(i) for i in range(20)])
     service = SyncService(cfg, journal, audit=auditor_for(journal, cfg).record)
-    task = await _run(service)
+    task = asyncio.create_task(service.run())
     await eventually(lambda: len(receiver.ids(DEVICE)) == 20, what="events at the receiver")
     await asyncio.sleep(0.5)
     assert await unsynced_count(journal) == 20  # PUBACKed and stored, but not acked
     receiver.ack_enabled = True  # the re-send after ack_timeout_s is acked (a duplicate)
     await eventually(lambda: all_synced(journal), what="acks")
-    await _stop(service, task)
+    await stop_service(service, task)
     assert receiver.ids(DEVICE) == await journal_ids(journal)
     assert receiver.duplicates_seen >= 20
     assert receiver.invalid == []
@@ -87,7 +76,7 @@ async def test_broker_ack_mode_marks_on_puback(
     cfg = sync_config(tmp_path, broker=broker, ack="broker")
     await journal.append_many([access_event(i) for i in range(20)])
     service = SyncService(cfg, journal, audit=auditor_for(journal, cfg).record)
-    task = await _run(service)
+    task = asyncio.create_task(service.run())
     await eventually(lambda: all_synced(journal), what="PUBACKs")
-    await _stop(service, task)
+    await stop_service(service, task)
     assert receiver.ids(DEVICE) == await journal_ids(journal)

@@ -64,19 +64,13 @@ from tests.sync.conftest import (
     auditor_for,
     eventually,
     journal_ids,
+    stop_service,
     sync_config,
 )
 
 STATUS_TOPIC = f"gated/v1/{TENANT}/{DEVICE}/status"
 KEEPALIVE_S = 5  # the smallest [mqtt] keepalive_s allows: the black hole is found soonest
 MOSQUITTO_CHECK_S = 6  # Mosquitto 2.0 looks for expired keepalives once every 6 s
-
-
-async def _stop(service: SyncService, task: asyncio.Task[None]) -> None:
-    await service.stop(1.0)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _statuses(receiver: Receiver, topic: str = STATUS_TOPIC) -> list[str]:
@@ -155,7 +149,7 @@ async def _through_proxy(tmp_path: Path, broker, receiver_factory, journal: Jour
         drained_s = time.monotonic() - resumed_at
         await eventually(lambda: _statuses(receiver).count("online") > online_count,
                          what="online again")
-        await _stop(service, task)
+        await stop_service(service, task)
 
         # The path was really broken: nothing of the gate's new rows got through it.
         assert len(during) >= fault_s * 5
@@ -238,7 +232,7 @@ async def test_an_http_black_hole_is_found_by_the_request_timeout(
         proxy.resume()
         await eventually(lambda: all_synced(journal), timeout_s=120, what="every row synced")
         drained_s = time.monotonic() - resumed_at
-        await _stop(service, task)
+        await stop_service(service, task)
     assert len(during) == 50
     assert receiver.ids(DEVICE) == await journal_ids(journal)
     assert receiver.count() == len(await journal_ids(journal))
@@ -466,7 +460,7 @@ async def test_sync_over_tls_with_a_client_certificate(
         service = SyncService(cfg, journal, audit=auditor_for(journal, cfg).record)
         task = asyncio.create_task(service.run())
         await eventually(lambda: all_synced(journal), what="every row synced over TLS")
-        await _stop(service, task)
+        await stop_service(service, task)
         assert receiver.ids(DEVICE) == await journal_ids(journal)
         assert receiver.chain_problems(DEVICE) == []
         assert "online" in _statuses(receiver)
@@ -577,7 +571,7 @@ async def test_a_picture_given_up_as_pending_is_uploaded_later(
     assert receiver.picture_states[event.event_id] == "pending"
     # … then keeps it: the picture was not forgotten when its event went without it.
     await eventually(lambda: sha in receiver.snapshot_hashes(), what="the picture uploaded")
-    await _stop(service, task)
+    await stop_service(service, task)
     assert receiver.http_faults == []  # every refusal was met: it really was retried
     assert receiver.picture_state(event.event_id) == "uploaded"
     assert receiver.seen[event.event_id] == 1  # the event itself was not sent again
@@ -601,7 +595,7 @@ async def test_pictures_owed_survive_a_restart(
     await eventually(lambda: all_synced(journal), what="the event settled without its picture")
     await eventually(lambda: service.pictures.owed() == 1, what="the picture owed")
     assert service.pictures.is_owed(event.event_id)  # the snapshot quota spares it meanwhile
-    await _stop(service, task)
+    await stop_service(service, task)
     receiver.http_faults.clear()  # the service is well again; the device starts afresh
 
     service = SyncService(cfg, journal, audit=auditor_for(journal, cfg).record)
@@ -609,7 +603,7 @@ async def test_pictures_owed_survive_a_restart(
     await eventually(lambda: sha in receiver.snapshot_hashes(), what="uploaded after restart")
     await eventually(lambda: service.pictures.owed() == 0, what="nothing owed")
     assert not service.pictures.is_owed(event.event_id)
-    await _stop(service, task)
+    await stop_service(service, task)
     assert receiver.picture_state(event.event_id) == "uploaded"
 
 
@@ -629,7 +623,7 @@ async def test_an_mqtt_site_with_an_http_url_uploads_its_pictures(
     await eventually(lambda: all_synced(journal), what="events synced over MQTT")
     await eventually(lambda: sha in receiver.snapshot_hashes(), what="picture over HTTP")
     beat = await service.heartbeat()
-    await _stop(service, task)
+    await stop_service(service, task)
     validate_event(beat)
     assert beat["data"]["pictures"]["upload"] == "http"
     assert receiver.picture_state(events[0].event_id) == "uploaded"
