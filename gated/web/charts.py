@@ -10,6 +10,7 @@ the day. The SVG holds numbers and fixed words only; colours come from app.css c
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class HourlyTally:
         self.journal = journal
         self.hours: dict[int, Hour] = {}
         self.seq: int | None = None  # every access row up to here is counted
+        self._reading = asyncio.Lock()  # dashboards loaded at once must not count a row twice
 
     def _add(self, row: dict[str, Any]) -> None:
         created = row.get("created_at")
@@ -72,28 +74,29 @@ class HourlyTally:
 
     async def refresh(self, now: float) -> list[Hour]:
         """Count what was committed since the last call; the 24 hours ending now, oldest first."""
-        if self.seq is None:
-            head, _ = await self.journal.head()
-            before, read = head + 1, 0
-            while read < FIRST_READ_MAX:
-                rows = await self.journal.find("access", since=now - HOURS * HOUR_S,
-                                               before_seq=before, limit=READ_BATCH)
+        async with self._reading:
+            if self.seq is None:
+                head, _ = await self.journal.head()
+                before, read = head + 1, 0
+                while read < FIRST_READ_MAX:
+                    rows = await self.journal.find("access", since=now - HOURS * HOUR_S,
+                                                   before_seq=before, limit=READ_BATCH)
+                    for row in rows:
+                        self._add(row)
+                    read += len(rows)
+                    if len(rows) < READ_BATCH:
+                        break
+                    before = rows[-1]["seq"]
+                self.seq = head
+            while True:
+                rows = await self.journal.after(self.seq, READ_BATCH)
                 for row in rows:
-                    self._add(row)
-                read += len(rows)
+                    if "event_type" in row:  # access rows; audit rows only move the cursor
+                        self._add(row)
+                if rows:
+                    self.seq = rows[-1]["seq"]
                 if len(rows) < READ_BATCH:
                     break
-                before = rows[-1]["seq"]
-            self.seq = head
-        while True:
-            rows = await self.journal.after(self.seq, READ_BATCH)
-            for row in rows:
-                if "event_type" in row:  # access rows; audit rows only move the cursor
-                    self._add(row)
-            if rows:
-                self.seq = rows[-1]["seq"]
-            if len(rows) < READ_BATCH:
-                break
         last = int(now // HOUR_S * HOUR_S)
         first = last - (HOURS - 1) * HOUR_S
         for start in [s for s in self.hours if s < first]:
