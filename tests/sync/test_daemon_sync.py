@@ -8,6 +8,7 @@ import json
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ from tests.daemon.harness import (
     post_until_accepted,
     wait_until,
 )
-from tests.support.broker import mosquitto_available
 from tests.support.receiver import Receiver
+from tests.sync.conftest import KillableBroker
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +46,10 @@ def _unsynced(site: Site) -> int:
         conn.close()
 
 
-def test_gated_run_syncs_and_survives_sigkill_between_send_and_ack(tmp_path: Path) -> None:
-    if not mosquitto_available():
-        pytest.skip("mosquitto is not installed")
-    from tests.sync.conftest import KillableBroker
-
-    broker = KillableBroker(tmp_path)
-    broker.start()
-    receiver = Receiver(tmp_path / "service.sqlite3", mqtt_port=broker.port, http=False).start()
+def test_gated_run_syncs_and_survives_sigkill_between_send_and_ack(
+    tmp_path: Path, broker: KillableBroker, receiver_factory: Callable[..., Receiver]
+) -> None:
+    receiver = receiver_factory(mqtt_port=broker.port, http=False)
     site = Site(tmp_path / "site")
     site.root.mkdir()
     site.write_config(generic_lane('kind = "fake"', dedup_window_s=0.01), extra=f"""
@@ -68,40 +65,36 @@ ack_timeout_s = 2.0
 service_public_keys = ["{receiver.service_public_b64}"]
 """)
     site.import_rules(RESIDENT_RULES)
-    try:
-        daemon = DaemonProcess(site)
-        daemon.wait_ready()
-        answers = [_push(site, plate)
-                   for plate in ["AB123CD", "GH456JK"] + [f"ZZ{i:03d}XY" for i in range(13)]]
-        assert answers == [200] * 15  # the gate decided every read while sync ran
-        assert wait_until(lambda: receiver.ids("d-test") >= _journal_ids(site), 30)
-        assert wait_until(lambda: _unsynced(site) == 0, 30)
-        # Now the service stores but does not ack: kill gated between send and ack.
-        receiver.ack_enabled = False
-        for plate in ["MN789PQ"] + [f"QQ{i:03d}XY" for i in range(9)]:
-            assert _push(site, plate) == 200
-        assert wait_until(lambda: receiver.ids("d-test") >= _journal_ids(site), 30)
-        daemon.proc.send_signal(signal.SIGKILL)
-        daemon.proc.wait(10)
-        daemon.close()
-        assert _unsynced(site) >= 10  # sent and stored upstream, never acked
-        receiver.ack_enabled = True
-        (site.root / "notify.sock").unlink(missing_ok=True)
-        daemon = DaemonProcess(site)
-        daemon.wait_ready()
-        assert wait_until(lambda: _unsynced(site) <= 1, 30)  # (the new start row may be in flight)
-        assert daemon.terminate() == 0
-        assert receiver.ids("d-test") == _journal_ids(site) - _unsent_tail(site, receiver)
-        assert receiver.count() == len(receiver.ids())  # re-sends deduplicated: kept once
-        assert receiver.duplicates_seen >= 10
-        assert receiver.chain_problems("d-test") == []
-        assert receiver.invalid == []
-        heartbeat_or_status = [json.loads(p) for t, ps in receiver.messages.items()
-                               if t.endswith("/status") for p in ps]
-        assert heartbeat_or_status and heartbeat_or_status[-1]["status"] == "offline"
-    finally:
-        receiver.stop()
-        broker.stop()
+    daemon = DaemonProcess(site)
+    daemon.wait_ready()
+    answers = [_push(site, plate)
+               for plate in ["AB123CD", "GH456JK"] + [f"ZZ{i:03d}XY" for i in range(13)]]
+    assert answers == [200] * 15  # the gate decided every read while sync ran
+    assert wait_until(lambda: receiver.ids("d-test") >= _journal_ids(site), 30)
+    assert wait_until(lambda: _unsynced(site) == 0, 30)
+    # Now the service stores but does not ack: kill gated between send and ack.
+    receiver.ack_enabled = False
+    for plate in ["MN789PQ"] + [f"QQ{i:03d}XY" for i in range(9)]:
+        assert _push(site, plate) == 200
+    assert wait_until(lambda: receiver.ids("d-test") >= _journal_ids(site), 30)
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait(10)
+    daemon.close()
+    assert _unsynced(site) >= 10  # sent and stored upstream, never acked
+    receiver.ack_enabled = True
+    (site.root / "notify.sock").unlink(missing_ok=True)
+    daemon = DaemonProcess(site)
+    daemon.wait_ready()
+    assert wait_until(lambda: _unsynced(site) <= 1, 30)  # (the new start row may be in flight)
+    assert daemon.terminate() == 0
+    assert receiver.ids("d-test") == _journal_ids(site) - _unsent_tail(site, receiver)
+    assert receiver.count() == len(receiver.ids())  # re-sends deduplicated: kept once
+    assert receiver.duplicates_seen >= 10
+    assert receiver.chain_problems("d-test") == []
+    assert receiver.invalid == []
+    heartbeat_or_status = [json.loads(p) for t, ps in receiver.messages.items()
+                           if t.endswith("/status") for p in ps]
+    assert heartbeat_or_status and heartbeat_or_status[-1]["status"] == "offline"
 
 
 def _push(site: Site, plate: str) -> int:

@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from tests.support.tcp_proxy import TcpProxy
 from tests.sync.conftest import (
     DEVICE,
     TENANT,
+    KillableBroker,
     access_event,
     all_synced,
     auditor_for,
@@ -243,15 +244,9 @@ async def test_an_http_black_hole_is_found_by_the_request_timeout(
 
 @pytest.mark.slow
 def test_a_sigkilled_daemon_leaves_a_retained_offline_then_comes_back_online(
-    tmp_path: Path
+    tmp_path: Path, broker: KillableBroker, receiver_factory: Callable[..., Receiver]
 ) -> None:
-    if not mosquitto_available():
-        pytest.skip("mosquitto is not installed")
-    from tests.sync.conftest import KillableBroker
-
-    broker = KillableBroker(tmp_path)
-    broker.start()
-    receiver = Receiver(tmp_path / "service.sqlite3", mqtt_port=broker.port, http=False).start()
+    receiver = receiver_factory(mqtt_port=broker.port, http=False)
     site = Site(tmp_path / "site")
     site.root.mkdir()
     site.write_config(generic_lane('kind = "fake"', dedup_window_s=0.01), extra=f"""
@@ -268,33 +263,29 @@ service_public_keys = ["{receiver.service_public_b64}"]
 """)
     site.import_rules(RESIDENT_RULES)
     topic = "gated/v1/t-test/d-test/status"
-    try:
-        daemon = DaemonProcess(site)
-        daemon.wait_ready()
-        assert post_until_accepted(site.listener_port, CAMERA_PATH, "AB123CD") == 200
-        assert wait_until(lambda: "online" in _statuses(receiver, topic), 20)
-        daemon.proc.send_signal(signal.SIGKILL)  # no clean stop, no "offline" of its own
-        daemon.proc.wait(10)
-        killed_at = time.monotonic()
-        assert wait_until(lambda: _statuses(receiver, topic)[-1:] == ["offline"],
-                          KEEPALIVE_S * 1.5 + 2.0)
-        offline_s = time.monotonic() - killed_at
-        daemon.close()
-        retained = retained_status(broker.port, topic)
-        assert retained is not None and retained["status"] == "offline"
-        assert retained["reason"] == "connection lost"  # the will, not a clean stop
+    daemon = DaemonProcess(site)
+    daemon.wait_ready()
+    assert post_until_accepted(site.listener_port, CAMERA_PATH, "AB123CD") == 200
+    assert wait_until(lambda: "online" in _statuses(receiver, topic), 20)
+    daemon.proc.send_signal(signal.SIGKILL)  # no clean stop, no "offline" of its own
+    daemon.proc.wait(10)
+    killed_at = time.monotonic()
+    assert wait_until(lambda: _statuses(receiver, topic)[-1:] == ["offline"],
+                      KEEPALIVE_S * 1.5 + 2.0)
+    offline_s = time.monotonic() - killed_at
+    daemon.close()
+    retained = retained_status(broker.port, topic)
+    assert retained is not None and retained["status"] == "offline"
+    assert retained["reason"] == "connection lost"  # the will, not a clean stop
 
-        (site.root / "notify.sock").unlink(missing_ok=True)
-        daemon = DaemonProcess(site)
-        daemon.wait_ready()
-        assert wait_until(lambda: _statuses(receiver, topic)[-1:] == ["online"], 20)
-        retained = retained_status(broker.port, topic)
-        assert retained is not None and retained["status"] == "online"
-        assert daemon.terminate() == 0
-        print(f"SIGKILL: retained offline seen after {offline_s:.2f} s")
-    finally:
-        receiver.stop()
-        broker.stop()
+    (site.root / "notify.sock").unlink(missing_ok=True)
+    daemon = DaemonProcess(site)
+    daemon.wait_ready()
+    assert wait_until(lambda: _statuses(receiver, topic)[-1:] == ["online"], 20)
+    retained = retained_status(broker.port, topic)
+    assert retained is not None and retained["status"] == "online"
+    assert daemon.terminate() == 0
+    print(f"SIGKILL: retained offline seen after {offline_s:.2f} s")
 
 
 # --- 3: MQTT over TLS with client certificates ---------------------------------------------
