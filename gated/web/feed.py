@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from gated.web.words import reason_words
 
-__all__ = ["LiveHub", "audit_summary", "event_summary"]
+__all__ = ["LiveHub", "audit_summary", "event_summary", "sse"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ class _Reader(Protocol):
     commits: Any
 
     async def after(self, seq: int, limit: int = ...) -> list[dict[str, Any]]: ...
+
+
+def sse(kind: str, data: Mapping[str, Any]) -> bytes:
+    """One server-sent event as the stream carries it."""
+    body = json.dumps(data, default=str, separators=(",", ":"))
+    return f"event: {kind}\ndata: {body}\n\n".encode()
 
 
 def event_summary(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,8 +107,7 @@ class LiveHub:
         """Send one server-sent event to every client (slow ones are cut off)."""
         if not self._clients:
             return
-        body = json.dumps(data, default=str, separators=(",", ":"))
-        message = f"event: {kind}\ndata: {body}\n\n".encode()
+        message = sse(kind, data)
         for queue in list(self._clients):
             try:
                 queue.put_nowait(message)

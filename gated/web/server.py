@@ -39,7 +39,7 @@ from gated.config import WebConfig
 from gated.control import Actor, ActorType, ControlPlane, Result
 from gated.web.auth import LoginLimiter, LoginSummary, Session, Sessions, csrf_ok
 from gated.web.charts import HourlyTally, hourly_svg, latency_svg, percentile
-from gated.web.feed import LiveHub, audit_summary, event_summary
+from gated.web.feed import LiveHub, audit_summary, event_summary, sse
 from gated.web.replay import DecisionContext, replay
 from gated.web.rule_forms import KINDS, FormError, document_for, problem_text
 from gated.web.users import RANK, UserError, UserStore
@@ -508,9 +508,7 @@ class WebServer:
         try:
             await response.prepare(request)
             await response.write(b"retry: 2000\n\n")
-            status = await self._status()
-            body = _dumps(status)
-            await response.write(f"event: status\ndata: {body}\n\n".encode())
+            await response.write(sse("status", await self._status()))
             while True:
                 try:
                     message = await asyncio.wait_for(queue.get(), 15.0)
