@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,16 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gated.config import Config, SyncHttpConfig
-from gated.errors import ConfigError
+from gated.config import Config
 from gated.mqttlink import MqttLink
 from gated.sync.commands import Audit, CommandReceiver, Perform, mqtt_result_publisher
 from gated.sync.downlink_state import DownlinkState
+from gated.sync.envelope import source_of, topic_prefix
+from gated.sync.http import http_client
 from gated.sync.rules_sync import ApplyBundle, HttpBundleFetcher, Reload, RulesSync
 from gated.sync.signing import parse_public_keys
 
-__all__ = ["STATE_FILE_NAME", "Downlink", "http_client", "state_file"]
+__all__ = ["STATE_FILE_NAME", "Downlink", "state_file"]
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +41,6 @@ def state_file(cfg: Config) -> Path:
     """Where the replay cache and the active bundle are kept."""
     configured = cfg.sync.downlink_state_file
     return Path(configured) if configured else Path(cfg.journal.path).parent / STATE_FILE_NAME
-
-
-def http_client(http: SyncHttpConfig) -> httpx.AsyncClient:
-    """An httpx client for the service: TLS verified (private CA if given), token, client cert."""
-    headers = {"Authorization": f"Bearer {http.token}"} if http.token else {}
-    try:
-        verify: ssl.SSLContext | bool = ssl.create_default_context(
-            cafile=http.ca_file or None)
-        if http.client_cert:
-            verify.load_cert_chain(http.client_cert, http.client_key)  # type: ignore[union-attr]
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"sync.http: cannot load the TLS files: {err}") from err
-    return httpx.AsyncClient(headers=headers, verify=verify,
-                             timeout=httpx.Timeout(http.timeout_s))
 
 
 class Downlink:
@@ -76,14 +62,14 @@ class Downlink:
     ) -> None:
         sync = cfg.sync
         identity = cfg.site.identity
-        self.prefix = f"gated/v1/{identity.tenant_id}/{identity.device_id}/"
+        self.prefix = topic_prefix(identity)
         self.link = link
         keys = parse_public_keys(sync.service_public_keys)
         if not keys:
             log.warning("downlink: no [sync] service_public_keys: every remote command and "
                         "rule bundle will be refused")
         self.state = DownlinkState(state_file(cfg), capacity=sync.replay_cache_size)
-        self.http = sync.http
+        self.sync = sync
         self.client: httpx.AsyncClient | None = None  # made in run(): a restart makes a new one
         fetch = (HttpBundleFetcher(self._http_client, sync.http.url, identity.device_id,
                                    max_bytes=sync.rules_max_bundle_mb * 1024 * 1024)
@@ -106,7 +92,7 @@ class Downlink:
             self.commands = CommandReceiver(
                 tenant_id=identity.tenant_id,
                 device_id=identity.device_id,
-                source=f"gated://{identity.tenant_id}/{identity.site_id}/{identity.device_id}",
+                source=source_of(identity),
                 service_keys=keys,
                 state=self.state,
                 perform=perform,
@@ -131,7 +117,7 @@ class Downlink:
 
     def _http_client(self) -> httpx.AsyncClient:
         if self.client is None or self.client.is_closed:
-            self.client = http_client(self.http)
+            self.client = http_client(self.sync)
         return self.client
 
     async def run(self) -> None:
