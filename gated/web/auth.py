@@ -75,14 +75,6 @@ class Sessions:
         if token:
             self._by_token.pop(token, None)
 
-    def end_user(self, user: str) -> None:
-        """End every session of a user (removed, or password changed)."""
-        for token in [t for t, s in self._by_token.items() if s.user == user]:
-            del self._by_token[token]
-
-    def __len__(self) -> int:
-        return len(self._by_token)
-
 
 def csrf_ok(session: Session, given: str | None) -> bool:
     """True when the request echoed the session's CSRF token (constant time)."""

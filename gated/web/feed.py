@@ -83,7 +83,6 @@ class LiveHub:
         self.status = status
         self.max_clients = max_clients
         self._clients: set[asyncio.Queue[bytes | None]] = set()
-        self.sent = 0
         self.dropped = 0
 
     @property
@@ -111,7 +110,6 @@ class LiveHub:
         for queue in list(self._clients):
             try:
                 queue.put_nowait(message)
-                self.sent += 1
             except asyncio.QueueFull:
                 self._clients.discard(queue)
                 self.dropped += 1

@@ -170,8 +170,6 @@ class WebServer:
         self.tally = HourlyTally(deps.journal)
         self.tz = zoneinfo.ZoneInfo(deps.timezone)
         self.tls = bool(cfg.tls_cert)
-        self.started = asyncio.Event()
-        self.port: int | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
             autoescape=True,  # every template, whatever its name
@@ -237,15 +235,13 @@ class WebServer:
             await site.start()
             server = site._server
             sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else self.cfg.port
+            port = sockets[0].getsockname()[1] if sockets else self.cfg.port
             log.info("status page on %s://%s:%d/", "https" if self.tls else "http",
-                     self.cfg.host, self.port)
-            self.started.set()
+                     self.cfg.host, port)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.hub.run())
                 tg.create_task(self._summaries())
         finally:
-            self.started.clear()
             with contextlib.suppress(Exception):
                 await self._flush_summaries()
             await runner.cleanup()
