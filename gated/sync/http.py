@@ -88,8 +88,8 @@ class HttpUplink:
         self.pictures = Pictures(cfg, self.client, snapshot_dir, state_path=pictures_state,
                                  rng=self.rng)
         self._picture_since: OrderedDict[str, float] = OrderedDict()  # sha256 -> first try
-        self._busy = asyncio.Event()
-        self._idle = asyncio.Event()
+        self._idle = asyncio.Event()  # clear while a batch is being delivered
+        self._idle.set()
         self.state = "starting"
         self.posts = 0
 
@@ -103,19 +103,17 @@ class HttpUplink:
                     batch = await self.outbox.next_batch()
                 except EOFError:
                     return
-                self._busy.set()
                 self._idle.clear()
                 try:
                     await self._deliver(batch.rows)
                 finally:
-                    self._busy.clear()
                     self._idle.set()
         finally:
             await self.client.aclose()
 
     async def settle(self, timeout_s: float) -> None:
         """Wait (bounded) for the batch being delivered."""
-        if self._busy.is_set():
+        if not self._idle.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
 
