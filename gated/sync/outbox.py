@@ -150,7 +150,7 @@ class Outbox:
 
     async def _try_batch(self, limit: int) -> Batch | None:
         now = self._monotonic()
-        live_ready = self.journal.commits.seq > self.live_cursor
+        live_ready = self.live_waiting()
         backfill_ready = not self.backfill_done
         if live_ready and (self._live_turns < LIVE_TURNS or not backfill_ready):
             committed = self.journal.commits.seq  # before the read: later rows may be missed
@@ -298,25 +298,22 @@ class Outbox:
         Ids the outbox does not hold in flight (a late ack for an event sent before a
         restart) are marked too: the service stored them either way.
         """
-        count = 0
         self._acked_unmarked.update(event_ids)
         for event_id in event_ids:
             item = self.inflight.pop(event_id, None)
-            stream = item.stream if item is not None else None
-            if stream is None:
+            if item is None:
                 # Unknown here: try both tables (mark_synced touches only matching rows).
                 for s in STREAMS:
                     self._to_mark[s].append(event_id)
             else:
-                self._to_mark[stream].append(event_id)
-            count += 1
-        self.acked += count
-        pending = sum(len(v) for v in self._to_mark.values())
+                self._to_mark[item.stream].append(event_id)
+        self.acked += len(event_ids)
+        pending = self.pending_marks
         if pending >= MARK_MAX:
             self._schedule_mark(0.0)
         elif pending:
             self._schedule_mark(MARK_EVERY_S)
-        return count
+        return len(event_ids)
 
     def forget(self, event_id: str) -> None:
         """Drop an event from the in-flight set without marking it (quarantine handles it)."""
