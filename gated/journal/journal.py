@@ -373,7 +373,10 @@ class Journal:
                             ("ip_address", ip_address)):
             checked_text(name, value)
         ids = [checked_text("event_ids", i, required=True) for i in event_ids]
-        return await self._write(self._writer.erase, record, plate, visitor_name, ip_address, ids)
+        erasure: Erasure = await self._write(
+            self._writer.erase, record, plate, visitor_name, ip_address, ids)
+        self.commits.advance(erasure.audit_seq)  # its record goes upstream like any row
+        return erasure
 
     async def prune(self, older_than: float | Mapping[str, float], keep_unsynced: bool = True,
                     *, now: float | None = None, clock_unsynced: bool = False,
@@ -390,8 +393,11 @@ class Journal:
         cutoffs: float | dict[str, float] = (
             {str(k): float(v) for k, v in older_than.items()}
             if isinstance(older_than, Mapping) else float(older_than))
-        return await self._write(self._writer.prune, cutoffs, keep_unsynced, now,
-                                 clock_unsynced, int(batch), int(max_batches))
+        pruned: Pruned = await self._write(self._writer.prune, cutoffs, keep_unsynced, now,
+                                           clock_unsynced, int(batch), int(max_batches))
+        if pruned.audit_seqs:  # the journal_pruned records go upstream like any row
+            self.commits.advance(pruned.audit_seqs[-1])
+        return pruned
 
     async def continue_from(self, record: AuditEvent, anchor: tuple[int, str] | None) -> int:
         """Journal `record` as the first row of an empty journal, after the old head `anchor`.

@@ -67,3 +67,17 @@ def test_feed_ignores_going_backwards() -> None:
     feed = CommitFeed(10)
     feed.advance(4)
     assert feed.seq == 10
+
+
+async def test_erasure_and_retention_records_advance_the_feed(tmp_path: Path) -> None:
+    # Their audit rows are chained by the writer outside an append: sync and the live
+    # feed must hear of them at once, not with whatever is appended next.
+    async with await Journal.open(tmp_path / "j.sqlite3") as journal:
+        await journal.append_many([audit_event() for _ in range(3)])
+        feed = journal.commits
+        waiter = asyncio.create_task(feed.wait(4))
+        erasure = await journal.erase_personal(audit_event("erase"), event_ids=["x"])
+        assert erasure.audit_seq == 4 and await asyncio.wait_for(waiter, 5) == 4
+        await journal.mark_synced("audit", [r["event_id"] for r in await journal.recent()])
+        pruned = await journal.prune(float("inf"), now=time.time())
+        assert pruned.audit_seqs and feed.seq == pruned.audit_seqs[-1] == journal.head_seq
