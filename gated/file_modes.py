@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import stat
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,35 @@ def open_private(path: str | os.PathLike[str],
         os.close(fd)
         raise
     return fd
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a folder by name (a folder's fsync makes renames into it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_private(path: str | os.PathLike[str], data: bytes, *,
+                    tmp_suffix: str = ".tmp") -> None:
+    """Put `data` at `path` atomically and durably, 0640: written beside it under a temporary
+    name, fsynced, renamed over it, the folder fsynced. The temporary file never outlives a
+    failure; a power cut leaves the old content or the new, never a mix."""
+    target = Path(path)
+    tmp = target.with_name(target.name + tmp_suffix)
+    try:
+        with os.fdopen(open_private(tmp), "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_path(target.parent)
 
 
 def restrict(path: str | os.PathLike[str]) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gated.errors import JournalError, PayloadError, StateError
-from gated.file_modes import open_private
+from gated.file_modes import replace_private
 from gated.state_dirs import prepare_dir
 
 _SOI = b"\xff\xd8\xff"  # JPEG start-of-image marker followed by the first segment's marker
@@ -43,14 +43,6 @@ class RemovedSnapshot:
 
 # A temp file older than this cannot belong to a save still in progress.
 _STALE_TMP_S = 300.0
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SnapshotStore:
@@ -91,24 +83,16 @@ class SnapshotStore:
         day = time.strftime("%Y/%m/%d", time.gmtime(max(0.0, float(when))))
         relative = f"{day}/{event_id}.jpg"
         final = self.directory / relative
-        tmp = final.with_name(final.name + _TMP_SUFFIX)
         digest = hashlib.sha256(data).hexdigest()
         try:
             if not final.parent.is_dir():
                 prepare_dir(final.parent, "snapshots")  # 0750 whatever the umask
             previous = final.stat().st_size if final.exists() else 0
-            with os.fdopen(open_private(tmp), "wb") as fh:  # 0640 whatever the umask
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            # The rename is only durable once the directory entry is on disk.
-            _fsync_dir(final.parent)
+            # 0640 whatever the umask; durable once the folder's entry is on disk too.
+            replace_private(final, data, tmp_suffix=_TMP_SUFFIX)
         except StateError as err:
             raise JournalError(f"cannot store snapshot {relative}: {err}") from err
         except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise JournalError(f"cannot store snapshot {relative}: {err.strerror}") from err
         if self._used is not None:
             self._used += len(data) - previous

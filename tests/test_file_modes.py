@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gated.file_modes import FILE_MODE, prepare_sqlite_file, restrict
+from gated.file_modes import FILE_MODE, prepare_sqlite_file, replace_private, restrict
 from gated.journal import Journal
 from gated.rules.store import RuleStore
 from gated.snapshots import SnapshotStore
@@ -85,3 +85,16 @@ def test_prepare_keeps_an_existing_database_content(tmp_path: Path) -> None:
     path.write_bytes(b"content")
     prepare_sqlite_file(path)
     assert path.read_bytes() == b"content"
+
+
+def test_replace_private_swaps_content_0640_and_leaves_no_temp_file(tmp_path: Path,
+                                                                    umask: int) -> None:
+    target = tmp_path / "head.json"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o644)
+    replace_private(target, b"new")
+    assert target.read_bytes() == b"new" and mode(target) == 0o640
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError):  # a file cannot replace a folder
+        replace_private(tmp_path / "folder", b"x", tmp_suffix=".partial")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "head.json"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gated.errors import JournalError
-from gated.file_modes import FILE_MODE
+from gated.file_modes import fsync_path, open_private
 from gated.journal.verify import verify
 
 
@@ -33,14 +33,6 @@ class Backup:
     head_seq: int
     head_hash: str
     seconds: float
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def backup(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Backup:
@@ -66,8 +58,7 @@ def backup(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Back
         try:
             src.execute("PRAGMA query_only = ON")
             # Created 0640 before SQLite opens it: the copy holds plates and names too.
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
-            os.chmod(tmp, FILE_MODE)
+            os.close(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
             dst = sqlite3.connect(tmp)
             try:
                 src.backup(dst)  # pages=-1: every page in one step, one consistent snapshot
@@ -76,7 +67,7 @@ def backup(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Back
                 dst.close()
         finally:
             src.close()
-        _fsync(tmp)
+        fsync_path(tmp)
         check = sqlite3.connect(f"{tmp.resolve().as_uri()}?mode=ro", uri=True)
         try:
             integrity = [r[0] for r in check.execute("PRAGMA integrity_check(5)")]
@@ -88,7 +79,7 @@ def backup(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Back
         if not result.ok:
             raise JournalError(f"backup: the copy does not verify: {result.message}")
         os.replace(tmp, dest)
-        _fsync(dest.parent)
+        fsync_path(dest.parent)
     except sqlite3.Error as err:
         raise JournalError(f"backup to {dest} failed: {err}") from err
     except OSError as err:

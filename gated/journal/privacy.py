@@ -16,17 +16,15 @@ the service forgets the same plates. Design and trade-offs: docs/operations.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from gated.errors import PayloadError
-from gated.file_modes import open_private
+from gated.file_modes import replace_private
 from gated.journal.journal import Journal
 from gated.model import AuditEvent, Reason
 from gated.snapshots import SnapshotStore
@@ -76,21 +74,7 @@ def _replace_blurred(path: Path) -> str | None:
         # Not a picture OpenCV can read: nothing of it can be kept safely, so it goes.
         path.unlink(missing_ok=True)
         return None
-    tmp = path.with_name(path.name + ".blur.partial")
-    try:
-        with os.fdopen(open_private(tmp), "wb") as fh:
-            fh.write(blurred)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the rename is durable only with the folder entry
-        finally:
-            os.close(fd)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    replace_private(path, blurred, tmp_suffix=".blur.partial")
     return hashlib.sha256(blurred).hexdigest()
 
 

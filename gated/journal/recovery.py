@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gated.file_modes import fsync_path
+
 log = logging.getLogger(__name__)
 
 _SQLITE_CORRUPT = 11
@@ -151,11 +153,7 @@ def move_aside(path: Path, now: float | None = None) -> Path:
     for suffix in ("-wal", "-shm", ""):
         with contextlib.suppress(FileNotFoundError):
             os.replace(f"{path}{suffix}", f"{target}{suffix}")
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the renames are durable before a fresh journal takes the name
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)  # the renames are durable before a fresh journal takes the name
     return target
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from gated.errors import JournalError
+from gated.file_modes import replace_private
 from gated.journal.rows import (
     ERASED_KEY,
     GENESIS,
@@ -126,25 +127,11 @@ def save_countersigned_copy(journal_path: str | os.PathLike[str], head: dict[str
     The journal's own `head_countersigned` rows go when its tail is cut; this copy does not
     (unless it is removed too, which `verify --countersigned` then reports as no anchor).
     """
-    from gated.file_modes import open_private
-
     target = countersigned_copy_path(journal_path)
     current = _read_copy(target)
     if current is not None and current.anchor[0] >= int(head["seq"]):
         return  # never step the anchor back
-    tmp = target.with_name(target.name + ".tmp")
-    fd = open_private(tmp)
-    try:
-        os.write(fd, json.dumps(head, sort_keys=True).encode("utf-8") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_private(target, json.dumps(head, sort_keys=True).encode("utf-8") + b"\n")
 
 
 def _head_shape(value: Any) -> dict[str, Any] | None:
