@@ -27,6 +27,7 @@ from gated.config import DEFAULT_CONFIG
 from gated.errors import RulesError
 from gated.model import SiteIdentity
 from gated.timeparse import parse_when
+from gated.wording import plural
 
 __all__ = ["add_parser", "run"]
 
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace, *, journal_path: str, rules_path: str,
                        new_values=details))
     until = dt.datetime.fromtimestamp(valid_until, zoneinfo.ZoneInfo(tz)).isoformat(
         timespec="minutes")
-    uses = f", {args.uses} use{'s' if args.uses != 1 else ''}" if args.uses else ""
+    uses = f", {plural(args.uses, 'use')}" if args.uses else ""
     print(f"pass {pass_id} added (rule-set version {version}): valid until {until}{uses}")
     return 0
 
@@ -144,5 +145,5 @@ def _list(store: Any, now: float, everything: bool) -> int:
               f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(vp.valid_until))} UTC\t"
               f"uses {uses}\tlanes {lanes}")
         shown += 1
-    print(f"{shown} pass{'es' if shown != 1 else ''}", file=sys.stderr)
+    print(plural(shown, "pass", "passes"), file=sys.stderr)
     return 0
