@@ -3,7 +3,7 @@
 -- Two event tables following the central service's access_logs / audit_logs model,
 -- plus what an edge device needs: site/device identity, one gap-free sequence number
 -- `seq` shared by BOTH tables (one total order and one hash chain across the device's
--- events, see gated/journal.py for why), the UUIDv7 event_id, the hash chain
+-- events, see docs/journal-internals.md for why), the UUIDv7 event_id, the hash chain
 -- (prev_hash, row_hash) and the sync state (synced_at).
 --
 -- Times: created_at is wall-clock epoch seconds (REAL, device clock, may be

@@ -6,7 +6,7 @@
 --   denial); 1 opened (or was already held open); 0 allowed or ordered, but the relay
 --   failed. `gate_opened = 0` counts the events a person was let down by the hardware.
 --
--- Both are hashed (see gated/journal.py: a row with both NULL hashes as a version-1
+-- Both are hashed (see gated/journal/rows.py, ADDED: a row with both NULL hashes as a version-1
 -- row, so chains written before this migration still verify). The append-only update
 -- trigger is re-created to cover them, and the pass-use trigger no longer counts an
 -- entry whose relay failed (nobody went through; the live policy state agrees).
