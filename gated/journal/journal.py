@@ -390,9 +390,9 @@ class Journal:
         Returns the deleted snapshot paths for the caller to remove.
         """
         now = time.time() if now is None else float(now)
-        cutoffs: float | dict[str, float] = (
-            {str(k): float(v) for k, v in older_than.items()}
-            if isinstance(older_than, Mapping) else float(older_than))
+        cutoffs = ({str(k): float(v) for k, v in older_than.items()}
+                   if isinstance(older_than, Mapping)
+                   else dict.fromkeys(TABLES, float(older_than)))
         pruned: Pruned = await self._write(self._writer.prune, cutoffs, keep_unsynced, now,
                                            clock_unsynced, int(batch), int(max_batches))
         if pruned.audit_seqs:  # the journal_pruned records go upstream like any row

@@ -315,15 +315,14 @@ class Writer:
 
         return self._transaction(work)
 
-    def prune(self, older_than: float | Mapping[str, float], keep_unsynced: bool, now: float,
+    def prune(self, cutoffs: Mapping[str, float], keep_unsynced: bool, now: float,
               clock_unsynced: bool, batch: int, max_batches: int = 0) -> Pruned:
         """Delete the oldest rows (synced unless told otherwise) created before their cutoff.
 
-        `older_than` is one cutoff or one per stream ("access", "audit"); `max_batches`
-        (0: no limit) lets the disk quota free a little at a time and measure again.
+        `cutoffs` has one per stream ("access", "audit"; a stream left out has none);
+        `max_batches` (0: no limit) lets the disk quota free a little at a time and
+        measure again.
         """
-        cutoffs = (dict(older_than) if isinstance(older_than, Mapping)
-                   else dict.fromkeys(TABLES, float(older_than)))
         total = Pruned()
         batches = 0
         while True:
@@ -340,7 +339,7 @@ class Writer:
             if part.rows < batch or batches == max_batches:
                 return total
 
-    def _prune_batch(self, cutoffs: dict[str, float], keep_unsynced: bool, now: float,
+    def _prune_batch(self, cutoffs: Mapping[str, float], keep_unsynced: bool, now: float,
                      clock_unsynced: bool, batch: int) -> Pruned:
         assert self.conn is not None
         doomed: list[tuple[str, dict[str, Any]]] = []
