@@ -340,6 +340,22 @@ class CameraConfig(_Section, frozen=True):
     jpeg_quality: Annotated[int, msgspec.Meta(ge=10, le=100)] = 85
 
 
+# Plate formats the on-device recogniser knows (gated.hardware.recognizer.formats).
+PlateRegion = Literal["uk", "de", "fr", "it", "es", "nl", "us"]
+
+
+class RecognizerConfig(_Section, frozen=True):
+    """On-device plate recognition (docs/recognition.md): which backend, models and formats."""
+
+    backend: Literal["rapidocr"] = "rapidocr"
+    # A folder of installer-supplied model files; None: the models inside the installed package.
+    model_dir: str | None = None
+    regions: tuple[PlateRegion, ...] = ()  # plate formats accepted; empty: every known format
+    # A read below this (0..1, the whole plate) is not reported: it could open a gate.
+    min_confidence: Fraction = 0.6
+    threads: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1  # CPU threads of the OCR runtime
+
+
 # --- inputs and the gate -----------------------------------------------------
 
 
