@@ -1215,7 +1215,9 @@ class Daemon:
         from gated.journal.lifecycle import StateQuota
 
         r = self.cfg.retention
-        quota = StateQuota(self.journal, snapshots, r.state_quota_mb * 1024 * 1024)
+        pictures = self.sync.pictures if self.sync is not None else None
+        quota = StateQuota(self.journal, snapshots, r.state_quota_mb * 1024 * 1024,
+                           owed=pictures.is_owed if pictures is not None else None)
         while True:
             done = await quota.enforce(time.time(), self.clock.unsynced())
             self.state_usage = (done.used_after, done.quota_bytes)

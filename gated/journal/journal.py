@@ -437,17 +437,17 @@ class Journal:
             return [(int(seq), str(path), bool(synced))
                     for seq, path, synced in await cur.fetchall()]
 
-    async def synced_event_ids(self, event_ids: Sequence[str]) -> set[str]:
-        """Which of these access events the upstream has acknowledged (synced_at set)."""
-        found: set[str] = set()
+    async def sync_states(self, event_ids: Sequence[str]) -> dict[str, bool]:
+        """For those of these access events still journaled: acknowledged upstream or not."""
+        found: dict[str, bool] = {}
         ids = list(event_ids)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ", ".join("?" * len(chunk))
             async with self._reader.execute(
-                f"SELECT event_id FROM access_logs WHERE synced_at IS NOT NULL "
-                f"AND event_id IN ({marks})", chunk) as cur:
-                found.update(str(e) for (e,) in await cur.fetchall())
+                f"SELECT event_id, synced_at IS NOT NULL FROM access_logs "
+                f"WHERE event_id IN ({marks})", chunk) as cur:
+                found.update((str(e), bool(s)) for e, s in await cur.fetchall())
         return found
 
     async def access_matching(self, *, plates: Sequence[str] = (),

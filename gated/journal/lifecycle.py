@@ -9,9 +9,10 @@ Pictures older than their limit are deleted while their rows stay.
 Quota (`StateQuota.enforce`): the journal's folder plus the snapshot folder, measured as
 the bytes in use (the journal's pages holding data, its -wal and -shm, every other file).
 Over quota: pictures of acknowledged events go first (oldest first), then acknowledged
-rows; an unacknowledged event is never deleted here. If that is not enough the outcome
-says so (`exhausted`) and the daemon journals new events without pictures, raises an
-alarm and audits it. Design and figures: docs/operations.md.
+rows; an unacknowledged event is never deleted here, nor a picture still owed upstream
+(it outlives its row until uploaded). If that is not enough the outcome says so
+(`exhausted`) and the daemon journals new events without pictures, raises an alarm and
+audits it. Design and figures: docs/operations.md.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gated.errors import PayloadError
 from gated.journal.journal import Journal
 from gated.snapshots import SnapshotStore
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
 _QUOTA_PRUNE_BATCH = 1000
+ORPHAN_AGE_S = 3600.0  # a picture with no row and no upload owed, older than this, is freed
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +140,14 @@ def _tree_bytes(root: Path, skip: set[Path]) -> int:
 class StateQuota:
     """The disk quota of the journal's folder plus the snapshot folder."""
 
-    def __init__(self, journal: Journal, snapshots: SnapshotStore, quota_bytes: int) -> None:
+    def __init__(self, journal: Journal, snapshots: SnapshotStore, quota_bytes: int,
+                 owed: Callable[[str], bool] | None = None) -> None:
         self.journal = journal
         self.snapshots = snapshots
         self.quota_bytes = quota_bytes
+        # A picture still owed to the service (its event synced as "pending") is the only
+        # copy: like an unacknowledged event's, it is never freed to make room.
+        self.owed = owed or (lambda _event_id: False)
 
     def _other_bytes(self) -> int:
         # Everything else in the state folders: rules, keys, sync state, moved-aside files.
@@ -148,6 +156,19 @@ class StateQuota:
         skip = {path, Path(f"{path}-wal"), Path(f"{path}-shm"), snaps}
         # The snapshot folder, inside or not, is counted by the store itself.
         return _tree_bytes(path.parent, skip)
+
+    def _old_orphans(self, rels: list[str], now: float) -> set[str]:
+        # A picture whose row is gone (pruned while its upload was owed, then uploaded) is
+        # nobody's once it is not owed. A picture is saved just before its row is appended,
+        # so only one older than ORPHAN_AGE_S counts: never one whose row is on its way.
+        old: set[str] = set()
+        for rel in rels:
+            try:
+                if now - self.snapshots.path_of(rel).stat().st_mtime > ORPHAN_AGE_S:
+                    old.add(rel)
+            except (OSError, PayloadError):
+                continue
+        return old
 
     async def usage(self) -> int:
         """Bytes the state folders use now (journal pages in use, WAL, pictures, the rest)."""
@@ -167,12 +188,15 @@ class StateQuota:
             if used <= self.quota_bytes:
                 break
             chunk = files[start:start + 500]
-            synced = await self.journal.synced_event_ids([Path(r).stem for r, _ in chunk])
+            states = await self.journal.sync_states([Path(r).stem for r, _ in chunk])
+            orphans = await asyncio.to_thread(
+                self._old_orphans, [r for r, _ in chunk if Path(r).stem not in states], now)
             doomed: list[str] = []
             for rel, size in chunk:
                 if used <= self.quota_bytes:
                     break
-                if Path(rel).stem in synced:
+                stem = Path(rel).stem
+                if (states.get(stem) or rel in orphans) and not self.owed(stem):
                     doomed.append(rel)
                     used -= size
             if doomed:
@@ -190,9 +214,11 @@ class StateQuota:
             if pruned.rows == 0:
                 break
             rows += pruned.rows
-            if pruned.snapshot_paths:
-                picture_bytes += await asyncio.to_thread(
-                    self.snapshots.remove, pruned.snapshot_paths)
-                pictures += len(pruned.snapshot_paths)
+            # A picture still owed upstream outlives its row: the service holds the event
+            # and waits for this file, which is its only copy.
+            gone = [p for p in pruned.snapshot_paths if not self.owed(Path(p).stem)]
+            if gone:
+                picture_bytes += await asyncio.to_thread(self.snapshots.remove, gone)
+                pictures += len(gone)
             used = await self.usage()
         return QuotaOutcome(self.quota_bytes, before, used, pictures, picture_bytes, rows)

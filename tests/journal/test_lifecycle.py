@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from gated.errors import JournalError
 from gated.journal import Journal
 from gated.journal.backup import backup
-from gated.journal.lifecycle import Retention, RetentionPolicy, StateQuota
+from gated.journal.lifecycle import ORPHAN_AGE_S, Retention, RetentionPolicy, StateQuota
 from gated.journal.recovery import check_file, read_old_head, recover_if_corrupt
 from gated.journal.redact import redact
 from gated.journal.verify import verify
@@ -155,9 +156,19 @@ async def test_state_quota_frees_acknowledged_pictures_then_rows_never_unacknowl
     left = {Path(rel).stem for rel, _ in snaps.files()}
     assert set(ids[20:]) <= left  # no unacknowledged picture touched
     assert ids[0] not in left  # oldest acknowledged first
-    # A quota below everything acknowledged can give: pictures, then rows, then alarm.
+    # A picture still owed upstream (its row synced as "pending") is never freed.
+    assert ids[19] in left
+    quota.owed = lambda event_id: event_id == ids[19]
     quota.quota_bytes = 1
     done = await quota.enforce(now)
+    # Pictures, then acknowledged rows went, even the owed picture's row; not the picture.
+    assert done.exhausted
+    assert {Path(rel).stem for rel, _ in snaps.files()} == set(ids[19:])
+    # Once uploaded it is nobody's: freed, but only when older than a row's way in.
+    quota.owed = lambda _event_id: False
+    await quota.enforce(time.time())
+    assert ids[19] in {Path(rel).stem for rel, _ in snaps.files()}
+    done = await quota.enforce(time.time() + ORPHAN_AGE_S + 60)
     assert done.exhausted
     assert {Path(rel).stem for rel, _ in snaps.files()} == set(ids[20:])
     seqs = [r["event_id"] for r in rows(path, "access_logs")]
