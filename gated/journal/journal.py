@@ -116,7 +116,7 @@ class Journal:
     async def head(self) -> tuple[int, str]:
         """(seq, row_hash) of the newest committed row: the value to anchor the chain with."""
         async with self._reader.execute(HEAD_SQL) as cur:
-            seq, digest = await cur.fetchone()
+            seq, digest = _one(await cur.fetchone())
         return int(seq), str(digest)
 
     async def append(self, event: AccessEvent | AuditEvent) -> int:
@@ -337,13 +337,13 @@ class Journal:
             async with self._reader.execute(
                 f"SELECT count(*), min(seq) FROM {table} WHERE synced_at IS NULL"
             ) as cur:
-                count, first = await cur.fetchone()
+                count, first = _one(await cur.fetchone())
             counts[stream] = int(count)
             if first is not None:
                 async with self._reader.execute(
                     f"SELECT created_at FROM {table} WHERE seq = ?", (first,)
                 ) as cur:
-                    (created,) = await cur.fetchone()
+                    (created,) = _one(await cur.fetchone())
                 oldest = created if oldest is None else min(oldest, created)
         return counts, oldest
 
@@ -414,7 +414,7 @@ class Journal:
 
         busy=1 means a reader still holds an older snapshot; nothing waits for it.
         """
-        return tuple(await self._write(self._writer.checkpoint, mode))  # type: ignore[return-value]
+        return tuple(await self._write(self._writer.checkpoint, mode))
 
     async def bytes_in_use(self) -> int:
         """Bytes of the journal's main file that hold data, plus its WAL and index files."""
@@ -472,6 +472,13 @@ class Journal:
                 found.append({"seq": seq, "event_id": event_id, "snapshot_path": path,
                               "snapshot_sha256": sha})
         return found
+
+
+def _one(row: Any) -> Any:
+    # An aggregate query always yields one row; None would be a broken SQLite.
+    if row is None:
+        raise JournalError("the journal answered no row to an aggregate query")
+    return row
 
 
 def _column(stream: str, name: str) -> None:

@@ -269,7 +269,8 @@ def _walk(conn: sqlite3.Connection, anchor: tuple[int, str] | None) -> VerifyRes
     rows = erased_count = 0
     erased: set[int] = set()
     documented: set[int] = set()
-    last_prune: tuple[int, str] | None = None
+    # As the record holds them (not coerced): a forged type must fail the comparison.
+    last_prune: tuple[object, object] | None = None
     anchor_seen = anchor is None or anchor[0] <= cp_seq
     if anchor is not None and anchor[0] == cp_seq and anchor[1] != cp_hash:
         return VerifyResult(False, 0, cp_seq, "the retention checkpoint differs from the "
@@ -314,7 +315,7 @@ def _walk(conn: sqlite3.Connection, anchor: tuple[int, str] | None) -> VerifyRes
         assert anchor is not None
         return VerifyResult(False, rows, anchor[0], "anchored row is missing: the tail was "
                             "truncated", checkpoint_seq=cp_seq)
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if anchor is not None and anchor[0] < cp_seq:
         warnings = (f"anchor seq {anchor[0]} was pruned by retention: not checked",)
     return VerifyResult(True, rows, head_seq=expect_seq - 1, checkpoint_seq=cp_seq,
