@@ -60,7 +60,12 @@ class Injector:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.skip(f"strace cannot attach here: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+                err = self.proc.stderr.read()  # type: ignore[union-attr]
+                # Only a refused ptrace (a container without CAP_SYS_PTRACE) is the
+                # machine's limit; strace failing for any other reason is a failure.
+                if "Operation not permitted" in err:
+                    pytest.skip(f"strace cannot attach here: {err}")
+                raise AssertionError(f"strace exited early: {err}")
             if traced(pid):
                 return
             time.sleep(0.05)
