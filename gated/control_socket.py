@@ -22,12 +22,12 @@ import grp
 import json
 import logging
 import os
-import pwd
 import socket
 import struct
 from pathlib import Path
 from typing import Any
 
+from gated import unix_user
 from gated.control import Actor, ActorType, ControlPlane, Outcome, Result
 from gated.errors import ConfigError
 
@@ -47,13 +47,9 @@ def peer_actor(sock: socket.socket | None, request_id: str | None = None) -> Act
     if sock is not None and hasattr(socket, "SO_PEERCRED"):
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", raw)
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        name = f"uid:{uid}"
     return Actor(
         ActorType.LOCAL_USER,
-        id=name,
+        id=unix_user.name_of(uid),
         role="root" if uid == 0 else None,
         address=f"uid={uid} gid={gid} pid={pid}",
         request_id=request_id,

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gated import unix_user
 from gated.errors import GatedError, JournalError
 from gated.journal.journal import Journal
 from gated.model import AuditEvent, SiteIdentity
@@ -93,15 +93,6 @@ async def redact(journal: Journal, snapshots: SnapshotStore | None,
     return Redaction(erasure.erased_seqs, removed, freed, erasure.audit_seq)
 
 
-def _user() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid:{os.getuid()}"
-
-
 async def _redact_cli(journal_path: str, snapshot_dir: str, identity: SiteIdentity,
                       plate: str | None, resident_id: str | None, reason: str) -> Redaction:
     from gated.audit import Auditor
@@ -112,8 +103,8 @@ async def _redact_cli(journal_path: str, snapshot_dir: str, identity: SiteIdenti
         snapshots = SnapshotStore(snapshot_dir, 1) if snapshot_dir else None
 
         def build(metadata: dict[str, object]) -> AuditEvent:
-            return auditor.build(ACTION, "person", actor_type="local_user", actor_id=_user(),
-                                 resource_id=resident_id,
+            return auditor.build(ACTION, "person", actor_type="local_user",
+                                 actor_id=unix_user.name_of(), resource_id=resident_id,
                                  metadata={**metadata, "reason": reason})
 
         return await redact(journal, snapshots, build, plate=plate, resident_id=resident_id)

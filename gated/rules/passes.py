@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import pwd
 import secrets
 import sys
 import time
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gated import unix_user
 from gated.audit import Auditor
 from gated.config import DEFAULT_CONFIG
 from gated.errors import RulesError
@@ -61,20 +61,13 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     common(p)
 
 
-def _user() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid:{os.getuid()}"
-
-
 async def _audit(journal_path: str, identity: SiteIdentity, action: str, **kw: Any) -> None:
     from gated.journal import Journal
 
     journal = await Journal.open(journal_path)
     try:
         await Auditor(journal.append, identity).record(
-            action, "visitor_pass", actor_type="local_user", actor_id=_user(),
+            action, "visitor_pass", actor_type="local_user", actor_id=unix_user.name_of(),
             ip_address=f"uid={os.getuid()}", **kw,
         )
     finally:
@@ -98,7 +91,7 @@ def run(args: argparse.Namespace, *, journal_path: str, rules_path: str,
             if old is None:
                 raise RulesError(f"no visitor pass {args.id!r}")
             version = store.apply([Delete("visitor_passes", args.id)],
-                                  actor=_user(), source="gated pass revoke")
+                                  actor=unix_user.name_of(), source="gated pass revoke")
             asyncio.run(_audit(journal_path, identity, "pass_revoke", resource_id=args.id,
                                new_values={"rules_version": version}))
             print(f"pass {args.id} revoked (rule-set version {version})")
@@ -118,7 +111,7 @@ def run(args: argparse.Namespace, *, journal_path: str, rules_path: str,
             valid_from=valid_from, valid_until=valid_until, visitor_name=args.name,
             access_points=lanes, max_uses=args.uses,
         )
-        version = store.apply([entry], actor=_user(), source="gated pass add")
+        version = store.apply([entry], actor=unix_user.name_of(), source="gated pass add")
     details = {
         "rules_version": version, "host_resident_id": args.host,
         "valid_from": valid_from, "valid_until": valid_until,

@@ -12,11 +12,11 @@ import argparse
 import asyncio
 import getpass
 import os
-import pwd
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from gated import unix_user
 from gated.audit import Auditor
 from gated.config import DEFAULT_CONFIG, load_config
 from gated.web.users import ROLES, UserError, UserStore
@@ -60,13 +60,6 @@ def _password(from_stdin: bool) -> str:
     return first
 
 
-def _unix_user() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid:{os.getuid()}"
-
-
 async def _audit(journal_path: str, cfg: Any, action: str, name: str,
                  values: dict[str, Any] | None) -> None:
     from gated.journal import Journal
@@ -75,7 +68,7 @@ async def _audit(journal_path: str, cfg: Any, action: str, name: str,
     try:
         await Auditor(journal.append, cfg.site.identity).record(
             action, "web_user", resource_id=name, actor_type="local_user",
-            actor_id=_unix_user(), ip_address=f"uid={os.getuid()}", new_values=values)
+            actor_id=unix_user.name_of(), ip_address=f"uid={os.getuid()}", new_values=values)
     finally:
         await journal.close()
 
