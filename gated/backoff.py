@@ -40,3 +40,12 @@ class Backoff:
     def reset(self) -> None:
         """Start again from the initial delay (after a success)."""
         self.attempt = 0
+
+
+def full_jitter(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """uniform(0, min(cap, base * 2**attempt)): the HTTP uplink's 'full jitter' back-off.
+
+    A request answered 5xx by a service that a whole fleet is retrying against spreads best
+    over the whole interval; a connection to one's own broker keeps Backoff's floor.
+    """
+    return rng.uniform(0, min(cap, base * 2 ** min(attempt, 32)))

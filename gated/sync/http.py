@@ -26,13 +26,14 @@ from typing import Any
 
 import httpx
 
+from gated.backoff import full_jitter
 from gated.config import SyncConfig
 from gated.errors import SyncError
 from gated.model import SiteIdentity
 from gated.sync.envelope import Ack, access_or_audit, ack_from, encode, source_of
 from gated.sync.outbox import Outbox
 
-__all__ = ["HttpUplink", "Pictures", "full_jitter", "http_client", "retry_after_s"]
+__all__ = ["HttpUplink", "Pictures", "http_client", "retry_after_s"]
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,6 @@ NEVER = frozenset({400, 413, 422})  # the service will never take this batch as 
 KEPT = frozenset({200, 201, 204, 412})  # snapshot PUT: the service has the picture
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 Quarantine = Callable[..., Awaitable[None]]
-
-
-def full_jitter(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """uniform(0, min(cap, base * 2**attempt)): 'full jitter' back-off."""
-    return rng.uniform(0, min(cap, base * 2 ** min(attempt, 32)))
 
 
 def retry_after_s(value: str | None, now: float | None = None) -> float | None:
