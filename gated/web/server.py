@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -39,6 +39,9 @@ from gated.config import WebConfig
 from gated.control import Actor, ActorType, ControlPlane, Result
 from gated.web.auth import LoginLimiter, LoginSummary, Session, Sessions, csrf_ok
 from gated.web.charts import HourlyTally, hourly_svg, latency_svg, percentile
+from gated.web.common import csv_cell as _cell
+from gated.web.common import foreign_origin, security_headers
+from gated.web.common import local_path as _local_path
 from gated.web.feed import LiveHub, audit_summary, event_summary, sse
 from gated.web.replay import DecisionContext, replay
 from gated.web.rule_forms import KINDS, FormError, document_for, problem_text
@@ -67,9 +70,6 @@ ACTIONS = {  # URL action → (control-plane call, words for the confirmation)
     "lockdown-on": "lock down this lane (no automatic entry)",
     "lockdown-off": "end the lockdown",
 }
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-       "form-action 'self'")
 _HERE = Path(__file__).resolve().parent
 
 
@@ -285,14 +285,7 @@ class WebServer:
         return response
 
     def _headers(self, response: web.StreamResponse) -> None:
-        h = response.headers
-        h["Content-Security-Policy"] = CSP
-        h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "same-origin"
-        h["X-Frame-Options"] = "DENY"
-        h.setdefault("Cache-Control", "no-store")
-        if self.tls:
-            h["Strict-Transport-Security"] = "max-age=31536000"
+        security_headers(response, self.tls)
 
     def _problem(self, request: web.Request, status: int, message: str) -> web.Response:
         if _wants_json(request):
@@ -1038,22 +1031,8 @@ def _address(request: web.Request) -> str:
 
 def _same_origin(request: web.Request) -> None:
     """Refuse a POST whose Origin (or Referer) is another site (CSRF's first line)."""
-    origin = request.headers.get("Origin") or request.headers.get("Referer")
-    if not origin or origin == "null":
-        return  # old browsers and scripts send neither; the CSRF token still has to match
-    host = request.headers.get("Host", "")
-    stripped = re.sub(r"^[a-z]+://", "", origin).split("/", 1)[0]
-    if stripped != host:
+    if foreign_origin(request):
         raise _Problem(403, "cross-origin request refused")
-
-
-def _local_path(value: str | None) -> str:
-    """A redirect target on this site only (no open redirect through ?next=)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    if value.startswith(("/login", "/logout")):
-        return "/"
-    return quote(value, safe="/?&=%-._~+")
 
 
 def _text(value: str, key: str) -> str:
@@ -1067,14 +1046,6 @@ def _parse_day(value: str, tz: zoneinfo.ZoneInfo, key: str) -> float:
         with contextlib.suppress(ValueError):
             return dt.datetime.strptime(value, fmt).replace(tzinfo=tz).timestamp()
     raise _Problem(422, f"{key}: a date YYYY-MM-DD or YYYY-MM-DDTHH:MM")
-
-
-def _cell(value: Any) -> str:
-    """A CSV cell a spreadsheet shows as text: formula starters get a leading quote."""
-    text = "" if value is None else str(value)
-    if text and text[0] in "=+-@\t\r|%":
-        return "'" + text
-    return text
 
 
 def _result_status(result: Result) -> int:
