@@ -54,6 +54,15 @@ if [ "$want_test" -eq 1 ] && ! command -v mosquitto >/dev/null && [ ! -x /usr/sb
     (as_root systemctl disable --now mosquitto >/dev/null 2>&1) || true
 fi
 
+if [ "$want_test" -eq 1 ] && ! command -v initdb >/dev/null \
+        && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    # tests/central start their own PostgreSQL (initdb in a temporary folder, a Unix socket,
+    # no TCP): only Debian's binaries are needed, not the packaged cluster or its service.
+    echo "setup: installing PostgreSQL for the central service's tests" >&2
+    apt_install postgresql
+    (as_root systemctl disable --now postgresql >/dev/null 2>&1) || true
+fi
+
 if [ "$want_test" -eq 1 ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
     # tests/web/test_browser.py drives Debian's headless Chromium through its own driver:
     # nothing is downloaded at test time.
