@@ -217,6 +217,16 @@ class CameraAuthConfig(_Section, frozen=True):
         return bool(self.username or self.token or self.allowed_ips)
 
 
+class ConsensusConfig(_Section, frozen=True):
+    """How many reads of one passage must agree before a plate is decided (gated.consensus)."""
+
+    reads: Annotated[int, msgspec.Meta(ge=1, le=20)] = 1  # 1: off, every read is decided
+    # A single read at or above this confidence is enough by itself; None: never alone.
+    unless_confidence: Fraction | None = None
+    # One passage lasts this long from its first read; unagreed by then: no_consensus.
+    window_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 4.0
+
+
 class _PlateSourceSection(_Section, frozen=True):
     """What every plate/tag source shares: how the lane treats its reads (gated.ingest)."""
 
@@ -238,6 +248,8 @@ class _PlateSourceSection(_Section, frozen=True):
     max_age_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 10.0
     # Flag a capture time further than this from the synchronised device clock.
     max_clock_skew_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 5.0
+    # Reads of one passage that must agree before a plate is decided; off by default.
+    consensus: ConsensusConfig = ConsensusConfig()
 
 
 class AnprHttpSourceConfig(
@@ -322,15 +334,6 @@ class SimulatorSourceConfig(
     seed: int = 0
 
 
-SourceConfig = (
-    AnprHttpSourceConfig
-    | SerialLineSourceConfig
-    | Rdm6300SourceConfig
-    | FrigateSourceConfig
-    | SimulatorSourceConfig
-)
-
-
 class CameraConfig(_Section, frozen=True):
     """An OpenCV video stream (RTSP URL, USB device index, or file) used for snapshots."""
 
@@ -354,6 +357,49 @@ class RecognizerConfig(_Section, frozen=True):
     # A read below this (0..1, the whole plate) is not reported: it could open a gate.
     min_confidence: Fraction = 0.6
     threads: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1  # CPU threads of the OCR runtime
+
+
+class CameraSourceConfig(
+    _PlateSourceSection, frozen=True, kw_only=True, tag_field="kind", tag="camera"
+):
+    """A plain camera (or a video file) whose frames gated reads plates from itself."""
+
+    name: Ident
+    url: str  # "rtsp://…", "/dev/video0", "0", or a video file
+    fps_limit: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    stale_after_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    jpeg_quality: Annotated[int, msgspec.Meta(ge=10, le=100)] = 85
+    # When to recognise: "motion" in the region of interest, "presence" (the lane's loop
+    # detector, sensors.presence_pin), or "always" (every frame: for a camera that only
+    # sees the lane, and costs the recogniser's CPU all the time).
+    trigger: Literal["motion", "presence", "always"] = "motion"
+    # The region watched for motion, as fractions of the frame: x0, y0, x1, y1.
+    roi: tuple[Fraction, Fraction, Fraction, Fraction] = (0.0, 0.0, 1.0, 1.0)
+    # Share of the region's pixels that must change between frames to count as motion.
+    motion_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.02
+    # Keep recognising this long after the trigger ends (the car stops at the barrier).
+    tail_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 3.0
+    # A video file at its end: "loop" (start again, for trying it out) or "stop".
+    at_end: Literal["loop", "stop"] = "loop"
+    recognizer: RecognizerConfig = RecognizerConfig()
+    # On by default here: a plate read off a single frame may be a badge or a sticker.
+    consensus: ConsensusConfig = ConsensusConfig(reads=3, unless_confidence=0.95)
+    max_age_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 0.0  # frames are live
+
+    def __post_init__(self) -> None:
+        x0, y0, x1, y1 = self.roi
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError("roi: expected x0 < x1 and y0 < y1 (fractions of the frame)")
+
+
+SourceConfig = (
+    AnprHttpSourceConfig
+    | SerialLineSourceConfig
+    | Rdm6300SourceConfig
+    | FrigateSourceConfig
+    | SimulatorSourceConfig
+    | CameraSourceConfig
+)
 
 
 # --- inputs and the gate -----------------------------------------------------
@@ -682,6 +728,13 @@ def _check_cross_references(cfg: Config) -> None:
                         f"is already used on port {route[0]}"
                     )
                 routes.add(route)
+            if isinstance(src, CameraSourceConfig) and src.trigger == "presence" and (
+                lane.sensors.presence_pin is None
+            ):
+                raise ValueError(
+                    f"lanes[{i}].sources[{j}].trigger: \"presence\" needs the lane's "
+                    "sensors.presence_pin (a loop detector or beam)"
+                )
             if isinstance(src, FrigateSourceConfig) and cfg.mqtt is None:
                 raise ValueError(
                     f"lanes[{i}].sources[{j}]: a frigate source needs an [mqtt] section"

@@ -48,6 +48,7 @@ class Verdict(StrEnum):
     STALE = "stale"  # journal as denied (stale_read); never opens
     UNREAD = "unread"  # journal as denied (unread_plate); never opens
     WRONG_DIRECTION = "wrong_direction"  # journal as denied (wrong_direction); never opens
+    NO_CONSENSUS = "no_consensus"  # a passage whose reads never agreed: denied; never opens
     IGNORE = "ignore"  # not journaled (the source's config says so); counted
 
     @property
@@ -60,6 +61,7 @@ _REASONS = {
     Verdict.STALE: Reason.STALE_READ,
     Verdict.UNREAD: Reason.UNREAD_PLATE,
     Verdict.WRONG_DIRECTION: Reason.WRONG_DIRECTION,
+    Verdict.NO_CONSENSUS: Reason.NO_CONSENSUS,
 }
 
 
@@ -98,6 +100,8 @@ class Ingested:
     verdict: Verdict
     flags: tuple[str, ...] = ()  # journaled in the row's metadata flags
     camera_skew_s: float | None = None  # captured_at - now, when both clocks can be compared
+    # How the source's reads of this passage agreed (gated.consensus), for the row's metadata.
+    consensus: Mapping[str, Any] | None = None
 
 
 def clean_text(text: object, kind: CredentialKind = CredentialKind.PLATE) -> str:

@@ -37,16 +37,17 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gated import gate as gm
 from gated.audit import Append, Auditor
 from gated.clock import ClockWatch
 from gated.coalesce import Coalescer, Offer, OfferKind
 from gated.config import LaneConfig
-from gated.errors import GatedError, HardwareError, JournalError
+from gated.consensus import OFF, Consensus, ConsensusRule, Ended, VerdictKind
+from gated.errors import GatedError, HardwareError, JournalError, PayloadError
 from gated.hardware.base import FrameSource, InputEvent, Relay
 from gated.ids import new_event_id
 from gated.ingest import DEFAULT_RULES, Ingested, SourceRules, Verdict, ingest
@@ -63,6 +64,7 @@ from gated.model import (
     Reason,
     SiteIdentity,
 )
+from gated.plates import normalise
 from gated.policy import AccessPoint, MemoryPolicyState, decide
 from gated.rules.index import RuleIndex
 from gated.snapshots import SnapshotStore
@@ -132,6 +134,12 @@ class Lane:
         self._source_rules: dict[str, SourceRules] = {
             src.name: SourceRules.of(src) for src in cfg.sources
         }
+        # Reads that must agree before they are decided (gated.consensus), per source.
+        self.consensus = Consensus()
+        self._consensus_rules: dict[str, ConsensusRule] = {
+            src.name: ConsensusRule.of(src.consensus) for src in cfg.sources
+        }
+        self._consensus_timer: asyncio.TimerHandle | None = None
         # Told when a read is merged into an earlier event (the demo says so).
         self.merged_listeners: list[Callable[[PlateRead], None]] = []
 
@@ -170,6 +178,22 @@ class Lane:
             done.set_result(None)
             return done
         read = ingested.read
+        rule = self._consensus_rules.get(read.source, OFF)
+        if verdict is Verdict.DECIDE and rule.enabled:
+            agreed = self.consensus.offer(read, rule, read.received_mono)
+            self._arm_consensus_timer()
+            if agreed.kind is VerdictKind.HOLD:
+                # Answered at once, as not journaled by itself: a camera that awaits each
+                # answer before sending its next read must be able to reach agreement.
+                # The passage is journaled when it agrees or its window ends.
+                self.metrics.held += 1
+                done.set_result(None)
+                return done
+            if agreed.kind is VerdictKind.ACCEPT:
+                assert agreed.agreement is not None
+                read = agreed.read
+                meta = agreed.agreement.metadata(_normalised(read.text))
+                ingested = dataclasses.replace(ingested, read=read, consensus=meta)
         if verdict is Verdict.STALE:
             # Never coalesced: a replayed plate must not swallow the live car's read. No
             # read can merge into it either, so the lane keeps nothing of it (key "").
@@ -183,10 +207,46 @@ class Lane:
         kept: asyncio.Future[int | None] = loop.create_future()
         _follow(kept, done)
         _remember(self._kept, offer.key, kept)
-        task = loop.create_task(self._process(read, offer, ingested, now, kept))
+        self._start(self._process(read, offer, ingested, now, kept))
+        return done
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-        return done
+
+    # --- consensus: reads held until they agree --------------------------------
+
+    def _arm_consensus_timer(self) -> None:
+        """Wake when the next open passage ends (one timer per lane, never a task per read)."""
+        deadline = self.consensus.next_deadline()
+        if self._consensus_timer is not None:
+            self._consensus_timer.cancel()
+            self._consensus_timer = None
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - time.monotonic()) + 0.01
+        self._consensus_timer = asyncio.get_running_loop().call_later(
+            delay, self._end_passages, None)
+
+    def _end_passages(self, now: float | None) -> None:
+        """Journal each ended passage that never agreed (no_consensus); merge the others."""
+        self._consensus_timer = None
+        for ended in self.consensus.expire(time.monotonic() if now is None else now):
+            self._ended(ended)
+        if self._accepting:
+            self._arm_consensus_timer()
+
+    def _ended(self, ended: Ended) -> None:
+        if ended.agreed:  # its event is journaled; the other readings were candidates
+            return
+        read = ended.read
+        ingested = Ingested(read, Verdict.NO_CONSENSUS, (),
+                            consensus=ended.agreement.metadata(_normalised(read.text)))
+        kept: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        # Like a stale read: journaled on its own, never merged (key ""), never opens.
+        offer = Offer(OfferKind.NEW, read, read.text, "", 1, 0.0)
+        self._start(self._process(read, offer, ingested, time.time(), kept))
 
     def _merged(
         self, read: PlateRead, key: str, done: asyncio.Future[int | None]
@@ -297,6 +357,8 @@ class Lane:
             metadata["relay_error"] = relay_error
         if read.extra:
             metadata["camera"] = dict(read.extra)
+        if ingested.consensus is not None:
+            metadata["consensus"] = dict(ingested.consensus)
         captured = read.captured_at
         event = AccessEvent(
             event_id=event_id,
@@ -582,8 +644,19 @@ class Lane:
     async def drain(self) -> None:
         """Stop taking reads and wait for every read in flight to be journaled."""
         self._accepting = False
+        if self._consensus_timer is not None:
+            self._consensus_timer.cancel()
+        # Held reads are not dropped at a stop: their passages end now, journaled.
+        self._end_passages(math.inf)
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def _normalised(text: str) -> str:
+    try:
+        return normalise(text)
+    except PayloadError:
+        return ""
 
 
 def _journal_confidence(confidence: float | None) -> float | None:

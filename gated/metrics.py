@@ -63,6 +63,7 @@ class LaneMetrics:
     duplicates: int = 0
     updates: int = 0
     ignored: int = 0  # reads the source's config says to drop (unread, wrong direction)
+    held: int = 0  # reads held back awaiting agreement (gated.consensus)
     decisions: Counter[str] = field(default_factory=Counter)
     relay_failures: int = 0
     journal_failures: int = 0
@@ -101,6 +102,7 @@ def render_prometheus(
         ("gated_reads_duplicate_total", "Reads merged into an earlier event", "duplicates"),
         ("gated_reads_update_total", "Better reads of a vehicle already decided", "updates"),
         ("gated_reads_ignored_total", "Reads dropped by their source's config", "ignored"),
+        ("gated_reads_held_total", "Reads held back awaiting agreement", "held"),
         ("gated_relay_failures_total", "Relay commands that failed", "relay_failures"),
         (
             "gated_journal_failures_total",

@@ -72,6 +72,7 @@ class Reason(StrEnum):
     UNREAD_PLATE = "unread_plate"  # a vehicle seen without a readable plate: never opens
     STALE_READ = "stale_read"  # captured too long ago, or a retained/re-delivered message
     WRONG_DIRECTION = "wrong_direction"  # travelling against the lane (source config: journal)
+    NO_CONSENSUS = "no_consensus"  # the source's reads of one passage never agreed (consensus)
     CLOCK_UNSYNCED = "clock_unsynced"  # needs a schedule or pass window; the clock is unknown
 
 

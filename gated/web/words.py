@@ -22,6 +22,7 @@ REASONS = {
     "remote_command": "opened by a signed remote command",
     "unread_plate": "a vehicle without a readable plate", "stale_read": "the read was too old",
     "wrong_direction": "travelling against the lane's direction",
+    "no_consensus": "the camera's reads of the vehicle never agreed",
 }
 MATCHES = {"exact": "matched exactly",
            "confusion": "matched allowing for OCR look-alikes (0/O, 8/B …)",
