@@ -462,6 +462,18 @@ class Daemon:
         self._install_index(gen, await self._index_rules(gen.cfg, gen))
         return int(gen.rules.current.version)
 
+    async def index_now(self, version: int) -> None:
+        """Decide on a version saved here from the next read on, not the next rule poll."""
+        gen = self.generation
+        if gen is None or gen.rules is None or gen.rules.current.version >= version:
+            return
+        try:
+            index = await self._index_rules(gen.cfg, gen)
+        except Exception as err:  # the rule poll retries and reports it in health
+            log.error("could not index rule-set version %d: %s", version, err)
+            return
+        self._install_index(gen, index)  # the poll may have installed a newer one meanwhile
+
     def _install_index(self, gen: Generation, index: RuleIndex) -> bool:
         """Swap a freshly built index in; False (dropped) when it is older than the current.
 
@@ -1421,42 +1433,37 @@ class WebPassDesk:
 
     async def issue(self, actor: Actor, *, plate: str, host: str, valid_from: float,
                     valid_until: float, uses: int | None, name: str) -> dict[str, Any]:
-        """Add a pass as one rule-set version; the audit row names the guard."""
-        import secrets
-
-        from gated.rules.entities import VisitorPass
+        """Add a pass as one rule-set version, decided on from the next read; audited."""
+        from gated.rules.passes import add_pass, new_pass_id
         from gated.rules.store import RuleStore
 
-        pass_id = f"p-{time.strftime('%Y%m%d', time.gmtime())}-{secrets.token_hex(3)}"
-        entry = VisitorPass(id=pass_id, plate=plate, host_resident_id=host,
-                            valid_from=valid_from, valid_until=valid_until, visitor_name=name,
-                            access_points=None, max_uses=uses)
+        pass_id = new_pass_id(time.time())
 
-        def work() -> int:
+        def work() -> tuple[int, dict[str, Any]]:
             with RuleStore(self._daemon.cfg.rules.path) as store:
-                return int(store.apply([entry], actor=actor.id or "guard",
-                                       source="status page pass add"))
+                return add_pass(store, pass_id=pass_id, plate=plate, host=host,
+                                valid_from=valid_from, valid_until=valid_until, name=name,
+                                lanes=None, uses=uses, actor=actor.id or "guard",
+                                source="status page pass add")
 
-        version = await asyncio.to_thread(work)
-        await self._audit("pass_add", actor, pass_id, {
-            "rules_version": version, "host_resident_id": host, "valid_from": valid_from,
-            "valid_until": valid_until, "max_uses": uses, "access_points": None})
+        version, values = await asyncio.to_thread(work)
+        await self._audit("pass_add", actor, pass_id, values)
+        await self._daemon.index_now(version)
         return {"pass_id": pass_id, "rules_version": version}
 
     async def revoke(self, actor: Actor, pass_id: str) -> dict[str, Any]:
         """Remove a pass as one rule-set version (LookupError when there is none)."""
-        from gated.rules.store import Delete, RuleStore
+        from gated.rules.passes import revoke_pass
+        from gated.rules.store import RuleStore
 
         def work() -> int:
             with RuleStore(self._daemon.cfg.rules.path) as store:
-                if store.get("visitor_passes", pass_id) is None:
-                    raise LookupError(f"no visitor pass {pass_id!r}")
-                return int(store.apply([Delete("visitor_passes", pass_id)],
-                                       actor=actor.id or "guard",
-                                       source="status page pass revoke"))
+                return revoke_pass(store, pass_id, actor=actor.id or "guard",
+                                   source="status page pass revoke")
 
         version = await asyncio.to_thread(work)
         await self._audit("pass_revoke", actor, pass_id, {"rules_version": version})
+        await self._daemon.index_now(version)
         return {"pass_id": pass_id, "rules_version": version}
 
     async def list(self) -> list[dict[str, Any]]:
@@ -1600,21 +1607,8 @@ class WebRuleDesk:
             "rules_edit", "rules", resource_id=resource[:128], **actor.audit_fields(),
             new_values={"rules_version": result["rules_version"],
                         "written": result["written"], "deleted": result["deleted"]})
-        await self._index_now(int(result["rules_version"]))
+        await self._daemon.index_now(int(result["rules_version"]))
         return {"rules_version": result["rules_version"]}
-
-    async def _index_now(self, version: int) -> None:
-        """Decide on the saved version from the next read on, not the next rule poll."""
-        daemon = self._daemon
-        gen = daemon.generation
-        if gen is None or gen.rules is None or gen.rules.current.version >= version:
-            return
-        try:
-            index = await daemon._index_rules(gen.cfg, gen)
-        except Exception as err:  # the rule poll retries and reports it in health
-            log.error("could not index rule-set version %d: %s", version, err)
-            return
-        daemon._install_index(gen, index)  # the poll may have installed a newer one meanwhile
 
     def names(self, resident_id: str | None, pass_id: str | None) -> dict[str, str]:
         """Names for an event page from the rule index the lanes decide with (read-only)."""

@@ -61,6 +61,43 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     common(p)
 
 
+class NoSuchPass(RulesError, LookupError):
+    """Revoking a pass the rule store does not hold."""
+
+
+def new_pass_id(now: float) -> str:
+    """A fresh pass id, "p-YYYYMMDD-xxxxxx" (the day in UTC, six random hex digits)."""
+    return f"p-{time.strftime('%Y%m%d', time.gmtime(now))}-{secrets.token_hex(3)}"
+
+
+def add_pass(store: Any, *, pass_id: str, plate: str, host: str, valid_from: float,
+             valid_until: float, name: str, lanes: frozenset[str] | None, uses: int | None,
+             actor: str, source: str) -> tuple[int, dict[str, Any]]:
+    """Save one visitor pass as a rule-set version: (version, the audit row's new_values)."""
+    from gated.rules.entities import VisitorPass
+
+    if valid_until <= valid_from:
+        raise RulesError("the pass must end later than it starts")
+    if uses is not None and uses < 1:
+        raise RulesError("a pass needs at least 1 use")
+    entry = VisitorPass(id=pass_id, plate=plate, host_resident_id=host,
+                        valid_from=valid_from, valid_until=valid_until, visitor_name=name,
+                        access_points=lanes, max_uses=uses)
+    version = int(store.apply([entry], actor=actor, source=source))
+    return version, {"rules_version": version, "host_resident_id": host,
+                     "valid_from": valid_from, "valid_until": valid_until, "max_uses": uses,
+                     "access_points": sorted(lanes) if lanes else None}
+
+
+def revoke_pass(store: Any, pass_id: str, *, actor: str, source: str) -> int:
+    """Delete one visitor pass as a rule-set version; NoSuchPass when there is none."""
+    from gated.rules.store import Delete
+
+    if store.get("visitor_passes", pass_id) is None:
+        raise NoSuchPass(f"no visitor pass {pass_id!r}")
+    return int(store.apply([Delete("visitor_passes", pass_id)], actor=actor, source=source))
+
+
 async def _audit(journal_path: str, identity: SiteIdentity, action: str, **kw: Any) -> None:
     from gated.journal import Journal
 
@@ -77,8 +114,7 @@ async def _audit(journal_path: str, identity: SiteIdentity, action: str, **kw: A
 def run(args: argparse.Namespace, *, journal_path: str, rules_path: str,
         identity: SiteIdentity, tz: str) -> int:
     """Carry out one `gated pass` invocation; returns the exit status."""
-    from gated.rules.entities import VisitorPass
-    from gated.rules.store import Delete, RuleStore
+    from gated.rules.store import RuleStore
 
     if args.pass_action != "add" and not Path(rules_path).exists():
         raise RulesError(f"no rule store at {rules_path}")
@@ -87,11 +123,8 @@ def run(args: argparse.Namespace, *, journal_path: str, rules_path: str,
         if args.pass_action == "list":
             return _list(store, now, args.all)
         if args.pass_action == "revoke":
-            old = store.get("visitor_passes", args.id)
-            if old is None:
-                raise RulesError(f"no visitor pass {args.id!r}")
-            version = store.apply([Delete("visitor_passes", args.id)],
-                                  actor=unix_user.name_of(), source="gated pass revoke")
+            version = revoke_pass(store, args.id, actor=unix_user.name_of(),
+                                  source="gated pass revoke")
             asyncio.run(_audit(journal_path, identity, "pass_revoke", resource_id=args.id,
                                new_values={"rules_version": version}))
             print(f"pass {args.id} revoked (rule-set version {version})")
@@ -105,18 +138,11 @@ def run(args: argparse.Namespace, *, journal_path: str, rules_path: str,
         lanes = None
         if args.lanes:
             lanes = frozenset(x.strip() for x in args.lanes.split(",") if x.strip())
-        pass_id = args.id or f"p-{time.strftime('%Y%m%d', time.gmtime(now))}-{secrets.token_hex(3)}"
-        entry = VisitorPass(
-            id=pass_id, plate=args.plate, host_resident_id=args.host,
-            valid_from=valid_from, valid_until=valid_until, visitor_name=args.name,
-            access_points=lanes, max_uses=args.uses,
-        )
-        version = store.apply([entry], actor=unix_user.name_of(), source="gated pass add")
-    details = {
-        "rules_version": version, "host_resident_id": args.host,
-        "valid_from": valid_from, "valid_until": valid_until,
-        "max_uses": args.uses, "access_points": sorted(lanes) if lanes else None,
-    }
+        pass_id = args.id or new_pass_id(now)
+        version, details = add_pass(
+            store, pass_id=pass_id, plate=args.plate, host=args.host, valid_from=valid_from,
+            valid_until=valid_until, name=args.name, lanes=lanes, uses=args.uses,
+            actor=unix_user.name_of(), source="gated pass add")
     asyncio.run(_audit(journal_path, identity, "pass_add", resource_id=pass_id,
                        new_values=details))
     until = dt.datetime.fromtimestamp(valid_until, zoneinfo.ZoneInfo(tz)).isoformat(

@@ -413,6 +413,10 @@ def test_a_guard_issues_and_revokes_a_visitor_pass(web: tuple[WebSite, Any]) -> 
     issued = client.post("/passes", data={"csrf": token, "plate": "PASS42", "host": "r-1",
                                           "until": "2h", "uses": "1"})
     assert issued.status_code == 200
+    # Decided on from the next read, not after the rule poll: the answer waited for it.
+    version = int(re.search(r"rule-set version (\d+)", issued.text).group(1))  # type: ignore[union-attr]
+    lanes = client.get("/api/status").json()["status"]["lanes"]
+    assert lanes["main-in"]["rules_version"] >= version
     pass_id = next(r["resource_id"] for r in audit(site.site, "pass_add")[::-1])
     listed = subprocess.run([sys.executable, "-m", "gated", "pass", "list", "--config",
                              str(site.site.config)], capture_output=True, text=True, timeout=60)
