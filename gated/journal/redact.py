@@ -25,13 +25,12 @@ from pathlib import Path
 from gated import unix_user
 from gated.errors import GatedError, JournalError
 from gated.journal.journal import Journal
+from gated.journal.privacy import ACTION
 from gated.model import AuditEvent, SiteIdentity
 from gated.plates import normalise
 from gated.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
-
-ACTION = "personal_data_erased"
 
 
 @dataclass(frozen=True, slots=True)
