@@ -26,9 +26,9 @@ from gated.errors import ConfigError
 
 
 def _device_key_file(cfg: Config) -> Path:
-    from gated.sync.signing import KEY_FILE_NAME
+    from gated.sync.signing import device_key_path
 
-    return Path(cfg.sync.key_file or Path(cfg.journal.path).parent / KEY_FILE_NAME)
+    return device_key_path(cfg.sync.key_file, cfg.journal.path)
 
 
 def show(args: argparse.Namespace) -> int:

@@ -29,8 +29,8 @@ from gated.sync import envelope
 from gated.sync.envelope import Ack
 from gated.sync.outbox import Batch, Outbox, OutboxJournal
 from gated.sync.signing import (
-    KEY_FILE_NAME,
     SignatureError,
+    device_key_path,
     load_or_create_key,
     parse_public_keys,
     sign,
@@ -75,8 +75,7 @@ class SyncService:
         self.backlog = backlog
         self.version = version
         self.source = envelope.source_of(self.identity)
-        key_file = self.sync.key_file or str(Path(cfg.journal.path).parent / KEY_FILE_NAME)
-        self.key = load_or_create_key(key_file)
+        self.key = load_or_create_key(device_key_path(self.sync.key_file, cfg.journal.path))
         self.service_keys = parse_public_keys(self.sync.service_public_keys)
         self.outbox = Outbox(journal, batch_max_events=self.sync.batch_max_events,
                              ack_timeout_s=self.sync.ack_timeout_s)

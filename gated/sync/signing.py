@@ -47,6 +47,11 @@ __all__ = [
 KEY_FILE_NAME = "device-ed25519.key"
 
 
+def device_key_path(key_file: str, journal_path: str) -> Path:
+    """Where the device key lives: `[sync] key_file`, or beside the journal by default."""
+    return Path(key_file) if key_file else Path(journal_path).parent / KEY_FILE_NAME
+
+
 class SignatureError(SyncError):
     """A signed object is unsigned, signed by an unknown key, or its signature is wrong.
 
