@@ -335,6 +335,9 @@ class Daemon:
             front.append((control_socket.name, control_socket.run))
         if self.cfg.web.enabled:
             front.append(self._build_web())
+        if self.cfg.home_assistant.enabled:
+            # A front end: it takes commands, so it stops with the control socket.
+            front.append(self._build_home_assistant())
         if self.cfg.sync.enabled:
             from gated.sync.service import SyncService
 
@@ -415,6 +418,28 @@ class Daemon:
         )
         web = WebServer(self.cfg.web, deps)
         return web.name, web.run
+
+    def _build_home_assistant(self) -> tuple[str, Callable[[], Any]]:
+        """Home Assistant discovery, states and commands (gated.homeassistant), own link."""
+        from gated.homeassistant.bridge import HomeAssistantBridge, LaneView
+
+        assert self.control is not None and self.auditor is not None
+
+        def lanes() -> dict[str, LaneView]:
+            return {lane_id: LaneView(lane.cfg.name, lane.status())
+                    for lane_id, lane in self._running_lanes().items()}
+
+        def problems() -> list[str]:
+            return [name for name, c in self.health.components.items() if not c.ok]
+
+        bridge = HomeAssistantBridge(
+            self.cfg, control=self.control, journal=self.journal, lanes=lanes,
+            audit=self.auditor.record, problems=problems,
+            names=WebRuleDesk(self).names if self.cfg.home_assistant.expose_names else None,
+            # Not critical: Home Assistant losing sight of the gate does not stop the gate.
+            on_link_state=lambda up, detail: self.health.set("mqtt-home-assistant", up, detail),
+        )
+        return bridge.name, bridge.run
 
     def _decision_context(self, lane_id: str) -> tuple[AccessPoint, RuleIndex] | None:
         """A running lane's access point and the rule index it decides with now (replay)."""

@@ -341,6 +341,14 @@ def cmd_user(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_alert(args: argparse.Namespace) -> int:
+    """Send a test alert through each configured alert channel."""
+    from gated.alerts.cli import run
+
+    _setup_logging("error")
+    return run(args, _load_config_or_exit(args.config))
+
+
 def cmd_rules_export(args: argparse.Namespace) -> int:
     """Export the rule set as JSON or CSV."""
     from gated.rules.cli import rules_export
@@ -495,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gated.web import users_cli
 
     users_cli.add_parser(sub, cmd_user)
+    from gated.alerts import cli as alerts_cli
+
+    alerts_cli.add_parser(sub, cmd_alert)
     return parser
 
 

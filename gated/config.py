@@ -588,6 +588,51 @@ class SyncConfig(_Section, frozen=True):
             raise ValueError("http.url: required with transport = \"http\"")
 
 
+_HA_TOPIC = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+
+
+class HomeAssistantCommandsConfig(_Section, frozen=True):
+    """What Home Assistant may do to the gate: each action off until enabled here.
+
+    Anyone who can publish on the command topics can do what is enabled: restrict them
+    in the broker's ACL (docs/home-assistant.md, config/mosquitto/home-assistant.acl).
+    """
+
+    open: bool = False  # open a lane's gate once (the cover's OPEN)
+    hold: bool = False  # hold open and release (the hold-open switch, the cover's CLOSE)
+    lockdown: bool = False  # lockdown on and off (the lockdown switch)
+
+
+class HomeAssistantConfig(_Section, frozen=True):
+    """Home Assistant: MQTT discovery, entity states and commands (docs/home-assistant.md)."""
+
+    enabled: bool = False
+    # false (with enabled = true): the device is removed from Home Assistant at start.
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    topic_prefix: str = ""  # state and command topics; default "gated/<device_id>"
+    mqtt: MqttConfig | None = None  # Home Assistant's broker; default: the [mqtt] section
+    expose_plates: bool = True  # the plate read, in events and the last-plate sensor
+    expose_names: bool = False  # residents' and visitors' names
+    commands: HomeAssistantCommandsConfig = HomeAssistantCommandsConfig()
+    # Commands beyond this rate are dropped and counted (one audit row a minute says so):
+    # a flood on the command topics must not become a flood of fsynced audit rows.
+    commands_per_minute: Annotated[int, msgspec.Meta(ge=1, le=600)] = 30
+    # How often the lanes' gate states, modes and alarms are compared and changes published.
+    status_interval_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 0.5
+
+    def __post_init__(self) -> None:
+        for key in ("discovery_prefix", "topic_prefix"):
+            value = getattr(self, key)
+            if (value or key == "discovery_prefix") and (
+                len(value) > 128 or not _HA_TOPIC.fullmatch(value)
+            ):
+                raise ValueError(
+                    f"{key}: {value!r} is not a topic prefix (levels of letters, digits, "
+                    "'_', '.' and '-' separated by '/'; no wildcards)"
+                )
+
+
 class GpioConfig(_Section, frozen=True):
     """Which gpiozero pin factory to use."""
 
@@ -664,6 +709,7 @@ class Config(_Section, frozen=True):
     control: ControlConfig = ControlConfig()
     sync: SyncConfig = SyncConfig()
     web: WebConfig = WebConfig()
+    home_assistant: HomeAssistantConfig = HomeAssistantConfig()
 
     def __post_init__(self) -> None:
         _check_cross_references(self)
@@ -743,6 +789,9 @@ def _check_cross_references(cfg: Config) -> None:
         cfg.sync.mqtt is None and cfg.mqtt is None
     ):
         raise ValueError("sync.mqtt: transport = \"mqtt\" needs a [sync.mqtt] or [mqtt] broker")
+    if cfg.home_assistant.enabled and cfg.home_assistant.mqtt is None and cfg.mqtt is None:
+        raise ValueError("home_assistant.mqtt: enabled needs a [home_assistant.mqtt] or [mqtt] "
+                         "broker")
     for i, button in enumerate(cfg.buttons):
         claim_pin(button.pin, f"buttons[{i}].pin")
         for lane_id in button.lanes:

@@ -220,6 +220,11 @@ class ControlPlane:
         """Re-read the rule store now instead of at the next poll."""
         return await self._do(Action.RELOAD_RULES, actor, reason)
 
+    async def refuse(self, action: Action, actor: Actor, why: str,
+                     lane: str | None = None) -> Result:
+        """Refuse and audit an action a front end will not carry out (e.g. disabled there)."""
+        return await self._do(action, actor, None, refusal=why, lane=lane)
+
     async def perform(self, action: str, actor: Actor, args: Mapping[str, Any]) -> Result:
         """Dispatch by name with arguments as data (socket, web and remote front ends)."""
         try:
