@@ -351,6 +351,8 @@ class Daemon:
             self.downlink = self._make_downlink(self.sync)
             if self.downlink is not None:
                 front.append((self.downlink.name, self.downlink.run))
+        if self.cfg.alerts.enabled and self.cfg.alerts.channels:
+            services.append(self._build_alerts())
         tasks = []
         for name, run in services + front:
             task = asyncio.create_task(supervisor.keep_running(name, run), name=name)
@@ -358,6 +360,21 @@ class Daemon:
             if (name, run) in front:
                 self._front_ends.append(task)
         return tasks
+
+    def _build_alerts(self) -> tuple[str, Callable[[], Any]]:
+        """Local alerts (docs/alerts.md): raised into the journal, delivered from there."""
+        from gated.alerts.service import AlertService
+        from gated.alerts.watch import daemon_conditions
+
+        assert self.auditor is not None
+
+        def health(name: str, ok: bool, detail: str) -> None:
+            self.health.set(name, ok, detail)  # not critical: the gate works without alerts
+
+        service = AlertService(
+            self.cfg, self.journal, self.auditor.record, version=__version__,
+            conditions=lambda: daemon_conditions(self, service.settings), health=health)
+        return service.name, service.run
 
     def _make_downlink(self, sync: SyncService) -> Downlink | None:
         """The downlink on the sync's MQTT link and HTTP endpoint; None when it cannot start."""

@@ -683,6 +683,102 @@ class WebConfig(_Section, frozen=True):
             raise ValueError("tls_cert and tls_key: give both for TLS, or neither")
 
 
+# --- alerts (docs/alerts.md) ---------------------------------------------------
+
+
+class AlertRuleConfig(_Section, frozen=True):
+    """One alert rule: on or off, its folding interval, the thresholds it reads.
+
+    Thresholds left unset take the rule's default (docs/alerts.md); a threshold a rule
+    does not read is refused, so a misplaced key is an error, not a silent no-op.
+    """
+
+    enabled: bool = True
+    interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    fault_after_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] | None = None
+    disk_percent: Annotated[float, msgspec.Meta(ge=1, le=100)] | None = None
+    backlog_hours: Annotated[float, msgspec.Meta(gt=0, le=24 * 365)] | None = None
+    flood_count: Annotated[int, msgspec.Meta(ge=2, le=1_000_000)] | None = None
+    flood_window_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] | None = None
+
+
+class AlertChannelConfig(_Section, frozen=True):
+    """Where alerts go: a webhook, an MQTT topic, or Home Assistant's alert topic."""
+
+    name: Ident
+    type: Literal["webhook", "mqtt", "home_assistant"]
+    url: str = ""  # webhook: the http(s) URL alerts are POSTed to
+    format: Literal["json", "ntfy", "slack"] = "json"  # webhook body shape
+    secret_file: str = ""  # webhook: HMAC-SHA256 signing key (file, never logged)
+    token_file: str = ""  # webhook: bearer token sent as Authorization (e.g. an ntfy token)
+    topic: str = ""  # mqtt: the topic alerts are published to
+    rules: list[str] = []  # only these rules; empty: every rule
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+
+    def __post_init__(self) -> None:
+        if self.type == "webhook":
+            if not self.url:
+                raise ValueError("url: required for a webhook channel")
+            if not re.match(r"^https?://[^/\s?#]+(/\S*)?$", self.url):
+                raise ValueError(f"url: {self.url!r} is not an http:// or https:// URL")
+        elif self.url:
+            raise ValueError(f"url: only a webhook channel has a url (this is {self.type})")
+        if self.type != "webhook" and (self.secret_file or self.token_file
+                                       or self.format != "json"):
+            raise ValueError("secret_file: secret_file, token_file and format are webhook "
+                             "settings")
+        if self.type == "mqtt" and not self.topic:
+            raise ValueError("topic: required for an mqtt channel")
+        if self.topic and not re.fullmatch(r"[^#+\s]+", self.topic):
+            raise ValueError(f"topic: {self.topic!r} is not a topic to publish to "
+                             "(no wildcards or spaces)")
+        for key in ("secret_file", "token_file"):
+            path = getattr(self, key)
+            if not path:
+                continue
+            try:
+                if not Path(path).read_bytes().strip():
+                    raise ValueError(f"{key}: {path} is empty")
+            except OSError as err:
+                raise ValueError(f"{key}: cannot read {path}: {err.strerror or err}") from None
+        from gated.alerts.rules import RULE_NAMES
+
+        for i, rule in enumerate(self.rules):
+            if rule not in RULE_NAMES:
+                raise ValueError(f"rules[{i}]: unknown rule {rule!r} "
+                                 f"(one of: {', '.join(RULE_NAMES)})")
+
+
+class AlertsConfig(_Section, frozen=True):
+    """Local alerts: which happenings alert and where they go (docs/alerts.md)."""
+
+    enabled: bool = True  # with no channel nothing is raised either
+    rules: dict[str, AlertRuleConfig] = {}  # by rule name; a rule not listed: its defaults
+    channels: list[AlertChannelConfig] = []
+    state_file: str = ""  # delivery cursors; default: alerts-state.json beside the journal
+    retry_min_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 1.0
+    retry_max_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 300.0
+    late_after_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 120.0  # then "(raised … ago)"
+
+    def __post_init__(self) -> None:
+        from gated.alerts.rules import RULE_NAMES, THRESHOLDS
+
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError("retry_min_s: must not exceed retry_max_s")
+        for name, rule in self.rules.items():
+            if name not in RULE_NAMES:
+                raise ValueError(f"rules.{name}: unknown rule (one of: {', '.join(RULE_NAMES)})")
+            for key in ("fault_after_s", "disk_percent", "backlog_hours", "flood_count",
+                        "flood_window_s"):
+                if getattr(rule, key) is not None and key not in THRESHOLDS.get(name, ()):
+                    raise ValueError(f"rules.{name}.{key}: not a setting of this rule")
+        seen: set[str] = set()
+        for i, channel in enumerate(self.channels):
+            if channel.name in seen:
+                raise ValueError(f"channels[{i}].name: duplicate channel name {channel.name!r}")
+            seen.add(channel.name)
+
+
 class LogConfig(_Section, frozen=True):
     """Logging."""
 
@@ -709,6 +805,7 @@ class Config(_Section, frozen=True):
     control: ControlConfig = ControlConfig()
     sync: SyncConfig = SyncConfig()
     web: WebConfig = WebConfig()
+    alerts: AlertsConfig = AlertsConfig()
     home_assistant: HomeAssistantConfig = HomeAssistantConfig()
 
     def __post_init__(self) -> None:
@@ -792,6 +889,13 @@ def _check_cross_references(cfg: Config) -> None:
     if cfg.home_assistant.enabled and cfg.home_assistant.mqtt is None and cfg.mqtt is None:
         raise ValueError("home_assistant.mqtt: enabled needs a [home_assistant.mqtt] or [mqtt] "
                          "broker")
+    ha_broker = getattr(getattr(cfg, "home_assistant", None), "mqtt", None)
+    for i, channel in enumerate(cfg.alerts.channels):
+        if channel.type == "mqtt" and cfg.mqtt is None:
+            raise ValueError(f"alerts.channels[{i}]: an mqtt channel needs an [mqtt] broker")
+        if channel.type == "home_assistant" and ha_broker is None and cfg.mqtt is None:
+            raise ValueError(f"alerts.channels[{i}]: a home_assistant channel needs a "
+                             "[home_assistant.mqtt] or [mqtt] broker")
     for i, button in enumerate(cfg.buttons):
         claim_pin(button.pin, f"buttons[{i}].pin")
         for lane_id in button.lanes:
