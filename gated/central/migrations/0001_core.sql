@@ -191,14 +191,15 @@ CREATE TABLE chain_heads (
     device_id         text NOT NULL,
     seq               bigint NOT NULL,
     row_hash          text NOT NULL,
-    head_id           uuid NOT NULL,
+    answer_id         uuid NOT NULL,    -- one per answer: a head sent again is answered again
+    head_id           uuid NOT NULL,    -- the CloudEvent id the head came in
     signed_head       jsonb NOT NULL,
     signature         text NOT NULL,
     countersignature  jsonb,
     status            text NOT NULL CHECK (status IN ('countersigned', 'pending', 'refused')),
     reason            text,
     received_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, device_id, seq, head_id),
+    PRIMARY KEY (tenant_id, device_id, seq, answer_id),
     FOREIGN KEY (tenant_id, device_id) REFERENCES devices (tenant_id, device_id)
 );
 

@@ -1,0 +1,374 @@
+"""PostgreSQL storage of the central service: idempotent ingest, the witness, device health.
+
+Every write runs in one transaction with the tenant set by set_config('gated.tenant_id', …,
+true), as the service role (INSERT/SELECT only on the events, under forced row-level
+security). Nothing is acknowledged before that transaction commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from gated.central import witness
+
+log = logging.getLogger("gated.central")
+
+ACCESS_COLUMNS = (
+    "event_id", "tenant_id", "event_type", "access_point", "direction", "resident_id",
+    "visitor_name", "vehicle_plate", "authorization_method", "authorized_by",
+    "confidence_score", "metadata", "created_at", "site_id", "device_id", "seq", "prev_hash",
+    "row_hash", "clock_unsynced", "vehicle_plate_digest", "visitor_name_digest", "vehicle_id",
+    "pass_id", "decision_reason", "rules_version", "snapshot_path", "snapshot_sha256",
+    "snapshot_missing", "snapshot_state", "read_to_relay_ms", "captured_at", "gate_opened",
+)
+AUDIT_COLUMNS = (
+    "event_id", "tenant_id", "action", "resource_type", "resource_id", "actor_id",
+    "actor_type", "actor_role", "ip_address", "user_agent", "request_id", "old_values",
+    "new_values", "metadata", "status", "error_message", "created_at", "duration_ms",
+    "site_id", "device_id", "seq", "prev_hash", "row_hash", "clock_unsynced",
+    "ip_address_digest", "user_agent_digest",
+)
+_TIMES = ("created_at", "captured_at")
+# one JSON parameter per stream, expanded server-side: one round trip per batch, and unlike
+# COPY it works under row-level security
+_INSERT = {
+    stream: (f"INSERT INTO {stream}_logs ({', '.join(cols)}) SELECT {', '.join(cols)} "
+             f"FROM jsonb_populate_recordset(NULL::{stream}_logs, %s::jsonb)")
+    for stream, cols in (("access", ACCESS_COLUMNS), ("audit", AUDIT_COLUMNS))
+}
+
+
+def _iso(ts: Any) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).isoformat()
+
+
+@dataclass
+class Outcome:
+    """What one ingest transaction did: ids stored, duplicates, refusals, head answer."""
+
+    stored: list[str] = field(default_factory=list)
+    duplicate: list[str] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    head: dict[str, Any] = field(default_factory=dict)
+    alerts: list[str] = field(default_factory=list)
+
+    def answer(self) -> dict[str, Any]:
+        """The body of an ack / batch response."""
+        return {"stored": self.stored, "duplicate": self.duplicate, "rejected": self.rejected,
+                **self.head}
+
+
+@dataclass(frozen=True)
+class Device:
+    """An enrolled device as the service knows it."""
+
+    tenant_id: str
+    device_id: str
+    site_id: str | None
+
+
+def token_hash(token: str) -> str:
+    """How a bearer token is stored: SHA-256 hex (tokens are long random strings)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Store:
+    """The service's connection pool and every statement it runs."""
+
+    def __init__(self, conninfo: str, service_key: Ed25519PrivateKey, *, min_size: int = 1,
+                 max_size: int = 8, instance: str = "central") -> None:
+        # prepare_threshold=None: no server-side prepared statements, so a transaction-pooling
+        # pooler between the service and PostgreSQL is safe.
+        self.pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False,
+                                   kwargs={"prepare_threshold": None, "autocommit": True},
+                                   name=f"gated-{instance}")
+        self.key = service_key
+        self.instance = instance
+
+    def open(self, wait: float = 30.0) -> Store:
+        """Open the pool (waits until PostgreSQL answers) and make next months' partitions."""
+        self.pool.open(wait=True, timeout=wait)
+        with self.pool.connection() as conn:
+            conn.execute("SELECT gated_create_partitions(now()::date, 3)")
+        return self
+
+    def close(self) -> None:
+        """Close every connection."""
+        self.pool.close()
+
+    # --- device lookup --------------------------------------------------------------------
+
+    def device_by_token(self, token: str) -> Device | None:
+        """The device a bearer token belongs to (None: no such token)."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT * FROM gated_device_by_token(%s)",
+                               (token_hash(token),)).fetchone()
+        return Device(*row) if row else None
+
+    def device(self, tenant_id: str, device_id: str) -> Device | None:
+        """An enrolled device of a tenant (None: not enrolled)."""
+        with self.pool.connection() as conn, conn.transaction():
+            _tenant(conn, tenant_id)
+            row = conn.execute("SELECT tenant_id, device_id, site_id FROM devices "
+                               "WHERE device_id = %s", (device_id,)).fetchone()
+        return Device(*row) if row else None
+
+    # --- events ---------------------------------------------------------------------------
+
+    def ingest(self, tenant_id: str, device_id: str, events: Sequence[Mapping[str, Any]],
+               heads: Sequence[Mapping[str, Any]] = ()) -> Outcome:
+        """Store validated access/audit events of one device and judge its heads, atomically.
+
+        The caller has checked each event's schema and that its source is this device.
+        Redelivered ids are answered `duplicate` and change nothing.
+        """
+        outcome = Outcome()
+        rows: dict[str, list[dict[str, Any]]] = {"access": [], "audit": []}
+        index: list[tuple[str, str, int, str, str, str]] = []
+        seen: set[str] = set()
+        for event in events:
+            data = event["data"]
+            stream = event["gatedstream"]
+            event_id = event["id"]
+            problem = _event_problem(tenant_id, device_id, event, data)
+            if problem is None and witness.row_hash(stream, data) != data["row_hash"]:
+                problem = "row_hash does not recompute from the data"
+                outcome.alerts.append(f"seq {data['seq']}: {problem}")
+            if problem is not None:
+                outcome.rejected.append({"id": event_id, "reason": problem, "retryable": False})
+                continue
+            if event_id in seen:  # the same id twice in one upload
+                outcome.duplicate.append(event_id)
+                continue
+            seen.add(event_id)
+            row = {name: data.get(name) for name in
+                   (ACCESS_COLUMNS if stream == "access" else AUDIT_COLUMNS)}
+            row["event_id"] = event_id.lower()
+            for name in _TIMES:
+                if name in row:
+                    row[name] = _iso(row[name])
+            if stream == "access":
+                row["snapshot_state"] = event.get("gatedsnapshot")
+            rows[stream].append(row)
+            index.append((row["event_id"], stream, data["seq"], data["prev_hash"],
+                          data["row_hash"], row["created_at"]))
+        with self.pool.connection() as conn, conn.transaction():
+            _tenant(conn, tenant_id)
+            state = conn.execute(
+                "SELECT chain_seq, chain_hash, public_key, forked FROM devices "
+                "WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
+            if state is None:
+                # not enrolled (yet): nothing stored, nothing acked; the device sends again
+                outcome.rejected += [{"id": e[0], "reason": "device not enrolled",
+                                      "retryable": True} for e in index]
+                return outcome
+            chain_seq, chain_hash, public_b64, forked = state
+            new_ids: set[str] = set()
+            if index:
+                new_ids = {str(r[0]) for r in conn.execute(
+                    "INSERT INTO event_ids (tenant_id, event_id, device_id, stream, seq, prev_hash,"
+                    " row_hash, created_at) SELECT %s, e, %s, s, q, p, h, c FROM unnest("
+                    "%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
+                    " %s::timestamptz[]) AS t(e, s, q, p, h, c) "
+                    "ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
+                    (tenant_id, device_id, *map(list, zip(*index, strict=True)))).fetchall()}
+            for stream, stream_rows in rows.items():
+                fresh = [r for r in stream_rows if r["event_id"] in new_ids]
+                if fresh:
+                    conn.execute(_INSERT[stream], (Jsonb(fresh),))
+            for event_id, *_ in index:
+                (outcome.stored if event_id in new_ids else outcome.duplicate).append(event_id)
+            if new_ids:
+                self._forks_at_held_seqs(conn, tenant_id, device_id, index, new_ids, outcome)
+                forked = conn.execute("SELECT forked FROM devices WHERE device_id = %s",
+                                      (device_id,)).fetchone()[0]  # type: ignore[index]
+                if not forked:
+                    forked = self._extend(conn, tenant_id, device_id, chain_seq, chain_hash,
+                                          outcome)
+                    chain_seq = conn.execute("SELECT chain_seq FROM devices WHERE device_id = %s",
+                                             (device_id,)).fetchone()[0]  # type: ignore[index]
+            for head in heads:
+                outcome.head = self._judge_head(conn, tenant_id, device_id, head, public_b64,
+                                                chain_seq, forked)
+            for alert in outcome.alerts:
+                log.warning("tenant %s device %s: %s", tenant_id, device_id, alert)
+        return outcome
+
+    def _forks_at_held_seqs(self, conn: psycopg.Connection[Any], tenant_id: str,
+                            device_id: str, index: list[tuple[str, str, int, str, str, str]],
+                            new_ids: set[str], outcome: Outcome) -> None:
+        """A new row at a seq already held by another row: both kept, the new one is a fork."""
+        seqs = [seq for event_id, _, seq, *_ in index if event_id in new_ids]
+        clashes = conn.execute(
+            "SELECT seq, array_agg(event_id::text ORDER BY received_at, event_id) FROM event_ids "
+            "WHERE device_id = %s AND seq = ANY(%s) GROUP BY seq HAVING count(*) > 1",
+            (device_id, seqs)).fetchall()
+        for seq, ids in clashes:
+            later = [i for i in ids[1:] if i in new_ids]
+            if not later:
+                continue
+            conn.execute("UPDATE event_ids SET chain = 'fork' WHERE event_id = ANY(%s::uuid[])",
+                         (later,))
+            reason = f"seq {seq}: a second, different row ({', '.join(later)}; first {ids[0]})"
+            self._alert(conn, tenant_id, device_id, "chain_fork_refused", seq, reason,
+                        {"seq": seq, "event_ids": ids})
+            conn.execute("UPDATE devices SET forked = true WHERE device_id = %s", (device_id,))
+            outcome.alerts.append(reason)
+
+    def _extend(self, conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
+                chain_seq: int, chain_hash: str, outcome: Outcome) -> bool:
+        """Extend the verified prefix over the rows now held; True if it hit a fork."""
+        forked = False
+        while True:
+            rows = [witness.ChainRow(str(e), q, p, h) for e, q, p, h in conn.execute(
+                "SELECT event_id, seq, prev_hash, row_hash FROM event_ids WHERE device_id = %s"
+                " AND seq > %s AND chain = 'unlinked' ORDER BY seq LIMIT 10000",
+                (device_id, chain_seq)).fetchall()]
+            walk = witness.extend(chain_seq, chain_hash, rows)
+            if walk.linked:
+                conn.execute("UPDATE event_ids SET chain = 'linked' "
+                             "WHERE event_id = ANY(%s::uuid[])", (walk.linked,))
+            if walk.fork is not None:
+                row, reason = walk.fork
+                conn.execute("UPDATE event_ids SET chain = 'fork' WHERE event_id = %s",
+                             (row.event_id,))
+                self._alert(conn, tenant_id, device_id, "chain_fork_refused", row.seq, reason,
+                            {"seq": row.seq, "event_id": row.event_id,
+                             "expected_prev_hash": walk.hash, "prev_hash": row.prev_hash})
+                outcome.alerts.append(reason)
+                forked = True
+            if walk.seq != chain_seq:
+                conn.execute("UPDATE devices SET chain_seq = %s, chain_hash = %s, forked = %s "
+                             "WHERE device_id = %s", (walk.seq, walk.hash, forked, device_id))
+            elif forked:
+                conn.execute("UPDATE devices SET forked = true WHERE device_id = %s",
+                             (device_id,))
+            if forked or len(rows) < 10000 or walk.seq == chain_seq:
+                return forked
+            chain_seq, chain_hash = walk.seq, walk.hash
+
+    def _judge_head(self, conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
+                    head_event: Mapping[str, Any], public_b64: str | None,
+                    chain_seq: int, forked: bool) -> dict[str, Any]:
+        head = head_event["data"]
+        key = None
+        if public_b64:
+            try:
+                key = witness.public_key(public_b64)
+            except ValueError:
+                key = None
+        held = conn.execute(
+            "SELECT row_hash FROM event_ids WHERE device_id = %s AND seq = %s AND chain = 'linked'",
+            (device_id, head["seq"])).fetchone()
+        verdict = witness.judge_head(head, device_id, key, chain_seq, held[0] if held else None,
+                                     forked)
+        counter = None
+        if verdict.status == "countersigned":
+            counter = witness.countersign(head, self.key, time.time())
+            conn.execute("UPDATE devices SET head_seq = %s, head_hash = %s, "
+                         "head_countersignature = %s WHERE device_id = %s "
+                         "AND (head_seq IS NULL OR head_seq <= %s)",
+                         (head["seq"], head["row_hash"], Jsonb(counter), device_id, head["seq"]))
+        elif verdict.status == "refused":
+            self._alert(conn, tenant_id, device_id,
+                        "chain_fork_refused" if verdict.fork else "chain_head_refused",
+                        head["seq"], verdict.reason or "refused", {"head": dict(head)})
+        conn.execute(
+            "INSERT INTO chain_heads (tenant_id, device_id, seq, row_hash, answer_id, head_id,"
+            " signed_head, signature, countersignature, status, reason) VALUES (%s, %s, %s, %s,"
+            " %s, %s, %s, %s, %s, %s, %s)",
+            (tenant_id, device_id, head["seq"], head["row_hash"], uuid.uuid4(),
+             head_event["id"], Jsonb(head),
+             head.get("sig", ""), Jsonb(counter) if counter else None, verdict.status,
+             verdict.reason))
+        return {"head": counter, "head_status": verdict.status, "head_seq": head["seq"],
+                "head_reason": verdict.reason}
+
+    def _alert(self, conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
+               action: str, seq: int, reason: str, metadata: Mapping[str, Any]) -> None:
+        """An alert is an audit row of the service's own, in the tenant's audit_logs."""
+        conn.execute(
+            "INSERT INTO audit_logs (event_id, tenant_id, action, resource_type, resource_id,"
+            " actor_id, actor_type, status, error_message, metadata, created_at, device_id,"
+            " origin) VALUES (%s, %s, %s, 'journal', %s, %s, 'system', 'failure', %s, %s, now(),"
+            " %s, 'service')",
+            (uuid.uuid4(), tenant_id, action, str(seq), f"gated-central:{self.instance}",
+             reason[:4000], Jsonb(dict(metadata)), device_id))
+
+    # --- health -------------------------------------------------------------------------
+
+    def heartbeat(self, tenant_id: str, device_id: str, data: Mapping[str, Any]) -> None:
+        """Record a device's heartbeat: rule-set version, backlog, chain head, health."""
+        backlog = data.get("backlog") or {}
+        total = sum(v for v in backlog.values() if isinstance(v, int)) if isinstance(
+            backlog, dict) else None
+        bundle = data.get("rules_bundle")
+        with self.pool.connection() as conn, conn.transaction():
+            _tenant(conn, tenant_id)
+            conn.execute(
+                "UPDATE devices SET last_heartbeat_at = now(), heartbeat = %s, backlog = %s,"
+                " rules_version = %s, rules_bundle = coalesce(%s, rules_bundle)"
+                " WHERE device_id = %s",
+                (Jsonb(dict(data)), total, data.get("rules_version"),
+                 Jsonb(bundle) if isinstance(bundle, dict) else None, device_id))
+
+    def status(self, tenant_id: str, device_id: str, status: str) -> None:
+        """Record the device's retained online/offline status."""
+        with self.pool.connection() as conn, conn.transaction():
+            _tenant(conn, tenant_id)
+            conn.execute("UPDATE devices SET status = %s, status_at = now() WHERE device_id = %s",
+                         (status, device_id))
+
+    def snapshot_kept(self, tenant_id: str, device_id: str, sha256: str, path: str,
+                      size: int) -> bool:
+        """List a stored picture for the tenant; False when it was already listed."""
+        with self.pool.connection() as conn, conn.transaction():
+            _tenant(conn, tenant_id)
+            row = conn.execute(
+                "INSERT INTO snapshots (tenant_id, sha256, path, size, device_id) VALUES "
+                "(%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, sha256) DO NOTHING RETURNING 1",
+                (tenant_id, sha256, path, size, device_id)).fetchone()
+        return row is not None
+
+
+def _tenant(conn: psycopg.Connection[Any], tenant_id: str) -> None:
+    """Set the transaction's tenant; transaction-local, so a pooler cannot leak it."""
+    conn.execute("SELECT set_config('gated.tenant_id', %s, true)", (tenant_id,))
+
+
+def _event_problem(tenant_id: str, device_id: str, event: Mapping[str, Any],
+                   data: Mapping[str, Any]) -> str | None:
+    """Why an (already schema-valid) event cannot be this device's, or None."""
+    source = event.get("source", "")
+    parts = source[len("gated://"):].split("/") if source.startswith("gated://") else []
+    if len(parts) != 3 or parts[0] != tenant_id or parts[2] != device_id:
+        return "source is not the authenticated device"
+    if data.get("tenant_id") != tenant_id or data.get("device_id") != device_id:
+        return "data names another tenant or device"
+    if data.get("site_id") != parts[1]:
+        return "data.site_id differs from the source"
+    if str(data.get("event_id", "")).lower() != str(event.get("id", "")).lower():
+        return "id differs from data.event_id"
+    if data.get("seq") != event.get("gatedseq"):
+        return "gatedseq differs from data.seq"
+    return None
+
+
+def dumps(message: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")
