@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # the heavy parts are imported when the config uses them
     from gated.hardware.anpr_http import AnprListener
     from gated.hardware.anpr_limits import RefusalSummary
     from gated.hardware.base import Emit, InputEvent, PlateSource, Relay
+    from gated.homeassistant.bridge import HomeAssistantBridge
     from gated.journal import Journal
     from gated.journal.hold import JournalHold
     from gated.journal.recovery import Recovery
@@ -137,6 +138,7 @@ class Daemon:
         self._front_ends: list[asyncio.Task[Any]] = []
         self.sync: SyncService | None = None  # upstream sync, when [sync] enabled
         self.downlink: Downlink | None = None  # signed commands and rule bundles, beside sync
+        self.home_assistant: HomeAssistantBridge | None = None  # when [home_assistant] enabled
 
     # --- public control ------------------------------------------------------
 
@@ -456,6 +458,7 @@ class Daemon:
             # Not critical: Home Assistant losing sight of the gate does not stop the gate.
             on_link_state=lambda up, detail: self.health.set("mqtt-home-assistant", up, detail),
         )
+        self.home_assistant = bridge
         return bridge.name, bridge.run
 
     def _decision_context(self, lane_id: str) -> tuple[AccessPoint, RuleIndex] | None:

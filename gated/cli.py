@@ -394,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=None,
         help="sync to this MQTT broker (default: 127.0.0.1:1883 when one answers); a demo"
-        " service stores and acknowledges the events",
+        " service stores and acknowledges the events, and Home Assistant on that broker"
+        " discovers the gate",
     )
     p.add_argument("--no-sync", action="store_true", help="do not sync, even to a local broker")
     p.add_argument(

@@ -103,6 +103,14 @@ service_public_keys = [{json.dumps(service_key_b64)}]  # the demo service's (dem
 """
 
 
+# With a broker the demo also appears in Home Assistant (docs/home-assistant.md). Its
+# commands are on: the relays are simulated, so anyone on the broker moves nothing real.
+HOME_ASSISTANT_TOML = """
+[home_assistant]
+enabled = true
+commands = { open = true, hold = true, lockdown = true }  # simulated relays only
+"""
+
 DEFAULT_WEB_PORT = 8080
 
 
@@ -348,7 +356,7 @@ def run_demo(
             sync_note = (f"no MQTT broker reachable at {broker[0]}:{broker[1]} ({why}){hint}: "
                          "sync is off, events stay in the journal")
             broker = None
-    sync_toml = sync_config(*broker, _service_key(base)) if broker else ""
+    sync_toml = sync_config(*broker, _service_key(base)) + HOME_ASSISTANT_TOML if broker else ""
     config_path = base / "gated.toml"
     web_port, web_note = listener_port(
         DEFAULT_WEB_PORT if web_port is None else web_port, explicit=web_port is not None
@@ -376,6 +384,8 @@ def run_demo(
     if broker is not None:
         print(f"            sync    MQTT {broker[0]}:{broker[1]}: a demo service stores each event"
               f" in {base / 'service.sqlite3'} and acknowledges it")
+        print("            home    Home Assistant finds the gate by MQTT discovery on this broker"
+              f" ({cfg.home_assistant.discovery_prefix}/device/{cfg.site.device_id}/config)")
     elif sync_note:
         print(f"            sync    {sync_note}")
     print("            Ctrl-C stops.\n")

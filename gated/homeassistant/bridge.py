@@ -506,8 +506,11 @@ class HomeAssistantBridge:
 
 
 async def _until_link_ends(link: asyncio.Task[None]) -> None:
-    """Wait on the link task; its failure ends the bridge (the supervisor restarts it)."""
-    await link
+    """Wait on the link task; its failure ends the bridge (the supervisor restarts it).
+
+    Shielded: cancelling the bridge must leave the link up long enough to say "offline".
+    """
+    await asyncio.shield(link)
 
 
 def _address(cfg: MqttConfig) -> str:

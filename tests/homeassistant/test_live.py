@@ -23,7 +23,7 @@ from gated.app import Daemon
 from gated.config import parse_config
 from gated.control import Actor, ActorType
 from gated.health import Health, SystemdNotifier
-from gated.model import PlateRead
+from gated.model import Mode, PlateRead
 from gated.rules.files import import_rules
 from gated.rules.store import RuleStore
 from tests.homeassistant.conftest import Subscriber, validate
@@ -216,3 +216,90 @@ async def test_states_follow_a_read_a_guard_action_and_a_forced_open_alarm(
         live.pins.pin(SWITCH_PIN).drive_low()
         await live.state(f"{P}/side/forced_open", "OFF")
         await live.state(f"{P}/side/gate", "closed")
+
+
+async def test_each_command_only_when_enabled_and_audited_either_way(
+        tmp_path: Path, broker: Broker, subscriber_factory: Callable[..., Subscriber]) -> None:
+    async with live_daemon(tmp_path, broker, subscriber_factory,
+                           commands={"open": True, "hold": False, "lockdown": True}) as live:
+        config = validate("device", live.ha.last(CONFIG_TOPIC).json())  # type: ignore[union-attr]
+        gate = config["cmps"]["main_in_gate"]
+        # What is enabled is offered, what is not is hidden: open yes, close (= release) no.
+        assert gate["command_topic"] == f"{P}/main-in/gate/set"
+        assert gate["payload_open"] == "OPEN" and gate["payload_close"] is None
+        assert config["cmps"]["main_in_lockdown"]["p"] == "switch"
+        assert config["cmps"]["main_in_hold_open"]["p"] == "binary_sensor"
+        lane = live.daemon.lane("main-in")
+        relay = live.daemon.generation.relays["main-in"]  # type: ignore[union-attr]
+
+        # open (enabled): through the control plane, actor home_assistant, the relay pulses.
+        live.ha.publish(f"{P}/main-in/gate/set", "OPEN")
+        [opened] = await live.until(lambda: live.audits("gate_open"))
+        assert opened["actor_type"] == "home_assistant" and opened["status"] == "success"
+        assert opened["resource_id"] == "main-in"
+        assert relay.pulses_ms == [100]
+        manual = (await live.wait(f"{P}/main-in/decision")).json()
+        assert manual["event_type"] == "manual" and manual["reason"] == "remote_command"
+
+        # hold (disabled): refused, audited, nothing moves; also the cover's CLOSE.
+        live.ha.publish(f"{P}/main-in/hold_open/set", "ON")
+        [held] = await live.until(lambda: live.audits("gate_hold"))
+        assert held["actor_type"] == "home_assistant" and held["status"] == "failure"
+        assert json.loads(held["metadata"])["outcome"] == "refused"
+        assert "home_assistant.commands.hold is off" in held["error_message"]
+        live.ha.publish(f"{P}/main-in/gate/set", "CLOSE")
+        [released] = await live.until(lambda: live.audits("gate_release"))
+        assert json.loads(released["metadata"])["outcome"] == "refused"
+        assert lane.mode == Mode.NORMAL and relay.pulses_ms == [100]
+
+        # lockdown (enabled): on, the switch follows; an open is then refused by the plane.
+        live.ha.publish(f"{P}/main-in/lockdown/set", "ON")
+        await live.until(lambda: lane.mode == Mode.LOCKDOWN)
+        await live.state(f"{P}/main-in/lockdown", "ON")
+        live.ha.publish(f"{P}/main-in/gate/set", "OPEN")
+        refused = await live.until(lambda: live.audits("gate_open")[1:])
+        assert "lockdown" in refused[0]["error_message"] and relay.pulses_ms == [100]
+        live.ha.publish(f"{P}/main-in/lockdown/set", "OFF")
+        await live.state(f"{P}/main-in/lockdown", "OFF")
+        [on, off] = await live.until(
+            lambda: live.audits("lockdown_on") + live.audits("lockdown_off"))
+        assert on["actor_type"] == off["actor_type"] == "home_assistant"
+        assert on["status"] == off["status"] == "success"
+
+        # Hostile payloads: counted and dropped, never audited, the daemon carries on.
+        assert live.daemon.home_assistant is not None
+        link = live.daemon.home_assistant.link
+        before = sum(link.stats.malformed.values())
+        for topic, payload in [
+            (f"{P}/main-in/gate/set", b"EXPLODE"), (f"{P}/main-in/gate/set", b"\xff\xfe"),
+            (f"{P}/main-in/gate/set", b"OPEN" * 10_000), (f"{P}/main-in/nothing/set", b"ON"),
+            (f"{P}/../gate/set", b"OPEN"), ("homeassistant/status", b"\x00junk" * 1000),
+        ]:
+            live.ha.publish(topic, payload)
+        await live.until(lambda: sum(link.stats.malformed.values()) >= before + 6)
+        await asyncio.sleep(0.3)
+        assert len(live.audits("gate_open")) == 2 and relay.pulses_ms == [100]
+
+        # Home Assistant's birth message: the device is announced again.
+        count = len(live.ha.on(CONFIG_TOPIC))
+        live.ha.publish("homeassistant/status", "online")
+        await live.until(lambda: len(live.ha.on(CONFIG_TOPIC)) > count)
+        await live.state(f"{P}/availability", "online")
+
+
+async def test_a_retained_command_is_stale_refused_and_audited(
+        tmp_path: Path, broker: Broker, subscriber_factory: Callable[..., Subscriber]) -> None:
+    # Left on the broker before gated connects: delivered with the retain flag on subscribe,
+    # as it would be again after every reconnect. It must never open the gate.
+    publisher = subscriber_factory()
+    publisher.publish(f"{P}/main-in/gate/set", "OPEN", retain=True)
+    async with live_daemon(tmp_path, broker, subscriber_factory,
+                           commands={"open": True}) as live:
+        [stale] = await live.until(lambda: live.audits("gate_open"))
+        assert stale["actor_type"] == "home_assistant" and stale["status"] == "failure"
+        assert "retained command message" in stale["error_message"]
+        assert live.daemon.generation.relays["main-in"].pulses_ms == []  # type: ignore[union-attr]
+        # The same command sent live (Home Assistant's own, retain off) is carried out.
+        live.ha.publish(f"{P}/main-in/gate/set", "OPEN")
+        await live.until(lambda: len(live.audits("gate_open")) == 2)
+        assert live.audits("gate_open")[1]["status"] == "success"
