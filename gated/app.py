@@ -31,6 +31,7 @@ from gated.audit import Auditor
 from gated.clock import ClockWatch
 from gated.config import (
     AnprHttpSourceConfig,
+    CameraSourceConfig,
     Config,
     FrigateSourceConfig,
     Rdm6300SourceConfig,
@@ -86,6 +87,8 @@ class Generation:
     services: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
     listeners: list[AnprListener] = field(default_factory=list)  # for the status API
     mqtt_links: dict[str, LinkStats] = field(default_factory=dict)  # for metrics
+    # kind = "camera" sources (gated.hardware.recognition_source): triggers and metrics
+    recognising: list[Any] = field(default_factory=list)
     rules: RulesHolder | None = None
     store: RuleStore | None = None
 
@@ -924,6 +927,10 @@ class Daemon:
 
                 camera = OpenCvCamera(f"{lane_cfg.id}-camera", lane_cfg.camera)
                 gen.services.append((camera.name, camera.run))
+            for src in lane_cfg.sources:
+                if isinstance(src, CameraSourceConfig):
+                    recognising = self._recognising_camera(src, lane_cfg.id, gen)
+                    camera = camera or recognising.camera  # its frames are the lane's pictures
             parts = LaneParts(
                 identity=cfg.site.identity,
                 access_point=AccessPoint(lane_cfg.id, lane_cfg.direction, cfg.policy, tz),
@@ -953,6 +960,22 @@ class Daemon:
         self._modes_seeded = True
         self._build_sources(cfg, gen)
         self._build_inputs(cfg, gen, pin_factory)
+
+    def _recognising_camera(self, src: CameraSourceConfig, lane_id: str, gen: Generation) -> Any:
+        """A plain camera gated reads plates from (imports OpenCV's capture code only now)."""
+        from gated.hardware.recognition_source import RecognisingCamera
+        from gated.hardware.threads import call_in_loop
+
+        loop = asyncio.get_running_loop()
+        component = f"camera-{src.name}"
+
+        def on_state(up: bool, detail: str) -> None:  # capture or worker thread
+            call_in_loop(loop, self.health.set, component, up, detail)
+
+        source = RecognisingCamera(src, lane_id, on_state=on_state)
+        gen.recognising.append(source)
+        gen.services.append(_source(source, self._emit))
+        return source
 
     def _gpio_factory(self, cfg: Config) -> Any:
         """The gpiozero pin factory, kept across generations while [gpio] is unchanged."""
@@ -1118,6 +1141,10 @@ class Daemon:
         lane_id, sep, _ = event.input.partition(":")
         if sep and lane_id in gen.lanes:
             gen.lanes[lane_id].on_sensor(event)
+            if event.input.endswith(":presence"):  # a loop detector triggers recognition
+                for camera in gen.recognising:
+                    if camera.lane_id == lane_id:
+                        camera.on_presence(event.kind == "active", event.at_mono)
             return
         for button in gen.cfg.buttons:
             if button.name == event.input:
@@ -1345,7 +1372,7 @@ class Daemon:
         links = self.generation.mqtt_links if self.generation else {}
         return (render_prometheus(lanes, components, links) + _head_metrics(self.journal_head)
                 + _state_metrics(self.state_usage, self._quota_exhausted)
-                + _hold_metrics(self.hold))
+                + _hold_metrics(self.hold) + _recognition_metrics(self.generation))
 
     async def _write_metrics(self, gen: Generation) -> None:
         """Rewrite the metrics textfile atomically every interval (node_exporter reads it)."""
@@ -1368,6 +1395,15 @@ class Daemon:
     def _on_event(self, event: AccessEvent, decision: Decision | None) -> None:
         for listener in list(self.event_listeners):
             listener(event, decision)
+
+
+def _recognition_metrics(gen: Generation | None) -> str:
+    """Frames seen, recognised and dropped by each camera gated reads plates from."""
+    if gen is None or not gen.recognising:
+        return ""
+    from gated.hardware.recognition_source import render_metrics
+
+    return render_metrics(gen.recognising)
 
 
 def _state_metrics(usage: tuple[int, int] | None, exhausted: bool) -> str:

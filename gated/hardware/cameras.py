@@ -11,6 +11,12 @@ the gate; files are paced to fps_limit instead. A dropped stream, an ended or
 vanished file, or a camera that will not open is retried with capped,
 jittered backoff; the log records "lost" and "recovered" once each.
 
+A consumer that must see every kept frame (gated.hardware.recognition_source: motion
+and plate recognition) passes `on_frame`; it runs on the capture thread, so it must
+be quick and never block (hand heavy work to a worker). `on_state(up, detail)` is
+told when the stream is lost and recovered, for the health report. A file may also
+be played once (`loop_file=False`): at its end the thread idles until stopped.
+
 Exercised here only with video and image files written by the tests and with
 unreachable URLs: no real RTSP camera or USB webcam was attached.
 """
@@ -40,6 +46,8 @@ __all__ = ["CameraStatus", "OpenCvCamera"]
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+FrameHook = Callable[["np.ndarray[Any, Any]", float], None]  # (frame, monotonic time)
+StateHook = Callable[[bool, str], None]  # (up, detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +98,14 @@ class OpenCvCamera:
         open_timeout_ms: int = 5000,
         read_timeout_ms: int = 5000,
         rng: random.Random | None = None,
+        on_frame: FrameHook | None = None,
+        on_state: StateHook | None = None,
+        loop_file: bool = True,
     ) -> None:
         self.name = name
+        self._on_frame = on_frame
+        self._on_state = on_state
+        self._loop_file = loop_file
         self._cfg = cfg
         self._clock = clock
         self._reconnect_initial = reconnect_initial_s
@@ -176,9 +190,10 @@ class OpenCvCamera:
         backoff = Backoff(self._reconnect_initial, self._reconnect_max, rng=self._rng)
         while not self._stop.is_set():
             cap = _open_capture(self._cfg.url, self._open_timeout_ms, self._read_timeout_ms)
+            opened = cap.isOpened()
             try:
-                if not cap.isOpened():
-                    self._lost("cannot open stream")
+                if not opened:
+                    self._lost("cannot open video file" if self._is_file else "cannot open stream")
                     got_frames = False
                 else:
                     got_frames = self._read_until_drop(cap)
@@ -186,11 +201,17 @@ class OpenCvCamera:
                 cap.release()
             if got_frames:
                 backoff.reset()
-                if self._is_file:
+                if self._is_file and self._loop_file:
                     continue  # end of a demo file: loop it at once
+                if self._is_file:
+                    log.info("camera %s: end of the video file", self.name)
+                    self._stop.wait()  # played once: nothing more to read
+                    return
                 self._lost("stream dropped")
-            elif self._state == "up":
-                self._lost("stream gave no frames")
+            elif opened:  # opened but unreadable: a corrupt file, a camera sending nothing
+                self._lost(
+                    "video file gave no frames (corrupt, or not a video)"
+                    if self._is_file else "stream gave no frames")
             if self._stop.wait(backoff.next_delay()):
                 return
 
@@ -221,8 +242,10 @@ class OpenCvCamera:
                 self._up()
             with self._lock:
                 self._frame = frame  # the previous frame is released here: one frame kept
-                self._frame_at = self._clock()
+                self._frame_at = at = self._clock()
                 self._frames += 1
+            if self._on_frame is not None:
+                self._on_frame(frame, at)
         return got
 
     def _up(self) -> None:
@@ -236,6 +259,8 @@ class OpenCvCamera:
             self._ever_up = True
             self._connected = True
             self._last_error = None
+        if self._on_state is not None:
+            self._on_state(True, "streaming")
 
     def _lost(self, why: str) -> None:
         with self._lock:
@@ -246,6 +271,8 @@ class OpenCvCamera:
             # The URL may carry credentials (rtsp://user:pass@…): never log it.
             log.warning("camera %s: %s", self.name, why)
             self._state = "down"
+        if self._on_state is not None:
+            self._on_state(False, why)
 
 
 def _settle(fut: asyncio.Future[BaseException | None], value: BaseException | None) -> None:
