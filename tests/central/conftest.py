@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,6 +18,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gated.central.store import Store
+from tests.support.broker import (
+    HOST,
+    MOSQUITTO,
+    free_port,
+    mosquitto_available,
+    wait_until_accepting,
+)
 from tests.support.postgres import OWNER, SERVICE, PgServer, postgres_cluster
 
 
@@ -58,3 +68,65 @@ def owner(pg_server: PgServer, pg_db: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection as gated_owner (enrolment)."""
     with pg_server.connect(pg_db, OWNER) as conn:
         yield conn
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
+_SITE_SPECIFIC = ("listener", "certfile", "keyfile", "cafile", "persistence",
+                  "persistence_location", "autosave_interval", "password_file", "acl_file")
+USERS = {"acme/gate-1": "pw-a1", "acme/gate-2": "pw-a2", "globex/gate-1": "pw-g1",
+         "gated-service": "pw-s1", "gated-service-2": "pw-s2"}
+
+
+class AclBroker:
+    """Mosquitto with the shipped config and ACL, persistent, restartable on its port."""
+
+    def __init__(self, tmp: Path) -> None:
+        passwd_tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        if not mosquitto_available() or not Path(passwd_tool).exists():
+            pytest.skip("mosquitto (with mosquitto_passwd) is not installed")
+        tmp.mkdir(parents=True, exist_ok=True)
+        passwd = tmp / "gated.passwd"
+        passwd.touch()
+        for user, password in USERS.items():
+            subprocess.run([passwd_tool, "-b", str(passwd), user, password], check=True)
+        acl = tmp / "gated.acl"
+        shutil.copy(SHIPPED / "gated.acl", acl)
+        kept = [line for line in (SHIPPED / "gated.conf").read_text().splitlines()
+                if line.split(" ", 1)[0] not in _SITE_SPECIFIC]
+        self.host, self.port = HOST, free_port()
+        (tmp / "data").mkdir(exist_ok=True)
+        self.config = tmp / "mosquitto.conf"
+        self.config.write_text("\n".join([
+            f"listener {self.port} {HOST}", "persistence true",
+            f"persistence_location {tmp / 'data'}/", "autosave_interval 1",
+            "log_dest stderr", "log_type error", "log_type warning", *kept,
+            f"password_file {passwd}", f"acl_file {acl}", "user root"]) + "\n")
+        self.log = tmp / "mosquitto.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AclBroker:
+        """Start (again) on the same port."""
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)],
+                                            stdout=subprocess.DEVNULL, stderr=log)
+        if not wait_until_accepting(self.host, self.port):
+            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-500:]}")
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (Mosquitto saves its persistent sessions), then kill if it lingers."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[AclBroker]:
+    """The shipped broker config and ACL with accounts for three devices and two services."""
+    broker = AclBroker(tmp_path / "broker").start()
+    yield broker
+    broker.stop()

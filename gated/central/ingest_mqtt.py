@@ -1,0 +1,288 @@
+"""MQTT ingest: a shared subscription over every device's uplink, PUBACK only after the commit.
+
+Several service instances join one shared-subscription group (`$share/{group}/…`), so the
+broker spreads the devices' messages over them. Each instance keeps a persistent session
+(clean_start false, a session expiry) and acknowledges manually: a message's PUBACK is
+sent only after the PostgreSQL transaction that stored it committed, and the protocol's
+`io.gated.ack.v1` (what the device marks rows synced by) is published at the same point.
+A message that can never be stored (not JSON, wrong schema, another device's identity) is
+refused in the ack with `retryable: false` when it has an id, logged, and PUBACKed so the
+broker does not deliver it forever; the service keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gated.central.schemas import SchemaError, validate, validate_event
+from gated.central.store import Outcome, Store, dumps
+from gated.central.witness import rfc3339
+
+log = logging.getLogger("gated.central.mqtt")
+
+UPLINK = ("events", "heads", "heartbeat", "status", "commands/result")
+MAX_MESSAGE = 256 * 1024  # an event is a few KiB; anything near the broker's limit is hostile
+
+
+@dataclass
+class MqttSettings:
+    """Where and how the service connects to the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+    client_id: str = "gated-central-1"
+    group: str = "gated-central"
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
+    batch_max: int = 500
+    batch_wait_s: float = 0.02
+    tls_ca_file: str = ""
+
+
+@dataclass
+class Stats:
+    """Counters for tests, health and the benchmark."""
+
+    received: int = 0
+    refused: int = 0
+    stored: int = 0
+    duplicate: int = 0
+    db_errors: int = 0
+    refusals: list[str] = field(default_factory=list)
+
+
+class MqttIngest:
+    """One service instance's MQTT consumer."""
+
+    def __init__(self, store: Store, settings: MqttSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.stats = Stats()
+        self.connected = threading.Event()
+        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+                             protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password or None)
+        if settings.tls_ca_file:
+            client.tls_set(ca_certs=settings.tls_ca_file)
+        # the device side's window is 1,000; let the broker hand us as many before PUBACKs
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(0.2, 5)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    # --- life ---------------------------------------------------------------------------
+
+    def start(self) -> MqttIngest:
+        """Connect (in the background) and start the storing worker."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        self.client.connect_async(self.settings.host, self.settings.port,
+                                  keepalive=self.settings.keepalive_s, clean_start=False,
+                                  properties=props)
+        self.client.loop_start()
+        self._worker = threading.Thread(target=self._work, name="central-mqtt-store",
+                                        daemon=True)
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop taking messages; what is not stored yet is not PUBACKed (the broker keeps it)."""
+        self._stop.set()
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(30)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # --- paho callbacks (paho's thread) -------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason: Any,
+                    _props: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("broker refused the connection: %s", reason)
+            return
+        group = self.settings.group
+        client.subscribe([(f"$share/{group}/gated/v1/+/+/{name}", 1) for name in UPLINK])
+        self.connected.set()
+        log.info("connected to %s:%s as %s", self.settings.host, self.settings.port,
+                 self.settings.client_id)
+
+    def _on_disconnect(self, *_args: Any) -> None:
+        self.connected.clear()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self._queue.put(message)
+
+    # --- the worker ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.settings.batch_wait_s
+            while len(batch) < self.settings.batch_max:
+                left = deadline - time.monotonic()
+                try:
+                    more = self._queue.get(timeout=max(left, 0)) if left > 0 else (
+                        self._queue.get_nowait())
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._stop.set()
+                    break
+                batch.append(more)
+            self._handle(batch)
+
+    def _handle(self, batch: list[mqtt.MQTTMessage]) -> None:
+        """Store one batch, then ack each device and PUBACK each message."""
+        groups: dict[tuple[str, str], dict[str, list[Any]]] = defaultdict(
+            lambda: {"events": [], "heads": [], "rejected": []})
+        done: list[mqtt.MQTTMessage] = []
+        for message in batch:
+            self.stats.received += 1
+            parts = message.topic.split("/")
+            # gated/v1/{tenant}/{device}/{kind…}; the broker's ACL bound the topic to the
+            # authenticated username, so the topic is the device's proven identity
+            if len(parts) < 5 or parts[:2] != ["gated", "v1"]:
+                self._refuse(message, None, "topic outside gated/v1")
+                done.append(message)
+                continue
+            tenant_id, device_id, kind = parts[2], parts[3], "/".join(parts[4:])
+            try:
+                self._route(message, tenant_id, device_id, kind, groups)
+            except _Refused as err:
+                if err.event_id:
+                    groups[(tenant_id, device_id)]["rejected"].append(
+                        {"id": err.event_id, "reason": err.reason, "retryable": False})
+                self._refuse(message, err.event_id, err.reason)
+            done.append(message)
+        for (tenant_id, device_id), group in groups.items():
+            outcome = self._store(tenant_id, device_id, group["events"], group["heads"])
+            outcome.rejected.extend(group["rejected"])
+            if group["events"] or group["heads"] or group["rejected"]:
+                self._ack(tenant_id, device_id, outcome)
+        for message in done:
+            if message.qos > 0:
+                self.client.ack(message.mid, message.qos)
+
+    def _route(self, message: mqtt.MQTTMessage, tenant_id: str, device_id: str, kind: str,
+               groups: dict[tuple[str, str], dict[str, list[Any]]]) -> None:
+        payload = bytes(message.payload)
+        if len(payload) > MAX_MESSAGE:
+            raise _Refused(None, f"{len(payload)} bytes is over {MAX_MESSAGE}")
+        try:
+            body = json.loads(payload)
+        except ValueError as err:
+            raise _Refused(None, "not JSON") from err
+        event_id = body.get("id") if isinstance(body, dict) and isinstance(
+            body.get("id"), str) and len(body["id"]) <= 64 else None
+        if kind == "status":
+            try:
+                validate("status", body)
+            except SchemaError as err:
+                raise _Refused(None, str(err)) from err
+            if body["device_id"] != device_id:
+                raise _Refused(None, "status names another device")
+            self._with_db(lambda: self.store.status(tenant_id, device_id, body["status"]))
+            return
+        try:
+            validate_event(body)
+        except SchemaError as err:
+            raise _Refused(event_id if kind == "events" else None, str(err)) from err
+        expected = {"events": ("io.gated.access.v1", "io.gated.audit.v1"),
+                    "heads": ("io.gated.head.v1",), "heartbeat": ("io.gated.heartbeat.v1",),
+                    "commands/result": ("io.gated.command.result.v1",)}.get(kind, ())
+        if body["type"] not in expected:
+            raise _Refused(event_id if kind == "events" else None,
+                           f"type {body['type']} on …/{kind}")
+        source = body["source"]
+        if not (source.startswith(f"gated://{tenant_id}/") and source.endswith(f"/{device_id}")):
+            raise _Refused(event_id if kind == "events" else None,
+                           "source is not the topic's device")
+        if kind == "events":
+            groups[(tenant_id, device_id)]["events"].append(body)
+        elif kind == "heads":
+            groups[(tenant_id, device_id)]["heads"].append(body)
+        elif kind == "heartbeat":
+            self._with_db(lambda: self.store.heartbeat(tenant_id, device_id, body["data"]))
+        # command results: the record of a command is the device's audit row, which comes as
+        # an event; the result is logged only
+        else:
+            log.info("command result from %s/%s: %s", tenant_id, device_id,
+                     str(body.get("data", {}).get("outcome"))[:40])
+
+    def _store(self, tenant_id: str, device_id: str, events: list[dict[str, Any]],
+               heads: list[dict[str, Any]]) -> Outcome:
+        if not events and not heads:
+            return Outcome()
+        outcome: Outcome = self._with_db(
+            lambda: self.store.ingest(tenant_id, device_id, events, heads[-1:]))
+        self.stats.stored += len(outcome.stored)
+        self.stats.duplicate += len(outcome.duplicate)
+        return outcome
+
+    def _with_db(self, action: Callable[[], Any]) -> Any:
+        """Run a database step, retrying with a capped back-off until it commits.
+
+        Nothing is PUBACKed meanwhile, so the broker keeps every message of the batch.
+        """
+        delay = 0.2
+        while True:
+            try:
+                return action()
+            except Exception as err:  # a database outage must not drop messages
+                self.stats.db_errors += 1
+                log.warning("database step failed (%s); retrying in %.1f s", err, delay)
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, 10.0)
+
+    def _ack(self, tenant_id: str, device_id: str, outcome: Outcome) -> None:
+        body = outcome.answer()
+        # an ack lists at most 10,000 ids per list (ack.json); batches are smaller
+        ack = {"specversion": "1.0", "id": str(uuid.uuid4()),
+               "source": f"gated-service://{tenant_id}", "type": "io.gated.ack.v1",
+               "time": rfc3339(time.time()), "datacontenttype": "application/json",
+               "data": {k: v for k, v in body.items() if v is not None or k == "head"}}
+        if not outcome.head:
+            for key in ("head", "head_status", "head_seq", "head_reason"):
+                ack["data"].pop(key, None)
+        self.client.publish(f"gated/v1/{tenant_id}/{device_id}/acks", dumps(ack), qos=1)
+
+    def _refuse(self, message: mqtt.MQTTMessage, event_id: str | None, reason: str) -> None:
+        self.stats.refused += 1
+        text = f"{message.topic}: {reason}"[:500]
+        if len(self.stats.refusals) < 100:
+            self.stats.refusals.append(text)
+        log.warning("refused %s", text)
+
+
+class _Refused(Exception):
+    def __init__(self, event_id: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.event_id, self.reason = event_id, reason
