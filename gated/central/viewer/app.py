@@ -220,7 +220,9 @@ class _Viewer:
         return session, form
 
     def _filters(self, request: web.Request, listing: Listing) -> Filters:
-        return parse_filters(request.query, listing, self.tz, list(request.query.keys()))
+        # items(), not keys(): a key given twice must be seen twice
+        return parse_filters(request.query, listing, self.tz,
+                             [key for key, _ in request.query.items()])
 
     # --- login ---------------------------------------------------------------------------
 
