@@ -490,8 +490,11 @@ class HomeAssistantBridge:
         """One audit row a minute for commands dropped by the rate limit, not one each."""
         while True:
             await asyncio.sleep(DROPPED_REPORT_S)
-            if not self.dropped:
-                continue
+            await self.report_dropped()
+
+    async def report_dropped(self) -> None:
+        """Audit (and log) the commands dropped since the last report, if any."""
+        if self.dropped:
             count, self.dropped = self.dropped, 0
             log.warning("home assistant: %d command(s) dropped: more than %d a minute",
                         count, self.ha.commands_per_minute)

@@ -303,3 +303,59 @@ async def test_a_retained_command_is_stale_refused_and_audited(
         live.ha.publish(f"{P}/main-in/gate/set", "OPEN")
         await live.until(lambda: len(live.audits("gate_open")) == 2)
         assert live.audits("gate_open")[1]["status"] == "success"
+
+
+async def test_a_command_flood_is_cut_to_the_rate_and_audited_once(
+        tmp_path: Path, broker: Broker, subscriber_factory: Callable[..., Subscriber]) -> None:
+    async with live_daemon(tmp_path, broker, subscriber_factory, commands_per_minute=3,
+                           commands={"lockdown": True}) as live:
+        bridge = live.daemon.home_assistant
+        assert bridge is not None
+        for i in range(20):
+            live.ha.publish(f"{P}/main-in/lockdown/set", "ON" if i % 2 == 0 else "OFF")
+        await live.until(lambda: bridge.dropped == 17)
+        await asyncio.sleep(0.3)
+        done = live.audits("lockdown_on") + live.audits("lockdown_off")
+        assert len(done) == 3  # the first three, each through the control plane
+        await bridge.report_dropped()
+        [dropped] = live.audits("home_assistant_commands_dropped")
+        assert dropped["actor_type"] == "home_assistant" and dropped["status"] == "failure"
+        assert json.loads(dropped["metadata"])["dropped"] == 17
+        await bridge.report_dropped()  # nothing new: no second row
+        assert len(live.audits("home_assistant_commands_dropped")) == 1
+
+
+async def test_a_lane_taken_out_is_removed_and_discovery_off_removes_the_device(
+        tmp_path: Path, broker: Broker, subscriber_factory: Callable[..., Subscriber]) -> None:
+    async with live_daemon(tmp_path, broker, subscriber_factory):
+        pass
+    # The next start has only main-in: side's components go, read back from the broker.
+    cfg = site_config(tmp_path, broker)
+    cfg["lanes"] = cfg["lanes"][:1]
+    daemon = Daemon(parse_config(cfg), health=Health(SystemdNotifier(env={})))
+    ha = subscriber_factory(CONFIG_TOPIC)
+    ha.clear()
+    task = asyncio.create_task(daemon.run())
+    try:
+        message = await asyncio.to_thread(
+            ha.wait, CONFIG_TOPIC, lambda m: "side_gate" in m.json()["cmps"]
+            and m.json()["cmps"]["side_gate"] == {"p": "cover"})
+        cmps = validate("device", message.json())["cmps"]
+        assert cmps["side_forced_open"] == {"p": "binary_sensor"}
+        assert cmps["main_in_gate"]["p"] == "cover" and len(cmps["main_in_gate"]) > 1
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+    # discovery = false: an empty retained config, the device is gone from Home Assistant.
+    cfg["home_assistant"]["discovery"] = False
+    daemon = Daemon(parse_config(cfg), health=Health(SystemdNotifier(env={})))
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.to_thread(ha.wait, CONFIG_TOPIC, lambda m: m.payload == b"")
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+    late = subscriber_factory(CONFIG_TOPIC)
+    await asyncio.sleep(0.5)
+    assert late.on(CONFIG_TOPIC) == []  # nothing retained any more
