@@ -1369,7 +1369,9 @@ class Daemon:
             else {}
         )
         components = {name: c.ok for name, c in self.health.components.items()}
-        links = self.generation.mqtt_links if self.generation else {}
+        links = dict(self.generation.mqtt_links) if self.generation else {}
+        if self.home_assistant is not None:  # long-lived, outside the generations
+            links["home-assistant"] = self.home_assistant.link.stats
         return (render_prometheus(lanes, components, links) + _head_metrics(self.journal_head)
                 + _state_metrics(self.state_usage, self._quota_exhausted)
                 + _hold_metrics(self.hold) + _recognition_metrics(self.generation))

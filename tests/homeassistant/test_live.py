@@ -280,6 +280,10 @@ async def test_each_command_only_when_enabled_and_audited_either_way(
         await asyncio.sleep(0.3)
         assert len(live.audits("gate_open")) == 2 and relay.pulses_ms == [100]
 
+        # The link is in the metrics beside the others.
+        metrics = live.daemon.metrics_text()
+        assert 'gated_mqtt_connected{link="home-assistant"} 1' in metrics
+
         # Home Assistant's birth message: the device is announced again.
         count = len(live.ha.on(CONFIG_TOPIC))
         live.ha.publish("homeassistant/status", "online")
