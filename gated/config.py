@@ -749,11 +749,38 @@ class AlertChannelConfig(_Section, frozen=True):
                                  f"(one of: {', '.join(RULE_NAMES)})")
 
 
+class AlertRulesConfig(_Section, frozen=True):
+    """Every alert rule by name (gated.alerts.rules.RULE_NAMES); one not set keeps its defaults."""
+
+    deny_listed: AlertRuleConfig = AlertRuleConfig()
+    lockdown_read: AlertRuleConfig = AlertRuleConfig()
+    forced_open: AlertRuleConfig = AlertRuleConfig()
+    held_open: AlertRuleConfig = AlertRuleConfig()
+    journal_check: AlertRuleConfig = AlertRuleConfig()
+    refusal_flood: AlertRuleConfig = AlertRuleConfig()
+    relay_fault: AlertRuleConfig = AlertRuleConfig()
+    camera_fault: AlertRuleConfig = AlertRuleConfig()
+    disk_full: AlertRuleConfig = AlertRuleConfig()
+    sync_backlog: AlertRuleConfig = AlertRuleConfig()
+    clock_unsynced: AlertRuleConfig = AlertRuleConfig()
+    test: AlertRuleConfig = AlertRuleConfig()
+
+    def __post_init__(self) -> None:
+        from gated.alerts.rules import THRESHOLDS
+
+        for name in self.__struct_fields__:
+            rule = getattr(self, name)
+            for key in ("fault_after_s", "disk_percent", "backlog_hours", "flood_count",
+                        "flood_window_s"):
+                if getattr(rule, key) is not None and key not in THRESHOLDS.get(name, ()):
+                    raise ValueError(f"{name}.{key}: not a setting of this rule")
+
+
 class AlertsConfig(_Section, frozen=True):
     """Local alerts: which happenings alert and where they go (docs/alerts.md)."""
 
     enabled: bool = True  # with no channel nothing is raised either
-    rules: dict[str, AlertRuleConfig] = {}  # by rule name; a rule not listed: its defaults
+    rules: AlertRulesConfig = AlertRulesConfig()  # by rule name; a rule not set: its defaults
     channels: list[AlertChannelConfig] = []
     state_file: str = ""  # delivery cursors; default: alerts-state.json beside the journal
     retry_min_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 1.0
@@ -761,17 +788,8 @@ class AlertsConfig(_Section, frozen=True):
     late_after_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 120.0  # then "(raised … ago)"
 
     def __post_init__(self) -> None:
-        from gated.alerts.rules import RULE_NAMES, THRESHOLDS
-
         if self.retry_min_s > self.retry_max_s:
             raise ValueError("retry_min_s: must not exceed retry_max_s")
-        for name, rule in self.rules.items():
-            if name not in RULE_NAMES:
-                raise ValueError(f"rules.{name}: unknown rule (one of: {', '.join(RULE_NAMES)})")
-            for key in ("fault_after_s", "disk_percent", "backlog_hours", "flood_count",
-                        "flood_window_s"):
-                if getattr(rule, key) is not None and key not in THRESHOLDS.get(name, ()):
-                    raise ValueError(f"rules.{name}.{key}: not a setting of this rule")
         seen: set[str] = set()
         for i, channel in enumerate(self.channels):
             if channel.name in seen:

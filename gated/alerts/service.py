@@ -25,7 +25,8 @@ __all__ = ["AlertService", "build_channels", "rule_settings"]
 def rule_settings(cfg: AlertsConfig) -> dict[str, RuleSettings]:
     """The engine's settings: each rule's defaults overlaid with what the config sets."""
     out = dict(DEFAULTS)
-    for name, rule in cfg.rules.items():
+    for name in cfg.rules.__struct_fields__:
+        rule = getattr(cfg.rules, name)
         base = DEFAULTS[name]
         out[name] = RuleSettings(
             enabled=rule.enabled, interval_s=rule.interval_s,

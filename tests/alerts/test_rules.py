@@ -188,3 +188,9 @@ def test_folding_never_alerts_twice_within_an_interval_and_counts_add_up(
         alerts.append((now + interval, d))
     assert engine.pending() == 0
     assert sum(d.count for _, d in alerts) == len(stream)
+
+
+def test_the_config_names_every_rule_in_order() -> None:
+    from gated.config import AlertRulesConfig
+
+    assert tuple(AlertRulesConfig.__struct_fields__) == RULE_NAMES
