@@ -341,6 +341,13 @@ def cmd_user(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_recognize(args: argparse.Namespace) -> int:
+    """Read the plates in pictures with the on-device recogniser, one JSON line per image."""
+    from gated.recognize_cli import run
+
+    return run(args)
+
+
 def cmd_alert(args: argparse.Namespace) -> int:
     """Send a test alert through each configured alert channel."""
     from gated.alerts.cli import run
@@ -507,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gated.alerts import cli as alerts_cli
 
     alerts_cli.add_parser(sub, cmd_alert)
+    from gated import recognize_cli
+
+    recognize_cli.add_parser(sub, cmd_recognize)
     return parser
 
 

@@ -382,8 +382,9 @@ class CameraSourceConfig(
     # A video file at its end: "loop" (start again, for trying it out) or "stop".
     at_end: Literal["loop", "stop"] = "loop"
     recognizer: RecognizerConfig = RecognizerConfig()
-    # On by default here: a plate read off a single frame may be a badge or a sticker.
-    consensus: ConsensusConfig = ConsensusConfig(reads=3, unless_confidence=0.95)
+    # On by default here, and no single frame is enough: a plate read off one frame may be
+    # a badge or a sticker, or a plate cut off by the frame's edge, read as sure as a whole.
+    consensus: ConsensusConfig = ConsensusConfig(reads=3)
     max_age_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 0.0  # frames are live
 
     def __post_init__(self) -> None:
