@@ -112,6 +112,9 @@ async def test_a_changed_password_or_removal_ends_the_users_sessions(viewer: Vie
     bad = await ada.post("/users", data={"csrf": token, "name": "x", "role": "root",
                                          "password": "long-enough-pw"})
     assert bad.status_code == 400 and "role: one of" in bad.text
+    short = await ada.post("/users", data={"csrf": token, "name": "shorty", "role": "viewer",
+                                           "password": "short"})
+    assert short.status_code == 400 and "at least 10 characters" in short.text
     await viewer.login("acme", "vera", "another-password-1")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from gated.web.users import NAME_RE, check_password, hash_password, verify_password
+from gated.web.users import NAME_RE, UserError, check_password, hash_password, verify_password
 
 __all__ = ["RANK", "ROLES", "TENANT_RE", "AccountError", "Connect", "ViewerSession",
            "ViewerUser", "add_user", "authenticate", "create_session", "end_session",
@@ -97,6 +97,13 @@ def _check_name(name: str) -> None:
         raise AccountError("name: letters, digits, _ . @ - (at most 64, a letter or digit first)")
 
 
+def _check_password(password: str) -> None:
+    try:
+        check_password(password)  # the status page's length rules
+    except UserError as err:
+        raise AccountError(str(err)) from err
+
+
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise AccountError(f"role: one of {', '.join(ROLES)}")
@@ -107,7 +114,7 @@ async def add_user(conn: AsyncConnection[Any], tenant_id: str, name: str, role: 
     """Create a user of the transaction's tenant (refused when the name is taken)."""
     _check_name(name)
     _check_role(role)
-    check_password(password)
+    _check_password(password)
     digest = await asyncio.to_thread(hash_password, password)
     row = await _one(conn, "INSERT INTO viewer_users (tenant_id, name, role, password_hash) "
                            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING name",
@@ -124,7 +131,7 @@ async def set_user(conn: AsyncConnection[Any], tenant_id: str, name: str, *,
         _check_role(role)
     digest = None
     if password is not None:
-        check_password(password)
+        _check_password(password)
         digest = await asyncio.to_thread(hash_password, password)
     row = await _one(conn, "UPDATE viewer_users SET role = coalesce(%s, role), "
                            "password_hash = coalesce(%s, password_hash) "
