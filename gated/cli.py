@@ -367,8 +367,9 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
 # --- parser ------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `gated` command."""
+def build_parser(*, lean: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of the `gated` command (lean: without the commands that
+    live in their own modules, which `gated run` does not need to import)."""
     parser = argparse.ArgumentParser(
         prog="gated", description="Edge daemon for gates, barriers and doors."
     )
@@ -502,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="file (json) or directory (csv); default stdout for json")
     p.set_defaults(func=cmd_rules_export)
 
+    if lean:  # `gated run`: the daemon needs none of the commands below (48 modules, 2.5 MB)
+        return parser
     from gated import control_client, keys_cli
     from gated.rules import passes
 
@@ -517,12 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
     from gated import recognize_cli
 
     recognize_cli.add_parser(sub, cmd_recognize)
+    # the parser only: gated.central's storage packages are imported by its commands
+    from gated.central import cli as central_cli
+
+    central_cli.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gated` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(lean=words[:1] == ["run"]).parse_args(argv)
     try:
         return int(args.func(args))
     except StateError as err:
