@@ -15,8 +15,10 @@ from tests.alerts.receiver import Receiver
 from tests.daemon.harness import (
     CAMERA_PATH,
     DaemonProcess,
+    PtyPort,
     Site,
     generic_lane,
+    lcus_relay,
     post_generic,
     wait_audit,
     wait_until,
@@ -165,3 +167,44 @@ def test_a_restart_mid_delivery_loses_nothing_and_sends_nothing_twice(
     assert set(receiver.acked.values()) == {1}  # no id acknowledged twice
     # Still exactly three alert rows: the restart raised nothing again.
     assert len(wait_audit(site, "alert_raised", 3)) == 3
+
+
+def test_a_lasting_relay_fault_and_a_full_disk_alert_through_the_daemon(
+        tmp_path: Path, receiver: Receiver) -> None:
+    receiver.start()
+    secret = tmp_path / "hook.secret"
+    secret.write_bytes(receiver.secret)
+    board = PtyPort(tmp_path / "relay-board")
+    site = Site(tmp_path)
+    site.write_config(generic_lane(lcus_relay(board)), f"""
+[alerts.rules]
+relay_fault = {{ fault_after_s = 1.0 }}
+disk_full = {{ disk_percent = 1.0 }}      # any disk in use is "full": the sampled path runs
+
+[[alerts.channels]]
+name = "hook"
+type = "webhook"
+url = "{receiver.url}"
+secret_file = "{secret}"
+rules = ["relay_fault", "disk_full"]
+""")
+    site.import_rules(RULES)
+    daemon = DaemonProcess(site)
+    try:
+        daemon.wait_ready()
+        assert receiver.wait_for(1)  # disk_full, at its first sample
+        board.unplug()
+        post_generic(site.listener_port, CAMERA_PATH, "AB123CD")
+        wait_audit(site, "relay_fault")
+        fault_at = time.monotonic()
+        assert receiver.wait_for(2)
+        assert time.monotonic() - fault_at >= 0.5  # it had to last first
+        rules = sorted(d["event_type"] for d in receiver.alerts.values())
+        assert rules == ["disk_full", "relay_fault"]
+        relay = next(d for d in receiver.alerts.values() if d["event_type"] == "relay_fault")
+        assert relay["subject"] == "main-in-relay" and relay["severity"] == "critical"
+        assert relay["details"]["lasted_s"] >= 1.0
+        assert daemon.terminate() == 0
+    finally:
+        daemon.close()
+        board.close()
