@@ -54,11 +54,14 @@ class Channel(Protocol):
 
 
 def _read_secret(path: str) -> bytes:
-    # Read once at start; the bytes never reach a log line, the journal or a page.
+    # The bytes never reach a log line, the journal or a page.
     try:
-        return Path(path).read_bytes().strip()
+        secret = Path(path).read_bytes().strip()
     except OSError as err:
-        raise DeliveryError(f"cannot read {path}: {err.strerror or err}", retry=False) from err
+        raise DeliveryError(f"cannot read {path}: {err.strerror or err}") from err
+    if not secret:
+        raise DeliveryError(f"{path} is empty")
+    return secret
 
 
 class WebhookChannel:
@@ -70,10 +73,18 @@ class WebhookChannel:
         self.cfg = cfg
         self.late_after_s = late_after_s
         self.user_agent = user_agent
-        self._secret = _read_secret(cfg.secret_file) if cfg.secret_file else b""
-        self._token = _read_secret(cfg.token_file).decode("utf-8", "replace") \
-            if cfg.token_file else ""
+        self._secret = b""
+        self._token = ""
         self._client: Any = None
+
+    def _credentials(self) -> None:
+        # Read at the first send (and again until readable): a secret file that went
+        # missing after `gated check-config` delays this channel's alerts, it does not
+        # stop the daemon or the other channels.
+        if self.cfg.secret_file and not self._secret:
+            self._secret = _read_secret(self.cfg.secret_file)
+        if self.cfg.token_file and not self._token:
+            self._token = _read_secret(self.cfg.token_file).decode("utf-8", "replace")
 
     def _http(self) -> Any:
         if self._client is None:
@@ -92,6 +103,7 @@ class WebhookChannel:
         """POST one alert; a description of the answer, or DeliveryError."""
         import httpx
 
+        self._credentials()
         record = wire_record(alert, now)
         body, headers = webhook_body(self.cfg.format, record, self.late_after_s)
         timestamp = str(int(now))

@@ -53,6 +53,8 @@ RULE_NAMES: tuple[str, ...] = (
 CONDITION_RULES = frozenset(
     {"relay_fault", "camera_fault", "disk_full", "sync_backlog", "clock_unsynced"})
 
+MAX_ADDRESSES = 4096  # addresses whose refusals are counted at once
+
 SEVERITY = {
     "deny_listed": "critical", "lockdown_read": "warning", "forced_open": "critical",
     "held_open": "warning", "journal_check": "critical", "refusal_flood": "warning",
@@ -225,6 +227,9 @@ class AlertEngine:
         rule = self.settings["refusal_flood"]
         seen = [(t, n) for t, n in self._refusals.get(happening.subject, [])
                 if now - t < rule.flood_window_s]
+        if happening.subject not in self._refusals and len(self._refusals) >= MAX_ADDRESSES:
+            # A scan from more addresses than this: forget the quietest, memory stays bounded.
+            del self._refusals[min(self._refusals, key=lambda a: self._refusals[a][-1][0])]
         seen.append((now, max(1, count)))
         total = sum(n for _, n in seen)
         if total < rule.flood_count:

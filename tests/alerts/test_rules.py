@@ -194,3 +194,13 @@ def test_the_config_names_every_rule_in_order() -> None:
     from gated.config import AlertRulesConfig
 
     assert tuple(AlertRulesConfig.__struct_fields__) == RULE_NAMES
+
+
+def test_refusal_counts_stay_bounded_under_a_scan_from_many_addresses() -> None:
+    from gated.alerts import rules
+
+    engine = AlertEngine()
+    for i in range(rules.MAX_ADDRESSES + 500):
+        engine.refusals(h(rule="refusal_flood", subject=f"10.{i // 65536}.{i // 256 % 256}."
+                          f"{i % 256}"), 1, now=i * 0.001)
+    assert len(engine._refusals) == rules.MAX_ADDRESSES

@@ -267,3 +267,26 @@ def test_ntfy_and_slack_shapes(tmp_path: Path) -> None:
                 assert doc["text"].startswith("Deny-listed plate SL at main-in")
                 assert doc["blocks"][0]["type"] == "section"
     run(main)
+
+
+def test_a_secret_file_gone_after_start_delays_delivery_and_never_crashes(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        with Receiver() as receiver:
+            async with rig(tmp_path, receiver.secret) as r:
+                worker = r.worker(r.channel(receiver))
+                health: dict[str, tuple[bool, str]] = {}
+                worker.health = lambda name, ok, detail: health.__setitem__(name, (ok, detail))
+                r.secret_file.rename(tmp_path / "moved.secret")
+                async with running(worker) as task:
+                    await started(worker)
+                    alert_id = await r.raise_()
+                    await until(lambda: worker.failing)
+                    assert health["alerts-hook"][0] is False
+                    assert "cannot read" in health["alerts-hook"][1]
+                    assert receiver.requests == 0 and not task.done()
+                    (tmp_path / "moved.secret").rename(r.secret_file)
+                    assert await in_thread(lambda: receiver.wait_for(1))
+                    await until(lambda: health["alerts-hook"][0])
+                assert list(receiver.alerts) == [alert_id] and receiver.bad_signatures == 0
+    run(main)
