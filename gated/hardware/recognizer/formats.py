@@ -209,7 +209,12 @@ def _fit(
         fits = _slot(position, kind, excluded)
         if not fits:
             return None
-        if len(fits) > 1 and fits[0][1] < AMBIGUOUS_BELOW and fits[1][1] >= AMBIGUOUS * fits[0][1]:
+        if (
+            len(fits) > 1
+            and fits[0][1] < AMBIGUOUS_BELOW
+            and fits[1][2] == 1.0  # a runner-up the OCR offered, not a look-alike
+            and fits[1][1] >= AMBIGUOUS * fits[0][1]
+        ):
             return None  # the OCR cannot tell two fitting characters apart (N or W?)
         swaps += fits[0][2] < 1.0
         kept *= fits[0][2]
