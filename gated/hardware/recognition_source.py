@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from gated.config import CameraConfig, CameraSourceConfig
+from gated.errors import HardwareError
 from gated.hardware.base import Emit
 from gated.hardware.cameras import OpenCvCamera
 from gated.hardware.threads import call_in_loop, run_in_thread
@@ -185,11 +186,19 @@ class RecognisingCamera:
         worker = asyncio.ensure_future(run_in_thread(
             f"recognise-{self.name}", self._recognise_forever, self._stop, interrupt=interrupt,
             join_timeout_s=30.0))
+        capture = asyncio.ensure_future(self.camera.run())
         try:
-            await self.camera.run()
+            await asyncio.wait({worker, capture}, return_when=asyncio.FIRST_COMPLETED)
+            if worker.done() and worker.result() is not None:
+                # A worker that died must not leave a camera that silently reads nothing:
+                # the owner restarts the whole source (and audits the failure).
+                raise HardwareError(f"camera {self.name}: recognition failed") from (
+                    worker.result())
+            await capture  # the worker ended on purpose (no recogniser): pictures only
         finally:
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+            for task in (capture, worker):
+                task.cancel()
+            await asyncio.gather(capture, worker, return_exceptions=True)
 
     # --- worker thread ----------------------------------------------------------
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from gated.config import CameraSourceConfig
+from gated.errors import HardwareError
 from gated.hardware.recognition_source import QUEUE_FRAMES, MotionDetector, RecognisingCamera
 from gated.hardware.recognizer import PlateRead as Found
 from gated.model import PlateRead
@@ -148,3 +149,19 @@ def test_motion_counts_only_inside_the_region_of_interest(
     changed = frame.copy()
     changed[60:180, 20:140] = 250  # something appears in the left half
     assert detector.moved(changed) is moved
+
+
+async def test_a_worker_that_dies_ends_the_source_for_its_owner_to_restart(
+    tmp_path: Path,
+) -> None:
+    cam = RecognisingCamera(source(empty_street(tmp_path / "e.avi", 2.0), trigger="always"),
+                            "in", recognizer=RecordingRecognizer(text="AB123CD"))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("encoder gone")
+
+    cam._recognise = broken  # type: ignore[method-assign]
+    with pytest.raises(HardwareError, match="recognition failed"):
+        await asyncio.wait_for(cam.run(lambda read: asyncio.get_running_loop().create_future()),
+                               5.0)
+    assert not cam.camera.status.connected  # the capture thread was stopped too
