@@ -16,45 +16,16 @@ import getpass
 import os
 import pwd
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from gated.central.viewer import accounts
-from gated.central.viewer.accounts import ROLES, AccountError
+from gated.central.viewer.accounts import AccountError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["run"]
 
 ENV_DB = "GATED_CENTRAL_DB"
-
-
-def add_parser(sub: Any, func: Callable[[argparse.Namespace], int] | None = None) -> None:
-    """Add `user …` (the viewer's users) to a `gated central` subparsers object."""
-    users = sub.add_parser("user", help="log viewer users of a tenant").add_subparsers(
-        dest="user_action", required=True, metavar="ACTION")
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tenant", required=True, help="the tenant the user belongs to")
-        p.add_argument("--db", default=None,
-                       help=f"libpq connection string (default: ${ENV_DB})")
-        p.set_defaults(func=func or run)
-
-    p = users.add_parser("add", help="create a user")
-    p.add_argument("name")
-    p.add_argument("--role", choices=ROLES, required=True)
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    common(p)
-    p = users.add_parser("passwd", help="set a user's password (ends their sessions)")
-    p.add_argument("name")
-    p.add_argument("--role", choices=ROLES, default=None, help="also change the role")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    common(p)
-    p = users.add_parser("remove", help="delete a user (ends their sessions)")
-    p.add_argument("name")
-    common(p)
-    p = users.add_parser("list", help="users and roles")
-    common(p)
 
 
 def _password(from_stdin: bool) -> str:
@@ -125,8 +96,12 @@ class _Borrowed:
 def run(args: argparse.Namespace) -> int:
     """Carry out one `gated central user` invocation; the exit status."""
     conninfo = args.db or os.environ.get(ENV_DB, "")
+    if not conninfo and args.config:
+        from gated.central.config import load
+
+        conninfo = load(args.config).database_url
     if not conninfo:
-        print(f"gated central user: give --db or set {ENV_DB}", file=sys.stderr)
+        print(f"gated central user: give --config, --db or set {ENV_DB}", file=sys.stderr)
         return 2
     try:
         password = None
@@ -142,15 +117,3 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m gated.central.viewer.users_cli user add …` (until `gated central` has it)."""
-    parser = argparse.ArgumentParser(prog="gated central")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Serving the viewer from central.toml: `gated central viewer`, [viewer] keys, the role list."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gated.central.viewer import accounts, commands
+from gated.central.viewer.serve import load_settings
+from gated.errors import ConfigError
+from tests.support.postgres import SERVICE, PgServer
+
+
+def _toml(tmp_path: Path, viewer: str, url: str = "host=/nonexistent") -> Path:
+    path = tmp_path / "central.toml"
+    path.write_text(f'[database]\nurl = "{url}"\n\n[snapshots]\npath = "{tmp_path}/pics"\n\n'
+                    f"[viewer]\n{viewer}\n")
+    return path
+
+
+def test_the_cli_offers_the_roles_the_database_takes() -> None:
+    assert commands.ROLES == accounts.ROLES
+
+
+@pytest.mark.parametrize(("section", "said"), [
+    ("colour = 'blue'", "unknown keys ['colour']"),
+    ("tls_cert = '/x.pem'", "give both, or neither"),
+    ("port = 70000", "port: 0 to 65535"),
+    ("session_idle_s = -1", "session_idle_s: a positive number"),
+    ("timezone = 'Mars/Olympus'", "timezone: unknown"),
+])
+def test_bad_viewer_settings_name_the_key(tmp_path: Path, section: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings(_toml(tmp_path, section), "pics")
+
+
+def test_gated_central_viewer_serves_until_sigterm(pg_server: PgServer, pg_db: str,
+                                                   tmp_path: Path) -> None:
+    config = _toml(tmp_path, 'listen = "127.0.0.1"\nport = 0\nonline_after_s = 90',
+                   pg_server.conninfo(pg_db, SERVICE))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gated.central.viewer.commands", "viewer", "--config",
+         str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"viewer ready on port (\d+)", line)
+        if not found:
+            process.kill()
+            pytest.fail(line + (process.stderr.read() if process.stderr else ""))
+        base = f"http://127.0.0.1:{found.group(1)}"
+        assert httpx.get(base + "/healthz").json() == {"ok": True}
+        login = httpx.get(base + "/login")
+        assert login.status_code == 200 and 'name="tenant"' in login.text
+        assert httpx.get(base + "/events").status_code == 401
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
