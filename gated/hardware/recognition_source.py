@@ -142,9 +142,9 @@ class RecognisingCamera:
     def on_presence(self, present: bool, at_mono: float) -> None:
         """The lane's loop detector changed (event loop thread)."""
         with self._wake:
-            self._present = present
-            if not present:
+            if self._present and not present:  # the car left: a tail (not at start-up's report)
                 self._until = max(self._until, at_mono + self._cfg.tail_s)
+            self._present = present
 
     def _triggered(self, frame: np.ndarray[Any, Any], now: float) -> bool:
         trigger = self._cfg.trigger
