@@ -40,6 +40,9 @@ def add_parser(sub: Any) -> None:
     p = command("retention", "drop monthly partitions older than [retention] months",
                 cmd_retention)
     p.add_argument("--months", type=int, default=None)
+    from gated.central.viewer.commands import add_viewer_commands
+
+    add_viewer_commands(commands)  # `gated central viewer` and `gated central user …`
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -111,11 +114,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gated.central.ingest_mqtt import MqttIngest, MqttSettings
     from gated.central.snapshots import SnapshotStore
     from gated.central.store import Store
+    from gated.central.viewer.serve import load_settings, start_viewer
     from gated.sync.signing import load_or_create_key
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _config(args)
+    viewer_settings, viewer_config = load_settings(args.config, config.snapshots_path)
     key = load_or_create_key(config.key_file)
     store = Store(config.database_url, key, instance=config.instance).open()
     mqtt = None
@@ -131,8 +136,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if config.http_enabled:
             runner = await serve(HttpIngest(store, SnapshotStore(config.snapshots_path)),
                                  config.http_listen, config.http_port)
+        viewer = None
+        if viewer_settings.enabled:  # the log viewer on its own listener ([viewer])
+            viewer = await start_viewer(config.database_url, viewer_settings, viewer_config)
         print("ready", flush=True)
         await done.wait()
+        if viewer is not None:
+            await viewer.close()
         if runner is not None:
             await runner.cleanup()
 

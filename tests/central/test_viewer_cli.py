@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.central.viewer_support import running_viewer
 from tests.support.postgres import SERVICE, PgServer
 
-CLI = [sys.executable, "-m", "gated.central.viewer.commands", "user"]
+CLI = [sys.executable, "-m", "gated", "central", "user"]
 
 
 def _cli(server: PgServer, db: str, *args: str,

@@ -15,6 +15,7 @@ import pytest
 from gated.central.viewer import accounts, commands
 from gated.central.viewer.serve import load_settings
 from gated.errors import ConfigError
+from tests.support.broker import free_port
 from tests.support.postgres import SERVICE, PgServer
 
 
@@ -65,6 +66,34 @@ def test_gated_central_viewer_serves_until_sigterm(pg_server: PgServer, pg_db: s
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_gated_central_run_serves_the_viewer_when_enabled(pg_server: PgServer, pg_db: str,
+                                                          tmp_path: Path) -> None:
+    port = free_port()
+    config = _toml(tmp_path, f'enabled = true\nlisten = "127.0.0.1"\nport = {port}',
+                   pg_server.conninfo(pg_db, SERVICE))
+    with config.open("a") as out:
+        out.write(f'\n[service]\nkey_file = "{tmp_path}/service.key"\n\n'
+                  "[mqtt]\nenabled = false\n\n[http]\nenabled = false\n")
+    process = subprocess.Popen([sys.executable, "-m", "gated", "central", "run", "--config",
+                                str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if line.strip() != "ready":
+            process.kill()
+            pytest.fail(line + (process.stderr.read() if process.stderr else ""))
+        page = httpx.get(f"http://127.0.0.1:{port}/login")
+        assert page.status_code == 200 and 'name="tenant"' in page.text
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+        assert process.returncode == 0
     finally:
         if process.poll() is None:
             process.kill()

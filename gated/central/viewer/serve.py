@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class ViewerSettings:
     """Where the viewer listens ([viewer] enabled, listen, port, tls_cert, tls_key)."""
 
-    enabled: bool = True
+    enabled: bool = False  # served by `gated central run` only when asked for
     listen: str = "127.0.0.1"  # behind a TLS-terminating proxy, or give tls_cert/tls_key
     port: int = 8090
     tls_cert: str = ""
