@@ -83,7 +83,8 @@ def plate_text(rng: random.Random, region: str) -> tuple[str, str]:
     elif region == "de":
         district, letters = rng.randint(1, 3), rng.randint(1, 2)
         digits = rng.randint(1, min(4, 8 - district - letters))  # 8 characters at most
-        shown = f"{_pick(rng, L, district)}-{_pick(rng, L, letters)} "
+        # German plates leave about a character's width before the number: two spaces
+        shown = f"{_pick(rng, L, district)}-{_pick(rng, L, letters)}  "
         shown += str(rng.randint(10 ** (digits - 1), 10**digits - 1))
     elif region == "us":
         shown = rng.choice(

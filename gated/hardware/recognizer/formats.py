@@ -8,9 +8,9 @@ candidates, and an empty position where it saw a separator. A read becomes a
 plate only when it fits a template of an accepted region: separators only at
 the template's gaps, each position taking its best candidate of the right
 class, or failing that the look-alike of the OCR's best character from
-gated.plates' confusion classes (O→0, 8→B …) at a penalty. A whole group at
-either end may be dropped (a country band's "NL", a state name). Text that fits
-no template (signs, stickers, "YOUR DEALER") is no plate.
+gated.plates' confusion classes (O→0, 8→B …) at a penalty. Only the region's
+code on the blue band ("NL", "F") may be left out. Text that fits no template
+(signs, stickers, "YOUR DEALER") is no plate.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ SEPARATORS = frozenset("-\u2010\u2011\u2012\u2013\u2014\u00b7\u2022\u30fb")
 
 def _de() -> tuple[str, ...]:
     # district (1-3 letters) - 1-2 letters, gap, 1-4 digits; at most 8 characters. Both
-    # gaps are required: "GATE 2" or "BAY 14" on a sign has the letters unsplit, and
-    # the permissive German series would otherwise take much sign text for a plate
+    # gaps are required: "GATE 2" or "BAY 14" on a sign has its letters unsplit ("BAY I4"
+    # with 1 read as I would pass with an optional second gap), and the permissive German
+    # series would otherwise take much sign text for a plate
     return tuple(
         "L" * district + "!" + "L" * letters + "!" + "D" * digits
         for district in range(1, 4)
@@ -100,8 +101,7 @@ TWIN_SHARE, LOOKALIKE_SHARE = 0.85, 0.6
 TWINS = frozenset("0ODQ1IL")
 AMBIGUOUS, AMBIGUOUS_BELOW = 0.3, 0.6  # a runner-up this close to a best this weak: no plate
 MAX_SWAPS = 2  # more look-alike substitutions than this: a word, not a misread plate
-TRIM_PENALTY = 0.9  # per group dropped at either end (a country band, a state name)
-MAX_TRIM = 1  # at most this many groups dropped at each end
+TRIM_PENALTY = 0.9  # a country band's code dropped before the plate
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,63 +232,47 @@ def _fit(
 def match_plate(read: Candidates, regions: Iterable[str] = ()) -> PlateMatch | None:
     """The best plate that the per-character candidates spell in an accepted region, or None.
 
-    Of the fitting readings, the one leaving the fewest characters of the line out
-    wins ("QQ-535-VN", not "FQQ 535" with "VN" dropped), then the most confident.
+    A plate is all the text between breaks ("/", ":", the line's ends), less only
+    its region's code on the blue band: a part of a line is never taken for a
+    plate ("MAX 10 K" of a speed sign, "894 NZ" of a plate whose start was missed).
     """
-    groups = _groups(read)
-    templates = _templates(tuple(regions))
-    best: tuple[int, float, PlateMatch] | None = None
-    n = len(groups)
-    total = sum(len(g[0]) for g in groups)
-    for first in range(n):
-        for last in range(first, n):
-            trimmed = _trimmed(groups, first, last)
-            if trimmed is None:
-                continue
-            chars: list[list[tuple[str, float]]] = []
-            starts: set[int] = set()
-            for i in range(first, last + 1):
-                if i > first:
-                    if groups[i][1]:
-                        break  # a "/" or ":" inside: no plate spans it
-                    starts.add(len(chars))
-                chars.extend(groups[i][0])
-            else:
-                # as read, and without the region's code on its blue band when the OCR
-                # read it hard against the plate ("FQQ-535-VN" is F, then QQ-535-VN)
-                for template in templates:
-                    for skip in (0, len(BAND_CODES.get(template.region, ""))):
-                        if skip and not _starts_with(chars, BAND_CODES[template.region]):
-                            continue
-                        gaps = frozenset(k - skip for k in starts)
-                        fit = _fit(chars[skip:], gaps, template) if 0 not in gaps else None
-                        if fit is None:
-                            continue
-                        text, conf, picked = fit
-                        conf *= TRIM_PENALTY ** (trimmed + bool(skip))
-                        left_out = total - len(chars) + skip
-                        if best is None or (left_out, -conf) < (best[0], -best[1]):
-                            best = (left_out, conf, PlateMatch(text, conf, template.region, picked))
-    return best[2] if best else None
+    best: PlateMatch | None = None
+    for chars, starts in _segments(_groups(read)):
+        for template in _templates(tuple(regions)):
+            code = BAND_CODES.get(template.region, "")
+            for skip in (0, len(code)) if code else (0,):
+                # the band's code, read hard against the plate ("FQQ-535-VN") or apart
+                if skip and not _starts_with(chars, code):
+                    continue
+                gaps = frozenset(k - skip for k in starts if k > skip)
+                fit = _fit(chars[skip:], gaps, template)
+                if fit is None:
+                    continue
+                text, conf, picked = fit
+                conf *= TRIM_PENALTY if skip else 1.0
+                if best is None or conf > best.confidence:
+                    best = PlateMatch(text, conf, template.region, picked)
+    return best
+
+
+def _segments(
+    groups: list[tuple[list[list[tuple[str, float]]], bool]],
+) -> list[tuple[list[list[tuple[str, float]]], frozenset[int]]]:
+    """The runs of groups between breaks: (characters, indices where a group starts)."""
+    out: list[tuple[list[list[tuple[str, float]]], set[int]]] = []
+    for chars, after_break in groups:
+        if not out or after_break:
+            out.append(([], set()))
+        run, starts = out[-1]
+        if run:
+            starts.add(len(run))
+        run.extend(chars)
+    return [(run, frozenset(starts)) for run, starts in out]
 
 
 def _starts_with(chars: list[list[tuple[str, float]]], code: str) -> bool:
     """True when the OCR's best reading of the first characters is the code."""
     return len(chars) > len(code) and all(chars[i][0][0] == c for i, c in enumerate(code))
-
-
-def _trimmed(groups: list, first: int, last: int) -> int | None:
-    """Groups left out at the ends when reading groups[first..last], or None when too many.
-
-    A group cut off by a break ("/") does not count: it is another text, not part of a plate.
-    """
-    lead = sum(1 for i in range(first) if not any(g[1] for g in groups[i + 1 : first + 1]))
-    tail = sum(
-        1 for i in range(last + 1, len(groups)) if not any(g[1] for g in groups[last + 1 : i + 1])
-    )
-    if lead > MAX_TRIM or tail > MAX_TRIM:
-        return None
-    return lead + tail
 
 
 def fits_format(text: str, regions: Iterable[str] = ()) -> str | None:

@@ -77,7 +77,16 @@ class PpocrPlateRecognizer:
         frame = _stretched(_as_bgr(frame))
         lines = self.detector.lines(frame)
         reads: dict[str, PlateRead] = {}
-        for line, chars in zip(lines, self.recognizer.read([ln.crop for ln in lines]), strict=True):
+        texts = self.recognizer.read([ln.crop for ln in lines])
+        sizes = [sum(1 for pos in chars if pos) for chars in texts]
+        for i, (line, chars) in enumerate(zip(lines, texts, strict=True)):
+            # a line inside a larger line that read more characters is a piece of it:
+            # "MAX 10 K" cut from "MAX 10 KM/H" is no plate, half a plate is none either
+            if any(
+                sizes[j] > sizes[i] and _overlap(line.box, other.box, of_first=True) > 0.8
+                for j, other in enumerate(lines)
+            ):
+                continue
             found = match_plate(chars, self.regions)
             if found is None or found.confidence < self.min_confidence:
                 continue
@@ -118,13 +127,16 @@ def _distinct(reads: list[PlateRead]) -> list[PlateRead]:
     return sorted(kept, key=lambda r: -r.confidence)
 
 
-def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection of two x, y, w, h boxes over the smaller one's area."""
+def _overlap(
+    a: tuple[int, int, int, int], b: tuple[int, int, int, int], *, of_first: bool = False
+) -> float:
+    """Intersection of two x, y, w, h boxes over the smaller one's area (or a's)."""
     w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
     if w <= 0 or h <= 0:
         return 0.0
-    return w * h / max(1, min(a[2] * a[3], b[2] * b[3]))
+    area = a[2] * a[3] if of_first else min(a[2] * a[3], b[2] * b[3])
+    return w * h / max(1, area)
 
 
 def _as_bgr(frame: np.ndarray) -> np.ndarray:
