@@ -201,7 +201,7 @@ class ChannelWorker:
                 if is_alert_row(row):
                     alert = alert_from_row(row)
                     if self.takes(alert):
-                        await self._deliver(alert)
+                        await self._deliver(await self._with_personal(alert))
                         self.state.channels[self.channel.name] = row["seq"]
                         await self.state.save()
                 cursor = row["seq"]
@@ -214,6 +214,28 @@ class ChannelWorker:
                     await commits.wait(cursor + 1)
                 except EOFError:
                     return
+
+    async def _with_personal(self, alert: dict[str, Any]) -> dict[str, Any]:
+        """Fill the alert's placeholders ({plate}, {address}) from the erasable journal fields.
+
+        A plate or address erased since (`gated journal redact`, unknown-plate ageing) is
+        sent as "(erased)": an alert never brings back what the journal forgot.
+        """
+        personal = alert.pop("personal", {})
+        for name, where in personal.items():
+            value = "(erased)"
+            try:
+                stream, event_id, column = where
+                row = await self.journal.get(stream, event_id)
+                if row is not None and row.get(column):
+                    value = str(row[column])
+            except (ValueError, TypeError, GatedError) as err:
+                log.warning("alert %s: %s not resolved: %s", alert["id"], name, err)
+            token = "{" + name + "}"
+            for key in ("subject", "title", "message"):
+                alert[key] = str(alert[key]).replace(token, value)
+            alert["details"] = {**alert.get("details", {}), name: value}
+        return alert
 
     async def _deliver(self, alert: dict[str, Any]) -> None:
         while True:

@@ -49,6 +49,7 @@ def alert_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "last_at": meta.get("last_at"),
         "details": dict(meta.get("details") or {}),
         "test": bool(meta.get("test", False)),
+        "personal": dict(meta.get("personal") or {}),
         "raised_at": float(row.get("created_at") or 0.0),
         "clock_unsynced": bool(row.get("clock_unsynced")),
         "site": {"tenant_id": row.get("tenant_id"), "site_id": row.get("site_id"),

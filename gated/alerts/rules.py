@@ -103,6 +103,10 @@ class Happening:
     at: float  # wall clock, for the record
     details: Mapping[str, Any] = field(default_factory=dict)
     source_seq: int | None = None  # the journal row it came from, if any
+    # Personal data in subject, title or message: placeholder -> (stream, event id, column)
+    # of the erasable journal field that holds it. The alert's own row stores "{plate}",
+    # never the plate; delivery reads it back from that row (gated.alerts.deliver).
+    personal: Mapping[str, tuple[str, str, str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,7 @@ class AlertDecision:
     last_at: float
     details: Mapping[str, Any]
     source_seq: int | None
+    personal: Mapping[str, tuple[str, str, str, str]] = field(default_factory=dict)
 
     @property
     def folded(self) -> int:
@@ -255,7 +260,8 @@ def _decision(h: Happening, count: int, first_at: float) -> AlertDecision:
     return AlertDecision(
         rule=h.rule, subject=h.subject, severity=SEVERITY.get(h.rule, "warning"),
         title=title, message=h.message, count=count, first_at=min(first_at, h.at),
-        last_at=h.at, details=dict(h.details), source_seq=h.source_seq)
+        last_at=h.at, details=dict(h.details), source_seq=h.source_seq,
+        personal=dict(h.personal))
 
 
 # --- journal rows → happenings -------------------------------------------------------------
@@ -269,16 +275,18 @@ def happenings_from_row(row: Mapping[str, Any]) -> list[Happening]:
         reason = row.get("decision_reason")
         lane = str(row.get("access_point") or "?")
         plate = str(row.get("vehicle_plate") or "unread")
-        details = {"lane": lane, "plate": plate, "event_id": row.get("event_id"),
+        details = {"lane": lane, "event_id": row.get("event_id"),
                    "direction": row.get("direction")}
+        personal = ({"plate": (plate, "access", str(row.get("event_id")), "vehicle_plate")}
+                    if row.get("vehicle_plate") else {})
         if reason == "deny_listed":
             return [Happening("deny_listed", plate, f"Deny-listed plate {plate} at {lane}",
                               f"A deny-listed plate, {plate}, was read at {lane}; "
-                              "the gate stayed closed.", at, details, seq)]
+                              "the gate stayed closed.", at, details, seq, personal)]
         if reason == "lockdown":
             return [Happening("lockdown_read", lane, f"Read at {lane} in lockdown",
                               f"Plate {plate} was read at {lane}, which is in lockdown.",
-                              at, details, seq)]
+                              at, details, seq, personal)]
         return []
     action = row.get("action")
     meta = row.get("metadata") if isinstance(row.get("metadata"), Mapping) else {}
@@ -322,8 +330,8 @@ def refusals_from_row(row: Mapping[str, Any]) -> tuple[Happening, int] | None:
     happening = Happening(
         "refusal_flood", str(address), f"Refusal flood from {address}",
         f"Refused attempts from {address} ({action}).",
-        float(row.get("created_at") or 0.0), {"address": str(address), "action": action},
-        row.get("seq"))
+        float(row.get("created_at") or 0.0), {"action": action}, row.get("seq"),
+        {"address": (str(address), "audit", str(row.get("event_id")), "ip_address")})
     return happening, min(count, 1_000_000)
 
 

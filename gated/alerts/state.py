@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,4 +64,7 @@ class AlertState:
         async with self._lock:
             data = json.dumps({"version": 1, "observed_seq": self.observed_seq,
                                "channels": dict(self.channels)}, sort_keys=True).encode()
-            await asyncio.to_thread(replace_private, self.path, data)
+            # A temporary name of this process's own: a second gated command writing the
+            # same state (it should not, but a test or a stray copy might) cannot collide.
+            await asyncio.to_thread(replace_private, self.path, data,
+                                    tmp_suffix=f".{os.getpid()}.tmp")

@@ -32,7 +32,6 @@ from gated.alerts.rules import (
     refusals_from_row,
 )
 from gated.alerts.state import AlertState
-from gated.errors import GatedError
 from gated.ids import new_event_id
 
 log = logging.getLogger(__name__)
@@ -139,8 +138,8 @@ class AlertWatcher:
                 continue
             try:
                 samples = await self.conditions()
-            except (GatedError, OSError) as err:  # a failed sample must not end the watcher
-                log.warning("alert conditions not sampled: %s", err)
+            except Exception as err:  # a failed sample must not end the watcher (or alerts)
+                log.warning("alert conditions not sampled: %s: %s", type(err).__name__, err)
                 continue
             for c in samples:
                 sampled = self.engine.condition(c.rule, c.subject, c.active, now, c.title,
@@ -151,19 +150,27 @@ class AlertWatcher:
     async def raise_alert(self, decision: AlertDecision, *, test: bool = False) -> str:
         """Journal one alert (an `alert_raised` audit row); its id."""
         alert_id = new_event_id()
+        subject, title, message = decision.subject, decision.title, decision.message
+        for name, (value, *_) in decision.personal.items():
+            # Audit rows are hash-chained whole: a plate or address in one could never be
+            # erased. The row keeps a placeholder and where the erasable text lives.
+            subject, title, message = (text.replace(value, "{" + name + "}")
+                                       for text in (subject, title, message))
         await self.record(
             ALERT_ACTION, "alert", resource_id=decision.rule,
             status="success",
             metadata={
-                "alert_id": alert_id, "rule": decision.rule, "subject": decision.subject[:128],
-                "severity": decision.severity, "title": decision.title[:200],
-                "message": decision.message[:1000], "count": decision.count,
+                "alert_id": alert_id, "rule": decision.rule, "subject": subject[:128],
+                "severity": decision.severity, "title": title[:200],
+                "message": message[:1000], "count": decision.count,
+                "personal": {name: list(where) for name, (_, *where)
+                             in decision.personal.items()},
                 "folded": decision.folded, "first_at": decision.first_at,
                 "last_at": decision.last_at, "details": dict(decision.details),
                 "source_seq": decision.source_seq, "test": test,
             })
         self.raised += 1
-        log.warning("alert %s: %s", decision.rule, decision.title)
+        log.warning("alert %s: %s", decision.rule, title)  # without plate or address
         if decision.source_seq is not None:
             # Never behind the row this alert came from (see start_seq); written now so a
             # crash right after cannot raise it again.
@@ -188,9 +195,9 @@ async def daemon_conditions(daemon: Any, engine_settings: Mapping[str, RuleSetti
                 {"relay": relay.name}))
         for lane_id, lane in gen.lanes.items():
             camera = lane.parts.camera
-            if camera is None:
+            status = getattr(camera, "status", None)  # a frame source without one: no rule
+            if status is None or not hasattr(status, "connected"):
                 continue
-            status = camera.status
             name = getattr(camera, "name", f"{lane_id}-camera")
             out.append(Condition(
                 "camera_fault", name, not status.connected, f"Camera down: {name}",

@@ -50,8 +50,11 @@ class Rig:
                                  timeout_s=kw.pop("timeout_s", 2.0), **kw)
         return WebhookChannel(cfg, late_after_s=60.0)
 
-    def worker(self, channel: WebhookChannel) -> ChannelWorker:
-        return ChannelWorker(channel, self.journal, AlertState(self.state_path),
+    def worker(self, channel: WebhookChannel, *, from_file: bool = False) -> ChannelWorker:
+        # One state for the watcher and the worker, as the daemon's service has; from_file:
+        # a restarted worker, which knows only what the state file says.
+        state = AlertState(self.state_path) if from_file else self.watcher.state
+        return ChannelWorker(channel, self.journal, state,
                              retry_min_s=0.05, retry_max_s=0.2, audit=self.auditor.record)
 
 
@@ -233,7 +236,7 @@ def test_a_restarted_worker_resumes_from_its_durable_cursor(tmp_path: Path) -> N
                     await until(lambda: worker.delivered == 3)
                 # Raised while no worker runs (a restart), then a fresh worker from the file.
                 later = [await r.raise_(f"Q{i}") for i in range(2)]
-                again = r.worker(r.channel(receiver))
+                again = r.worker(r.channel(receiver), from_file=True)
                 async with running(again):
                     assert await in_thread(lambda: receiver.wait_for(5))
                     await until(lambda: again.delivered == 2)
@@ -289,4 +292,35 @@ def test_a_secret_file_gone_after_start_delays_delivery_and_never_crashes(
                     assert await in_thread(lambda: receiver.wait_for(1))
                     await until(lambda: health["alerts-hook"][0])
                 assert list(receiver.alerts) == [alert_id] and receiver.bad_signatures == 0
+    run(main)
+
+
+def test_the_plate_is_read_back_from_its_access_row_and_stays_erased_once_erased(
+        tmp_path: Path) -> None:
+    from gated.alerts.rules import happenings_from_row
+    from tests.alerts.test_watch import access
+
+    async def main() -> None:
+        with Receiver() as receiver:
+            async with rig(tmp_path, receiver.secret) as r:
+                worker = r.worker(r.channel(receiver))
+                async with running(worker):
+                    await started(worker)
+                    for plate in ("XX000X", "YY111Y"):
+                        seq = await r.journal.append(access("deny_listed", plate))
+                        [row] = [x for x in await r.journal.after(seq - 1) if x["seq"] == seq]
+                        [happening] = happenings_from_row(row)
+                        if plate == "YY111Y":  # erased before it could be delivered
+                            request = r.auditor.build("personal_data_erased", "journal")
+                            await r.journal.erase_personal(request, plate=plate)
+                        decision = r.watcher.engine.offer(happening, time.monotonic())
+                        assert decision is not None
+                        await r.watcher.raise_alert(decision)
+                    assert await in_thread(lambda: receiver.wait_for(2))
+                docs = sorted(receiver.alerts.values(), key=lambda d: d["raised_at"])
+                assert docs[0]["subject"] == "XX000X"
+                assert docs[0]["title"] == "Deny-listed plate XX000X at main-in"
+                assert docs[0]["details"]["plate"] == "XX000X"
+                assert docs[1]["subject"] == "(erased)"
+                assert "YY111Y" not in json.dumps(docs[1])
     run(main)
