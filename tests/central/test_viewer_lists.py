@@ -143,6 +143,8 @@ async def test_csv_export_crosses_batches_without_loss(viewer: Viewer) -> None:
     ("?vehicle_plate=x", "unknown filter 'vehicle_plate'"),
     ("?type=entry'%20OR%201=1--", "type: one of"),
     ("?since=2026-13-45", "since: a date"),
+    ("?until=9999-12-31", "until: at most 9999-12-30"),
+    ("?limit=%D9%A3", "limit: a whole number"),
     ("?until=yesterday", "until: a date"),
     ("?since=2026-11-03&until=2026-11-01", "until must be later than since"),
     ("?before=1e400~abc", "before: the cursor's time is out of range"),

@@ -53,6 +53,15 @@ async def test_login_logout_and_a_page_needs_a_session(viewer: Viewer) -> None:
 
 
 async def test_sessions_expire_when_idle_and_at_their_age_limit(viewer: Viewer) -> None:
+    # in use: a request more than a minute after the last one moves last_seen on
+    client = await viewer.login("acme", "vera")
+    viewer.owner_sql("acme", "UPDATE viewer_sessions SET last_seen = now() - interval '50 min'")
+    assert (await client.get("/events")).status_code == 200
+    with viewer.server.connect(viewer.db) as conn:
+        moved = conn.execute("SELECT count(*) FROM viewer_sessions "
+                             "WHERE last_seen > now() - interval '1 min'").fetchone()
+    assert moved == (1,)
+    viewer.owner_sql("acme", "DELETE FROM viewer_sessions")
     for column, minutes in (("last_seen", 61), ("created_at", 12 * 60 + 1)):
         client = await viewer.login("acme", "vera")
         assert (await client.get("/events")).status_code == 200

@@ -35,6 +35,7 @@ __all__ = ["RANK", "ROLES", "TENANT_RE", "AccountError", "Connect", "ViewerSessi
 
 ROLES = ("viewer", "auditor", "admin")  # each role may do everything the one before may
 RANK = {role: i for i, role in enumerate(ROLES)}
+TOUCH_EVERY = dt.timedelta(seconds=60)  # idle expiry is as exact as this
 TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # as the tenants table checks
 
 Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
@@ -205,16 +206,21 @@ async def find_session(conn: AsyncConnection[Any], tenant_id: str, token: str,
     digest = token_digest(token)
     idle, most = dt.timedelta(seconds=idle_s), dt.timedelta(seconds=max_s)
     row = await _one(
-        conn, "UPDATE viewer_sessions s SET last_seen = now() FROM viewer_users u "
+        conn, "SELECT s.user_name, s.csrf, u.role, s.last_seen < now() - %s AS stale "
+              "FROM viewer_sessions s JOIN viewer_users u "
+              "ON u.tenant_id = s.tenant_id AND u.name = s.user_name "
               "WHERE s.tenant_id = %s AND s.token_sha256 = %s "
-              "AND u.tenant_id = s.tenant_id AND u.name = s.user_name "
-              "AND s.last_seen > now() - %s AND s.created_at > now() - %s "
-              "RETURNING s.user_name, s.csrf, u.role",
-        [tenant_id, digest, idle, most])
+              "AND s.last_seen > now() - %s AND s.created_at > now() - %s",
+        [TOUCH_EVERY, tenant_id, digest, idle, most])
     if row is None:
         await conn.execute("DELETE FROM viewer_sessions WHERE tenant_id = %s AND "
                            "token_sha256 = %s", [tenant_id, digest])
         return None
+    if row["stale"]:
+        # Touched at most once a minute, not at every request: a page of fifty thumbnails
+        # is fifty requests, and each UPDATE is a new row version to vacuum.
+        await conn.execute("UPDATE viewer_sessions SET last_seen = now() "
+                           "WHERE tenant_id = %s AND token_sha256 = %s", [tenant_id, digest])
     return ViewerSession(tenant_id, row["user_name"], row["role"], row["csrf"], digest)
 
 

@@ -150,7 +150,10 @@ class _Viewer:
         """Session from the cookie; problems rendered as pages (or JSON); security headers."""
         request["request_id"] = uuid.uuid4().hex
         try:
-            request["session"] = await self._session(request.cookies.get(COOKIE))
+            # Static files and the health check need no session: no database round trip.
+            public = request.path.startswith("/static/") or request.path == "/healthz"
+            request["session"] = (None if public
+                                  else await self._session(request.cookies.get(COOKIE)))
             response = await handler(request)
         except _Problem as problem:
             response = self._problem(request, problem.status, str(problem))

@@ -30,6 +30,7 @@ MAX_TEXT = 64
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 _CURSOR_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_DIGITS = re.compile(r"^[0-9]{1,6}$")  # ASCII only: str.isdigit() also takes "٣"
 _DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 # Paging keys the lists own; everything else in a query string must be a declared filter.
 PAGING = ("before", "limit")
@@ -101,7 +102,7 @@ def _when(value: str, key: str, tz: zoneinfo.ZoneInfo) -> dt.datetime:
 def parse_cursor(value: str) -> tuple[dt.datetime, str]:
     """A `before` cursor (`<epoch seconds>~<row key>`) as (time, key)."""
     stamp, sep, key = value.partition("~")
-    if not sep or not _CURSOR_KEY.match(key) or len(stamp) > 32:
+    if not sep or not _CURSOR_KEY.match(key) or len(stamp) > 32 or not stamp.isascii():
         raise FilterError("before: a cursor from a page's Older link")
     try:
         seconds = float(stamp)
@@ -148,7 +149,10 @@ def parse_filters(query: Mapping[str, str], listing: Listing, tz: zoneinfo.ZoneI
         if value:
             when = _when(_text(value, key), key, tz)
             if key == "until" and len(value) == 10:
-                when += dt.timedelta(days=1)  # a day given as `until` includes that day
+                try:
+                    when += dt.timedelta(days=1)  # a day given as `until` includes that day
+                except OverflowError as err:
+                    raise FilterError("until: at most 9999-12-30") from err
             setattr(out, key, when)
             out.shown[key] = value
     if out.since and out.until and out.until <= out.since:
@@ -157,7 +161,7 @@ def parse_filters(query: Mapping[str, str], listing: Listing, tz: zoneinfo.ZoneI
         out.before = parse_cursor(query["before"])
     if query.get("limit"):
         raw = query["limit"]
-        if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= MAX_LIMIT:
+        if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_LIMIT:
             raise FilterError(f"limit: a whole number from 1 to {MAX_LIMIT}")
         out.limit = int(raw)
         out.shown["limit"] = raw
