@@ -89,7 +89,7 @@ async def tenant_tx(connect: Connect, tenant_id: str) -> AsyncIterator[AsyncConn
 
 async def _one(conn: AsyncConnection[Any], query: str, params: list[Any]) -> dict[str, Any] | None:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, params)  # type: ignore[arg-type]  # constant SQL only
+        await cur.execute(query, params)  # callers pass constant SQL only
         return await cur.fetchone()
 
 
