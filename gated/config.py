@@ -992,12 +992,32 @@ def load_config(path: str | Path) -> Config:
 SECRET_KEYS = frozenset({"password", "token", "secret", "private_key", "api_key"})
 
 
+def _url_origin(url: str) -> str:
+    """A URL as records show it: scheme and host only. Its user, path and query can be the
+    credential (a Slack webhook's path, an ntfy topic, rtsp://user:password@camera)."""
+    if "://" not in url:
+        return url  # a file path, not a URL
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "***"
+    hidden = "/***" if (parts.path not in ("", "/") or parts.query or parts.username) else ""
+    return f"{parts.scheme}://{host}{port}{hidden}"
+
+
 def redacted(value: Any) -> Any:
     """A copy of a config value (Struct, dict, list) with every secret replaced by '***'."""
     if isinstance(value, msgspec.Struct):
         value = msgspec.to_builtins(value)
     if isinstance(value, dict):
-        return {k: ("***" if k in SECRET_KEYS and v else redacted(v)) for k, v in value.items()}
+        return {k: ("***" if k in SECRET_KEYS and v else
+                    _url_origin(v) if k == "url" and isinstance(v, str) else redacted(v))
+                for k, v in value.items()}
     if isinstance(value, list):
         return [redacted(v) for v in value]
     return value

@@ -204,3 +204,16 @@ def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
                         f'type = "webhook"\nurl = "https://h/"\nsecret_file = "{empty}"\n')
     done = gated_cli("check-config", str(path))
     assert done.returncode == 78 and "is empty" in done.stderr
+
+
+def test_a_webhook_url_is_shown_in_records_without_its_path(tmp_path: Path) -> None:
+    from gated.config import redacted
+
+    hook = "https://hooks.chat.example/services/T0AAA/B0BBB/s3cr3tP4th"
+    cfg = parse_config({"site": SITE, "alerts": {"channels": [
+        {"name": "chat", "type": "webhook", "format": "slack", "url": hook}]}})
+    shown = json.dumps(redacted(cfg))
+    assert "s3cr3tP4th" not in shown and "https://hooks.chat.example/***" in shown
+    assert redacted({"url": "http://[::1]:8080/x?token=1"}) == {"url": "http://[::1]:8080/***"}
+    assert redacted({"url": "rtsp://admin:pw@10.0.0.5:554/"}) == {"url": "rtsp://10.0.0.5:554/***"}
+    assert redacted({"url": "/var/lib/video.mp4"}) == {"url": "/var/lib/video.mp4"}
