@@ -225,3 +225,17 @@ async def test_device_health(viewer: Viewer) -> None:
     assert ">online<" in north and "<td>17" in north and "<td>9</td>" in north
     assert "up to seq 1234" in north and "v1.4.0" in north
     assert ">offline" in south and "fork" in south and "up to seq 55" in south
+    assert 'class="last-upload">never<' in north
+
+
+async def test_a_gate_without_heartbeats_shows_its_last_upload(viewer: Viewer) -> None:
+    viewer.access("acme", "north-1", 1, at=T0)
+    viewer.access("acme", "north-1", 2, at=T0 + dt.timedelta(minutes=5))
+    otto = await viewer.login("acme", "otto")
+    page = await otto.get("/devices")
+    north = page.text.split('id="device-north-1"', 1)[1].split("</tr>", 1)[0]
+    assert ">no heartbeat" in north and "<td>never</td>" in north
+    with viewer.server.connect(viewer.db) as conn:
+        arrived = conn.execute("SELECT received_at FROM event_ids WHERE seq = 2").fetchone()
+    assert arrived is not None
+    assert f'class="last-upload">{arrived[0].astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}<' in north

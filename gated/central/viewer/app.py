@@ -495,8 +495,12 @@ class _Viewer:
                 "status_at, chain_seq, head_seq, forked, "
                 "coalesce(last_heartbeat_at > now() - %s, false) AS online, "
                 "heartbeat->>'version' AS version, heartbeat->'healthy' AS healthy, "
-                "heartbeat->'oldest_unsynced_age_s' AS oldest_unsynced_age_s "
-                "FROM devices WHERE tenant_id = %s ORDER BY site_id NULLS LAST, device_id",
+                "heartbeat->'oldest_unsynced_age_s' AS oldest_unsynced_age_s, "
+                # A gate syncing over HTTP sends no heartbeat: its newest row's arrival is
+                # the last sign of it (by the (tenant, device, seq) index, not a scan).
+                "(SELECT e.received_at FROM event_ids e WHERE e.tenant_id = d.tenant_id "
+                "AND e.device_id = d.device_id ORDER BY e.seq DESC LIMIT 1) AS last_upload_at "
+                "FROM devices d WHERE tenant_id = %s ORDER BY site_id NULLS LAST, device_id",
                 [dt.timedelta(seconds=self.cfg.online_after_s), session.tenant_id])
             rows = await cur.fetchall()
         return self._render(request, "viewer_devices.html", rows=rows,
