@@ -209,3 +209,33 @@ rules = ["relay_fault", "disk_full"]
     finally:
         daemon.close()
         board.close()
+
+
+def test_a_read_at_a_lane_in_lockdown_alerts_with_its_plate(
+        tmp_path: Path, receiver: Receiver) -> None:
+    receiver.start()
+    secret = tmp_path / "hook.secret"
+    secret.write_bytes(receiver.secret)
+    site = Site(tmp_path)
+    site.write_config(generic_lane('kind = "fake"\npulse_ms = 200', extra='mode = "lockdown"'),
+                      f"""
+[[alerts.channels]]
+name = "hook"
+type = "webhook"
+format = "json"
+url = "{receiver.url}"
+secret_file = "{secret}"
+rules = ["lockdown_read", "deny_listed"]
+""")
+    site.import_rules(RULES)
+    daemon = DaemonProcess(site)
+    try:
+        daemon.wait_ready()
+        push(site, "AB123CD")  # a resident, refused: the lane is in lockdown
+        assert receiver.wait_for(1)
+        [doc] = receiver.alerts.values()
+        assert doc["event_type"] == "lockdown_read" and doc["subject"] == "main-in"
+        assert doc["message"] == "Plate AB123CD was read at main-in, which is in lockdown."
+        assert daemon.terminate() == 0
+    finally:
+        daemon.close()
