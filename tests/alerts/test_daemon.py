@@ -239,3 +239,45 @@ rules = ["lockdown_read", "deny_listed"]
         assert daemon.terminate() == 0
     finally:
         daemon.close()
+
+
+def test_a_flood_of_refused_camera_pushes_from_one_address_alerts(
+        tmp_path: Path, receiver: Receiver) -> None:
+    receiver.start()
+    secret = tmp_path / "hook.secret"
+    secret.write_bytes(receiver.secret)
+    site = Site(tmp_path)
+    lane = generic_lane('kind = "fake"\npulse_ms = 200').replace(
+        'allowed_ips = ["127.0.0.1/32"]', 'token = "camera-token-123456"')
+    site.write_config(lane, f"""
+[alerts.rules]
+refusal_flood = {{ flood_count = 15, flood_window_s = 60.0 }}
+
+[[alerts.channels]]
+name = "hook"
+type = "webhook"
+url = "{receiver.url}"
+secret_file = "{secret}"
+rules = ["refusal_flood"]
+""")
+    # Refusals are summarised per address each second (one audit row, with its count).
+    site.config.write_text(site.config.read_text().replace(
+        "[cameras_listener]\n", "[cameras_listener]\nrefusal_audit_interval_s = 1.0\n", 1))
+    site.import_rules(RULES)
+    daemon = DaemonProcess(site)
+    try:
+        daemon.wait_ready()
+        url = f"http://127.0.0.1:{site.listener_port}{CAMERA_PATH}"
+        with httpx.Client() as client:
+            statuses = {client.post(url, json={"plate": "AB123CD"},
+                                    headers={"Authorization": "Bearer wrong"}).status_code
+                        for _ in range(20)}
+        assert statuses <= {401, 403, 429}
+        assert receiver.wait_for(1)
+        [doc] = receiver.alerts.values()
+        assert doc["event_type"] == "refusal_flood" and doc["subject"] == "127.0.0.1"
+        assert doc["details"]["refusals"] >= 15 and doc["details"]["address"] == "127.0.0.1"
+        assert not site.rows()  # nothing refused reached a lane
+        assert daemon.terminate() == 0
+    finally:
+        daemon.close()
