@@ -5,15 +5,17 @@ gates report most. One such read is rarely repeated; a real plate is read again 
 again while the car passes. So a source can be asked to agree with itself before its
 reads reach the lane's decision:
 
-* Reads of one source in one lane within `window_s` of the passage's first read are
-  one **passage** (a fixed window, so a car parked in view gives one passage per
-  window, never one forever). Inside it, reads are grouped by the same fuzzy
-  equality the coalescer uses (`gated.plates`: same text, same OCR-confusion key,
-  or one edit apart).
+* Reads of one plate by one source in one lane within `window_s` of the first of
+  them are one **passage** (a fixed window, so a car parked in view gives one passage
+  per window, never one forever). "One plate" is the fuzzy equality the coalescer
+  uses (`gated.plates`: same text, same OCR-confusion key, or one edit apart); a
+  different text is a passage of its own, so a second car's lone read is never
+  swallowed by the first car's agreement.
 * A group is **accepted** once `reads` of its reads have arrived, or at once when a
   single read is at or above `unless_confidence`. The accepted read is the group's
   most often read text (ties: the more confident), at its most confident read; it
-  carries how many reads agreed and the passage's other candidates.
+  carries how many reads agreed and the candidates: the passage's other spellings and
+  the source's other readings open at the time (a badge read beside the plate).
 * Until then reads are **held**. Reads of a group already accepted pass straight on
   (the coalescer merges them). A passage that ends with no accepted group is
   reported by `expire()` as **unagreed**, with its best read, so the lane journals it
@@ -24,8 +26,8 @@ reads reach the lane's decision:
 `reads = 1` (the default) turns consensus off for a source: every read passes
 through and nothing is remembered, exactly as before consensus existed.
 
-Memory is bounded: passages per lane, groups per passage and texts per group are
-capped; a passage evicted by the cap ends early and is reported like any other.
+Memory is bounded: passages per lane and spellings per passage are capped; a
+passage evicted by the cap ends early and is reported like any other.
 Pure: no clock, no IO; pass `now` (monotonic seconds).
 """
 
@@ -50,7 +52,6 @@ __all__ = [
 ]
 
 MAX_PASSAGES_PER_LANE = 16
-MAX_GROUPS = 8  # distinct readings of one passage kept; more are counted as held only
 MAX_TEXTS = 8  # spellings kept per group
 MAX_CANDIDATES = 8  # candidates an accepted or unagreed read carries
 
@@ -160,7 +161,7 @@ def _rank(confidence: float | None) -> float:
 
 @dataclass(slots=True)
 class _Group:
-    """One reading of a passage: its spellings, their counts and best reads."""
+    """The reads of one plate: its spellings, their counts and best reads."""
 
     texts: Counter[str] = field(default_factory=Counter)
     keys: set[str] = field(default_factory=set)
@@ -204,25 +205,13 @@ class _Group:
 
 @dataclass(slots=True)
 class _Passage:
+    """One plate's passage past one source: a group of fuzzy-equal reads and its window."""
+
     key: str
     first_seen: float
     window_s: float
     required: int
-    groups: list[_Group] = field(default_factory=list)
-    reads: int = 0
-
-    def candidates(self, chosen: str) -> tuple[Candidate, ...]:
-        out = [
-            Candidate(text, g.texts[text], _journal_rank(g.best[text].confidence))
-            for g in self.groups
-            for text in g.texts
-            if text != chosen
-        ]
-        out.sort(key=lambda c: (-c.reads, -_rank(c.confidence), c.text))
-        return tuple(out[:MAX_CANDIDATES])
-
-    def best_group(self) -> _Group:
-        return max(self.groups, key=lambda g: (g.reads, _rank(g.choice()[1].confidence)))
+    group: _Group = field(default_factory=_Group)
 
 
 def _journal_rank(confidence: float | None) -> float | None:
@@ -236,15 +225,15 @@ class Consensus:
         if max_passages_per_lane < 1:
             raise ValueError("max_passages_per_lane must be >= 1")
         self._max = max_passages_per_lane
-        # (lane, source, kind) → the open passage of that source
-        self._open: dict[tuple[str, str, str], _Passage] = {}
+        # (lane, source, kind) → the open passages of that source (one per plate)
+        self._open: dict[tuple[str, str, str], list[_Passage]] = {}
         self._ended: list[Ended] = []  # evicted early, reported by the next expire()
         self._serial = 0
         self.counts: Counter[str] = Counter()  # held, accepted, repeats, unagreed … for /metrics
 
     def __len__(self) -> int:
         """Open passages over all lanes."""
-        return len(self._open)
+        return sum(len(ps) for ps in self._open.values())
 
     def offer(self, read: PlateRead, rule: ConsensusRule, now: float) -> Verdict:
         """Classify one read received at monotonic `now` under its source's rule."""
@@ -256,27 +245,19 @@ class Consensus:
             norm = ""
         if not norm:  # unread vehicles are the ingest's business, never agreed on
             return Verdict(VerdictKind.PASS, read, "")
+        self._expire(now)
         slot = (read.access_point, read.source, read.kind.value)
-        passage = self._open.get(slot)
-        if passage is not None and now - passage.first_seen > passage.window_s:
-            self._end(slot)
-            passage = None
-        if passage is None:
-            passage = self._start(slot, rule, now)
-        group = next((g for g in passage.groups if g.matches(norm)), None)
-        if group is not None and group.accepted:
+        passages = self._open.setdefault(slot, [])
+        passage = next((p for p in passages if p.group.matches(norm)), None)
+        if passage is not None and passage.group.accepted:
             self.counts["passed"] += 1
             return Verdict(VerdictKind.PASS, read, passage.key)
-        if group is None:
-            if len(passage.groups) >= MAX_GROUPS:
-                self.counts["held"] += 1  # a flood of distinct texts: held, never agreed
-                return Verdict(VerdictKind.HOLD, read, passage.key)
-            group = _Group()
-            passage.groups.append(group)
+        if passage is None:
+            passage = self._start(slot, rule, now)
+        group = passage.group
         if not group.add(read, norm):
             self.counts["repeats"] += 1
             return Verdict(VerdictKind.HOLD, read, passage.key)
-        passage.reads += 1
         confident = (
             rule.unless_confidence is not None and _rank(read.confidence) >= rule.unless_confidence
         )
@@ -286,13 +267,8 @@ class Consensus:
             if confident and _rank(read.confidence) >= _rank(best.confidence):
                 best = read  # the read that was enough by itself is the one decided
                 text = norm if norm in group.texts else text
-            agreement = Agreement(
-                reads=group.reads,
-                of=passage.reads,
-                required=rule.reads,
-                by="confidence" if confident and group.reads < rule.reads else "reads",
-                candidates=passage.candidates(text),
-            )
+            agreement = self._agreement(slot, passage, text, by=(
+                "confidence" if confident and group.reads < rule.reads else "reads"))
             self.counts["accepted"] += 1
             return Verdict(VerdictKind.ACCEPT, best, passage.key, agreement)
         self.counts["held"] += 1
@@ -300,42 +276,60 @@ class Consensus:
 
     def expire(self, now: float) -> list[Ended]:
         """Every passage whose window has ended by `now` (and any evicted early), oldest first."""
-        for slot in [s for s, p in self._open.items() if now - p.first_seen > p.window_s]:
-            self._end(slot)
+        self._expire(now)
         ended, self._ended = self._ended, []
         return ended
 
     def next_deadline(self) -> float | None:
         """The monotonic time at which the next open passage ends (None: none open)."""
-        if not self._open:
-            return None
-        return min(p.first_seen + p.window_s for p in self._open.values())
+        ends = [p.first_seen + p.window_s for ps in self._open.values() for p in ps]
+        return min(ends) if ends else None
+
+    def _expire(self, now: float) -> None:
+        for slot in list(self._open):
+            for passage in [p for p in self._open[slot] if now - p.first_seen > p.window_s]:
+                self._end(slot, passage)
+            if not self._open[slot]:
+                del self._open[slot]
 
     def _start(self, slot: tuple[str, str, str], rule: ConsensusRule, now: float) -> _Passage:
-        lane_slots = [s for s in self._open if s[0] == slot[0]]
-        if len(lane_slots) >= self._max:
-            oldest = min(lane_slots, key=lambda s: self._open[s].first_seen)
+        in_lane = [(s, p) for s, ps in self._open.items() if s[0] == slot[0] for p in ps]
+        if len(in_lane) >= self._max:
+            oldest = min(in_lane, key=lambda sp: sp[1].first_seen)
             self.counts["evicted"] += 1
-            self._end(oldest)
+            self._end(*oldest)
         self._serial += 1
         passage = _Passage(f"{slot[0]}/{slot[1]}/{self._serial}", now, rule.window_s, rule.reads)
-        self._open[slot] = passage
+        self._open.setdefault(slot, []).append(passage)
         return passage
 
-    def _end(self, slot: tuple[str, str, str]) -> None:
-        passage = self._open.pop(slot)
-        if not passage.groups:
-            return
-        agreed = any(g.accepted for g in passage.groups)
-        group = next(g for g in passage.groups if g.accepted) if agreed else passage.best_group()
-        text, best = group.choice()
-        agreement = Agreement(
-            reads=group.reads,
-            of=passage.reads,
+    def _agreement(self, slot: tuple[str, str, str], passage: _Passage, chosen: str,
+                   by: str) -> Agreement:
+        """The passage's counts, and as candidates its other spellings and the source's other
+        readings open at the same time (a badge seen beside the plate)."""
+        others = [p for p in self._open.get(slot, []) if p is not passage]
+        candidates = [
+            Candidate(text, p.group.texts[text], _journal_rank(p.group.best[text].confidence))
+            for p in (passage, *others)
+            for text in p.group.texts
+            if text != chosen
+        ]
+        candidates.sort(key=lambda c: (-c.reads, -_rank(c.confidence), c.text))
+        return Agreement(
+            reads=passage.group.reads,
+            of=passage.group.reads + sum(p.group.reads for p in others),
             required=passage.required,
-            by="reads" if agreed else "none",
-            candidates=passage.candidates(text),
+            by=by,
+            candidates=tuple(candidates[:MAX_CANDIDATES]),
         )
-        if not agreed:
+
+    def _end(self, slot: tuple[str, str, str], passage: _Passage) -> None:
+        self._open[slot].remove(passage)
+        group = passage.group
+        if not group.texts:
+            return
+        text, best = group.choice()
+        agreement = self._agreement(slot, passage, text, by="reads" if group.accepted else "none")
+        if not group.accepted:
             self.counts["unagreed"] += 1
-        self._ended.append(Ended(passage.key, agreed, best, agreement))
+        self._ended.append(Ended(passage.key, group.accepted, best, agreement))

@@ -93,10 +93,22 @@ def test_memory_is_bounded_per_lane() -> None:
     assert len(c) == 4
     assert len(c.expire(5.0)) == 6  # the evicted ones are reported, not lost
     for i in range(100):
-        c.offer(read(f"{i:03d}{i:03d}X"), rule, 20.0)  # a flood of distinct texts in one passage
-    assert len(c) == 4
-    (flooded,) = (p for p in c._open.values() if p.key.startswith("in/cam/"))
-    assert len(flooded.groups) == 8 and c.counts["held"] >= 92
+        c.offer(read(f"{i:03d}{i:03d}X"), rule, 20.0)  # a flood of distinct texts
+    assert len(c) == 4 and len(c.expire(20.0)) == 100
+
+
+def test_a_second_cars_lone_read_is_not_swallowed_by_the_first_cars_agreement() -> None:
+    c = Consensus()
+    rule = ConsensusRule(reads=2, window_s=4.0)
+    c.offer(read("AB123CD"), rule, 0.0)
+    assert c.offer(read("AB123CD"), rule, 0.5).kind is VerdictKind.ACCEPT
+    assert c.offer(read("XY987ZZ"), rule, 1.0).kind is VerdictKind.HOLD  # the next car
+    assert c.next_deadline() == 4.0
+    (first,) = c.expire(4.1)
+    assert first.agreed and first.read.text == "AB123CD"
+    (second,) = c.expire(5.1)  # its own window, from its own first read
+    assert not second.agreed and second.read.text == "XY987ZZ"
+    assert [x.text for x in second.agreement.candidates] == []
 
 
 def test_metadata_describes_candidates_without_their_text() -> None:
