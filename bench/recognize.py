@@ -2,6 +2,7 @@
 
     python -m bench.recognize [--images 300] [--seed 0] [--negatives 0.1]
                               [--baseline-images 60] [--threads 1] [--region R …]
+                              [--det-side PX …]
 
 Scenes come from bench.plate_scenes (the tests' generator): seven regions'
 plates among signs and dealer text, with perspective, blur, glare, night and
@@ -44,9 +45,11 @@ def _percentile(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def measure(cfg: RecognizerConfig, sample: list[Scene]) -> dict[str, Any]:
+def measure(cfg: RecognizerConfig, sample: list[Scene], det_side: int = 0) -> dict[str, Any]:
     """Exact match, character accuracy, false plates and time per frame of the recogniser."""
-    recognizer = load_recognizer(cfg)
+    recognizer: Any = load_recognizer(cfg)
+    if det_side:  # a variant: the detector at another size than its default
+        recognizer.detector.side = det_side
     recognizer.read(sample[0].image)  # first run allocates the runtime's buffers
     exact = 0
     false_plates = false_on_empty = 0
@@ -118,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-images", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--region", action="append", default=[])
+    ap.add_argument(
+        "--det-side", type=int, action="append", default=[],
+        help="also measure the recogniser with its detector at this long side (repeatable)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.images < 1:
         ap.error("--images must be at least 1")
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     print("measuring the recogniser", file=sys.stderr)
     figures = measure(cfg, sample)
     figures["plates"] = sum(s.plate is not None for s in sample)
+    for side in args.det_side:
+        print(f"measuring the recogniser, detector at {side} px", file=sys.stderr)
+        variant = measure(cfg, sample, side)
+        figures[f"det_{side}"] = {k: v for k, v in variant.items() if k != "backend"}
     if args.baseline_images > 0:
         print(f"measuring the baseline on {args.baseline_images} scenes", file=sys.stderr)
         figures["baseline"] = baseline(sample[: args.baseline_images], args.threads)
