@@ -79,7 +79,13 @@ class AlertWatcher:
         """Where to resume: the state file's cursor, never behind the last alert's source row."""
         seq = self.state.observed_seq
         if seq is None:
-            seq = self.journal.commits.seq  # first start: today on, not the site's history
+            # First start: from this daemon start on (its own journal check included), not
+            # the site's history.
+            seq = self.journal.commits.seq
+            start = await self.journal.find("audit", equals={"action": "daemon_start"},
+                                            limit=1)
+            if start:
+                seq = min(seq, int(start[0]["seq"]) - 1)
         last = await self.journal.find("audit", equals={"action": ALERT_ACTION}, limit=1)
         if last:
             meta = last[0].get("metadata") or {}
