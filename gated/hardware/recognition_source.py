@@ -118,7 +118,7 @@ class RecognisingCamera:
             CameraConfig(url=cfg.url, fps_limit=cfg.fps_limit, stale_after_s=cfg.stale_after_s,
                          jpeg_quality=cfg.jpeg_quality),
             on_frame=self._on_frame,
-            on_state=on_state,
+            on_state=self._camera_state,
             loop_file=cfg.at_end == "loop",
         )
         self._motion = MotionDetector(cfg.roi, cfg.motion_threshold)
@@ -130,6 +130,12 @@ class RecognisingCamera:
         self._emit: Emit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failure: str | None = None  # why recognition is off (the recogniser would not load)
+
+    def _camera_state(self, up: bool, detail: str) -> None:
+        """The stream's state, for health; a recogniser that would not load stays shown."""
+        if self._on_state is not None:
+            failure = self.failure
+            self._on_state(up and failure is None, failure or detail)
 
     # --- FrameSource: the lane's snapshots of other sources' reads ---------------
 

@@ -135,6 +135,7 @@ async def test_a_recogniser_that_cannot_load_leaves_the_camera_streaming(tmp_pat
     assert await play(cam, 1.0) == []
     assert cam.failure is not None and "recogniser not loaded" in cam.failure
     assert (False, cam.failure) in states
+    assert states[-1] == (False, cam.failure)  # the stream coming up does not hide it
     assert cam.snapshot_jpeg() is not None  # still the lane's picture source
 
 
