@@ -15,6 +15,7 @@ import pytest
 from gated.central.viewer import accounts, commands
 from gated.central.viewer.serve import load_settings
 from gated.errors import ConfigError
+from tests.central.viewer_support import running_viewer
 from tests.support.broker import free_port
 from tests.support.postgres import SERVICE, PgServer
 
@@ -98,3 +99,19 @@ def test_gated_central_run_serves_the_viewer_when_enabled(pg_server: PgServer, p
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_a_lost_database_is_a_503_and_the_viewer_keeps_serving(
+        pg_server: PgServer, pg_db: str, tmp_path: Path) -> None:
+    async with running_viewer(pg_server, pg_db, tmp_path / "pics", pool_timeout=2) as viewer:
+        viewer.tenant("acme", {})
+        await viewer.add_user("acme", "ada", "admin")
+        ada = await viewer.login("acme", "ada")
+        assert (await ada.get("/events")).status_code == 200
+        pg_server.drop_database(pg_db)  # every connection of the pool ends with it
+        for path in ("/events", "/events.csv", "/devices"):
+            answer = await ada.get(path)
+            assert answer.status_code == 503, (path, answer.text[:200])
+            assert "the database is not answering" in answer.text
+        assert (await ada.get("/healthz")).status_code == 503
+        assert (await ada.get("/login")).status_code == 200  # the form needs no database

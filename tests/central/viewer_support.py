@@ -134,10 +134,11 @@ class Viewer:
 
 
 @asynccontextmanager
-async def running_viewer(server: PgServer, db: str, snapshot_dir: Path,
-                         **cfg: Any) -> AsyncIterator[Viewer]:
+async def running_viewer(server: PgServer, db: str, snapshot_dir: Path, *,
+                         pool_timeout: float = 30.0, **cfg: Any) -> AsyncIterator[Viewer]:
     """The viewer app on 127.0.0.1 (a free port) over a pool logged in as the service role."""
-    pool = AsyncConnectionPool(server.conninfo(db, SERVICE), min_size=1, max_size=4, open=False)
+    pool = AsyncConnectionPool(server.conninfo(db, SERVICE), min_size=1, max_size=4, open=False,
+                               timeout=pool_timeout)
     await pool.open(wait=True)
     app = make_viewer_app(pool, ViewerConfig(snapshot_dir=str(snapshot_dir), **cfg))
     runner = web.AppRunner(app, access_log=None)

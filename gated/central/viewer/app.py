@@ -21,7 +21,6 @@ import io
 import logging
 import re
 import time
-import uuid
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,9 +29,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+import psycopg
 from aiohttp import web
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
 
 from gated.central.viewer import accounts
 from gated.central.viewer.accounts import RANK, ROLES, AccountError, Connect, ViewerSession
@@ -63,6 +64,8 @@ _HERE = Path(__file__).resolve().parent
 _WEB = _HERE.parent.parent / "web"
 
 CONFIG_KEY = web.AppKey("viewer", object)
+# aiohttp 3.12 added typed request keys; plain strings still work (with a warning) before it
+SESSION: Any = web.RequestKey("session", object) if hasattr(web, "RequestKey") else "session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +151,23 @@ class _Viewer:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Session from the cookie; problems rendered as pages (or JSON); security headers."""
-        request["request_id"] = uuid.uuid4().hex
         try:
-            # Static files and the health check need no session: no database round trip.
-            public = request.path.startswith("/static/") or request.path == "/healthz"
-            request["session"] = (None if public
+            # Static files, the health check and the login form need no session (no
+            # database round trip; the form shows even while the database is away).
+            public = request.path.startswith("/static/") or request.path in ("/healthz",
+                                                                             "/login")
+            request[SESSION] = (None if public
                                   else await self._session(request.cookies.get(COOKIE)))
             response = await handler(request)
         except _Problem as problem:
             response = self._problem(request, problem.status, str(problem))
         except FilterError as err:
             response = self._problem(request, 400, str(err))
+        except (psycopg.OperationalError, PoolTimeout):
+            # The database or the pool is gone or saturated: say so, keep serving, log once
+            # per request without the connection string.
+            log.warning("viewer: database unavailable for %s", request.path)
+            response = self._problem(request, 503, "the database is not answering: try again")
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -188,7 +197,7 @@ class _Viewer:
 
     def _render(self, request: web.Request, template: str, *, http_status: int = 200,
                 **context: Any) -> web.Response:
-        session: ViewerSession | None = request.get("session")
+        session: ViewerSession | None = request.get(SESSION)
         text = self.env.get_template(template).render(
             session=session, csrf=session.csrf if session else "", path=request.path,
             roles=ROLES, **context)
@@ -203,7 +212,7 @@ class _Viewer:
         return ""
 
     def _need(self, request: web.Request, role: str) -> ViewerSession:
-        session: ViewerSession | None = request["session"]
+        session: ViewerSession | None = request[SESSION]
         if session is None:
             raise _Problem(401, "log in first")
         if RANK.get(session.role, -1) < RANK[role]:
@@ -234,8 +243,8 @@ class _Viewer:
         try:
             async with self.connect() as conn:
                 await conn.execute("SELECT 1")
-        except Exception:
-            log.warning("viewer health check: database unreachable", exc_info=True)
+        except (psycopg.Error, PoolTimeout) as err:
+            log.warning("viewer health check: database unreachable (%s)", type(err).__name__)
             return web.json_response({"ok": False}, status=503)
         return web.json_response({"ok": True})
 
