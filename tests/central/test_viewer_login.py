@@ -148,3 +148,22 @@ async def test_hostile_cookies_are_no_session(viewer: Viewer) -> None:
         for value in ("x", ".acme", "abc.", "abc.acme'--", "a" * 300, "abc.acme.evil%00"):
             client.cookies.set("gated_viewer", value)
             assert (await client.get("/events")).status_code == 401, value
+
+
+async def test_login_redirects_only_within_the_site_and_takes_hostile_fields(
+        viewer: Viewer) -> None:
+    for target, expected in (("//evil.example/x", "/"), ("https://evil.example", "/"),
+                             ("/\\evil.example", "/"), ("/audit?status=failure",
+                                                        "/audit?status=failure")):
+        client = viewer.client()
+        answer = await client.post("/login", data={"tenant": "acme", "user": "otto",
+                                                   "password": PASSWORD, "next": target})
+        assert answer.status_code == 303 and answer.headers["location"] == expected, target
+    async with viewer.client() as client:
+        for tenant in ("acme\x00", "a" * 200, "acme' OR '1'='1", "", "../acme"):
+            answer = await client.post("/login", data={"tenant": tenant, "user": "otto",
+                                                       "password": PASSWORD})
+            assert answer.status_code == 401, tenant
+        huge = await client.post("/login", data={"tenant": "acme", "user": "otto",
+                                                 "password": "x" * 100_000})
+        assert huge.status_code == 413
