@@ -184,7 +184,7 @@ class ChannelWorker:
     def takes(self, alert: dict[str, Any]) -> bool:
         """Whether this channel's rule filter lets the alert through."""
         rules = self.channel.cfg.rules
-        return not rules or alert["rule"] in rules or (alert["test"] and alert["rule"] == "test")
+        return not rules or alert["rule"] in rules
 
     async def run(self) -> None:
         """Deliver until cancelled (or the journal closes)."""
