@@ -824,8 +824,8 @@ class Config(_Section, frozen=True):
     control: ControlConfig = ControlConfig()
     sync: SyncConfig = SyncConfig()
     web: WebConfig = WebConfig()
-    alerts: AlertsConfig = AlertsConfig()
     home_assistant: HomeAssistantConfig = HomeAssistantConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     def __post_init__(self) -> None:
         _check_cross_references(self)
