@@ -4,6 +4,7 @@ camera listener, alerts delivered to a webhook receiver on loopback."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,6 +279,31 @@ rules = ["refusal_flood"]
         assert doc["event_type"] == "refusal_flood" and doc["subject"] == "127.0.0.1"
         assert doc["details"]["refusals"] >= 15 and doc["details"]["address"] == "127.0.0.1"
         assert not site.rows()  # nothing refused reached a lane
+        assert daemon.terminate() == 0
+    finally:
+        daemon.close()
+
+
+def test_an_ntfy_notification_for_a_deny_listed_plate_says_it_is_late(
+        tmp_path: Path, receiver: Receiver) -> None:
+    site = make_site(tmp_path, receiver)
+    site.config.write_text(site.config.read_text().replace(
+        'type = "webhook"\n', 'type = "webhook"\nformat = "ntfy"\n', 1))
+    daemon = DaemonProcess(site)
+    try:
+        daemon.wait_ready()
+        push(site, "XX000X")
+        wait_audit(site, "alert_raised", 1)
+        time.sleep(2.0)  # the phone's server is unreachable for a while
+        receiver.start()
+        assert receiver.wait_for(1)
+        [(headers, body)] = [(h, b) for h, b in receiver.bodies if b]
+        assert headers["Title"] == "Deny-listed plate XX000X at main-in"
+        assert headers["Priority"] == "5"
+        text = body.decode()
+        assert text.startswith("A deny-listed plate, XX000X, was read at main-in")
+        late = re.search(r"\(raised (\d+) s ago\)$", text)
+        assert late is not None and int(late.group(1)) >= 2, text
         assert daemon.terminate() == 0
     finally:
         daemon.close()
