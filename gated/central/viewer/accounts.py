@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import re
 import secrets
@@ -40,9 +41,13 @@ TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # as the tenants table check
 
 Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
 
-# Verified against when the user does not exist, so a wrong name (or tenant) costs the
-# same time as a wrong password: no enumeration of users or tenants by timing.
-_DUMMY = hash_password(secrets.token_urlsafe(16))
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so a wrong name (or tenant) costs the
+    same time as a wrong password: no enumeration of users or tenants by timing. Made at
+    the first login, not at import (a scrypt hash costs tens of ms and a 16 MB block)."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -174,7 +179,7 @@ async def authenticate(conn: AsyncConnection[Any], tenant_id: str, name: str,
     if NAME_RE.match(name or ""):
         row = await _one(conn, "SELECT name, role, password_hash FROM viewer_users "
                                "WHERE tenant_id = %s AND name = %s", [tenant_id, name])
-    encoded = row["password_hash"] if row else _DUMMY
+    encoded = row["password_hash"] if row else await asyncio.to_thread(_dummy_hash)
     ok = await asyncio.to_thread(verify_password, password, encoded)
     if not ok or row is None:
         return None
