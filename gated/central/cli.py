@@ -122,7 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     viewer_settings, viewer_config = load_settings(args.config, config.snapshots_path)
     key = load_or_create_key(config.key_file)
-    store = Store(config.database_url, key, instance=config.instance).open()
+    store = Store(config.database_url, key, instance=config.instance,
+                  prepared_statements=config.prepared_statements).open()
     mqtt = None
     if config.mqtt_enabled:
         mqtt = MqttIngest(store, MqttSettings(**config.mqtt)).start()

@@ -16,6 +16,7 @@ class CentralConfig:
 
     database_url: str = ""  # the service role's connection (libpq string or URL)
     owner_url: str = ""  # the owner role's, for migrate / enrol / retention
+    prepared_statements: bool = True  # false behind a pooler that cannot track them
     key_file: str = "service-ed25519.key"
     instance: str = "central-1"
     mqtt_enabled: bool = True
@@ -39,6 +40,7 @@ def load(path: str | Path) -> CentralConfig:
     mqtt = dict(raw.get("mqtt", {}))
     config = CentralConfig(
         database_url=str(db.get("url", "")), owner_url=str(db.get("owner_url", "")),
+        prepared_statements=bool(db.get("prepared_statements", True)),
         key_file=str(service.get("key_file", "service-ed25519.key")),
         instance=str(service.get("instance", "central-1")),
         mqtt_enabled=bool(mqtt.pop("enabled", True)), mqtt=mqtt,

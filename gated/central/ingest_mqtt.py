@@ -50,7 +50,7 @@ class MqttSettings:
     group: str = "gated-central"
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
-    batch_max: int = 500
+    batch_max: int = 1000
     batch_wait_s: float = 0.02
     tls_ca_file: str = ""
 
@@ -85,7 +85,7 @@ class MqttIngest:
         if settings.tls_ca_file:
             client.tls_set(ca_certs=settings.tls_ca_file)
         # the device side's window is 1,000; let the broker hand us as many before PUBACKs
-        client.max_inflight_messages_set(1000)
+        client.max_inflight_messages_set(2000)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(0.2, 5)
         client.on_connect = self._on_connect
@@ -99,6 +99,9 @@ class MqttIngest:
         """Connect (in the background) and start the storing worker."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
+        # how many unacknowledged QoS 1 messages the broker may have in flight to us: wide
+        # enough to fill a batch, bounded so a backlog stays queued at the broker
+        props.ReceiveMaximum = 2000
         self.client.connect_async(self.settings.host, self.settings.port,
                                   keepalive=self.settings.keepalive_s, clean_start=False,
                                   properties=props)

@@ -91,11 +91,14 @@ class Store:
     """The service's connection pool and every statement it runs."""
 
     def __init__(self, conninfo: str, service_key: Ed25519PrivateKey, *, min_size: int = 1,
-                 max_size: int = 8, instance: str = "central") -> None:
-        # prepare_threshold=None: no server-side prepared statements, so a transaction-pooling
-        # pooler between the service and PostgreSQL is safe.
+                 max_size: int = 8, instance: str = "central",
+                 prepared_statements: bool = True) -> None:
+        # Prepared statements halve the cost of the ingest's statements (planning a partitioned
+        # table under row-level security is not cheap). prepared_statements = false turns them
+        # off for a transaction pooler that cannot track them (PgBouncer before 1.21).
         self.pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False,
-                                   kwargs={"prepare_threshold": None, "autocommit": True},
+                                   kwargs={"prepare_threshold": 2 if prepared_statements
+                                           else None, "autocommit": True},
                                    name=f"gated-{instance}")
         self.key = service_key
         self.instance = instance
@@ -194,14 +197,12 @@ class Store:
             for event_id, *_ in index:
                 (outcome.stored if event_id in new_ids else outcome.duplicate).append(event_id)
             if new_ids:
-                self._forks_at_held_seqs(conn, tenant_id, device_id, index, new_ids, outcome)
-                forked = conn.execute("SELECT forked FROM devices WHERE device_id = %s",
-                                      (device_id,)).fetchone()[0]  # type: ignore[index]
+                clash = self._forks_at_held_seqs(conn, tenant_id, device_id, index, new_ids,
+                                                 outcome)
+                forked = forked or clash
                 if not forked:
-                    forked = self._extend(conn, tenant_id, device_id, chain_seq, chain_hash,
-                                          outcome)
-                    chain_seq = conn.execute("SELECT chain_seq FROM devices WHERE device_id = %s",
-                                             (device_id,)).fetchone()[0]  # type: ignore[index]
+                    forked, chain_seq = self._extend(conn, tenant_id, device_id, chain_seq,
+                                                     chain_hash, outcome)
             for head in heads:
                 outcome.head = self._judge_head(conn, tenant_id, device_id, head, public_b64,
                                                 chain_seq, forked)
@@ -211,8 +212,9 @@ class Store:
 
     def _forks_at_held_seqs(self, conn: psycopg.Connection[Any], tenant_id: str,
                             device_id: str, index: list[tuple[str, str, int, str, str, str]],
-                            new_ids: set[str], outcome: Outcome) -> None:
+                            new_ids: set[str], outcome: Outcome) -> bool:
         """A new row at a seq already held by another row: both kept, the new one is a fork."""
+        found = False
         seqs = [seq for event_id, _, seq, *_ in index if event_id in new_ids]
         clashes = conn.execute(
             "SELECT seq, array_agg(event_id::text ORDER BY received_at, event_id) FROM event_ids "
@@ -229,10 +231,12 @@ class Store:
                         {"seq": seq, "event_ids": ids})
             conn.execute("UPDATE devices SET forked = true WHERE device_id = %s", (device_id,))
             outcome.alerts.append(reason)
+            found = True
+        return found
 
     def _extend(self, conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
-                chain_seq: int, chain_hash: str, outcome: Outcome) -> bool:
-        """Extend the verified prefix over the rows now held; True if it hit a fork."""
+                chain_seq: int, chain_hash: str, outcome: Outcome) -> tuple[bool, int]:
+        """Extend the verified prefix over the rows now held; (hit a fork, new end seq)."""
         forked = False
         while True:
             rows = [witness.ChainRow(str(e), q, p, h) for e, q, p, h in conn.execute(
@@ -259,7 +263,7 @@ class Store:
                 conn.execute("UPDATE devices SET forked = true WHERE device_id = %s",
                              (device_id,))
             if forked or len(rows) < 10000 or walk.seq == chain_seq:
-                return forked
+                return forked, walk.seq
             chain_seq, chain_hash = walk.seq, walk.hash
 
     def _judge_head(self, conn: psycopg.Connection[Any], tenant_id: str, device_id: str,

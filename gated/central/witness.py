@@ -16,8 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gated.journal import rows as journal_rows
 from gated.sync.signing import SignatureError, canonical_json, kid_of, sign, verify
 
 GENESIS = "0" * 64
@@ -32,8 +34,34 @@ def rfc3339(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_SORTED_JSON = msgspec.json.Encoder(order="sorted")
+# the columns a row of each stream can carry in `data`; a row with any other key (a newer
+# device) is hashed by the protocol's general definition below
+_KNOWN = {s: frozenset(journal_rows.COLUMNS[s]) for s in ("access", "audit")}
+
+
 def row_hash(stream: str, data: Mapping[str, Any]) -> str:
-    """row_hash recomputed from an event's data, as docs/protocol.md section 8 defines it."""
+    """row_hash recomputed from an event's data, as docs/protocol.md section 8 defines it.
+
+    Rows of the columns this version knows go through the journal's own encoder (msgspec
+    structs in canonical order, held byte-identical to canonical_json by the sync tests):
+    about 5x faster than the general definition, which is the fallback.
+    """
+    if data.keys() <= _KNOWN[stream]:
+        row = dict(data)
+        for name in JSON_COLUMNS:
+            value = row.get(name)
+            if value is not None:
+                row[name] = _SORTED_JSON.encode(value).decode("utf-8")
+        try:
+            return journal_rows.row_hash(stream, row)
+        except (KeyError, TypeError, msgspec.EncodeError):
+            pass  # a column absent or of an odd type: the general definition decides
+    return general_row_hash(stream, data)
+
+
+def general_row_hash(stream: str, data: Mapping[str, Any]) -> str:
+    """row_hash by the protocol's definition, key by key (any data the schema admits)."""
     content: dict[str, Any] = {}
     skip = PERSONAL[stream]
     for key, value in data.items():

@@ -1,0 +1,224 @@
+"""Central ingest benchmark: simulated devices -> Mosquitto -> `gated central run` -> PostgreSQL.
+
+`python -m bench.central [--devices 50] [--events 2000]` prints one JSON object as its last
+line:
+
+* devices, events: simulated devices and the events each sends (access rows, chained and
+  valid against the protocol's schemas, built by tests/support/device_sim.py);
+* ingest_events_per_s_1 / _2: events stored per second by one and by two `gated central run`
+  processes sharing the subscription, each on a fresh migrated database. The backlog is
+  published first into the instances' persistent sessions (queued at the broker), then
+  the instances start; the clock runs from the first stored event to the last, so it
+  measures ingest (JSON, schema validation, identity and hash checks, the witness, the
+  PostgreSQL transaction, the ack and the PUBACK), not the publishers;
+* raw_pg_events_per_s: the same rows written by a bare `COPY` into access_logs as the
+  superuser (no validation, no idempotency index, no witness): the baseline;
+* lost: events not stored at the end; duplicates_stored: rows stored more than once.
+
+PostgreSQL runs with fsync off (a throw-away cluster, tests/support/postgres.py); the
+broker is a local Mosquitto without TLS. On a 2-core machine the instances, the broker and
+PostgreSQL share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gated.central.admin import enrol_device
+from gated.central.store import ACCESS_COLUMNS
+from gated.sync.envelope import encode
+from gated.sync.signing import load_or_create_key
+from tests.support.broker import HOST, MOSQUITTO, free_port, wait_until_accepting
+from tests.support.device_sim import SimDevice
+from tests.support.postgres import OWNER, SERVICE, PgServer, postgres_cluster
+
+
+def _broker(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = tmp / "mosquitto.conf"
+    config.write_text(f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n"
+                      "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 1000\n"
+                      "log_dest none\n")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    if not wait_until_accepting(HOST, port):
+        raise RuntimeError("mosquitto did not start")
+    return proc, port
+
+
+def _subscribe_sessions(port: int, client_ids: list[str]) -> None:
+    """Create the instances' persistent sessions and shared subscriptions, then leave."""
+    for client_id in client_ids:
+        done = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=MQTTProtocolVersion.MQTTv5)
+        client.on_subscribe = lambda *a, d=done: d.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        client.connect(HOST, port, clean_start=False, properties=props)
+        client.subscribe("$share/gated-central/gated/v1/+/+/events", qos=1)
+        client.loop_start()
+        assert done.wait(10)
+        client.disconnect()
+        client.loop_stop()
+
+
+def _publish(port: int, payloads: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.max_inflight_messages_set(500)
+    client.connect(HOST, port)
+    client.loop_start()
+    window: deque[mqtt.MQTTMessageInfo] = deque()
+    for topic, payload in payloads:
+        if len(window) >= 500:
+            window.popleft().wait_for_publish(60)
+        window.append(client.publish(topic, payload, qos=1))
+    for info in window:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
+def _count(server: PgServer, db: str) -> int:
+    with server.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM event_ids").fetchone()[0])  # type: ignore[index]
+
+
+def _run(server: PgServer, tmp: Path, sims: list[SimDevice],
+         payloads: list[tuple[str, bytes]], instances: int, key_file: Path,
+         timeout_s: float) -> tuple[float, int, int]:
+    db = server.create_database(template="gated_bench_template")
+    with server.connect(db, OWNER) as conn:
+        for sim in sims:
+            enrol_device(conn, sim.tenant_id, sim.device_id, sim.site_id, sim.public_b64)
+    broker, port = _broker(tmp)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ids = [f"central-{instances}-{i}" for i in range(instances)]
+        _subscribe_sessions(port, ids)
+        _publish(port, payloads)
+        for client_id in ids:
+            config = tmp / f"{client_id}.toml"
+            config.write_text(
+                f'[database]\nurl = "{server.conninfo(db, SERVICE)}"\n'
+                f'[service]\nkey_file = "{key_file}"\ninstance = "{client_id}"\n'
+                f'[mqtt]\nhost = "{HOST}"\nport = {port}\nclient_id = "{client_id}"\n'
+                f'[http]\nenabled = false\n')
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "gated", "central", "run", "--config", str(config)],
+                stdout=subprocess.DEVNULL, stderr=(tmp / f"{client_id}.log").open("wb")))
+        total = len(payloads)
+        deadline = time.monotonic() + timeout_s
+        first = None
+        stored = 0
+        while time.monotonic() < deadline:
+            stored = _count(server, db)
+            if stored and first is None:
+                first = (time.monotonic(), stored)
+            if stored >= total:
+                break
+            time.sleep(0.05)
+        end = time.monotonic()
+        assert first is not None, "nothing was stored"
+        rate = (stored - first[1]) / max(end - first[0], 1e-6)
+        with server.connect(db) as conn:
+            rows, distinct = conn.execute(
+                "SELECT count(*), count(DISTINCT event_id) FROM access_logs").fetchone()  # type: ignore[misc]
+        return rate, total - stored, rows - distinct
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        broker.terminate()
+        broker.wait(10)
+        server.drop_database(db)
+
+
+def _raw_copy(server: PgServer, events: list[dict[str, Any]]) -> float:
+    db = server.create_database(template="gated_bench_template")
+    rows = []
+    for event in events:
+        data = event["data"]
+        row = [data.get(c) for c in ACCESS_COLUMNS]
+        rows.append(row)
+    created = ACCESS_COLUMNS.index("created_at")
+    captured = ACCESS_COLUMNS.index("captured_at")
+    metadata = ACCESS_COLUMNS.index("metadata")
+    import datetime as dt
+
+    for row in rows:
+        row[created] = dt.datetime.fromtimestamp(row[created], dt.UTC)
+        row[captured] = dt.datetime.fromtimestamp(row[captured], dt.UTC)
+        row[metadata] = json.dumps(row[metadata])
+    try:
+        with server.connect(db, autocommit=False) as conn:
+            start = time.monotonic()
+            with conn.cursor() as cur, cur.copy(
+                    f"COPY access_logs ({', '.join(ACCESS_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            conn.commit()
+            elapsed = time.monotonic() - start
+        return len(rows) / elapsed
+    finally:
+        server.drop_database(db)
+
+
+def main() -> None:
+    """Run the benchmark and print its JSON line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--events", type=int, default=2000, help="events per device")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gated-bench-central-") as tmp_name:
+        tmp = Path(tmp_name)
+        key_file = tmp / "service.key"
+        load_or_create_key(key_file)
+        sims = [SimDevice(f"tenant-{i % 10}", "hq", f"gate-{i}") for i in range(args.devices)]
+        events = []
+        payloads = []
+        for n in range(args.events):
+            for sim in sims:
+                event = sim.event("access")
+                events.append(event)
+                payloads.append((sim.prefix + "events", encode(event)))
+            del n
+        with postgres_cluster() as server:
+            server.create_database("gated_bench_template")
+            raw = _raw_copy(server, events)
+            result: dict[str, Any] = {"devices": args.devices, "events": len(events)}
+            lost = dups = 0
+            for instances in (1, 2):
+                rate, lost_n, dups_n = _run(server, tmp, sims, payloads, instances, key_file,
+                                            args.timeout)
+                result[f"ingest_events_per_s_{instances}"] = round(rate)
+                lost, dups = lost + lost_n, dups + dups_n
+            result["raw_pg_events_per_s"] = round(raw)
+            result["ingest_vs_raw_1"] = round(result["ingest_events_per_s_1"] / raw, 3)
+            result["lost"] = lost
+            result["duplicates_stored"] = dups
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
