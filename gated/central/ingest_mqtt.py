@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from psycopg_pool import PoolTimeout
 
 from gated.central.schemas import SchemaError, validate, validate_event
 from gated.central.store import Outcome, Store, dumps
@@ -243,8 +245,11 @@ class MqttIngest:
                heads: list[dict[str, Any]]) -> Outcome:
         if not events and not heads:
             return Outcome()
-        outcome: Outcome = self._with_db(
-            lambda: self.store.ingest(tenant_id, device_id, events, heads[-1:]))
+        try:
+            outcome: Outcome = self._with_db(
+                lambda: self.store.ingest(tenant_id, device_id, events, heads[-1:]))
+        except _Refused:
+            return Outcome()  # nothing acked: the device sends these again
         self.stats.stored += len(outcome.stored)
         self.stats.duplicate += len(outcome.duplicate)
         return outcome
@@ -258,12 +263,20 @@ class MqttIngest:
         while True:
             try:
                 return action()
-            except Exception as err:  # a database outage must not drop messages
+            except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as err:
+                # the database is away: hold the batch (no PUBACK, no ack) and try again
                 self.stats.db_errors += 1
                 log.warning("database step failed (%s); retrying in %.1f s", err, delay)
                 if self._stop.wait(delay):
                     raise
                 delay = min(delay * 2, 10.0)
+            except Exception as err:
+                # Anything else would fail again on every retry and stall the instance. The
+                # message is let go unacknowledged by the protocol: the device still holds
+                # the event and sends it again after its ack_timeout_s.
+                self.stats.db_errors += 1
+                log.exception("database step failed for good: %s", err)
+                raise _Refused(None, f"storage failed: {type(err).__name__}") from err
 
     def _ack(self, tenant_id: str, device_id: str, outcome: Outcome) -> None:
         body = outcome.answer()

@@ -138,8 +138,42 @@ class Store:
         """Store validated access/audit events of one device and judge its heads, atomically.
 
         The caller has checked each event's schema and that its source is this device.
-        Redelivered ids are answered `duplicate` and change nothing.
+        Redelivered ids are answered `duplicate` and change nothing. An event PostgreSQL
+        itself refuses (a NUL character in a text, a number out of range: valid JSON that
+        no column can hold) is refused alone, for good; the rest are stored. Errors of the
+        database's availability propagate: the caller retries, nothing is acknowledged.
         """
+        try:
+            return self._ingest(tenant_id, device_id, events, heads)
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded
+                ) as err:
+            if len(events) + len(heads) <= 1:
+                outcome = Outcome()
+                for event in events:
+                    outcome.rejected.append({"id": event["id"], "retryable": False,
+                                             "reason": f"storage refused it: {err.sqlstate}: "
+                                                       f"{str(err)[:200]}"})
+                for head in heads:
+                    outcome.head = {"head": None, "head_status": "refused",
+                                    "head_seq": head["data"]["seq"],
+                                    "head_reason": f"storage refused it: {err.sqlstate}"}
+                log.warning("tenant %s device %s: refused by storage: %s", tenant_id,
+                            device_id, err)
+                return outcome
+        # one at a time, so only the offending event is refused
+        merged = Outcome()
+        for event in events:
+            part = self.ingest(tenant_id, device_id, [event])
+            merged.stored += part.stored
+            merged.duplicate += part.duplicate
+            merged.rejected += part.rejected
+            merged.alerts += part.alerts
+        if heads:
+            merged.head = self.ingest(tenant_id, device_id, [], heads[-1:]).head
+        return merged
+
+    def _ingest(self, tenant_id: str, device_id: str, events: Sequence[Mapping[str, Any]],
+                heads: Sequence[Mapping[str, Any]]) -> Outcome:
         outcome = Outcome()
         rows: dict[str, list[dict[str, Any]]] = {"access": [], "audit": []}
         index: list[tuple[str, str, int, str, str, str]] = []

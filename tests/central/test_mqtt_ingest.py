@@ -133,6 +133,8 @@ def test_hostile_messages_are_refused_and_the_service_keeps_running(
     gate.send(wrong)
     gate.send(b'{"id": "x", "pad": "' + b"A" * 300_000 + b'"}')
     good = SimDevice("acme", "hq", "gate-1", key=mine.key)
+    poisoned = good.event(vehicle_plate="AB\u0000CD")  # valid JSON no text column can hold
+    gate.send(poisoned)
     valid = good.event()
     gate.send(valid)
     eventually(lambda: valid["id"] in gate.acked())
@@ -140,6 +142,7 @@ def test_hostile_messages_are_refused_and_the_service_keeps_running(
     assert refused[as_victim["id"]]["retryable"] is False
     assert refused[as_neighbour["id"]]["retryable"] is False
     assert refused[wrong["id"]]["retryable"] is False
+    assert refused[poisoned["id"]]["retryable"] is False
     assert _count(pg_server, pg_db, "SELECT count(*) FROM event_ids") == 1
     assert _count(pg_server, pg_db,
                   "SELECT count(*) FROM event_ids WHERE tenant_id = 'globex'") == 0

@@ -132,3 +132,17 @@ def test_an_unenrolled_device_is_answered_retryable(store: Store) -> None:
     gate = SimDevice("acme", "hq", "gate-9")
     outcome = store.ingest("acme", "gate-9", [gate.event()])
     assert outcome.stored == [] and outcome.rejected[0]["retryable"] is True
+
+
+def test_an_event_postgresql_cannot_hold_is_refused_alone(
+        store: Store, owner: psycopg.Connection[Any], pg_server: PgServer, pg_db: str) -> None:
+    gate = SimDevice("acme", "hq", "gate-1")
+    _enrol(owner, gate)
+    before = gate.event()
+    poisoned = gate.event(vehicle_plate="AB\u0000CD", metadata={"k": "\u0000"})
+    after = gate.event()
+    outcome = store.ingest("acme", "gate-1", [before, poisoned, after])
+    assert sorted(outcome.stored) == sorted([before["id"], after["id"]])
+    assert [r["id"] for r in outcome.rejected] == [poisoned["id"]]
+    assert outcome.rejected[0]["retryable"] is False
+    assert _count(pg_server, pg_db, "SELECT count(*) FROM access_logs") == 2
