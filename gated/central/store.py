@@ -204,7 +204,8 @@ class Store:
             rows[stream].append(row)
             index.append((row["event_id"], stream, data["seq"], data["prev_hash"],
                           data["row_hash"], row["created_at"]))
-        with self.pool.connection() as conn, conn.transaction():
+        # pipeline mode: statements whose results are not read go out without a round trip each
+        with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             _tenant(conn, tenant_id)
             state = conn.execute(
                 "SELECT chain_seq, chain_hash, public_key, forked FROM devices "
