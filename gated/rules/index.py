@@ -1,11 +1,13 @@
 """The in-memory plate/tag index the decision uses (`RuleIndex`), built once per rule-set
 version over a RuleSource.
 
-Compact numpy tables over every plate (deny list, residents' vehicles, visitor passes)
-answer exact, OCR-confusion and fuzzy (symmetric-deletion) lookups in microseconds for a
-million vehicles on a Raspberry Pi, plus the residents' facts the policy needs without
-reading entities. Immutable once built: the daemon builds a new index in a worker thread
-and swaps the reference. The design (hashing, levels, memory figures and the benchmark
+Compact tables over every plate (deny list, residents' vehicles, visitor passes) answer
+exact, OCR-confusion and fuzzy (symmetric-deletion) lookups in microseconds for a million
+vehicles on a Raspberry Pi, plus the residents' facts the policy needs without reading
+entities. The tables are plain buffers (`array`, `str`, `bytes`); numpy is imported only
+to build a large table (vectorised), so a daemon with a small or medium rule set never
+loads it. Immutable once built: the daemon builds a new index in a worker thread and
+swaps the reference. The design (hashing, levels, memory figures and the benchmark
 that measures them): docs/rule-index.md.
 """
 
@@ -13,14 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from itertools import chain, combinations, islice
-from operator import itemgetter
-from typing import Any
+from functools import cache, lru_cache
+from itertools import accumulate, chain, combinations, compress, count, islice, repeat
+from operator import itemgetter, lshift, or_
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from gated.errors import RulesError
@@ -47,6 +50,9 @@ from gated.rules.entities import (
     VisitorPass,
 )
 
+if TYPE_CHECKING:  # imported at run time only by the vectorised build of a large table
+    import numpy as np
+
 LISTS: tuple[str, ...] = ("deny", "resident", "visitor_pass")  # Match.list names, in row order
 TAG_LIST = "tag"
 _LIST_INDEX = {name: i for i, name in enumerate(LISTS)}
@@ -66,11 +72,15 @@ _LEVEL_MASK = 3
 _POS_SHIFT = 32  # 4 bits: MAX_PLATE_LEN is 16
 _HASH_SHIFT = 36  # 28 hash bits: about 0.03 false entries per probe of 8 M entries
 _MAX_ROWS = 1 << _ROW_BITS
-_CHUNK = 1 << 16  # rows per vectorised build step: bounds the temporary arrays
+_CHUNK = 1 << 16  # rows per build step: bounds the temporary arrays and lists
 _CACHE = 4096  # entities kept per kind (a few MB at most)
 _NORMALISED = re.compile(r"[A-Z0-9]+")
+_NORMALISED_OR_EMPTY = re.compile(r"[A-Z0-9]*")
+# A table expected to hold more entries than this is built with numpy (vectorised):
+# about 110,000 plates at depth 1. Below it the build runs in Python: no numpy import
+# (about 13 MB of the daemon's memory), the same entries in the same order.
+_VECTORISE_FROM = 1 << 20
 
-_POW_NP = np.array([pow(256, e, _PRIME) for e in range(MAX_TAG_LEN + 2)], dtype=np.uint64)
 _SCREEN_MAX = 1 << 17  # deny-screen strings kept as a set (about 10 MB at most)
 # strings in the deletion neighbourhood of an n-character key, by depth 0-2
 _NEIGHBOURHOOD = [(1, 1 + n, 1 + n + n * (n - 1) // 2) for n in range(MAX_PLATE_LEN + 1)]
@@ -88,11 +98,14 @@ def _byte_table(text_map: dict[str, str]) -> list[int]:
     return table
 
 
-_PLAIN_LUT = np.array(_byte_table({}), dtype=np.uint8)
-_CONF_LUT = np.array(
-    _byte_table({c: confusion_key(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"}),
-    dtype=np.uint8,
-)
+@cache
+def _np_tables() -> tuple[np.ndarray, np.ndarray]:
+    """The vectorised build's lookup tables: powers of 256 modulo the prime, confusion LUT."""
+    import numpy as np
+
+    powers = np.array([pow(256, e, _PRIME) for e in range(MAX_TAG_LEN + 2)], dtype=np.uint64)
+    conf = _byte_table({c: confusion_key(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"})
+    return powers, np.array(conf, dtype=np.uint8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +162,36 @@ def _del2_hashes(key: bytes) -> list[int]:
     )
 
 
-# --- packing (vectorised: the build side) --------------------------------------------
+def _key_entries(keys: Iterable[bytes], first_row: int, depth: int, out: list[int]) -> None:
+    """Append the table entries of consecutive rows' confusion keys (the Python build).
+
+    The scalar twin of `_chunk_entries`: level 0 is the key's hash, level 1 each
+    one-character deletion with its position, level 2 the distinct two-character
+    deletions (position 0), each `hash << 36 | position << 32 | level << 30 | row`.
+    """
+    p, mix = _PRIME, _MIX
+    frombytes = int.from_bytes
+    append, extend = out.append, out.extend
+    splits = _DEL_SPLITS_AT
+    for row, key in zip(count(first_row), keys):
+        v = frombytes(key, "big")
+        append((v * mix % p) << _HASH_SHIFT | row)
+        if depth >= 1:
+            tag = 1 << _ROW_BITS | row
+            extend([(((v >> a) << b | v & m) * mix % p) << _HASH_SHIFT | at | tag
+                    for a, b, m, at in splits[len(key)]])
+        if depth >= 2:
+            tag = 2 << _ROW_BITS | row
+            extend([h << _HASH_SHIFT | tag for h in _del2_hashes(key)])
+
+
+# _DEL_SPLITS with each deleted position already shifted into its entry bits
+_DEL_SPLITS_AT = [
+    [(a, b, m, i << _POS_SHIFT) for i, (a, b, m) in enumerate(splits)] for splits in _DEL_SPLITS
+]
+
+
+# --- packing (vectorised: the build side of a large table) -----------------------------
 
 
 def _pack_matrix(sym: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,6 +200,9 @@ def _pack_matrix(sym: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndar
     The vectorised twin of `_hash`/`_del_hashes`: every product stays below
     2**56 because both factors are reduced modulo the 28-bit prime first.
     """
+    import numpy as np
+
+    powers, _ = _np_tables()
     n, width = sym.shape
     s = sym.astype(np.uint64)
     p = np.uint64(_PRIME)
@@ -166,7 +211,7 @@ def _pack_matrix(sym: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndar
         prefix[:, i + 1] = (prefix[:, i] * np.uint64(256) + s[:, i]) % p
     cols = np.arange(width)
     exps = np.clip(lens[:, None] - 1 - cols[None, :], 0, None)
-    weights = _POW_NP[exps]
+    weights = powers[exps]
     terms = s * weights % p  # padding bytes are 0, so their terms vanish
     suffix = np.zeros((n, width + 1), dtype=np.uint64)
     # at most 16 terms below 2**28 each: the sum cannot overflow before the modulo
@@ -181,6 +226,8 @@ def _entries(
     hashes: np.ndarray, level: int, rows: np.ndarray, positions: np.ndarray | None = None
 ) -> np.ndarray:
     """Table entries hash << 36 | position << 32 | level << 30 | row."""
+    import numpy as np
+
     out = (hashes << np.uint64(_HASH_SHIFT)) | np.uint64(level << _ROW_BITS)
     out |= rows.astype(np.uint64)
     if positions is not None:
@@ -190,6 +237,8 @@ def _entries(
 
 def _sorted_unique(parts: list[np.ndarray]) -> np.ndarray:
     """Concatenate, sort and de-duplicate table entries."""
+    import numpy as np
+
     if not parts:
         return np.zeros(0, dtype=np.uint64)
     table = np.concatenate(parts)
@@ -203,38 +252,128 @@ def _sorted_unique(parts: list[np.ndarray]) -> np.ndarray:
     return table[keep]
 
 
-def _text_array(texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-width ASCII array of normalised texts and a mask of the usable ones."""
-    usable = np.ones(len(texts), dtype=bool)
+def _chunk_entries(chunk: np.ndarray, first_row: int, depth: int) -> list[np.ndarray]:
+    """The entries of a chunk of fixed-width confusion keys (the vectorised build)."""
+    import numpy as np
+
+    width = chunk.dtype.itemsize
+    sym = _np_tables()[1][chunk.view(np.uint8).reshape(len(chunk), width)]
+    lens = (sym != 0).sum(axis=1)
+    rows = np.arange(first_row, first_row + len(chunk), dtype=np.uint64)
+    codes, dels, valid = _pack_matrix(sym, lens)
+    out = [_entries(codes, 0, rows)]
+    if depth >= 1:
+        row_grid = np.broadcast_to(rows[:, None], dels.shape)
+        pos_grid = np.broadcast_to(np.arange(width)[None, :], dels.shape)
+        out.append(_entries(dels[valid], 1, row_grid[valid], pos_grid[valid]))
+    if depth >= 2:
+        for i in range(width):
+            has = lens > i
+            if not has.any():
+                continue
+            sub = np.delete(sym[has], i, axis=1)
+            _, dels2, valid2 = _pack_matrix(sub, lens[has] - 1)
+            grid2 = np.broadcast_to(rows[has][:, None], dels2.shape)
+            out.append(_entries(dels2[valid2], 2, grid2[valid2]))
+    return out
+
+
+# --- texts ----------------------------------------------------------------------------
+
+
+def _clean_texts(texts: list[Any], max_len: int) -> tuple[list[str], list[bool] | None]:
+    """The usable rows' normalised texts and which rows were usable (None: every row).
+
+    The store promises normalised text; a row that is not is repaired here
+    (`normalise`; trailing NULs are dropped first), and a row that is empty,
+    longer than `max_len` or cannot be repaired (hostile text in a store row) is
+    skipped: never a failed build. One C-level check covers the common case.
+    """
     try:
-        arr = np.array(texts, dtype=f"S{max(1, max(map(len, texts), default=1))}")
-    except UnicodeEncodeError:
-        arr = None
-    if arr is not None:
-        width = arr.dtype.itemsize
-        raw = arr.view(np.uint8).reshape(len(texts), width)
-        nonzero = (raw != 0).sum(axis=1)
-        # 255: a byte outside A-Z0-9; a count mismatch: a NUL inside the text
-        bad = (_PLAIN_LUT[raw] == 255).any(axis=1) | (nonzero != np.char.str_len(arr))
-    else:
-        bad = np.ones(len(texts), dtype=bool)
-    if bad.any():
-        # The store promises normalised text; repair the rows that are not, in Python.
-        texts = list(texts)
-        for i in np.flatnonzero(bad).tolist():
+        joined: str | None = "".join(texts)
+    except TypeError:
+        joined = None
+    if (
+        joined is not None
+        and joined.isascii()
+        and _NORMALISED_OR_EMPTY.fullmatch(joined)
+        and (not texts or (min(map(len, texts)) > 0 and max(map(len, texts)) <= max_len))
+    ):
+        return texts, None
+    clean: list[str] = []
+    usable: list[bool] = []
+    for text in texts:
+        ok = False
+        if type(text) is str:
+            text = text.rstrip("\0")
+            ok = text.isascii() and _NORMALISED_OR_EMPTY.fullmatch(text) is not None
+        if not ok:
             try:
-                texts[i] = normalise(texts[i])
+                text = normalise(text)
             except Exception:  # hostile text in a store row: skip the row, never fail the build
-                texts[i] = ""
-        arr = np.array(texts, dtype=f"S{max(1, max(map(len, texts), default=1))}")
-    assert arr is not None  # a text that cannot encode was repaired just above
-    lens = np.char.str_len(arr) if len(texts) else np.zeros(0, dtype=np.int64)
-    usable &= (lens > 0) & (lens <= max_len)
-    if not usable.all():
-        arr = arr[usable]
-    if len(arr) and arr.dtype.itemsize > max_len:
-        arr = arr.astype(f"S{max_len}")
-    return arr, usable
+                text = ""
+        keep = 0 < len(text) <= max_len
+        usable.append(keep)
+        if keep:
+            clean.append(text)
+    return clean, usable
+
+
+class _Texts:
+    """Short ASCII texts (normalised plates, tags) NUL-padded to one width in one str.
+
+    No object per text: a million 7-character plates take 7 MB. Reading one
+    slices the str (a new str, no decoding).
+    """
+
+    __slots__ = ("_blob", "_width", "width")
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.width = width = max(1, max(map(len, texts), default=1))
+        self._width = width
+        self._blob = "".join(map(str.ljust, texts, repeat(width), repeat("\0")))
+
+    def __len__(self) -> int:
+        return len(self._blob) // self._width
+
+    def __getitem__(self, row: int) -> str:
+        """The text at a row."""
+        w = self._width
+        start = row * w
+        return self._blob[start : start + w].rstrip("\0")
+
+    def slice(self, start: int, stop: int) -> list[str]:
+        """The texts of rows start..stop - 1."""
+        return [self[row] for row in range(start, stop)]
+
+    def fixed_width(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop - 1 as a numpy fixed-width bytes array (the vectorised build)."""
+        import numpy as np
+
+        w = self._width
+        raw = self._blob[start * w : stop * w].encode("ascii")
+        return np.frombuffer(raw, dtype=f"S{w}")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return len(self._blob)
+
+
+def _key_array(keys: list[int], usable: list[bool] | None) -> memoryview:
+    """Store row keys of the usable rows, as 32-bit ints when they fit (they usually do)."""
+    kept = keys if usable is None else list(compress(keys, usable))
+    if not kept or (min(kept) >= -(2**31) and max(kept) < 2**31):
+        return memoryview(array("i", kept))
+    return memoryview(array("q", kept))
+
+
+# --- tables ---------------------------------------------------------------------------
+
+
+def _bucket_bits(n: int) -> int:
+    """Bits of the bucket number for n entries: about two entries per bucket."""
+    return min(max((n - 1).bit_length() - 1, 4), 64 - _HASH_SHIFT)  # ceil(log2(n / 2))
 
 
 class _HashTable:
@@ -245,31 +384,46 @@ class _HashTable:
     entries, instead of a 24-step binary search through a table far larger
     than the CPU cache, and without numpy call overhead. A small table (the
     deny list, tags of a small site) is a plain dict, which is faster still.
+    Entries may come as a sorted list, an `array("Q")` or a numpy uint64 array
+    (a vectorised build); the table holds them as a buffer either way.
     """
 
     __slots__ = ("_dict", "_entries", "_shift", "_starts", "entries")
 
     SMALL = 1 << 16  # entries up to which a dict is used (about 100 bytes each)
 
-    def __init__(self, entries: np.ndarray) -> None:
-        self.entries = entries
+    def __init__(self, entries: Any) -> None:
+        vectorised = hasattr(entries, "dtype")  # a numpy array
+        if not vectorised and not isinstance(entries, array):
+            entries = array("Q", entries)
+        self.entries = memoryview(entries)
         self._dict: dict[int, list[int]] | None = None
-        if len(entries) <= self.SMALL:
+        n = len(entries)
+        if n <= self.SMALL:
             self._dict = {}
-            for e in entries.tolist():
+            for e in self.entries.tolist():
                 self._dict.setdefault(e >> _HASH_SHIFT, []).append(e)
             self._shift = 0
             self._starts = self._entries = memoryview(b"")
             return
-        bits = int(np.clip(np.ceil(np.log2(len(entries) / 2)), 4, 64 - _HASH_SHIFT))
+        bits = _bucket_bits(n)
         self._shift = 64 - _HASH_SHIFT - bits
-        bucket = (entries >> np.uint64(64 - bits)).astype(np.intp)
-        starts = np.zeros((1 << bits) + 1, dtype=np.uint32 if len(entries) < 2**32 else np.int64)
-        np.cumsum(np.bincount(bucket, minlength=1 << bits), out=starts[1:])
-        del bucket
+        if vectorised:
+            import numpy as np
+
+            bucket = (entries >> np.uint64(64 - bits)).astype(np.intp)
+            starts = np.zeros((1 << bits) + 1, dtype=np.uint32 if n < 2**32 else np.int64)
+            np.cumsum(np.bincount(bucket, minlength=1 << bits), out=starts[1:])
+            del bucket
+            self._starts = starts.data
+        else:
+            # sorted entries: a bucket's count, then the running sum (C-level loops)
+            per_bucket = Counter(map((64 - bits).__rrshift__, entries))
+            self._starts = memoryview(array(
+                "I" if n < 2**32 else "q",
+                accumulate(map(per_bucket.__getitem__, range(1 << bits)), initial=0)))
         # memoryviews: indexing them yields Python ints at C speed
-        self._starts = starts.data
-        self._entries = entries.data
+        self._entries = self.entries
 
     @property
     def nbytes(self) -> int:
@@ -295,7 +449,7 @@ _NONE: list[int] = []
 
 def _none(_: object) -> None:
     return None
-_EMPTY = _HashTable(np.zeros(0, dtype=np.uint64))
+_EMPTY = _HashTable([])
 
 
 class _Strings:
@@ -307,9 +461,9 @@ class _Strings:
 
     __slots__ = ("blob", "offsets")
 
-    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
+    def __init__(self, blob: bytes, offsets: array[int]) -> None:
         self.blob = blob  # UTF-8 (surrogates passed through)
-        self.offsets = offsets.data  # string i is blob[offsets[i]:offsets[i + 1]]
+        self.offsets = memoryview(offsets)  # string i is blob[offsets[i]:offsets[i + 1]]
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -332,7 +486,7 @@ class _StringsBuilder:
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
-        self._lens: list[np.ndarray] = []
+        self._lens: array[int] = array("q")
 
     def extend(self, texts: list[object]) -> None:
         """Append a chunk of strings (anything else is stored as its str())."""
@@ -340,31 +494,30 @@ class _StringsBuilder:
             joined: str | None = "".join(texts)  # type: ignore[arg-type]
         except TypeError:
             joined = None
-        n = len(texts)
         if joined is not None and joined.isascii():  # ids usually are: C-level passes only
             self._parts.append(joined.encode("ascii"))
-            self._lens.append(np.fromiter(map(len, texts), np.int64, n))  # type: ignore[arg-type]
+            self._lens.extend(map(len, texts))  # type: ignore[arg-type]
             return
         enc = [
             (t if type(t) is str else str(t)).encode("utf-8", "surrogatepass") for t in texts
         ]
         self._parts.append(b"".join(enc))
-        self._lens.append(np.fromiter(map(len, enc), dtype=np.int64, count=n))
+        self._lens.extend(map(len, enc))
 
-    def finish(self, keep: np.ndarray | None) -> _Strings:
+    def finish(self, keep: Iterable[bool] | None) -> _Strings:
         """The strings collected, only those where `keep` is true (all when None)."""
         blob = b"".join(self._parts)
-        lens = np.concatenate(self._lens) if self._lens else np.zeros(0, np.int64)
-        self._parts, self._lens = [], []
-        if keep is not None and not keep.all():
-            ends = np.cumsum(lens).tolist()
-            starts = [0, *ends[:-1]]
+        lens = self._lens
+        self._parts, self._lens = [], array("q")
+        if keep is not None:
+            ends = list(accumulate(lens))
             raw = memoryview(blob)
-            rows = np.flatnonzero(keep).tolist()
-            blob = b"".join([raw[starts[i] : ends[i]] for i in rows])
-            lens = lens[keep]
-        offsets = np.zeros(len(lens) + 1, dtype=np.uint32 if len(blob) < 2**32 else np.uint64)
-        np.cumsum(lens, out=offsets[1:])
+            pieces = [raw[end - size : end] for end, size, k in zip(ends, lens, keep, strict=True)
+                      if k]
+            blob = b"".join(pieces)
+            del pieces, raw
+            lens = array("q", compress(lens, keep))
+        offsets = array("I" if len(blob) < 2**32 else "Q", accumulate(lens, initial=0))
         return _Strings(blob, offsets)
 
 
@@ -395,10 +548,10 @@ class VehicleFacts:
     __slots__ = ("base", "grants", "ids", "info")
 
     def __init__(
-        self, base: int, info: np.ndarray, grants: tuple[Grant, ...], ids: _Strings
+        self, base: int, info: array[int], grants: tuple[Grant, ...], ids: _Strings
     ) -> None:
         self.base = base  # index row of the first vehicle
-        self.info = info.data  # indexing a memoryview yields Python ints
+        self.info = memoryview(info)  # indexing a memoryview yields Python ints
         self.grants = grants
         self.ids = ids  # vehicle id of row i at 2 i, its resident's id at 2 i + 1
 
@@ -423,7 +576,7 @@ class _VehicleFactsBuilder:
     """Reads `iter_vehicle_facts` chunk-wise: plates and keys for the index, facts aside."""
 
     def __init__(self) -> None:
-        self._info: list[np.ndarray] = []
+        self._info: array[int] = array("I")
         # grant -> its number; None (no resident: flags say so, the number is unused) -> 0
         self._grants: dict[Grant | None, int] = {None: 0}
         self._count = 0  # real grants numbered so far
@@ -457,22 +610,20 @@ class _VehicleFactsBuilder:
                 self._count += 1
             if self._count >= 1 << (32 - GRANT_SHIFT):
                 raise ValueError("too many distinct grants")
-            info = np.fromiter(map(numbers.__getitem__, grant), np.uint32, n)
-            info <<= np.uint32(GRANT_SHIFT)
-            info |= np.fromiter(map(_RESIDENT_BITS.__getitem__, ractive), np.uint32, n)
-            info |= np.fromiter(map(bool, vactive), np.uint32, n)
-            self._info.append(info)
+            # grant number << GRANT_SHIFT | resident bits | vehicle active, at C level
+            words = map(lshift, map(numbers.__getitem__, grant), repeat(GRANT_SHIFT))
+            words = map(or_, words, map(_RESIDENT_BITS.__getitem__, ractive))
+            self._info.extend(map(or_, words, map(bool, vactive)))
 
-    def finish(self, base: int, keep: np.ndarray) -> VehicleFacts:
-        """The facts of the rows the index kept (`keep`: one flag per row read)."""
-        info = np.concatenate(self._info) if self._info else np.zeros(0, np.uint32)
-        self._info = []
-        mask = None if keep.all() else keep
-        if mask is not None:
-            info = info[mask]
+    def finish(self, base: int, keep: list[bool] | None) -> VehicleFacts:
+        """The facts of the rows the index kept (`keep`: one flag per row read; None: all)."""
+        info = self._info
+        self._info = array("I")
+        if keep is not None:
+            info = array("I", compress(info, keep))
         grants = tuple(g for g in self._grants if g is not None)  # in numbering order
-        ids = self._ids.finish(None if mask is None else np.repeat(mask, 2))
-        return VehicleFacts(base, info, grants, ids)
+        both = None if keep is None else [k for k in keep for _ in (0, 1)]
+        return VehicleFacts(base, info, grants, self._ids.finish(both))
 
 
 class RuleIndex:
@@ -512,14 +663,14 @@ class RuleIndex:
         self.depths: dict[str, int] = dict.fromkeys(LISTS, 0)
         self.skipped = 0  # store rows that were empty or too long to index
         self._bounds = (0, 0, 0, 0)
-        self._plates = np.zeros(0, dtype="S1")
-        self._keys = np.zeros(0, dtype=np.int64).data  # indexing gives Python ints
+        self._plates = _Texts(())
+        self._keys = memoryview(array("i"))  # indexing gives Python ints
         self._deny_table = _EMPTY
         self._deny_screen: frozenset[str] | None = frozenset()
         self._deny_halves: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
         self._table = _EMPTY
-        self._tags = np.zeros(0, dtype="S1")
-        self._tag_keys = np.zeros(0, dtype=np.int64)
+        self._tags = _Texts(())
+        self._tag_keys = memoryview(array("i"))
         self._tag_table = _EMPTY
         self.vehicle_facts: VehicleFacts | None = None  # when the source lists them in bulk
         self._cache_reads(None)
@@ -589,6 +740,7 @@ class RuleIndex:
         depths = (deny_depth, resident_depth, pass_depth)
         if any(d not in (0, 1, 2) for d in depths):
             raise ValueError("fuzzy depths must be 0, 1 or 2")
+        pin_mmap_threshold()
         self = cls()
         self.source = source
         self.version = source.version
@@ -615,64 +767,58 @@ class RuleIndex:
                     keys.append(key)
                     texts.append(text)
             counts.append(len(texts) - before)
-        arr, usable = _text_array(texts, MAX_PLATE_LEN)
+        plates, usable = _clean_texts(texts, MAX_PLATE_LEN)
         del texts
-        key_arr = _key_array(keys, usable)
+        self._keys = _key_array(keys, usable)
         del keys
-        self.skipped = int((~usable).sum())
         # list boundaries after dropping unusable rows
-        edges = np.cumsum([0, *counts])
-        kept = [int(usable[edges[i] : edges[i + 1]].sum()) for i in range(3)]
+        edges = list(accumulate(counts, initial=0))
+        kept = counts if usable is None else [
+            sum(usable[edges[i] : edges[i + 1]]) for i in range(3)]
+        self.skipped = edges[3] - sum(kept)
         if sum(kept) >= _MAX_ROWS:
             raise RulesError(f"rule set too large to index ({sum(kept)} plates)")
         self._bounds = (0, kept[0], kept[0] + kept[1], sum(kept))
         if facts is not None:
-            self.vehicle_facts = facts.finish(kept[0], usable[edges[1] : edges[2]])
-        self._plates = arr
-        self._keys = key_arr.data
-        self._deny_table = self._build_table(arr, (0,), depths)
-        self._deny_screen = _deletion_strings(arr[: kept[0]], deny_depth)
-        self._deny_halves = _halves(arr[: kept[0]])
-        self._table = self._build_table(arr, (1, 2), depths)
+            self.vehicle_facts = facts.finish(
+                kept[0], None if usable is None else usable[edges[1] : edges[2]])
+        del usable
+        self._plates = _Texts(plates)
+        deny = plates[: kept[0]]
+        del plates
+        self._deny_table = self._build_table((0,), depths)
+        self._deny_screen = _deletion_strings(deny, deny_depth)
+        self._deny_halves = _halves(deny)
+        self._table = self._build_table((1, 2), depths)
         self._build_tags(source)
         if source.version != self.version:
             raise RulesError("rule set changed while the index was being built; build again")
         release_free_memory()
         return self
 
-    def _build_table(
-        self, arr: np.ndarray, lists: tuple[int, ...], depths: tuple[int, int, int]
-    ) -> _HashTable:
-        parts: list[np.ndarray] = []
-        b = self._bounds
+    def _build_table(self, lists: tuple[int, ...], depths: tuple[int, int, int]) -> _HashTable:
+        """The hash table over the rows of `lists`: in Python, or with numpy when large."""
+        b, plates = self._bounds, self._plates
+        expected = sum(
+            (b[lst + 1] - b[lst]) * _NEIGHBOURHOOD[plates.width][depths[lst]] for lst in lists)
+        if expected > _VECTORISE_FROM:
+            parts: list[np.ndarray] = []
+            for lst in lists:
+                for start in range(b[lst], b[lst + 1], _CHUNK):
+                    stop = min(start + _CHUNK, b[lst + 1])
+                    parts.extend(_chunk_entries(plates.fixed_width(start, stop), start,
+                                                depths[lst]))
+            return _HashTable(_sorted_unique(parts))
+        entries: list[int] = []
         for lst in lists:
             for start in range(b[lst], b[lst + 1], _CHUNK):
                 stop = min(start + _CHUNK, b[lst + 1])
-                parts.extend(self._chunk_entries(arr[start:stop], start, depths[lst]))
-        return _HashTable(_sorted_unique(parts))
-
-    @staticmethod
-    def _chunk_entries(chunk: np.ndarray, first_row: int, depth: int) -> list[np.ndarray]:
-        width = chunk.dtype.itemsize
-        sym = _CONF_LUT[chunk.view(np.uint8).reshape(len(chunk), width)]
-        lens = (sym != 0).sum(axis=1)
-        rows = np.arange(first_row, first_row + len(chunk), dtype=np.uint64)
-        codes, dels, valid = _pack_matrix(sym, lens)
-        out = [_entries(codes, 0, rows)]
-        if depth >= 1:
-            row_grid = np.broadcast_to(rows[:, None], dels.shape)
-            pos_grid = np.broadcast_to(np.arange(width)[None, :], dels.shape)
-            out.append(_entries(dels[valid], 1, row_grid[valid], pos_grid[valid]))
-        if depth >= 2:
-            for i in range(width):
-                has = lens > i
-                if not has.any():
-                    continue
-                sub = np.delete(sym[has], i, axis=1)
-                _, dels2, valid2 = _pack_matrix(sub, lens[has] - 1)
-                grid2 = np.broadcast_to(rows[has][:, None], dels2.shape)
-                out.append(_entries(dels2[valid2], 2, grid2[valid2]))
-        return out
+                keys = [confusion_key(p).encode("ascii") for p in plates.slice(start, stop)]
+                _key_entries(keys, start, depths[lst], entries)
+        # Rows and (level, position) differ between a row's entries, level-2 hashes are
+        # distinct per row: no duplicates to drop, unlike the vectorised build.
+        entries.sort()
+        return _HashTable(entries)
 
     def _build_tags(self, source: RuleSource) -> None:
         keys: list[int] = []
@@ -680,17 +826,16 @@ class RuleIndex:
         for key, text in source.iter_tags():
             keys.append(key)
             texts.append(text)
-        arr, usable = _text_array(texts, MAX_TAG_LEN)
-        self.skipped += int((~usable).sum())
-        self._tags = arr
+        tags, usable = _clean_texts(texts, MAX_TAG_LEN)
+        self.skipped += 0 if usable is None else usable.count(False)
+        self._tags = _Texts(tags)
         self._tag_keys = _key_array(keys, usable)
-        if not len(arr):
+        if not tags:
             return
-        width = arr.dtype.itemsize
-        sym = _PLAIN_LUT[arr.view(np.uint8).reshape(len(arr), width)]
-        codes, _, _ = _pack_matrix(sym, (sym != 0).sum(axis=1))
-        rows = np.arange(len(arr), dtype=np.uint64)
-        self._tag_table = _HashTable(_sorted_unique([_entries(codes, 0, rows)]))
+        # exact only (a tag number has no OCR errors): each tag's own hash, no confusion map
+        entries = [_hash(t.encode("ascii")) << _HASH_SHIFT | row for row, t in enumerate(tags)]
+        entries.sort()
+        self._tag_table = _HashTable(entries)
 
     # --- queries ----------------------------------------------------------------------
 
@@ -750,9 +895,9 @@ class RuleIndex:
         out = []
         for entry in self._tag_table.probe(_hash(tag.encode("ascii"))):
             row = entry & _ROW_MASK
-            if self._tags[row].decode("ascii") == tag:
+            if self._tags[row] == tag:
                 match = Match(MatchKind.EXACT, TAG_LIST, tag)
-                out.append(Candidate(int(self._tag_keys[row]), match))
+                out.append(Candidate(self._tag_keys[row], match))
         return tuple(sorted(out, key=lambda c: c.key))
 
 
@@ -935,7 +1080,7 @@ class PlateQuery:
             if entry >> _ROW_BITS != same_key:
                 continue
             row = entry & _ROW_MASK
-            stored = rules._plates[row].decode("ascii")
+            stored = rules._plates[row]
             if row < b2:
                 match = _verify(plate, self.ckey, stored, "resident", 0)
                 if match is not None:
@@ -972,7 +1117,7 @@ class PlateQuery:
         plates, keys = rules._plates, rules._keys
         plate, ckey = self.plate, self.ckey
         for row in self._rows(False, max(r_limit, p_limit)):
-            stored = plates[row].decode("ascii")
+            stored = plates[row]
             if row < b2:
                 match = _verify(plate, ckey, stored, "resident", r_limit, False)
                 if match is not None:
@@ -1008,7 +1153,7 @@ class PlateQuery:
         plate, ckey = self.plate, self.ckey
         for row in self._rows(lst == 0, limit):
             if lo <= row < hi:
-                stored = plates[row].decode("ascii")
+                stored = plates[row]
                 match = _verify(plate, ckey, stored, list_name, limit, with_edits)
                 if match is not None:
                     found.append(Candidate(keys[row], match, row))
@@ -1079,7 +1224,7 @@ def _verify(
     return new_match(MatchKind.FUZZY, name, stored, d, edits(plate, stored) if want_edits else ())
 
 
-def _deletion_strings(arr: np.ndarray, depth: int) -> frozenset[str] | None:
+def _deletion_strings(plates: list[str], depth: int) -> frozenset[str] | None:
     """Confusion keys of the deny rows and their deletions up to `depth` (None if too many).
 
     The decision's first question for every read is "could this be a deny-listed
@@ -1087,19 +1232,34 @@ def _deletion_strings(arr: np.ndarray, depth: int) -> frozenset[str] | None:
     deletions (made by itertools, no Python loop), instead of hashing each of
     them. A hotlist too large for a set of strings is screened by hashes.
     """
-    size = sum(_NEIGHBOURHOOD[min(len(p), MAX_PLATE_LEN)][depth] for p in arr.tolist())
+    size = sum(_NEIGHBOURHOOD[min(len(p), MAX_PLATE_LEN)][depth] for p in plates)
     if size > _SCREEN_MAX:
         return None
     out: set[str] = set()
-    for plate in arr.tolist():
-        key = confusion_key(plate.decode("ascii"))
+    for plate in plates:
+        key = confusion_key(plate)
         out.add(key)
         for level in range(1, min(depth, len(key)) + 1):
             out.update(map("".join, combinations(key, len(key) - level)))
     return frozenset(out)
 
 
-_TRIM: list[Callable[[int], int] | None] = []
+_LIBC: list[Any] = []  # the C library when it is glibc (malloc_trim, mallopt), else None
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc's malloc.h)
+_MMAP_THRESHOLD = 128 * 1024  # glibc's default: larger blocks get their own mapping
+
+
+def _glibc() -> Any:
+    if not _LIBC:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+            libc.malloc_trim, libc.mallopt  # noqa: B018 - AttributeError off glibc
+            _LIBC.append(libc)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    return _LIBC[0]
 
 
 def release_free_memory() -> None:
@@ -1109,19 +1269,27 @@ def release_free_memory() -> None:
     keeps freed heap pages mapped, so without this a Pi would carry them as
     resident memory until the next build reuses them. Elsewhere a no-op.
     """
-    if not _TRIM:
-        try:
-            import ctypes
-
-            _TRIM.append(ctypes.CDLL(None).malloc_trim)
-        except (OSError, AttributeError):
-            _TRIM.append(None)
-    trim = _TRIM[0]
-    if trim is not None:
-        trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
-def _halves(arr: np.ndarray) -> dict[int, tuple[frozenset[str], frozenset[str]]]:
+def pin_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold at its default, 128 KiB, from now on (glibc only).
+
+    glibc raises the threshold to the size of any mapped block that is freed (up to
+    32 MB): after one large temporary (scrypt's 16 MB at a status-page login, a big
+    camera push) every smaller block comes from the heap, and an index build's
+    temporaries then stay resident in pieces malloc_trim cannot hand back (18 MB
+    more with 40,000 vehicles, measured: docs/operations.md, "Idle footprint").
+    Set explicitly, the threshold no longer moves. Called by every build.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
+def _halves(plates: list[str]) -> dict[int, tuple[frozenset[str], frozenset[str]]]:
     """Per read length n: the deny keys' first n // 2 characters and their last n - n // 2.
 
     A read key R of length n within one edit of a deny key D starts with
@@ -1132,8 +1300,8 @@ def _halves(arr: np.ndarray) -> dict[int, tuple[frozenset[str], frozenset[str]]]
     """
     heads: dict[int, set[str]] = {}
     tails: dict[int, set[str]] = {}
-    for plate in arr.tolist():
-        key = confusion_key(plate.decode("ascii"))
+    for plate in plates:
+        key = confusion_key(plate)
         size = len(key)
         for n in (size - 1, size, size + 1):
             if n < 1:
@@ -1142,14 +1310,6 @@ def _halves(arr: np.ndarray) -> dict[int, tuple[frozenset[str], frozenset[str]]]
             heads.setdefault(n, set()).add(key[:h])
             tails.setdefault(n, set()).add(key[size - (n - h) :])
     return {n: (frozenset(heads[n]), frozenset(tails[n])) for n in heads}
-
-
-def _key_array(keys: list[int], usable: np.ndarray) -> np.ndarray:
-    """Store row keys of the usable rows, as int32 when they fit (they usually do)."""
-    arr = np.asarray(keys, dtype=np.int64)[usable] if keys else np.zeros(0, np.int64)
-    if len(arr) and arr.min() >= -(2**31) and arr.max() < 2**31:
-        return arr.astype(np.int32)
-    return arr
 
 
 def _candidate_order(c: Candidate) -> tuple[int, int, str, int]:

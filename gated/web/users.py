@@ -11,6 +11,7 @@ daemon re-reads it when it changes, so `gated user passwd` takes effect at once.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -74,9 +75,13 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
-# Verified against when the user does not exist, so a wrong name costs the same time
-# as a wrong password (no user enumeration by timing).
-_DUMMY = hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so a wrong name costs the same time
+    as a wrong password (no user enumeration by timing). Made at the first login, not at
+    import: every `gated` command imports this module for its parser, and a scrypt hash
+    costs 40 ms and a 16 MB block (which raises glibc's mmap threshold for good)."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def check_password(password: str) -> None:
@@ -124,8 +129,9 @@ class UserStore:
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user when the password matches, else None (same cost either way)."""
+        dummy = _dummy_hash()  # made on the first call whoever logs in: no timing difference
         user = self.get(name) if NAME_RE.match(name or "") else None
-        ok = verify_password(password, user.password_hash if user else _DUMMY)
+        ok = verify_password(password, user.password_hash if user else dummy)
         return user if ok and user is not None else None
 
     def add(self, name: str, role: str, password: str) -> User:
