@@ -61,6 +61,17 @@ def _owner(config: Any) -> Any:
     return psycopg.connect(config.owner_url, autocommit=True)
 
 
+def _snapshot_store(config: Any) -> Any:
+    """The configured snapshot store ([snapshots] backend); ConfigError when it is wrong."""
+    from gated.central.snapshots import open_store
+    from gated.errors import ConfigError
+
+    try:
+        return open_store(config.snapshots, config.snapshots_path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending migrations."""
     from gated.central.migrate import migrate
@@ -109,10 +120,10 @@ def cmd_retention(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run MQTT and HTTP ingest until SIGTERM or SIGINT."""
     import asyncio
+    import dataclasses
 
     from gated.central.ingest_http import HttpIngest, serve
     from gated.central.ingest_mqtt import MqttIngest, MqttSettings
-    from gated.central.snapshots import SnapshotStore
     from gated.central.store import Store
     from gated.central.viewer.serve import load_settings, start_viewer
     from gated.sync.signing import load_or_create_key
@@ -121,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _config(args)
     viewer_settings, viewer_config = load_settings(args.config, config.snapshots_path)
+    snapshots = _snapshot_store(config)
+    viewer_config = dataclasses.replace(viewer_config, snapshot_store=snapshots)
     key = load_or_create_key(config.key_file)
     store = Store(config.database_url, key, instance=config.instance,
                   prepared_statements=config.prepared_statements).open()
@@ -135,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, done.set)
         runner = None
         if config.http_enabled:
-            runner = await serve(HttpIngest(store, SnapshotStore(config.snapshots_path)),
+            runner = await serve(HttpIngest(store, snapshots),
                                  config.http_listen, config.http_port)
         viewer = None
         if viewer_settings.enabled:  # the log viewer on its own listener ([viewer])

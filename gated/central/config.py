@@ -9,6 +9,9 @@ from typing import Any
 
 from gated.errors import ConfigError
 
+SNAPSHOT_KEYS = {"backend", "path", "bucket", "prefix", "endpoint_url", "region",
+                 "credentials_file"}
+
 
 @dataclass
 class CentralConfig:
@@ -25,6 +28,8 @@ class CentralConfig:
     http_listen: str = "127.0.0.1"
     http_port: int = 8080
     snapshots_path: str = "snapshots"
+    # the whole [snapshots] table: backend "local" (path) or "s3" (gated.central.snapshots)
+    snapshots: dict[str, Any] = field(default_factory=dict)
     retention_months: int = 13
 
 
@@ -48,7 +53,13 @@ def load(path: str | Path) -> CentralConfig:
         http_listen=str(http.get("listen", "127.0.0.1")), http_port=int(http.get("port", 8080)),
         snapshots_path=str(raw.get("snapshots", {}).get("path", "snapshots")),
         retention_months=int(raw.get("retention", {}).get("months", 13)),
+        snapshots=dict(raw.get("snapshots", {})),
     )
+    unknown_snapshots = set(config.snapshots) - SNAPSHOT_KEYS
+    if unknown_snapshots:
+        raise ConfigError(f"{path}: [snapshots] unknown keys {sorted(unknown_snapshots)}")
+    if config.snapshots.get("backend", "local") not in ("local", "s3"):
+        raise ConfigError(f"{path}: [snapshots] backend: 'local' or 's3'")
     if not config.database_url:
         raise ConfigError(f"{path}: [database] url is required")
     known = {"host", "port", "username", "password", "client_id", "group", "session_expiry_s",

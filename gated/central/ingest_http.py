@@ -141,6 +141,9 @@ class HttpIngest:
             path, _ = await asyncio.to_thread(self.snapshots.put, sha256, body)
         except ValueError as err:
             return _error(422, str(err))
+        except OSError as err:  # the store (a disk, an S3 endpoint) is away: the device retries
+            log.warning("keeping snapshot %s failed: %s", sha256, err)
+            return _error(503, "snapshot storage unavailable", **{"Retry-After": "5"})
         try:
             new = await asyncio.to_thread(self.store.snapshot_kept, device.tenant_id,
                                           device.device_id, sha256, path, len(body))

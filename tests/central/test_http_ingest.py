@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gated.central.admin import enrol_device
 from gated.central.ingest_http import HttpIngest, serve
-from gated.central.snapshots import SnapshotStore
+from gated.central.snapshots import LocalSnapshotStore
 from gated.central.store import Store
 from gated.sync.envelope import encode
 from tests.support.broker import free_port
@@ -37,7 +37,7 @@ def http_url(store: Store, tmp_path: Path) -> Iterator[str]:
     def main() -> None:
         asyncio.set_event_loop(loop)
         runner.append(loop.run_until_complete(
-            serve(HttpIngest(store, SnapshotStore(tmp_path / "pictures")), "127.0.0.1", port)))
+            serve(HttpIngest(store, LocalSnapshotStore(tmp_path / "pictures")), "127.0.0.1", port)))
         ready.set()
         loop.run_forever()
 

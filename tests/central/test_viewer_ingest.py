@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from gated.central.admin import enrol_device
-from gated.central.snapshots import SnapshotStore
+from gated.central.snapshots import LocalSnapshotStore
 from gated.central.store import Store
 from tests.central.viewer_support import running_viewer
 from tests.support.device_sim import SimDevice
@@ -19,7 +19,7 @@ from tests.support.postgres import PgServer
 async def test_ingested_events_pictures_and_health_show_per_tenant(
         pg_server: PgServer, pg_db: str, tmp_path: Path, store: Store,
         owner: psycopg.Connection[Any]) -> None:
-    pictures = SnapshotStore(tmp_path / "pictures")
+    pictures = LocalSnapshotStore(tmp_path / "pictures")
     acme, globex = SimDevice("acme", "hq", "gate-1"), SimDevice("globex", "plant", "gate-1")
     for device in (acme, globex):
         enrol_device(owner, device.tenant_id, device.device_id, device.site_id,

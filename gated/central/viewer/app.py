@@ -23,7 +23,7 @@ import re
 import time
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -73,6 +73,8 @@ class ViewerConfig:
     """The viewer's settings (login rules default to the status page's)."""
 
     snapshot_dir: str = ""  # the content-addressed snapshot store (snapshots.path is under it)
+    # the service's SnapshotStore (local or S3); when set, pictures are read through it
+    snapshot_store: Any = field(default=None, compare=False, repr=False)
     timezone: str = "UTC"
     tls: bool = False  # served over TLS: Secure cookies and HSTS
     session_idle_s: float = 3600.0
@@ -484,6 +486,17 @@ class _Viewer:
             relative = await self._picture_path(conn, session.tenant_id, sha256)
         # One answer for "another tenant's", "no such hash" and "file gone": no oracle.
         path = None
+        if relative is not None and self.cfg.snapshot_store is not None:
+            try:
+                body = await asyncio.to_thread(self.cfg.snapshot_store.get, relative)
+            except OSError as err:
+                raise _Problem(503, "the picture store is unavailable; try again") from err
+            if body is None:
+                raise _Problem(404, "no such picture")
+            response = web.Response(body=body, headers={
+                "Content-Type": "image/jpeg", "Cache-Control": "private, max-age=86400"})
+            security_headers(response, self.cfg.tls)
+            return response
         if relative is not None and self.cfg.snapshot_dir:
             path = await asyncio.to_thread(_inside, self.cfg.snapshot_dir, relative)
         if path is None:

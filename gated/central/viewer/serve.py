@@ -43,7 +43,7 @@ class ViewerSettings:
 
 
 _LISTEN_KEYS = {f.name for f in fields(ViewerSettings)}
-_APP_KEYS = {f.name for f in fields(ViewerConfig)} - {"snapshot_dir", "tls"}
+_APP_KEYS = {f.name for f in fields(ViewerConfig)} - {"snapshot_dir", "snapshot_store", "tls"}
 
 
 def load_settings(path: str | Path, snapshots_path: str) -> tuple[ViewerSettings, ViewerConfig]:
@@ -131,6 +131,12 @@ def cmd_viewer(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     central = load(args.config)
     settings, config = load_settings(args.config, central.snapshots_path)
+    if central.snapshots.get("backend", "local") == "s3":
+        from dataclasses import replace
+
+        from gated.central.cli import _snapshot_store
+
+        config = replace(config, snapshot_store=_snapshot_store(central))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
