@@ -40,9 +40,118 @@ def add_parser(sub: Any) -> None:
     p = command("retention", "drop monthly partitions older than [retention] months",
                 cmd_retention)
     p.add_argument("--months", type=int, default=None)
+    add_downlink_commands(commands, command)
     from gated.central.viewer.commands import add_viewer_commands
 
     add_viewer_commands(commands)  # `gated central viewer` and `gated central user …`
+
+
+def add_downlink_commands(commands: Any, command: Any) -> None:
+    """`gated central rules publish` and `gated central command` (docs/central.md, Downlink)."""
+    rules = commands.add_parser("rules", help="rule sets for the gates: publish")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
+    p = rules_sub.add_parser("publish", help="publish a rule file to a site's or a device's "
+                                             "gates (signed bundles, announced on P/rules)")
+    p.add_argument("--config", required=True, help="central.toml")
+    p.add_argument("--tenant", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site", help="every enrolled device of this site")
+    where.add_argument("--device", help="this one device")
+    p.add_argument("--tz", default="UTC", help="zone of naive times in the file (default UTC)")
+    p.add_argument("file", help="a gated-rules JSON file, a CSV file or a folder of CSVs")
+    p.set_defaults(func=cmd_rules_publish)
+    p = command("command", "sign and send a remote command to a device (P/commands)",
+                cmd_command)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("action", help="open, hold, release, lockdown_on, lockdown_off, "
+                                  "reload_rules or sync_rules")
+    p.add_argument("--lane", default=None, help="the lane (open, hold and release need one)")
+    p.add_argument("--reason", default=None, help="kept in the device's audit row")
+    p.add_argument("--ttl", type=float, default=60.0, help="seconds until it expires (1-300)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for the device's result and print it")
+
+
+def cmd_rules_publish(args: argparse.Namespace) -> int:
+    """Validate and store a rule set, sign each device's bundles, announce them on P/rules."""
+    import psycopg
+
+    from gated.central import downlink
+    from gated.sync.signing import load_or_create_key
+    from gated.unix_user import name_of
+
+    config = _config(args)
+    document = downlink.load_rule_file(args.file, args.tz)  # RulesError lists every problem
+    account = downlink.broker_account(args.config, config.mqtt) if config.mqtt_enabled else None
+    key = load_or_create_key(config.key_file)
+    scope, scope_id = ("site", args.site) if args.site else ("device", args.device)
+    with psycopg.connect(config.database_url, autocommit=True) as conn:
+        version, devices = downlink.publish_rules(conn, key, args.tenant, scope, scope_id,
+                                                  document, f"unix:{name_of()}")
+    out: dict[str, Any] = {"tenant_id": args.tenant, "scope": scope, "scope_id": scope_id,
+                           "rule_set_version": version,
+                           "devices": {d.device_id: d.version for d in devices}}
+    if account is None:
+        out["announced"] = False
+        print(json.dumps(out))
+        return 0
+    messages = [(downlink.topic(args.tenant, d.device_id, "rules"),
+                 downlink.dumps(downlink.announcement(key, args.tenant, d.device_id, d.version)),
+                 True) for d in devices]
+    try:
+        downlink.mqtt_publish(account, messages)
+    except downlink.DownlinkError as err:
+        out["announced"] = False
+        print(json.dumps(out))
+        print(f"gated: stored, but not announced: {err}; the gates fetch it at their next "
+              "rules poll, or publish again", file=sys.stderr)
+        return 1
+    out["announced"] = True
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    """Sign, record, audit and publish one command; with --wait, print the device's result."""
+    import time
+
+    import psycopg
+
+    from gated.central import downlink
+    from gated.sync.signing import load_or_create_key
+    from gated.unix_user import name_of
+
+    config = _config(args)
+    command_args = downlink.check_command(args.action, args.lane, args.reason, args.ttl)
+    if not config.mqtt_enabled:
+        raise downlink.DownlinkError("commands go out over MQTT: [mqtt] enabled is false")
+    account = downlink.broker_account(args.config, config.mqtt)
+    key = load_or_create_key(config.key_file)
+    with psycopg.connect(config.database_url, autocommit=True) as conn:
+        event = downlink.issue_command(conn, key, args.tenant, args.device, args.action,
+                                       command_args, f"unix:{name_of()}", args.ttl)
+        command_id = event["id"]
+        downlink.mqtt_publish(account, [(downlink.topic(args.tenant, args.device, "commands"),
+                                         downlink.dumps(event), False)])
+        out: dict[str, Any] = {"command_id": command_id, "tenant_id": args.tenant,
+                               "device_id": args.device, "action": args.action,
+                               "args": command_args, "expires_at": event["data"]["expires_at"]}
+        if args.wait <= 0:
+            print(json.dumps(out))
+            return 0
+        deadline = time.monotonic() + args.wait
+        results: list[dict[str, Any]] = []
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.2)
+            results = downlink.results_for(conn, args.tenant, command_id)
+    out["result"] = results[0] if results else None
+    print(json.dumps(out))
+    if not results:
+        print(f"gated: no result from {args.device} within {args.wait:g} s (the device's "
+              "audit row is the record; it arrives with its events)", file=sys.stderr)
+        return 3
+    return 0 if results[0]["outcome"] == "success" else 1
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -45,6 +45,7 @@ class HttpIngest:
         app.router.add_post("/v1/devices/{device_id}/events", self.post_events)
         app.router.add_post("/v1/devices/{device_id}/heads", self.post_heads)
         app.router.add_put("/v1/snapshots/{sha256}", self.put_snapshot)
+        app.router.add_get("/v1/devices/{device_id}/rules", self.get_rules)
         app.router.add_get("/healthz", self.health)
         return app
 
@@ -129,6 +130,34 @@ class HttpIngest:
         body = outcome.answer()
         body.setdefault("head", None)
         return web.json_response(body)
+
+    async def get_rules(self, request: web.Request) -> web.Response:
+        """GET /v1/devices/{id}/rules?since=V: the device's newest signed bundle (protocol 11.2)."""
+        from gated.central.downlink import bundle_answer
+
+        device: Device = request[DEVICE]
+        since_text = request.query.get("since", "0")
+        if not since_text.isdigit() or len(since_text) > 18:
+            return _error(400, "since must be a whole number from 0")
+        wanted = request.headers.get("If-None-Match", "")[:100]
+
+        def answer() -> Any:
+            with self.store.pool.connection() as conn:
+                return bundle_answer(conn, device.tenant_id, device.device_id, int(since_text),
+                                     wanted)
+
+        try:
+            found = await asyncio.to_thread(answer)
+        except Exception as err:
+            log.warning("rule bundle for %s/%s failed: %s", device.tenant_id, device.device_id,
+                        err)
+            return _error(503, "storage unavailable", **{"Retry-After": "5"})
+        if found.status == 404:
+            return _error(404, "no rule set was published for this device")
+        headers = {"ETag": found.etag} if found.etag else {}
+        if found.status == 304:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=found.body, content_type="application/json", headers=headers)
 
     async def put_snapshot(self, request: web.Request) -> web.Response:
         """PUT /v1/snapshots/{sha256}: keep a picture content-addressed (412: already kept)."""

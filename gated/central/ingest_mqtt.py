@@ -235,11 +235,9 @@ class MqttIngest:
             groups[(tenant_id, device_id)]["heads"].append(body)
         elif kind == "heartbeat":
             self._with_db(lambda: self.store.heartbeat(tenant_id, device_id, body["data"]))
-        # command results: the record of a command is the device's audit row, which comes as
-        # an event; the result is logged only
-        else:
-            log.info("command result from %s/%s: %s", tenant_id, device_id,
-                     str(body.get("data", {}).get("outcome"))[:40])
+        else:  # a command result (protocol 11.5), kept beside the command it answers
+            if not self._with_db(lambda: self._keep_result(tenant_id, device_id, body)):
+                raise _Refused(None, "command result refused (see the log)")
 
     def _store(self, tenant_id: str, device_id: str, events: list[dict[str, Any]],
                heads: list[dict[str, Any]]) -> Outcome:
@@ -253,6 +251,12 @@ class MqttIngest:
         self.stats.stored += len(outcome.stored)
         self.stats.duplicate += len(outcome.duplicate)
         return outcome
+
+    def _keep_result(self, tenant_id: str, device_id: str, body: dict[str, Any]) -> bool:
+        from gated.central.downlink import record_result
+
+        with self.store.pool.connection() as conn:
+            return record_result(conn, tenant_id, device_id, body)
 
     def _with_db(self, action: Callable[[], Any]) -> Any:
         """Run a database step, retrying with a capped back-off until it commits.
