@@ -40,6 +40,8 @@ def add_parser(sub: Any) -> None:
     p = command("retention", "drop monthly partitions older than [retention] months",
                 cmd_retention)
     p.add_argument("--months", type=int, default=None)
+    command("erasures", "apply the devices' lawful erasures to stored rows and pictures "
+                        "(as the owner role)", cmd_erasures)
     add_downlink_commands(commands, command)
     from gated.central.viewer.commands import add_viewer_commands
 
@@ -223,6 +225,25 @@ def cmd_retention(args: argparse.Namespace) -> int:
             " - make_interval(months => %s))::date)", (months,)).fetchall()
     for (name,) in rows:
         print(f"dropped {name}")
+    return 0
+
+
+def cmd_erasures(args: argparse.Namespace) -> int:
+    """Apply pending `personal_data_erased` rows; one line per erasure applied."""
+    from gated.central.erasure import run
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = _config(args)
+    snapshots = _snapshot_store(config)
+    with _owner(config) as conn:
+        applied = run(conn, snapshots, instance=config.instance)
+    for a in applied:
+        print(json.dumps({"tenant_id": a.tenant_id, "device_id": a.device_id,
+                          "erasure": a.event_id, "access_rows": a.access_rows,
+                          "audit_rows": a.audit_rows, "pictures_unlisted": a.listings_removed,
+                          "objects_deleted": a.objects_removed,
+                          "ignored_entries": a.ignored}))
     return 0
 
 
