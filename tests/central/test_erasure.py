@@ -53,6 +53,17 @@ def _rows(pg_server: PgServer, pg_db: str) -> dict[tuple[str, int], tuple[Any, .
     return {(r[0], r[1]): r[2:] for r in found}
 
 
+def _hashed(pg_server: PgServer, pg_db: str) -> dict[tuple[str, int], Any]:
+    """Every column of every device row but the personal text: what row_hash covers."""
+    with pg_server.connect(pg_db) as conn:
+        found = conn.execute("SELECT tenant_id, seq, to_jsonb(a) - 'vehicle_plate' "
+                             "- 'visitor_name' FROM access_logs a").fetchall()
+        found += conn.execute("SELECT tenant_id, seq, to_jsonb(a) - 'ip_address' "
+                              "- 'user_agent' FROM audit_logs a WHERE origin = 'device'"
+                              ).fetchall()
+    return {(r[0], r[1]): r[2] for r in found}
+
+
 @pytest.fixture
 def scene(store: Store, owner: psycopg.Connection[Any], tmp_path: Path) -> dict[str, Any]:
     """acme's gate read PLATE twice (one picture), another car, an audit row with an IP;
@@ -84,6 +95,7 @@ def test_an_erasure_clears_one_tenant_and_device_and_the_chain_still_verifies(
         pg_server: PgServer, pg_db: str) -> None:
     acme, pictures = scene["acme"], scene["pictures"]
     before = _rows(pg_server, pg_db)
+    hashed = _hashed(pg_server, pg_db)
     row = _erasure(acme, [1, 2, 4], [scene["first"]["id"], scene["second"]["id"]], [SHA])
     outcome = store.ingest("acme", "gate-1", [row], [acme.signed_head()])
     assert outcome.head["head_status"] == "countersigned"
@@ -98,6 +110,7 @@ def test_an_erasure_clears_one_tenant_and_device_and_the_chain_still_verifies(
     for key in (("acme", 1), ("acme", 2), ("acme", 4)):
         assert after[key][2:] == before[key][2:]
     assert after[("acme", 3)] == before[("acme", 3)]  # another plate: untouched
+    assert {k: v for k, v in _hashed(pg_server, pg_db).items() if k in hashed} == hashed
     # globex: the same plate, device id and seqs, untouched
     assert after[("globex", 1)] == before[("globex", 1)]
     assert after[("globex", 2)][:2] == (PLATE, "Ann Example")
