@@ -217,22 +217,26 @@ def bundle_answer(conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
     with conn.transaction():
         _tenant(conn, tenant_id)
         row = conn.execute(
-            "SELECT version, full_bundle, full_sha256, delta_bundle, delta_sha256 FROM"
-            " rule_bundles WHERE device_id = %s ORDER BY version DESC LIMIT 1",
-            (device_id,)).fetchone()
-    if row is None:
+            "SELECT version, full_sha256, delta_sha256 FROM rule_bundles WHERE device_id = %s"
+            " ORDER BY version DESC LIMIT 1", (device_id,)).fetchone()
+        if row is None:
+            return BundleAnswer(404)
+        version, full_sha, delta_sha = row
+        if since >= version:
+            # a device ahead of the service (a restored database) is told nothing is newer:
+            # it would refuse an older version as a rollback anyway
+            return BundleAnswer(304, etag=f'"{full_sha[:32]}"')
+        use_delta = delta_sha is not None and since == version - 1
+        etag = f'"{(delta_sha if use_delta else full_sha)[:32]}"'
+        if if_none_match == etag:
+            return BundleAnswer(304, etag=etag)
+        # only the one body that is sent is read: a full bundle can be megabytes
+        body = conn.execute(
+            f"SELECT {'delta_bundle' if use_delta else 'full_bundle'} FROM rule_bundles"
+            " WHERE device_id = %s AND version = %s", (device_id, version)).fetchone()
+    if body is None:  # cannot happen: the service may not delete a version
         return BundleAnswer(404)
-    version, full, full_sha, delta_body, delta_sha = row
-    if since >= version:
-        # a device ahead of the service (a restored database) is told nothing is newer: it
-        # would refuse an older version as a rollback anyway
-        return BundleAnswer(304, etag=f'"{full_sha[:32]}"')
-    body, sha = (delta_body, delta_sha) if (delta_body and since == version - 1) else (
-        full, full_sha)
-    etag = f'"{sha[:32]}"'
-    if if_none_match == etag:
-        return BundleAnswer(304, etag=etag)
-    return BundleAnswer(200, body.encode("utf-8"), etag)
+    return BundleAnswer(200, body[0].encode("utf-8"), etag)
 
 
 # --- commands ------------------------------------------------------------------------------
