@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gated.central import downlink
 from gated.central.admin import enrol_device
+from gated.central.store import Store
 from gated.sync.signing import kid_of, load_or_create_key, sign, verify
+from tests.central.viewer_support import running_viewer
 from tests.daemon.harness import wait_until
 from tests.support.broker import free_port
 from tests.support.device_sim import SimDevice
@@ -273,3 +275,26 @@ def test_a_result_is_kept_only_when_the_device_key_signed_it_and_only_once(
         [kept] = downlink.results_for(conn, "acme", "6f1c0000-0000-4000-8000-000000000001")
     assert (kept["outcome"], kept["signature_verified"], kept["data"]) == (
         "success", True, {"lane": "main-in"})
+
+
+async def test_the_viewer_shows_which_published_bundle_a_gate_runs(
+        tmp_path: Path, pg_server: PgServer, pg_db: str, store: Store,
+        owner: psycopg.Connection[Any]) -> None:
+    for device in ("gate-1", "gate-2"):
+        enrol_device(owner, "acme", device, "hq", None)
+    with pg_server.connect(pg_db, SERVICE) as conn:
+        for _ in range(2):
+            downlink.publish_rules(conn, store.key, "acme", "site", "hq", RULES, "unix:ann")
+    # gate-1 installed the newest; gate-2 still runs version 1 and refused the next
+    store.heartbeat("acme", "gate-1", {"rules_version": 5, "rules_bundle": {
+        "rules_bundle_version": 2, "rules_last_error": None}})
+    store.heartbeat("acme", "gate-2", {"rules_version": 4, "rules_bundle": {
+        "rules_bundle_version": 1, "rules_last_error": "bundle refused: <b>invalid_rules</b>"}})
+    async with running_viewer(pg_server, pg_db, tmp_path) as viewer:
+        await viewer.add_user("acme", "ada", "viewer")
+        page = (await (await viewer.login("acme", "ada")).get("/devices")).text
+    one = page.split('id="device-gate-1"', 1)[1].split("</tr>", 1)[0]
+    two = page.split('id="device-gate-2"', 1)[1].split("</tr>", 1)[0]
+    assert '<small class="bundle ok">bundle 2 of 2</small>' in one and "refused" not in one
+    assert '<small class="bundle bad">bundle 1 of 2</small>' in two
+    assert "refused" in two and "<b>" not in two  # the device's text is escaped

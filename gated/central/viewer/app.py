@@ -518,6 +518,12 @@ class _Viewer:
                 "coalesce(last_heartbeat_at > now() - %s, false) AS online, "
                 "heartbeat->>'version' AS version, heartbeat->'healthy' AS healthy, "
                 "heartbeat->'oldest_unsynced_age_s' AS oldest_unsynced_age_s, "
+                # the downlink: the bundle version the gate runs against the newest published
+                # for it, so a gate that was sent a rule set but did not install it shows
+                "rules_bundle->>'rules_bundle_version' AS bundle_version, "
+                "rules_bundle->>'rules_last_error' AS rules_error, "
+                "(SELECT max(b.version) FROM rule_bundles b WHERE b.tenant_id = d.tenant_id "
+                "AND b.device_id = d.device_id) AS published_version, "
                 # A gate syncing over HTTP sends no heartbeat: its newest row's arrival is
                 # the last sign of it (by the (tenant, device, seq) index, not a scan).
                 "(SELECT e.received_at FROM event_ids e WHERE e.tenant_id = d.tenant_id "
