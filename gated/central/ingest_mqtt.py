@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from psycopg_pool import PoolTimeout
 
 from gated.central.schemas import SchemaError, validate, validate_event
-from gated.central.store import Outcome, Store, dumps
+from gated.central.store import Outcome, Store, Upload, dumps
 from gated.central.witness import rfc3339
 
 log = logging.getLogger("gated.central.mqtt")
@@ -186,8 +186,15 @@ class MqttIngest:
                         {"id": err.event_id, "reason": err.reason, "retryable": False})
                 self._refuse(message, err.event_id, err.reason)
             done.append(message)
+        # one transaction per tenant per batch (the tenant is set per transaction for RLS)
+        tenants: dict[str, dict[str, Upload]] = defaultdict(dict)
         for (tenant_id, device_id), group in groups.items():
-            outcome = self._store(tenant_id, device_id, group["events"], group["heads"])
+            if group["events"] or group["heads"]:
+                tenants[tenant_id][device_id] = (group["events"], group["heads"][-1:])
+        outcomes = {(tenant_id, device_id): outcome for tenant_id, uploads in tenants.items()
+                    for device_id, outcome in self._store(tenant_id, uploads).items()}
+        for (tenant_id, device_id), group in groups.items():
+            outcome = outcomes.get((tenant_id, device_id)) or Outcome()
             outcome.rejected.extend(group["rejected"])
             if group["events"] or group["heads"] or group["rejected"]:
                 self._ack(tenant_id, device_id, outcome)
@@ -239,18 +246,16 @@ class MqttIngest:
             if not self._with_db(lambda: self._keep_result(tenant_id, device_id, body)):
                 raise _Refused(None, "command result refused (see the log)")
 
-    def _store(self, tenant_id: str, device_id: str, events: list[dict[str, Any]],
-               heads: list[dict[str, Any]]) -> Outcome:
-        if not events and not heads:
-            return Outcome()
+    def _store(self, tenant_id: str, uploads: dict[str, Upload]) -> dict[str, Outcome]:
         try:
-            outcome: Outcome = self._with_db(
-                lambda: self.store.ingest(tenant_id, device_id, events, heads[-1:]))
+            outcomes: dict[str, Outcome] = self._with_db(
+                lambda: self.store.ingest_tenant(tenant_id, uploads))
         except _Refused:
-            return Outcome()  # nothing acked: the device sends these again
-        self.stats.stored += len(outcome.stored)
-        self.stats.duplicate += len(outcome.duplicate)
-        return outcome
+            return {}  # nothing acked: the devices send these again
+        for outcome in outcomes.values():
+            self.stats.stored += len(outcome.stored)
+            self.stats.duplicate += len(outcome.duplicate)
+        return outcomes
 
     def _keep_result(self, tenant_id: str, device_id: str, body: dict[str, Any]) -> bool:
         from gated.central.downlink import record_result

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -55,6 +55,22 @@ def _iso(ts: Any) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(float(ts), dt.UTC).isoformat()
+
+
+# one device's share of an ingest: (events, heads)
+Upload = tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]
+
+
+class _Indexed(NamedTuple):
+    """An event's event_ids row, in the column order of the insert's unnest."""
+
+    event_id: str
+    device_id: str
+    stream: str
+    seq: int
+    prev_hash: str
+    row_hash: str
+    created_at: str | None
 
 
 @dataclass
@@ -143,10 +159,24 @@ class Store:
         no column can hold) is refused alone, for good; the rest are stored. Errors of the
         database's availability propagate: the caller retries, nothing is acknowledged.
         """
+        return self.ingest_tenant(tenant_id, {device_id: (events, heads)})[device_id]
+
+    def ingest_tenant(self, tenant_id: str, uploads: Mapping[str, Upload]) -> dict[str, Outcome]:
+        """Store the events and judge the heads of several devices of one tenant, atomically.
+
+        `uploads` maps a device id to its (events, heads), each as `ingest` takes them; one
+        transaction with set-based statements covers every device. The answer has one
+        Outcome per device. When PostgreSQL refuses an event, each device is stored on its
+        own, and within the device each event, so only the offending event is refused.
+        """
         try:
-            return self._ingest(tenant_id, device_id, events, heads)
+            return self._ingest(tenant_id, uploads)
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded
                 ) as err:
+            if len(uploads) > 1:
+                return {device_id: self.ingest(tenant_id, device_id, events, heads)
+                        for device_id, (events, heads) in uploads.items()}
+            ((device_id, (events, heads)),) = uploads.items()
             if len(events) + len(heads) <= 1:
                 outcome = Outcome()
                 for event in events:
@@ -159,7 +189,7 @@ class Store:
                                     "head_reason": f"storage refused it: {err.sqlstate}"}
                 log.warning("tenant %s device %s: refused by storage: %s", tenant_id,
                             device_id, err)
-                return outcome
+                return {device_id: outcome}
         # one at a time, so only the offending event is refused
         merged = Outcome()
         for event in events:
@@ -170,92 +200,102 @@ class Store:
             merged.alerts += part.alerts
         if heads:
             merged.head = self.ingest(tenant_id, device_id, [], heads[-1:]).head
-        return merged
+        return {device_id: merged}
 
-    def _ingest(self, tenant_id: str, device_id: str, events: Sequence[Mapping[str, Any]],
-                heads: Sequence[Mapping[str, Any]]) -> Outcome:
-        outcome = Outcome()
+    def _ingest(self, tenant_id: str, uploads: Mapping[str, Upload]) -> dict[str, Outcome]:
+        outcomes = {device_id: Outcome() for device_id in uploads}
         rows: dict[str, list[dict[str, Any]]] = {"access": [], "audit": []}
-        index: list[tuple[str, str, int, str, str, str]] = []
-        seen: set[str] = set()
-        for event in events:
-            data = event["data"]
-            stream = event["gatedstream"]
-            event_id = event["id"]
-            problem = _event_problem(tenant_id, device_id, event, data)
-            if problem is None and witness.row_hash(stream, data) != data["row_hash"]:
-                problem = "row_hash does not recompute from the data"
-                outcome.alerts.append(f"seq {data['seq']}: {problem}")
-            if problem is not None:
-                outcome.rejected.append({"id": event_id, "reason": problem, "retryable": False})
-                continue
-            if event_id in seen:  # the same id twice in one upload
-                outcome.duplicate.append(event_id)
-                continue
-            seen.add(event_id)
-            row = {name: data.get(name) for name in
-                   (ACCESS_COLUMNS if stream == "access" else AUDIT_COLUMNS)}
-            row["event_id"] = event_id.lower()
-            for name in _TIMES:
-                if name in row:
-                    row[name] = _iso(row[name])
-            if stream == "access":
-                row["snapshot_state"] = event.get("gatedsnapshot")
-            rows[stream].append(row)
-            index.append((row["event_id"], stream, data["seq"], data["prev_hash"],
-                          data["row_hash"], row["created_at"]))
+        index: list[_Indexed] = []
+        for device_id, (events, _heads) in uploads.items():
+            outcome = outcomes[device_id]
+            seen: set[str] = set()
+            for event in events:
+                data = event["data"]
+                stream = event["gatedstream"]
+                event_id = event["id"]
+                problem = _event_problem(tenant_id, device_id, event, data)
+                if problem is None and witness.row_hash(stream, data) != data["row_hash"]:
+                    problem = "row_hash does not recompute from the data"
+                    outcome.alerts.append(f"seq {data['seq']}: {problem}")
+                if problem is not None:
+                    outcome.rejected.append({"id": event_id, "reason": problem,
+                                             "retryable": False})
+                    continue
+                if event_id in seen:  # the same id twice in one upload
+                    outcome.duplicate.append(event_id)
+                    continue
+                seen.add(event_id)
+                row = {name: data.get(name) for name in
+                       (ACCESS_COLUMNS if stream == "access" else AUDIT_COLUMNS)}
+                row["event_id"] = event_id.lower()
+                for name in _TIMES:
+                    if name in row:
+                        row[name] = _iso(row[name])
+                if stream == "access":
+                    row["snapshot_state"] = event.get("gatedsnapshot")
+                rows[stream].append(row)
+                index.append(_Indexed(row["event_id"], device_id, stream, data["seq"],
+                                      data["prev_hash"], data["row_hash"], row["created_at"]))
         # pipeline mode: statements whose results are not read go out without a round trip each
         with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             _tenant(conn, tenant_id)
-            state = conn.execute(
-                "SELECT chain_seq, chain_hash, public_key, forked FROM devices "
-                "WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
-            if state is None:
-                # not enrolled (yet): nothing stored, nothing acked; the device sends again
-                outcome.rejected += [{"id": e[0], "reason": "device not enrolled",
-                                      "retryable": True} for e in index]
-                return outcome
-            chain_seq, chain_hash, public_b64, forked = state
+            # locked in device order, so two instances locking overlapping devices queue up
+            # instead of deadlocking
+            states: dict[str, list[Any]] = {str(r[0]): list(r[1:]) for r in conn.execute(
+                "SELECT device_id, chain_seq, chain_hash, public_key, forked FROM devices "
+                "WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
+                (sorted(uploads),)).fetchall()}
+            for device_id in uploads:
+                if device_id not in states:
+                    # not enrolled (yet): nothing stored, nothing acked; the device sends again
+                    outcomes[device_id].rejected += [
+                        {"id": e.event_id, "reason": "device not enrolled", "retryable": True}
+                        for e in index if e.device_id == device_id]
+            index = [e for e in index if e.device_id in states]
             new_ids: set[str] = set()
             if index:
                 new_ids = {str(r[0]) for r in conn.execute(
                     "INSERT INTO event_ids (tenant_id, event_id, device_id, stream, seq, prev_hash,"
-                    " row_hash, created_at) SELECT %s, e, %s, s, q, p, h, c FROM unnest("
-                    "%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
-                    " %s::timestamptz[]) AS t(e, s, q, p, h, c) "
+                    " row_hash, created_at) SELECT %s, e, d, s, q, p, h, c FROM unnest("
+                    "%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
+                    " %s::timestamptz[]) AS t(e, d, s, q, p, h, c) "
                     "ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
-                    (tenant_id, device_id, *map(list, zip(*index, strict=True)))).fetchall()}
+                    (tenant_id, *map(list, zip(*index, strict=True)))).fetchall()}
             for stream, stream_rows in rows.items():
                 fresh = [r for r in stream_rows if r["event_id"] in new_ids]
                 if fresh:
                     conn.execute(_INSERT[stream], (Jsonb(fresh),))
-            for event_id, *_ in index:
-                (outcome.stored if event_id in new_ids else outcome.duplicate).append(event_id)
+            for entry in index:
+                outcome = outcomes[entry.device_id]
+                (outcome.stored if entry.event_id in new_ids else outcome.duplicate).append(
+                    entry.event_id)
             if new_ids:
-                clash = self._forks_at_held_seqs(conn, tenant_id, device_id, index, new_ids,
-                                                 outcome)
-                forked = forked or clash
-                if not forked:
-                    forked, chain_seq = self._extend(conn, tenant_id, device_id, chain_seq,
-                                                     chain_hash, outcome)
-            for head in heads:
-                outcome.head = self._judge_head(conn, tenant_id, device_id, head, public_b64,
-                                                chain_seq, forked)
-            for alert in outcome.alerts:
-                log.warning("tenant %s device %s: %s", tenant_id, device_id, alert)
-        return outcome
+                self._forks_at_held_seqs(conn, tenant_id, index, new_ids, states, outcomes)
+                self._extend(conn, tenant_id, sorted({e.device_id for e in index
+                                                      if e.event_id in new_ids}),
+                             states, outcomes)
+            for device_id, (_events, heads) in uploads.items():
+                if device_id not in states:
+                    continue
+                chain_seq, _hash, public_b64, forked = states[device_id]
+                for head in heads:
+                    outcomes[device_id].head = self._judge_head(
+                        conn, tenant_id, device_id, head, public_b64, chain_seq, forked)
+                for alert in outcomes[device_id].alerts:
+                    log.warning("tenant %s device %s: %s", tenant_id, device_id, alert)
+        return outcomes
 
     def _forks_at_held_seqs(self, conn: psycopg.Connection[Any], tenant_id: str,
-                            device_id: str, index: list[tuple[str, str, int, str, str, str]],
-                            new_ids: set[str], outcome: Outcome) -> bool:
+                            index: list[_Indexed], new_ids: set[str],
+                            states: dict[str, list[Any]], outcomes: dict[str, Outcome]) -> None:
         """A new row at a seq already held by another row: both kept, the new one is a fork."""
-        found = False
-        seqs = [seq for event_id, _, seq, *_ in index if event_id in new_ids]
+        fresh = [e for e in index if e.event_id in new_ids]
         clashes = conn.execute(
-            "SELECT seq, array_agg(event_id::text ORDER BY received_at, event_id) FROM event_ids "
-            "WHERE device_id = %s AND seq = ANY(%s) GROUP BY seq HAVING count(*) > 1",
-            (device_id, seqs)).fetchall()
-        for seq, ids in clashes:
+            "SELECT device_id, seq, array_agg(event_id::text ORDER BY received_at, event_id) "
+            "FROM event_ids WHERE (device_id, seq) IN (SELECT d, q FROM unnest(%s::text[], "
+            "%s::bigint[]) AS t(d, q)) GROUP BY device_id, seq HAVING count(*) > 1",
+            ([e.device_id for e in fresh], [e.seq for e in fresh])).fetchall()
+        for device_id, seq, ids in clashes:
             later = [i for i in ids[1:] if i in new_ids]
             if not later:
                 continue
@@ -265,41 +305,61 @@ class Store:
             self._alert(conn, tenant_id, device_id, "chain_fork_refused", seq, reason,
                         {"seq": seq, "event_ids": ids})
             conn.execute("UPDATE devices SET forked = true WHERE device_id = %s", (device_id,))
-            outcome.alerts.append(reason)
-            found = True
-        return found
+            outcomes[device_id].alerts.append(reason)
+            states[device_id][3] = True
 
-    def _extend(self, conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
-                chain_seq: int, chain_hash: str, outcome: Outcome) -> tuple[bool, int]:
-        """Extend the verified prefix over the rows now held; (hit a fork, new end seq)."""
-        forked = False
-        while True:
-            rows = [witness.ChainRow(str(e), q, p, h) for e, q, p, h in conn.execute(
-                "SELECT event_id, seq, prev_hash, row_hash FROM event_ids WHERE device_id = %s"
-                " AND seq > %s AND chain = 'unlinked' ORDER BY seq LIMIT 10000",
-                (device_id, chain_seq)).fetchall()]
-            walk = witness.extend(chain_seq, chain_hash, rows)
-            if walk.linked:
+    def _extend(self, conn: psycopg.Connection[Any], tenant_id: str, device_ids: list[str],
+                states: dict[str, list[Any]], outcomes: dict[str, Outcome]) -> None:
+        """Extend each unforked device's verified prefix over the rows now held.
+
+        One statement reads every device's unlinked rows past its prefix (up to 10,000 per
+        device per round), one marks the linked rows, one moves the devices' prefixes.
+        """
+        todo = [d for d in device_ids if not states[d][3]]
+        while todo:
+            found: dict[str, list[witness.ChainRow]] = {d: [] for d in todo}
+            for device_id, event_id, seq, prev_hash, row_hash in conn.execute(
+                    "SELECT e.device_id, e.event_id, e.seq, e.prev_hash, e.row_hash FROM unnest("
+                    "%s::text[], %s::bigint[]) AS t(d, q) CROSS JOIN LATERAL (SELECT device_id,"
+                    " event_id, seq, prev_hash, row_hash FROM event_ids WHERE device_id = t.d"
+                    " AND seq > t.q AND chain = 'unlinked' ORDER BY seq LIMIT 10000) AS e",
+                    (todo, [states[d][0] for d in todo])).fetchall():
+                found[device_id].append(witness.ChainRow(str(event_id), seq, prev_hash,
+                                                         row_hash))
+            linked: list[str] = []
+            moved: list[tuple[str, int, str, bool]] = []
+            again: list[str] = []
+            for device_id in todo:
+                chain_seq, chain_hash = states[device_id][0], states[device_id][1]
+                held = sorted(found[device_id], key=lambda r: r.seq)
+                walk = witness.extend(chain_seq, chain_hash, held)
+                linked += walk.linked
+                forked = False
+                if walk.fork is not None:
+                    row, reason = walk.fork
+                    conn.execute("UPDATE event_ids SET chain = 'fork' WHERE event_id = %s",
+                                 (row.event_id,))
+                    self._alert(conn, tenant_id, device_id, "chain_fork_refused", row.seq,
+                                reason, {"seq": row.seq, "event_id": row.event_id,
+                                         "expected_prev_hash": walk.hash,
+                                         "prev_hash": row.prev_hash})
+                    outcomes[device_id].alerts.append(reason)
+                    forked = True
+                if walk.seq != chain_seq or forked:
+                    moved.append((device_id, walk.seq, walk.hash, forked))
+                states[device_id][:2] = [walk.seq, walk.hash]
+                states[device_id][3] = forked
+                if not forked and len(held) >= 10000 and walk.seq != chain_seq:
+                    again.append(device_id)
+            if linked:
                 conn.execute("UPDATE event_ids SET chain = 'linked' "
-                             "WHERE event_id = ANY(%s::uuid[])", (walk.linked,))
-            if walk.fork is not None:
-                row, reason = walk.fork
-                conn.execute("UPDATE event_ids SET chain = 'fork' WHERE event_id = %s",
-                             (row.event_id,))
-                self._alert(conn, tenant_id, device_id, "chain_fork_refused", row.seq, reason,
-                            {"seq": row.seq, "event_id": row.event_id,
-                             "expected_prev_hash": walk.hash, "prev_hash": row.prev_hash})
-                outcome.alerts.append(reason)
-                forked = True
-            if walk.seq != chain_seq:
-                conn.execute("UPDATE devices SET chain_seq = %s, chain_hash = %s, forked = %s "
-                             "WHERE device_id = %s", (walk.seq, walk.hash, forked, device_id))
-            elif forked:
-                conn.execute("UPDATE devices SET forked = true WHERE device_id = %s",
-                             (device_id,))
-            if forked or len(rows) < 10000 or walk.seq == chain_seq:
-                return forked, walk.seq
-            chain_seq, chain_hash = walk.seq, walk.hash
+                             "WHERE event_id = ANY(%s::uuid[])", (linked,))
+            if moved:
+                conn.execute(
+                    "UPDATE devices SET chain_seq = t.q, chain_hash = t.h, forked = t.f FROM "
+                    "unnest(%s::text[], %s::bigint[], %s::text[], %s::boolean[]) AS t(d, q, h, f)"
+                    " WHERE devices.device_id = t.d", tuple(map(list, zip(*moved, strict=True))))
+            todo = again
 
     def _judge_head(self, conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
                     head_event: Mapping[str, Any], public_b64: str | None,

@@ -1,0 +1,62 @@
+"""One ingest transaction over several devices of a tenant: each device judged as on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from gated.central.admin import enrol_device
+from gated.central.store import Store
+from tests.support.device_sim import SimDevice
+from tests.support.postgres import PgServer
+
+
+def _rows(server: PgServer, db: str, sql: str) -> list[tuple[Any, ...]]:
+    with server.connect(db) as conn:  # superuser: sees every tenant
+        return conn.execute(sql).fetchall()
+
+
+def test_devices_of_one_batch_are_linked_forked_and_refused_each_on_their_own(
+        store: Store, owner: psycopg.Connection[Any], pg_server: PgServer, pg_db: str) -> None:
+    plain, gappy, poisoned_gate = (SimDevice("acme", "hq", f"gate-{i}") for i in (1, 2, 3))
+    stranger = SimDevice("acme", "hq", "gate-7")  # enrolled, but under another tenant
+    for d in (plain, gappy, poisoned_gate):
+        enrol_device(owner, d.tenant_id, d.device_id, d.site_id, d.public_b64)
+    enrol_device(owner, "globex", "gate-7", "hq", stranger.public_b64)
+    plain_events = [plain.event("access" if i % 2 else "audit") for i in range(5)]
+    gappy_first = [gappy.event() for _ in range(3)]
+    gappy_bad = gappy.event(prev_hash="f" * 64)
+    before = poisoned_gate.event()
+    poisoned = poisoned_gate.event(vehicle_plate="AB\u0000CD")
+    after = poisoned_gate.event()
+    uploads = {
+        "gate-1": (plain_events, []),
+        "gate-2": ([*gappy_first[:2], gappy_bad], []),  # seq 3 missing: no verdict yet
+        "gate-3": ([before, poisoned, after], []),
+        "gate-7": ([stranger.event()], []),
+    }
+    out = store.ingest_tenant("acme", uploads)
+    assert sorted(out["gate-1"].stored) == sorted(e["id"] for e in plain_events)
+    assert len(out["gate-2"].stored) == 3
+    assert sorted(out["gate-3"].stored) == sorted([before["id"], after["id"]])
+    assert [r["id"] for r in out["gate-3"].rejected] == [poisoned["id"]]
+    assert out["gate-3"].rejected[0]["retryable"] is False
+    # row-level security hides the other tenant's device: answered as not enrolled, retryable
+    assert out["gate-7"].stored == [] and out["gate-7"].rejected[0]["retryable"] is True
+    assert dict(_rows(pg_server, pg_db, "SELECT device_id, chain_seq FROM devices "
+                                        "WHERE tenant_id = 'acme'")) == {
+        "gate-1": 5, "gate-2": 2, "gate-3": 1}
+
+    late = store.ingest_tenant("acme", {"gate-2": (gappy_first[2:], []),
+                                        "gate-1": (plain_events, [])})
+    assert late["gate-1"].stored == [] and len(late["gate-1"].duplicate) == 5
+    assert any("prev_hash does not link" in a for a in late["gate-2"].alerts)
+    assert late["gate-1"].alerts == []
+    assert sorted(_rows(pg_server, pg_db, "SELECT device_id, chain_seq, forked FROM devices "
+                                          "WHERE tenant_id = 'acme'")) == [
+        ("gate-1", 5, False), ("gate-2", 3, True), ("gate-3", 1, False)]
+    assert _rows(pg_server, pg_db, "SELECT count(*) FROM event_ids WHERE tenant_id = 'globex'"
+                 ) == [(0,)]
+    assert _rows(pg_server, pg_db, "SELECT count(*), count(DISTINCT event_id) FROM event_ids"
+                 ) == [(11, 11)]
