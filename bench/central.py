@@ -11,8 +11,12 @@ line:
   the instances start; the clock runs from the first stored event to the last, so it
   measures ingest (JSON, schema validation, identity and hash checks, the witness, the
   PostgreSQL transaction, the ack and the PUBACK), not the publishers;
-* raw_pg_events_per_s: the same rows written by a bare `COPY` into access_logs as the
-  superuser (no validation, no idempotency index, no witness): the baseline;
+* raw_pg_events_per_s: the same rows written by a bare `COPY` into the tables the ingest
+  writes, event_ids and access_logs with all their indexes, as the superuser (no
+  validation, no row-level security, no witness): the baseline; raw_pg_access_only_events_per_s
+  the same into access_logs alone;
+* publish_events_per_s: the simulated devices' publisher alone into the broker (queued for
+  a persistent session): it has to be well above the ingest rates for them to mean anything;
 * lost: events not stored at the end; duplicates_stored: rows stored more than once.
 
 PostgreSQL runs with fsync off (a throw-away cluster, tests/support/postgres.py); the
@@ -153,13 +157,28 @@ def _run(server: PgServer, tmp: Path, sims: list[SimDevice],
         server.drop_database(db)
 
 
-def _raw_copy(server: PgServer, events: list[dict[str, Any]]) -> float:
+_EVENT_ID_COLUMNS = ("tenant_id", "event_id", "device_id", "stream", "seq", "prev_hash",
+                     "row_hash", "created_at")
+
+
+def _raw_copy(server: PgServer, sims: list[SimDevice], events: list[dict[str, Any]], *,
+              with_ids: bool) -> float:
+    """Rows per second of a bare COPY of the events' rows as the superuser.
+
+    with_ids: the idempotency rows into event_ids too, so the baseline writes the same rows
+    into the same tables (with their indexes) as the ingest does.
+    """
     db = server.create_database(template="gated_bench_template")
+    with server.connect(db, OWNER) as conn:
+        for sim in sims:
+            enrol_device(conn, sim.tenant_id, sim.device_id, sim.site_id, sim.public_b64)
     rows = []
+    ids = []
     for event in events:
         data = event["data"]
         row = [data.get(c) for c in ACCESS_COLUMNS]
         rows.append(row)
+        ids.append(["access" if name == "stream" else data[name] for name in _EVENT_ID_COLUMNS])
     created = ACCESS_COLUMNS.index("created_at")
     captured = ACCESS_COLUMNS.index("captured_at")
     metadata = ACCESS_COLUMNS.index("metadata")
@@ -169,18 +188,39 @@ def _raw_copy(server: PgServer, events: list[dict[str, Any]]) -> float:
         row[created] = dt.datetime.fromtimestamp(row[created], dt.UTC)
         row[captured] = dt.datetime.fromtimestamp(row[captured], dt.UTC)
         row[metadata] = json.dumps(row[metadata])
+    for id_row in ids:
+        id_row[-1] = dt.datetime.fromtimestamp(id_row[-1], dt.UTC)
     try:
         with server.connect(db, autocommit=False) as conn:
             start = time.monotonic()
-            with conn.cursor() as cur, cur.copy(
-                    f"COPY access_logs ({', '.join(ACCESS_COLUMNS)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            with conn.cursor() as cur:
+                if with_ids:
+                    with cur.copy(f"COPY event_ids ({', '.join(_EVENT_ID_COLUMNS)}) "
+                                  "FROM STDIN") as copy:
+                        for id_row in ids:
+                            copy.write_row(id_row)
+                with cur.copy(f"COPY access_logs ({', '.join(ACCESS_COLUMNS)}) "
+                              "FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
             conn.commit()
             elapsed = time.monotonic() - start
         return len(rows) / elapsed
     finally:
         server.drop_database(db)
+
+
+def _publish_rate(tmp: Path, payloads: list[tuple[str, bytes]]) -> float:
+    """Events per second the simulated devices' publisher gets into the broker alone."""
+    broker, port = _broker(tmp)
+    try:
+        _subscribe_sessions(port, ["central-publish-only"])
+        start = time.monotonic()
+        _publish(port, payloads)
+        return len(payloads) / (time.monotonic() - start)
+    finally:
+        broker.terminate()
+        broker.wait(10)
 
 
 def main() -> None:
@@ -205,7 +245,9 @@ def main() -> None:
             del n
         with postgres_cluster() as server:
             server.create_database("gated_bench_template")
-            raw = _raw_copy(server, events)
+            raw = _raw_copy(server, sims, events, with_ids=True)
+            raw_access = _raw_copy(server, sims, events, with_ids=False)
+            published = _publish_rate(tmp, payloads)
             result: dict[str, Any] = {"devices": args.devices, "events": len(events)}
             lost = dups = 0
             for instances in (1, 2):
@@ -214,6 +256,8 @@ def main() -> None:
                 result[f"ingest_events_per_s_{instances}"] = round(rate)
                 lost, dups = lost + lost_n, dups + dups_n
             result["raw_pg_events_per_s"] = round(raw)
+            result["raw_pg_access_only_events_per_s"] = round(raw_access)
+            result["publish_events_per_s"] = round(published)
             result["ingest_vs_raw_1"] = round(result["ingest_events_per_s_1"] / raw, 3)
             result["lost"] = lost
             result["duplicates_stored"] = dups
