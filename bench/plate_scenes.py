@@ -29,6 +29,10 @@ W, H = 640, 480
 LETTERS = string.ascii_uppercase
 DIGITS = string.digits
 ES_LETTERS = "BCDFGHJKLMNPRSTVWXYZ"  # Spanish plates use no vowels, nor Q or Ñ
+# Letters a region never issues, each drawn as its next letter instead: Dutch plates
+# carry no vowels, British ones no I nor Q. Mapped after the draw (not drawn from a
+# smaller alphabet) so that every other scene of a seed stays as it was.
+_NOT_ISSUED = {"nl": str.maketrans("AEIOU", "BFJPV"), "uk": str.maketrans("IQ", "JR")}
 
 _TTF_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
@@ -96,6 +100,7 @@ def plate_text(rng: random.Random, region: str) -> tuple[str, str]:
         )
     else:
         raise ValueError(f"unknown region {region!r}")
+    shown = shown.translate(_NOT_ISSUED.get(region, {}))
     return shown, "".join(c for c in shown if c.isalnum())
 
 
@@ -320,6 +325,79 @@ def make_scene(seed: int, *, negative: bool = False, region: str | None = None) 
     else:
         region = None
     _degrade(img, rng, box)
+    return Scene(img, plate, region, box)
+
+
+# Scenes made to be misread: text that a line of OCR may take for a plate, next to a
+# real plate or on its own. `tricky_scene(seed, kind)` makes one; the tests require
+# that none of them yields a plate that is not in the picture.
+TRICKY_KINDS = ("hidden-sign", "plate-shaped-sign", "sticker", "dealer-frame", "hidden-band")
+_HIDDEN_SIGNS = ("MAX 10 KM/H", "MAX 20 KM/H", "MAX 30 KM/H", "MAX 50 KM/H")
+# sign text in a plate's letter-digit shape (a Dutch sidecode's, a German series'),
+# with letters no such plate carries
+_PLATE_SHAPED = ("BAY 14 A", "NO 24 HR", "LOT 12 E", "KM 10 AU")
+
+
+def tricky_scene(seed: int, kind: str) -> Scene:
+    """A scene of one TRICKY_KINDS kind: a plate (none for plate-shaped-sign) among decoys."""
+    if kind not in TRICKY_KINDS:
+        raise ValueError(f"unknown kind {kind!r} (known: {', '.join(TRICKY_KINDS)})")
+    rng = random.Random(seed)
+    fonts = [f for f in _fonts() if isinstance(f, int)] if kind == "hidden-sign" else _fonts()
+    img = _background(rng)
+    plate: str | None = None
+    region: str | None = None
+    box = None
+    if kind == "plate-shaped-sign":
+        text = rng.choice(_PLATE_SHAPED)
+        h = rng.randint(30, 44)
+        w, x, y = int(h * len(text) * 0.7), rng.randint(20, 200), rng.randint(40, 380)
+        cv2.rectangle(img, (x - 6, y - 6), (x + w + 6, y + h + 6), (245, 245, 245), -1)
+        cv2.rectangle(img, (x - 6, y - 6), (x + w + 6, y + h + 6), (20, 20, 20), 2)
+        _draw_text(img, text, (x, y, w, h), rng.choice(fonts), (15, 15, 15))
+    else:
+        region = rng.choice(REGIONS)
+        shown, plate = plate_text(rng, region)
+        box = _place(img, render_plate(rng, region, shown, rng.choice(fonts)), rng)
+        x, y, w, h = box
+        if kind == "hidden-sign":
+            # a speed sign behind the car: its "M/H" hidden, "MAX 10 K" left to read
+            full = rng.choice(_HIDDEN_SIGNS)
+            seen = full[: full.index("K") + 1]
+            sh = rng.randint(28, 40)
+            sw = int(sh * len(seen) * 0.62)
+            sx, sy = max(4, x - sw - 30), max(6, y - sh - rng.randint(30, 80))
+            cv2.rectangle(img, (sx - 5, sy - 5), (sx + sw + 60, sy + sh + 5), (245, 245, 245), -1)
+            _draw_text(img, seen, (sx, sy, sw, sh), rng.choice(fonts), (10, 10, 10))
+            cover = tuple(rng.randint(20, 120) for _ in range(3))
+            cv2.rectangle(img, (sx + sw + 4, sy - 20), (sx + sw + 90, sy + sh + 40), cover, -1)
+        elif kind == "sticker":
+            # an oval country sticker beside the plate and a dealer's phone number under it
+            code = rng.choice(("NL", "GB", "D", "F"))
+            cx = x + w + 36 if x + w + 70 < W else x - 36
+            cv2.ellipse(img, (cx, y + h // 2), (30, 20), 0, 0, 360, (250, 250, 250), -1)
+            cv2.ellipse(img, (cx, y + h // 2), (30, 20), 0, 0, 360, (10, 10, 10), 2)
+            cv2.putText(img, code, (cx - 11 * len(code), y + h // 2 + 9),
+                        cv2.FONT_HERSHEY_DUPLEX, 0.9, (10, 10, 10), 2, cv2.LINE_AA)  # fmt: skip
+            sy = min(H - 18, y + h + 4)
+            cv2.rectangle(img, (x, sy), (x + w, sy + 16), (30, 30, 30), -1)
+            cv2.putText(img, "CALL 555 0199", (x + 4, sy + 12), cv2.FONT_HERSHEY_PLAIN, 0.9,
+                        (240, 240, 240), 1)  # fmt: skip
+        elif kind == "dealer-frame":
+            # a dealer's frame round the plate: its name above, its town below
+            top, bottom = max(0, y - 16), min(H - 16, y + h + 2)
+            cv2.rectangle(img, (x - 6, top), (x + w + 6, top + 14), (25, 25, 25), -1)
+            cv2.rectangle(img, (x - 6, bottom), (x + w + 6, bottom + 14), (25, 25, 25), -1)
+            cv2.putText(img, rng.choice(("AUTO SALES", "MOTORS", "YOUR DEALER")), (x, top + 11),
+                        cv2.FONT_HERSHEY_PLAIN, 0.9, (235, 235, 235), 1)  # fmt: skip
+            cv2.putText(img, rng.choice(("LEEDS", "UTRECHT", "LYON")), (x, bottom + 11),
+                        cv2.FONT_HERSHEY_PLAIN, 0.9, (235, 235, 235), 1)  # fmt: skip
+        else:  # hidden-band: something across the plate's left end, its band and code
+            cv2.rectangle(img, (x - 10, y - 12), (x + int(w * 0.08), y + h + 6), (40, 40, 40), -1)
+    _sign(img, rng, fonts)
+    sigma = rng.uniform(2, 6)
+    noise = np.random.default_rng(seed).normal(0, sigma, img.shape)
+    img[:] = np.clip(img + noise, 0, 255).astype(np.uint8)
     return Scene(img, plate, region, box)
 
 

@@ -2,7 +2,7 @@
 
     python -m bench.recognize [--images 300] [--seed 0] [--negatives 0.1]
                               [--baseline-images 60] [--threads 1] [--region R …]
-                              [--det-side PX …]
+                              [--det-side PX …] [--tricky N]
 
 Scenes come from bench.plate_scenes (the tests' generator): seven regions'
 plates among signs and dealer text, with perspective, blur, glare, night and
@@ -14,6 +14,9 @@ one thread (a Pi core):
   accuracy (1 - edit distance / plate length, over scenes with a plate), time
   per frame, and false_plates: every read it returned that is not the plate in
   the picture (on plate-less scenes, every read);
+* the recogniser on --tricky scenes of each bench.plate_scenes.TRICKY_KINDS kind
+  (half-hidden speed signs, plate-shaped sign text, stickers, dealer frames, a
+  hidden band): false plates there, and how many of their plates it read;
 * the baseline, off-the-shelf rapidocr over the whole frame (its own detection
   at its default size, classification and recognition of every line), on the
   first --baseline-images scenes: how often the true plate is among its lines,
@@ -33,7 +36,7 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from bench.plate_scenes import Scene, scenes
+from bench.plate_scenes import TRICKY_KINDS, Scene, scenes, tricky_scene
 from gated.config import RecognizerConfig
 from gated.hardware.recognizer import load_recognizer
 from gated.hardware.recognizer.formats import fits_format
@@ -78,6 +81,25 @@ def measure(cfg: RecognizerConfig, sample: list[Scene], det_side: int = 0) -> di
         "false_plates_plateless": false_on_empty,
         "backend": recognizer.describe(),
     }
+
+
+def tricky(cfg: RecognizerConfig, per_kind: int) -> dict[str, Any]:
+    """False plates and plates read on per_kind scenes of each kind made to be misread."""
+    recognizer: Any = load_recognizer(cfg)
+    false_plates = read = plates = 0
+    wrong: list[str] = []
+    for kind in TRICKY_KINDS:
+        for i in range(per_kind):
+            scene = tricky_scene(5000 + i, kind)
+            reads = recognizer.read(scene.image)
+            false = [r.text for r in reads if r.text != scene.plate]
+            false_plates += len(false)
+            wrong += [f"{kind} {i}: {t}" for t in false]
+            plates += scene.plate is not None
+            if scene.plate is not None and reads and reads[0].text == scene.plate:
+                read += 1
+    return {"images": per_kind * len(TRICKY_KINDS), "plates": plates, "read": read,
+            "false_plates": false_plates, "false": wrong}  # fmt: skip
 
 
 def baseline(sample: list[Scene], threads: int) -> dict[str, Any]:
@@ -125,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "--det-side", type=int, action="append", default=[],
         help="also measure the recogniser with its detector at this long side (repeatable)",
     )  # fmt: skip
+    ap.add_argument("--tricky", type=int, default=10, help="scenes of each tricky kind")
     args = ap.parse_args(argv)
     if args.images < 1:
         ap.error("--images must be at least 1")
@@ -138,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measuring the recogniser, detector at {side} px", file=sys.stderr)
         variant = measure(cfg, sample, side)
         figures[f"det_{side}"] = {k: v for k, v in variant.items() if k != "backend"}
+    if args.tricky > 0:
+        print(f"measuring the recogniser on {args.tricky} tricky scenes a kind", file=sys.stderr)
+        figures["tricky"] = tricky(cfg, args.tricky)
     if args.baseline_images > 0:
         print(f"measuring the baseline on {args.baseline_images} scenes", file=sys.stderr)
         figures["baseline"] = baseline(sample[: args.baseline_images], args.threads)

@@ -9,14 +9,15 @@ its own config system and a downloader the gate has no use for).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from gated.config import RecognizerConfig
 from gated.hardware.recognizer import PlateRead, RecognizerError
-from gated.hardware.recognizer.formats import match_plate
-from gated.hardware.recognizer.locate import LineDetector
+from gated.hardware.recognizer.formats import Candidates, match_plate
+from gated.hardware.recognizer.locate import Line, LineDetector
 from gated.hardware.recognizer.ppocr import TextRecognizer
 
 MAX_PIXELS = 4096 * 4096  # a larger frame is refused, not resized: no camera sends one
@@ -77,18 +78,25 @@ class PpocrPlateRecognizer:
         """Plates in a BGR uint8 frame, best first; [] when none fits a format well enough."""
         frame = _stretched(_as_bgr(frame))
         lines = self.detector.lines(frame)
-        reads: dict[str, PlateRead] = {}
         texts = self.recognizer.read([ln.crop for ln in lines])
-        for line, chars in zip(lines, texts, strict=True):
-            found = match_plate(chars, self.regions)
-            if found is None or found.confidence < self.min_confidence:
-                continue
-            if found.text in reads and reads[found.text].confidence >= found.confidence:
-                continue
-            reads[found.text] = PlateRead(
-                found.text, round(found.confidence, 4), line.box, found.chars, found.region
-            )
-        return _distinct(sorted(reads.values(), key=lambda r: -r.confidence))
+        return plates_of(lines, texts, self.regions, self.min_confidence)
+
+
+def plates_of(
+    lines: Sequence[Line], texts: Sequence[Candidates], regions: tuple[str, ...], floor: float
+) -> list[PlateRead]:
+    """The plates that the read lines spell, best first; [] when none fits a format well enough."""
+    reads: dict[str, PlateRead] = {}
+    for line, chars in zip(lines, texts, strict=True):
+        found = match_plate(chars, regions)
+        if found is None or found.confidence < floor:
+            continue
+        if found.text in reads and reads[found.text].confidence >= found.confidence:
+            continue
+        reads[found.text] = PlateRead(
+            found.text, round(found.confidence, 4), line.box, found.chars, found.region
+        )
+    return _distinct(sorted(reads.values(), key=lambda r: -r.confidence))
 
 
 def _stretched(frame: np.ndarray) -> np.ndarray:
