@@ -19,6 +19,7 @@ from typing import Any
 from gated import unix_user
 from gated.audit import Auditor
 from gated.config import DEFAULT_CONFIG, load_config
+from gated.user_actions import add_user_actions
 from gated.web.users import ROLES, UserError, UserStore
 
 __all__ = ["add_parser", "run"]
@@ -34,21 +35,7 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
         p.add_argument("--users-file", default=None, help="users file (default: [web] users_file)")
         p.set_defaults(func=func)
 
-    p = users.add_parser("add", help="create a user")
-    p.add_argument("name")
-    p.add_argument("--role", choices=ROLES, required=True)
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    common(p)
-    p = users.add_parser("passwd", help="set a user's password (ends their sessions)")
-    p.add_argument("name")
-    p.add_argument("--role", choices=ROLES, default=None, help="also change the role")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    common(p)
-    p = users.add_parser("remove", help="delete a user (ends their sessions)")
-    p.add_argument("name")
-    common(p)
-    p = users.add_parser("list", help="users and roles")
-    common(p)
+    add_user_actions(users, ROLES, common)
 
 
 def _password(from_stdin: bool) -> str:

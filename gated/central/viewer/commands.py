@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from gated.user_actions import add_user_actions
+
 __all__ = ["add_viewer_commands", "main"]
 
 ROLES = ("viewer", "auditor", "admin")  # gated.central.viewer.accounts.ROLES (checked by a test)
@@ -43,21 +45,7 @@ def add_viewer_commands(commands: Any) -> None:
                        help=f"libpq connection string instead (or ${ENV_DB})")
         p.set_defaults(func=_user)
 
-    p = users.add_parser("add", help="create a user")
-    p.add_argument("name")
-    p.add_argument("--role", choices=ROLES, required=True)
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    common(p)
-    p = users.add_parser("passwd", help="set a user's password (ends their sessions)")
-    p.add_argument("name")
-    p.add_argument("--role", choices=ROLES, default=None, help="also change the role")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    common(p)
-    p = users.add_parser("remove", help="delete a user (ends their sessions)")
-    p.add_argument("name")
-    common(p)
-    p = users.add_parser("list", help="users and roles")
-    common(p)
+    add_user_actions(users, ROLES, common)
 
 
 def main(argv: list[str] | None = None) -> int:
