@@ -252,6 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import dataclasses
 
+    from gated.central import downlink
     from gated.central.ingest_http import HttpIngest, serve
     from gated.central.ingest_mqtt import MqttIngest, MqttSettings
     from gated.central.store import Store
@@ -265,6 +266,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     snapshots = _snapshot_store(config)
     viewer_config = dataclasses.replace(viewer_config, snapshot_store=snapshots)
     key = load_or_create_key(config.key_file)
+    if config.mqtt_enabled and downlink.downlink_configured(args.config):
+        # the viewer's admins may send remote commands, through the operator's broker account
+        viewer_config = dataclasses.replace(viewer_config, issue_command=downlink.command_issuer(
+            config.database_url, key, downlink.broker_account(args.config, config.mqtt)))
     store = Store(config.database_url, key, instance=config.instance,
                   prepared_statements=config.prepared_statements).open()
     mqtt = None

@@ -17,6 +17,7 @@ and a device's own publish both add a version, and the newest one is what the de
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -26,7 +27,7 @@ import tempfile
 import time
 import tomllib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,7 @@ def check_command(action: str, lane: str | None, reason: str | None,
 
 def issue_command(conn: psycopg.Connection[Any], key: Ed25519PrivateKey, tenant_id: str,
                   device_id: str, action: str, args: Mapping[str, Any], issuer: str,
-                  ttl_s: float) -> dict[str, Any]:
+                  ttl_s: float, via: str = "cli") -> dict[str, Any]:
     """Sign a command, record it and its audit row in one transaction; the CloudEvent to send."""
     now = time.time()
     command_id = str(uuid.uuid4())
@@ -292,7 +293,7 @@ def issue_command(conn: psycopg.Connection[Any], key: Ed25519PrivateKey, tenant_
         _audit(conn, tenant_id, "remote_command_issued", "command", command_id, issuer,
                device_id, command_id,
                {"action": action, "args": dict(args), "expires_at": data["expires_at"],
-                "kid": data["kid"]})
+                "kid": data["kid"]}, via)
     return event
 
 
@@ -351,14 +352,14 @@ def results_for(conn: psycopg.Connection[Any], tenant_id: str,
 
 def _audit(conn: psycopg.Connection[Any], tenant_id: str, action: str, resource_type: str,
            resource_id: str, actor: str, device_id: str | None, request_id: str | None,
-           values: Mapping[str, Any]) -> None:
+           values: Mapping[str, Any], via: str = "cli") -> None:
     """An audit row of the service's own, in the tenant's audit_logs (who asked for what)."""
     conn.execute(
         "INSERT INTO audit_logs (event_id, tenant_id, action, resource_type, resource_id,"
         " actor_id, actor_type, request_id, new_values, metadata, created_at, device_id, origin)"
         " VALUES (%s, %s, %s, %s, %s, %s, 'user', %s, %s, %s, now(), %s, 'service')",
         (uuid.uuid4(), tenant_id, action, resource_type, resource_id, actor, request_id,
-         Jsonb(dict(values)), Jsonb({"via": "cli"}), device_id))
+         Jsonb(dict(values)), Jsonb({"via": via}), device_id))
 
 
 # --- publishing over MQTT ------------------------------------------------------------------
@@ -467,6 +468,37 @@ def mqtt_publish(account: BrokerAccount, messages: Iterable[tuple[str, bytes, bo
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def downlink_configured(config_path: str | Path) -> bool:
+    """True when central.toml has a [downlink] section (the operator's broker account)."""
+    try:
+        return "downlink" in tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{config_path}: {err}") from err
+
+
+def command_issuer(database_url: str, key: Ed25519PrivateKey, account: BrokerAccount,
+                   ttl_s: float = 60.0) -> Callable[..., Awaitable[str]]:
+    """The viewer's way to send a command: sign, record and audit, publish; the command id.
+
+    Each call runs on a worker thread with its own short connection (commands are rare), so
+    the viewer's event loop never waits on the database or the broker.
+    """
+
+    async def issue(tenant_id: str, device_id: str, action: str, args: Mapping[str, Any],
+                    issuer: str) -> str:
+        def work() -> str:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                event = issue_command(conn, key, tenant_id, device_id, action, args, issuer,
+                                      ttl_s, via="viewer")
+            mqtt_publish(account, [(topic(tenant_id, device_id, "commands"), dumps(event),
+                                    False)])
+            return str(event["id"])
+
+        return await asyncio.to_thread(work)
+
+    return issue
 
 
 def topic(tenant_id: str, device_id: str, name: str) -> str:

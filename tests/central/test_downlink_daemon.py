@@ -3,7 +3,7 @@
 on a pty. A published rule set is fetched, installed and reported, and a plate in it opens the
 gate; a delta removes one; a command opens the relay through the control plane and its signed
 result is stored; an expired and a tampered command are refused by the device and their
-refusals stored too."""
+refusals stored too. A viewer admin sends a command through the same path; others cannot."""
 
 from __future__ import annotations
 
@@ -248,3 +248,87 @@ def test_a_command_opens_the_relay_its_result_is_stored_and_bad_ones_are_refused
         "bad_signature", "expired"]
     assert len(audit(site, "gate_open")) == 1
     assert LCUS_ON not in lcus_frames(world.relay.drain(0.5))
+
+
+class _Gate:
+    """A device's own MQTT account, subscribed to its P/commands (what the gate would get)."""
+
+    def __init__(self, broker: AclBroker) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.received: list[dict[str, Any]] = []
+        self.subscribed = threading.Event()
+        user = f"{TENANT}/{DEVICE}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user)
+        self.client.username_pw_set(user, USERS[user])
+        self.client.on_connect = lambda c, *_: c.subscribe(downlink.topic(TENANT, DEVICE,
+                                                                          "commands"), 1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.received.append(json.loads(m.payload))
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def test_an_admin_sends_a_command_from_the_viewer_and_others_cannot(
+        tmp_path: Path, acl_broker: AclBroker, pg_server: PgServer, pg_db: str,
+        owner: psycopg.Connection[Any]) -> None:
+    from gated.sync.signing import kid_of, verify
+    from tests.central.viewer_support import csrf_of, running_viewer
+
+    enrol_device(owner, TENANT, DEVICE, "hq", None)
+    key = load_or_create_key(tmp_path / "service-ed25519.key")
+    account = downlink.BrokerAccount("127.0.0.1", acl_broker.port, "gated-service-2",
+                                     USERS["gated-service-2"], "gated-service-2", "")
+    issue = downlink.command_issuer(pg_server.conninfo(pg_db, SERVICE), key, account)
+    gate = _Gate(acl_broker)
+    try:
+        async with running_viewer(pg_server, pg_db, tmp_path, issue_command=issue) as viewer:
+            await viewer.add_user(TENANT, "ada", "admin")
+            await viewer.add_user(TENANT, "otto", "viewer")
+            ada = await viewer.login(TENANT, "ada")
+            csrf = await csrf_of(ada, "/devices")
+            url = f"/devices/{DEVICE}/commands"
+            sent = await ada.post(url, data={"csrf": csrf, "action": "open", "lane": "main-in",
+                                             "reason": "delivery"})
+            assert sent.status_code == 200 and "open sent to gate-1" in sent.text, sent.text
+            assert wait_until(lambda: gate.received, 10)
+            [command] = gate.received
+            verify(command["data"], {kid_of(key.public_key()): key.public_key()})
+            assert (command["data"]["issuer"], command["data"]["args"]) == (
+                "viewer:ada", {"lane": "main-in", "reason": "delivery"})
+
+            bad = await ada.post(url, data={"csrf": csrf, "action": "relay_test"})
+            assert bad.status_code == 400 and "unknown action" in bad.text
+            no_lane = await ada.post(url, data={"csrf": csrf, "action": "hold"})
+            assert no_lane.status_code == 400 and "hold needs --lane" in no_lane.text
+            unknown = await ada.post("/devices/gate-9/commands",
+                                     data={"csrf": csrf, "action": "lockdown_on"})
+            assert unknown.status_code == 400 and "has no device" in unknown.text
+            forged = await ada.post(url, data={"csrf": "wrong", "action": "lockdown_on"})
+            assert forged.status_code == 403
+            otto = await viewer.login(TENANT, "otto")
+            assert "/commands" not in (await otto.get("/devices")).text
+            refused = await otto.post(url, data={"csrf": await csrf_of(otto, "/devices"),
+                                                 "action": "lockdown_on"})
+            assert refused.status_code == 403
+        async with running_viewer(pg_server, pg_db, tmp_path) as plain:
+            await plain.add_user(TENANT, "eve", "admin")
+            eve = await plain.login(TENANT, "eve")
+            off = await eve.post(url, data={"csrf": await csrf_of(eve, "/devices"),
+                                            "action": "lockdown_on"})
+            assert off.status_code == 503 and "[downlink]" in off.text
+    finally:
+        gate.stop()
+    assert len(gate.received) == 1  # nothing refused went out
+    with pg_server.connect(pg_db) as conn:
+        rows = conn.execute("SELECT actor_id, metadata->>'via', request_id FROM audit_logs "
+                            "WHERE action = 'remote_command_issued'").fetchall()
+    assert rows == [("viewer:ada", "viewer", command["id"])]

@@ -83,6 +83,9 @@ class ViewerConfig:
     login_window_s: float = 300.0
     lockout_s: float = 300.0
     online_after_s: float = 180.0  # a device is online when its last heartbeat is this recent
+    # remote commands (docs/central.md section 9): async (tenant, device, action, args, issuer)
+    # -> command id; set by `gated central run` when [downlink] is configured, else None
+    issue_command: Any = field(default=None, compare=False, repr=False)
 
 
 class _Problem(Exception):
@@ -118,6 +121,7 @@ def make_viewer_app(connect: Any, cfg: ViewerConfig) -> web.Application:
     r.add_get("/audit.csv", viewer.audit_csv)
     r.add_get("/audit/{event_id}", viewer.audit_row)
     r.add_get("/devices", viewer.devices)
+    r.add_post("/devices/{device_id}/commands", viewer.device_command)
     r.add_get("/users", viewer.users)
     r.add_post("/users", viewer.user_add)
     r.add_post("/users/{name}", viewer.user_change)
@@ -510,7 +514,31 @@ class _Viewer:
 
     async def devices(self, request: web.Request) -> web.Response:
         """Per-device health: online, last heartbeat, backlog, rule set, witnessed chain."""
-        session = self._need(request, "viewer")
+        return await self._devices_view(request, self._need(request, "viewer"))
+
+    async def device_command(self, request: web.Request) -> web.Response:
+        """An admin sends a signed remote command to one of the tenant's gates."""
+        from gated.central.downlink import DownlinkError, check_command
+
+        session, form = await self._need_post(request, "admin")
+        if self.cfg.issue_command is None:
+            raise _Problem(503, "remote commands are not configured on this service "
+                                "([downlink] in central.toml)")
+        device_id = request.match_info["device_id"]
+        action = form.get("action", "")
+        try:
+            args = check_command(action, form.get("lane") or None, form.get("reason") or None,
+                                 60.0)
+            command_id = await self.cfg.issue_command(session.tenant_id, device_id, action,
+                                                      args, f"viewer:{session.user}")
+        except DownlinkError as err:
+            return await self._devices_view(request, session, error=str(err), http_status=400)
+        return await self._devices_view(
+            request, session, message=f"{action} sent to {device_id} (command {command_id})")
+
+    async def _devices_view(self, request: web.Request, session: ViewerSession, *,
+                            message: str = "", error: str = "",
+                            http_status: int = 200) -> web.Response:
         async with self.tx(session.tenant_id) as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "SELECT device_id, site_id, last_heartbeat_at, backlog, rules_version, status, "
@@ -531,8 +559,11 @@ class _Viewer:
                 "FROM devices d WHERE tenant_id = %s ORDER BY site_id NULLS LAST, device_id",
                 [dt.timedelta(seconds=self.cfg.online_after_s), session.tenant_id])
             rows = await cur.fetchall()
-        return self._render(request, "viewer_devices.html", rows=rows,
-                            online_after_s=self.cfg.online_after_s)
+        return self._render(request, "viewer_devices.html", http_status=http_status, rows=rows,
+                            online_after_s=self.cfg.online_after_s, message=message, error=error,
+                            commands=self.cfg.issue_command is not None,
+                            actions=("open", "hold", "release", "lockdown_on", "lockdown_off",
+                                     "reload_rules", "sync_rules"))
 
     # --- users (admin) ------------------------------------------------------------------
 
