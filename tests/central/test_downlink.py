@@ -181,7 +181,7 @@ def test_bundles_are_signed_full_or_delta_and_served_only_to_their_device(
     assert all(row[0].startswith("unix:") and row[1] == "user" for row in audited)
 
 
-def test_the_service_role_cannot_rewrite_a_signed_version(
+def test_the_service_role_cannot_rewrite_a_version_nor_reach_another_tenant(
         tmp_path: Path, pg_server: PgServer, pg_db: str, owner: psycopg.Connection[Any]) -> None:
     enrol_device(owner, "acme", "gate-1", "hq", None)
     key = Ed25519PrivateKey.generate()
@@ -193,8 +193,22 @@ def test_the_service_role_cannot_rewrite_a_signed_version(
             with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
                 conn.execute("SELECT set_config('gated.tenant_id', 'acme', true)")
                 conn.execute(statement)
-        # without a tenant set, nothing is visible
-        assert conn.execute("SELECT count(*) FROM rule_bundles").fetchone() == (0,)
+        downlink.issue_command(conn, key, "acme", "gate-1", "lockdown_on", {}, "unix:ann", 60)
+        # without a tenant set, nothing is visible; another tenant sees none of acme's rows and
+        # cannot write rows naming acme
+        for table in ("rule_sets", "rule_bundles", "commands"):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+            with conn.transaction():
+                conn.execute("SELECT set_config('gated.tenant_id', 'globex', true)")
+                assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+            with conn.transaction():
+                conn.execute("SELECT set_config('gated.tenant_id', 'acme', true)")
+                assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+            conn.execute("SELECT set_config('gated.tenant_id', 'globex', true)")
+            conn.execute("INSERT INTO rule_sets (tenant_id, scope, scope_id, version, document,"
+                         " sha256, published_by) VALUES ('acme', 'site', 'hq', 9, '{}', %s,"
+                         " 'x')", ("0" * 64,))
 
 
 def test_operator_mistakes_are_refused_clearly_and_store_nothing(
