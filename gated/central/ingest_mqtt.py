@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from paho.mqtt.properties import Properties
 from psycopg_pool import PoolTimeout
 
 from gated.central.schemas import SchemaError, validate, validate_event
-from gated.central.store import Outcome, Store, Upload, dumps
+from gated.central.store import DevicesBusy, Outcome, Store, Upload, dumps
 from gated.central.witness import rfc3339
 
 log = logging.getLogger("gated.central.mqtt")
@@ -191,8 +192,20 @@ class MqttIngest:
         for (tenant_id, device_id), group in groups.items():
             if group["events"] or group["heads"]:
                 tenants[tenant_id][device_id] = (group["events"], group["heads"][-1:])
-        outcomes = {(tenant_id, device_id): outcome for tenant_id, uploads in tenants.items()
-                    for device_id, outcome in self._store(tenant_id, uploads).items()}
+        # Another instance storing the same devices holds their rows locked: store the tenants
+        # that are free first, in an order of this instance's own, and wait only at the end.
+        order = list(tenants)
+        random.shuffle(order)
+        outcomes: dict[tuple[str, str], Outcome] = {}
+        for wait in (False, True):
+            busy = []
+            for tenant_id in order:
+                stored = self._store(tenant_id, tenants[tenant_id], wait=wait)
+                if stored is None:
+                    busy.append(tenant_id)
+                    continue
+                outcomes.update({(tenant_id, d): outcome for d, outcome in stored.items()})
+            order = busy
         for (tenant_id, device_id), group in groups.items():
             outcome = outcomes.get((tenant_id, device_id)) or Outcome()
             outcome.rejected.extend(group["rejected"])
@@ -246,10 +259,13 @@ class MqttIngest:
             if not self._with_db(lambda: self._keep_result(tenant_id, device_id, body)):
                 raise _Refused(None, "command result refused (see the log)")
 
-    def _store(self, tenant_id: str, uploads: dict[str, Upload]) -> dict[str, Outcome]:
+    def _store(self, tenant_id: str, uploads: dict[str, Upload],
+               wait: bool = True) -> dict[str, Outcome] | None:
         try:
             outcomes: dict[str, Outcome] = self._with_db(
-                lambda: self.store.ingest_tenant(tenant_id, uploads))
+                lambda: self.store.ingest_tenant(tenant_id, uploads, wait=wait))
+        except DevicesBusy:
+            return None
         except _Refused:
             return {}  # nothing acked: the devices send these again
         for outcome in outcomes.values():
@@ -272,6 +288,8 @@ class MqttIngest:
         while True:
             try:
                 return action()
+            except DevicesBusy:
+                raise
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as err:
                 # the database is away: hold the batch (no PUBACK, no ack) and try again
                 self.stats.db_errors += 1

@@ -73,6 +73,10 @@ class _Indexed(NamedTuple):
     created_at: str | None
 
 
+class DevicesBusy(Exception):
+    """Another transaction holds a device of the upload (ingest_tenant with wait=False)."""
+
+
 @dataclass
 class Outcome:
     """What one ingest transaction did: ids stored, duplicates, refusals, head answer."""
@@ -161,16 +165,21 @@ class Store:
         """
         return self.ingest_tenant(tenant_id, {device_id: (events, heads)})[device_id]
 
-    def ingest_tenant(self, tenant_id: str, uploads: Mapping[str, Upload]) -> dict[str, Outcome]:
+    def ingest_tenant(self, tenant_id: str, uploads: Mapping[str, Upload], *,
+                      wait: bool = True) -> dict[str, Outcome]:
         """Store the events and judge the heads of several devices of one tenant, atomically.
 
         `uploads` maps a device id to its (events, heads), each as `ingest` takes them; one
         transaction with set-based statements covers every device. The answer has one
         Outcome per device. When PostgreSQL refuses an event, each device is stored on its
         own, and within the device each event, so only the offending event is refused.
+        wait=False: raise DevicesBusy at once, nothing done, when another transaction holds
+        one of the devices (the caller stores other tenants first).
         """
         try:
-            return self._ingest(tenant_id, uploads)
+            return self._ingest(tenant_id, uploads, wait)
+        except psycopg.errors.LockNotAvailable as err:
+            raise DevicesBusy(tenant_id) from err
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded
                 ) as err:
             if len(uploads) > 1:
@@ -202,7 +211,8 @@ class Store:
             merged.head = self.ingest(tenant_id, device_id, [], heads[-1:]).head
         return {device_id: merged}
 
-    def _ingest(self, tenant_id: str, uploads: Mapping[str, Upload]) -> dict[str, Outcome]:
+    def _ingest(self, tenant_id: str, uploads: Mapping[str, Upload],
+                wait: bool = True) -> dict[str, Outcome]:
         outcomes = {device_id: Outcome() for device_id in uploads}
         rows: dict[str, list[dict[str, Any]]] = {"access": [], "audit": []}
         index: list[_Indexed] = []
@@ -243,8 +253,8 @@ class Store:
             # instead of deadlocking
             states: dict[str, list[Any]] = {str(r[0]): list(r[1:]) for r in conn.execute(
                 "SELECT device_id, chain_seq, chain_hash, public_key, forked FROM devices "
-                "WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE",
-                (sorted(uploads),)).fetchall()}
+                "WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE"
+                + ("" if wait else " NOWAIT"), (sorted(uploads),)).fetchall()}
             for device_id in uploads:
                 if device_id not in states:
                     # not enrolled (yet): nothing stored, nothing acked; the device sends again

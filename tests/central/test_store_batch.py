@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 
 from gated.central.admin import enrol_device
-from gated.central.store import Store
+from gated.central.store import DevicesBusy, Store
 from tests.support.device_sim import SimDevice
-from tests.support.postgres import PgServer
+from tests.support.postgres import SERVICE, PgServer
 
 
 def _rows(server: PgServer, db: str, sql: str) -> list[tuple[Any, ...]]:
@@ -60,3 +61,20 @@ def test_devices_of_one_batch_are_linked_forked_and_refused_each_on_their_own(
                  ) == [(0,)]
     assert _rows(pg_server, pg_db, "SELECT count(*), count(DISTINCT event_id) FROM event_ids"
                  ) == [(11, 11)]
+
+
+def test_a_device_locked_elsewhere_is_busy_without_waiting_and_nothing_is_stored(
+        store: Store, owner: psycopg.Connection[Any], pg_server: PgServer, pg_db: str) -> None:
+    gate = SimDevice("acme", "hq", "gate-1")
+    enrol_device(owner, gate.tenant_id, gate.device_id, gate.site_id, gate.public_b64)
+    events = [gate.event() for _ in range(3)]
+    with pg_server.connect(pg_db, SERVICE, autocommit=False) as other:
+        other.execute("SELECT set_config('gated.tenant_id', 'acme', true)")
+        assert other.execute("SELECT 1 FROM devices WHERE device_id = 'gate-1' FOR UPDATE"
+                             ).fetchall() == [(1,)]
+        with pytest.raises(DevicesBusy):
+            store.ingest_tenant("acme", {"gate-1": (events, [])}, wait=False)
+        assert _rows(pg_server, pg_db, "SELECT count(*) FROM event_ids") == [(0,)]
+        other.rollback()
+    out = store.ingest_tenant("acme", {"gate-1": (events, [])}, wait=False)
+    assert len(out["gate-1"].stored) == 3
