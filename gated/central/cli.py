@@ -174,13 +174,9 @@ def _owner(config: Any) -> Any:
 
 def _snapshot_store(config: Any) -> Any:
     """The configured snapshot store ([snapshots] backend); ConfigError when it is wrong."""
-    from gated.central.snapshots import open_store
-    from gated.errors import ConfigError
+    from gated.central.snapshots import configured_store
 
-    try:
-        return open_store(config.snapshots, config.snapshots_path)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    return configured_store(config)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

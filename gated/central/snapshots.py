@@ -19,7 +19,7 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 import httpx
@@ -304,3 +304,13 @@ def open_store(settings: dict[str, object], default_path: str) -> SnapshotStore:
         endpoint_url=str(settings.get("endpoint_url", "")),
         region=str(settings.get("region", "us-east-1")),
         prefix=str(settings.get("prefix", "snapshots")))
+
+
+def configured_store(config: Any) -> SnapshotStore:
+    """The store a loaded central.toml configures; ConfigError when `[snapshots]` is wrong."""
+    from gated.errors import ConfigError
+
+    try:
+        return open_store(config.snapshots, config.snapshots_path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -134,9 +134,9 @@ def cmd_viewer(args: argparse.Namespace) -> int:
     if central.snapshots.get("backend", "local") == "s3":
         from dataclasses import replace
 
-        from gated.central.cli import _snapshot_store
+        from gated.central.snapshots import configured_store
 
-        config = replace(config, snapshot_store=_snapshot_store(central))
+        config = replace(config, snapshot_store=configured_store(central))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
