@@ -742,38 +742,50 @@ class AlertChannelConfig(_Section, frozen=True):
                     raise ValueError(f"{key}: {path} is empty")
             except OSError as err:
                 raise ValueError(f"{key}: cannot read {path}: {err.strerror or err}") from None
-        from gated.alerts.rules import RULE_NAMES
-
+        names = AlertRulesConfig.__struct_fields__
         for i, rule in enumerate(self.rules):
-            if rule not in RULE_NAMES:
+            if rule not in names:
                 raise ValueError(f"rules[{i}]: unknown rule {rule!r} "
-                                 f"(one of: {', '.join(RULE_NAMES)})")
+                                 f"(one of: {', '.join(names)})")
+
+
+# Which threshold keys each alert rule reads (the config refuses the others on that rule).
+ALERT_THRESHOLDS: dict[str, frozenset[str]] = {
+    "relay_fault": frozenset({"fault_after_s"}),
+    "camera_fault": frozenset({"fault_after_s"}),
+    "clock_unsynced": frozenset({"fault_after_s"}),
+    "disk_full": frozenset({"disk_percent"}),
+    "sync_backlog": frozenset({"backlog_hours"}),
+    "refusal_flood": frozenset({"flood_count", "flood_window_s"}),
+}
 
 
 class AlertRulesConfig(_Section, frozen=True):
-    """Every alert rule by name (gated.alerts.rules.RULE_NAMES); one not set keeps its defaults."""
+    """Every alert rule by name, in the order the docs list them; one not set keeps its defaults.
 
-    deny_listed: AlertRuleConfig = AlertRuleConfig()
-    lockdown_read: AlertRuleConfig = AlertRuleConfig()
-    forced_open: AlertRuleConfig = AlertRuleConfig()
-    held_open: AlertRuleConfig = AlertRuleConfig()
+    The one list of rule names: gated.alerts.rules.RULE_NAMES is these fields.
+    """
+
+    deny_listed: AlertRuleConfig = AlertRuleConfig()  # a read of a deny-listed plate
+    lockdown_read: AlertRuleConfig = AlertRuleConfig()  # a read at a lane in lockdown
+    forced_open: AlertRuleConfig = AlertRuleConfig()  # the gate opened without an order
+    held_open: AlertRuleConfig = AlertRuleConfig()  # the gate stayed open too long
+    # the journal's chain or trigger check failed, or it was recovered
     journal_check: AlertRuleConfig = AlertRuleConfig()
-    refusal_flood: AlertRuleConfig = AlertRuleConfig()
-    relay_fault: AlertRuleConfig = AlertRuleConfig()
-    camera_fault: AlertRuleConfig = AlertRuleConfig()
-    disk_full: AlertRuleConfig = AlertRuleConfig()
-    sync_backlog: AlertRuleConfig = AlertRuleConfig()
-    clock_unsynced: AlertRuleConfig = AlertRuleConfig()
-    test: AlertRuleConfig = AlertRuleConfig()
+    refusal_flood: AlertRuleConfig = AlertRuleConfig()  # many refused attempts from one address
+    relay_fault: AlertRuleConfig = AlertRuleConfig()  # a relay fault lasting fault_after_s
+    camera_fault: AlertRuleConfig = AlertRuleConfig()  # a camera away for fault_after_s
+    disk_full: AlertRuleConfig = AlertRuleConfig()  # state folders' disk use >= disk_percent
+    sync_backlog: AlertRuleConfig = AlertRuleConfig()  # oldest unsent event > backlog_hours old
+    clock_unsynced: AlertRuleConfig = AlertRuleConfig()  # clock unsynchronised for fault_after_s
+    test: AlertRuleConfig = AlertRuleConfig()  # `gated alert test` without a rule
 
     def __post_init__(self) -> None:
-        from gated.alerts.rules import THRESHOLDS
-
         for name in self.__struct_fields__:
             rule = getattr(self, name)
             for key in ("fault_after_s", "disk_percent", "backlog_hours", "flood_count",
                         "flood_window_s"):
-                if getattr(rule, key) is not None and key not in THRESHOLDS.get(name, ()):
+                if getattr(rule, key) is not None and key not in ALERT_THRESHOLDS.get(name, ()):
                     raise ValueError(f"{name}.{key}: not a setting of this rule")
 
 

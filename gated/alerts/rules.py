@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gated.config import ALERT_THRESHOLDS, AlertRulesConfig
+
 __all__ = [
     "CONDITION_RULES",
     "DEFAULTS",
@@ -32,22 +34,9 @@ __all__ = [
     "refusals_from_row",
 ]
 
-# Every rule gated knows, in the order the docs list them. The Home Assistant event
-# entity lists these as its event types.
-RULE_NAMES: tuple[str, ...] = (
-    "deny_listed",      # a read of a deny-listed plate
-    "lockdown_read",    # a read at a lane in lockdown
-    "forced_open",      # the gate opened without an order
-    "held_open",        # the gate stayed open too long
-    "journal_check",    # the journal's chain or trigger check failed, or it was recovered
-    "refusal_flood",    # many refused attempts from one address
-    "relay_fault",      # a relay fault lasting longer than fault_after_s
-    "camera_fault",     # a camera disconnected for longer than fault_after_s
-    "disk_full",        # the state folders' disk use at or above disk_percent
-    "sync_backlog",     # the oldest event not yet upstream is older than backlog_hours
-    "clock_unsynced",   # the wall clock not synchronised for longer than fault_after_s
-    "test",             # `gated alert test` without a rule
-)
+# Every rule gated knows, in the order the docs list them: the config's [alerts.rules] keys
+# (each described there). The Home Assistant event entity lists these as its event types.
+RULE_NAMES: tuple[str, ...] = AlertRulesConfig.__struct_fields__
 
 # Rules whose happening is a lasting condition the daemon samples, not a journal row.
 CONDITION_RULES = frozenset(
@@ -82,14 +71,7 @@ DEFAULTS: Mapping[str, RuleSettings] = {
 }
 
 # Which threshold keys each rule reads (the config refuses the others on that rule).
-THRESHOLDS: Mapping[str, frozenset[str]] = {
-    "relay_fault": frozenset({"fault_after_s"}),
-    "camera_fault": frozenset({"fault_after_s"}),
-    "clock_unsynced": frozenset({"fault_after_s"}),
-    "disk_full": frozenset({"disk_percent"}),
-    "sync_backlog": frozenset({"backlog_hours"}),
-    "refusal_flood": frozenset({"flood_count", "flood_window_s"}),
-}
+THRESHOLDS: Mapping[str, frozenset[str]] = ALERT_THRESHOLDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gated import __version__
-from gated.config import HomeAssistantConfig, SiteConfig
+from gated.config import AlertRulesConfig, HomeAssistantConfig, SiteConfig
 
 __all__ = [
     "DECISION_EVENT_TYPES",
@@ -43,10 +43,6 @@ __all__ = [
 DECISION_EVENT_TYPES = ("allowed", "denied", "unread", "manual")
 ONLINE, OFFLINE = "online", "offline"
 ON, OFF = "ON", "OFF"
-# Alert rule names used until gated.alerts names its own (gated.alerts.rules.RULE_NAMES).
-FALLBACK_ALERT_RULES = ("deny_listed", "lockdown_read", "forced_open", "held_open", "journal_check",
-                        "refusal_flood", "relay_fault", "camera_fault", "disk_full",
-                        "sync_backlog", "clock_unsynced")
 # The lane binary sensors: state key → (name, device_class).
 LANE_BINARY = {
     "forced_open": ("Forced open", "safety"),
@@ -115,13 +111,8 @@ class Topics:
 
 
 def alert_rule_names() -> list[str]:
-    """The alert rule names for the Alert event entity: gated.alerts' own when present."""
-    try:  # imported late: alerts are optional and must not load with the daemon's core
-        from gated.alerts.rules import RULE_NAMES
-    except (ImportError, AttributeError):
-        return list(FALLBACK_ALERT_RULES)
-    names = [str(n) for n in RULE_NAMES]
-    return names or list(FALLBACK_ALERT_RULES)
+    """The alert rule names for the Alert event entity (the [alerts.rules] keys)."""
+    return list(AlertRulesConfig.__struct_fields__)
 
 
 def _lane_components(topics: Topics, lane_id: str, lane_name: str, ha: HomeAssistantConfig,
