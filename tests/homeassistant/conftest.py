@@ -9,37 +9,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from jsonschema import Draft202012Validator
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from referencing import Registry, Resource
 
 from tests.support.broker import Broker, mosquitto_available, mosquitto_broker
+from tests.support.schemas import validator
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 
-@cache
-def _registry() -> tuple[Registry, dict[str, dict[str, Any]]]:
-    by_name: dict[str, dict[str, Any]] = {}
-    resources = []
-    for path in sorted(SCHEMAS.glob("*.json")):
-        schema = json.loads(path.read_text())
-        Draft202012Validator.check_schema(schema)
-        by_name[path.stem] = schema
-        resources.append((schema["$id"], Resource.from_contents(schema)))
-    return Registry().with_resources(resources), by_name
-
-
 def validate(name: str, document: Any) -> Any:
     """Raise jsonschema.ValidationError unless document fits tests/homeassistant/schemas/NAME."""
-    registry, by_name = _registry()
-    Draft202012Validator(by_name[name], registry=registry).validate(document)
+    validator(name, SCHEMAS).validate(document)
     return document
 
 

@@ -14,10 +14,10 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "gated" / "sync" / "schemas"
 
 
 @cache
-def _registry() -> tuple[Registry, dict[str, dict[str, Any]]]:
+def _registry(folder: Path = SCHEMAS) -> tuple[Registry, dict[str, dict[str, Any]]]:
     by_name: dict[str, dict[str, Any]] = {}
     resources = []
-    for path in sorted(SCHEMAS.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         schema = json.loads(path.read_text())
         Draft202012Validator.check_schema(schema)
         by_name[path.stem] = schema
@@ -26,9 +26,9 @@ def _registry() -> tuple[Registry, dict[str, dict[str, Any]]]:
 
 
 @cache
-def validator(name: str) -> Draft202012Validator:
-    """A validator for schema `name` (the file's stem), with every other schema resolvable."""
-    registry, by_name = _registry()
+def validator(name: str, folder: Path = SCHEMAS) -> Draft202012Validator:
+    """A validator for schema `name` (the file's stem in `folder`), the others resolvable."""
+    registry, by_name = _registry(folder)
     return Draft202012Validator(by_name[name], registry=registry)
 
 
