@@ -38,7 +38,10 @@ from gated.central.witness import rfc3339
 log = logging.getLogger("gated.central.mqtt")
 
 UPLINK = ("events", "heads", "heartbeat", "status", "commands/result")
-MAX_MESSAGE = 256 * 1024  # an event is a few KiB; anything near the broker's limit is hostile
+# an event is a few KiB and a batch message at most MAX_BATCH_EVENTS of them (the device's
+# mqtt_batch_max_bytes is 256 KiB by default); anything near the broker's limit is hostile
+MAX_MESSAGE = 1024 * 1024
+MAX_BATCH_EVENTS = 500
 
 
 @dataclass
@@ -55,6 +58,11 @@ class MqttSettings:
     keepalive_s: int = 30
     batch_max: int = 1000
     batch_wait_s: float = 0.02
+    # a transaction's share of messages (a batch message carries up to 500 events)
+    batch_max_bytes: int = 2 * 1024 * 1024
+    # storing threads: while one waits for PostgreSQL another parses and validates the next
+    # batch (psycopg releases the interpreter lock while it waits)
+    workers: int = 2
     tls_ca_file: str = ""
 
 
@@ -80,7 +88,7 @@ class MqttIngest:
         self.connected = threading.Event()
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                              protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
         if settings.username:
@@ -109,17 +117,20 @@ class MqttIngest:
                                   keepalive=self.settings.keepalive_s, clean_start=False,
                                   properties=props)
         self.client.loop_start()
-        self._worker = threading.Thread(target=self._work, name="central-mqtt-store",
-                                        daemon=True)
-        self._worker.start()
+        for n in range(max(1, self.settings.workers)):
+            worker = threading.Thread(target=self._work, name=f"central-mqtt-store-{n}",
+                                      daemon=True)
+            worker.start()
+            self._workers.append(worker)
         return self
 
     def stop(self) -> None:
         """Stop taking messages; what is not stored yet is not PUBACKed (the broker keeps it)."""
         self._stop.set()
-        self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join(30)
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(30)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -150,8 +161,9 @@ class MqttIngest:
             if first is None:
                 return
             batch = [first]
+            size = len(first.payload)
             deadline = time.monotonic() + self.settings.batch_wait_s
-            while len(batch) < self.settings.batch_max:
+            while len(batch) < self.settings.batch_max and size < self.settings.batch_max_bytes:
                 left = deadline - time.monotonic()
                 try:
                     more = self._queue.get(timeout=max(left, 0)) if left > 0 else (
@@ -162,6 +174,7 @@ class MqttIngest:
                     self._stop.set()
                     break
                 batch.append(more)
+                size += len(more.payload)
             self._handle(batch)
 
     def _handle(self, batch: list[mqtt.MQTTMessage]) -> None:
@@ -224,8 +237,10 @@ class MqttIngest:
             body = json.loads(payload)
         except ValueError as err:
             raise _Refused(None, "not JSON") from err
-        event_id = body.get("id") if isinstance(body, dict) and isinstance(
-            body.get("id"), str) and len(body["id"]) <= 64 else None
+        if kind == "events" and isinstance(body, list):
+            self._route_batch(body, tenant_id, device_id, groups)
+            return
+        event_id = _event_id(body)
         if kind == "status":
             try:
                 validate("status", body)
@@ -258,6 +273,33 @@ class MqttIngest:
         else:  # a command result (protocol 11.5), kept beside the command it answers
             if not self._with_db(lambda: self._keep_result(tenant_id, device_id, body)):
                 raise _Refused(None, "command result refused (see the log)")
+
+    def _route_batch(self, batch: list[Any], tenant_id: str, device_id: str,
+                     groups: dict[tuple[str, str], dict[str, list[Any]]]) -> None:
+        """A batch of events in one message (protocol section 5): each judged on its own."""
+        if not 0 < len(batch) <= MAX_BATCH_EVENTS:
+            raise _Refused(None, f"a batch of {len(batch)} events (1 to {MAX_BATCH_EVENTS})")
+        group = groups[(tenant_id, device_id)]
+        prefix = f"gated://{tenant_id}/"
+        suffix = f"/{device_id}"
+        for body in batch:
+            event_id = _event_id(body)
+            try:
+                validate_event(body)
+            except SchemaError as err:
+                if event_id:
+                    group["rejected"].append(_refusal(event_id, str(err)))
+                self._refused(f"gated/v1/{tenant_id}/{device_id}/events", str(err))
+                continue
+            source = body["source"]
+            if body["type"] not in _EVENT_TYPES or not (
+                    source.startswith(prefix) and source.endswith(suffix)):
+                reason = "not an access or audit event of the topic's device"
+                if event_id:
+                    group["rejected"].append(_refusal(event_id, reason))
+                self._refused(f"gated/v1/{tenant_id}/{device_id}/events", reason)
+                continue
+            group["events"].append(body)
 
     def _store(self, tenant_id: str, uploads: dict[str, Upload],
                wait: bool = True) -> dict[str, Outcome] | None:
@@ -318,11 +360,28 @@ class MqttIngest:
         self.client.publish(f"gated/v1/{tenant_id}/{device_id}/acks", dumps(ack), qos=1)
 
     def _refuse(self, message: mqtt.MQTTMessage, event_id: str | None, reason: str) -> None:
+        self._refused(message.topic, reason)
+
+    def _refused(self, topic: str, reason: str) -> None:
         self.stats.refused += 1
-        text = f"{message.topic}: {reason}"[:500]
+        text = f"{topic}: {reason}"[:500]
         if len(self.stats.refusals) < 100:
             self.stats.refusals.append(text)
         log.warning("refused %s", text)
+
+
+_EVENT_TYPES = ("io.gated.access.v1", "io.gated.audit.v1")
+
+
+def _event_id(body: Any) -> str | None:
+    """The message's id when it has a plausible one (to name it in a refusal)."""
+    if isinstance(body, dict) and isinstance(body.get("id"), str) and len(body["id"]) <= 64:
+        return str(body["id"])
+    return None
+
+
+def _refusal(event_id: str, reason: str) -> dict[str, Any]:
+    return {"id": event_id, "reason": reason, "retryable": False}
 
 
 class _Refused(Exception):
