@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgspec
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg.types.json import Jsonb
@@ -42,13 +43,71 @@ AUDIT_COLUMNS = (
     "ip_address_digest", "user_agent_digest",
 )
 _TIMES = ("created_at", "captured_at")
-# one JSON parameter per stream, expanded server-side: one round trip per batch, and unlike
-# COPY it works under row-level security
-_INSERT = {
-    stream: (f"INSERT INTO {stream}_logs ({', '.join(cols)}) SELECT {', '.join(cols)} "
-             f"FROM jsonb_populate_recordset(NULL::{stream}_logs, %s::jsonb)")
+# Events are COPYed into a temporary staging table of the session (COPY into the event
+# tables themselves is refused under row-level security), then one statement inserts the
+# new ids into event_ids and, for exactly those, the rows into the stream's table. Each
+# staged row leads with event_id, device_id, created_at; `chain` is the witness's verdict at
+# insert. ON COMMIT DELETE ROWS and IF NOT EXISTS in every transaction: nothing staged
+# outlives its transaction, so this is safe behind a transaction-pooling pooler too.
+_STAGE_LEAD = ("event_id", "device_id", "created_at", "seq", "prev_hash", "row_hash")
+_STAGE_COLUMNS = {
+    stream: _STAGE_LEAD + tuple(c for c in cols if c not in _STAGE_LEAD)
     for stream, cols in (("access", ACCESS_COLUMNS), ("audit", AUDIT_COLUMNS))
 }
+_CREATED = 2
+_STAGE = {stream: f"CREATE TEMP TABLE IF NOT EXISTS gated_stage_{stream} (LIKE {stream}_logs "
+                  "INCLUDING DEFAULTS, chain text NOT NULL) ON COMMIT DELETE ROWS"
+          for stream in _STAGE_COLUMNS}
+_COPY = {stream: f"COPY gated_stage_{stream} ({', '.join(cols)}, chain) FROM STDIN"
+         for stream, cols in _STAGE_COLUMNS.items()}
+_MOVE = {
+    stream: (
+        "WITH new AS (INSERT INTO event_ids (tenant_id, event_id, device_id, stream, seq,"
+        " prev_hash, row_hash, created_at, chain) SELECT tenant_id, event_id, device_id,"
+        f" '{stream}', seq, prev_hash, row_hash, created_at, chain FROM gated_stage_{stream}"
+        " ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id, device_id),"
+        f" kept AS (INSERT INTO {stream}_logs ({', '.join(cols)}) SELECT"
+        f" {', '.join('s.' + c for c in cols)} FROM gated_stage_{stream} s"
+        " JOIN new ON new.event_id = s.event_id AND new.device_id = s.device_id)"
+        " SELECT event_id::text, device_id FROM new")
+    for stream, cols in _STAGE_COLUMNS.items()
+}
+# positions in a staged row of the values converted before COPY
+_FIX_TIMES = {stream: [cols.index(c) for c in ("captured_at",) if c in cols]
+              for stream, cols in _STAGE_COLUMNS.items()}
+_FIX_JSON = {stream: [cols.index(c) for c in ("metadata", "old_values", "new_values")
+                      if c in cols] for stream, cols in _STAGE_COLUMNS.items()}
+_FIX_SNAPSHOT = {stream: cols.index("snapshot_state") if "snapshot_state" in cols else -1
+                 for stream, cols in _STAGE_COLUMNS.items()}
+_JSON = msgspec.json.Encoder()
+
+
+def _stage_row(stream: str, event: Mapping[str, Any], data: Mapping[str, Any]) -> list[Any]:
+    """An event's values in its stream's staging column order, ready for COPY."""
+    row = [data.get(name) for name in _STAGE_COLUMNS[stream]]
+    row[0] = event["id"].lower()
+    row[_CREATED] = _iso(row[_CREATED])
+    for at in _FIX_TIMES[stream]:
+        row[at] = _iso(row[at])
+    for at in _FIX_JSON[stream]:
+        if row[at] is not None:
+            row[at] = _JSON.encode(row[at]).decode("utf-8")
+    snapshot = _FIX_SNAPSHOT[stream]
+    if snapshot >= 0:
+        row[snapshot] = event.get("gatedsnapshot")
+    return row
+
+
+def _insert_staged(conn: psycopg.Connection[Any], stream: str, rows: list[list[Any]],
+                   linked: set[str]) -> set[tuple[str, str]]:
+    """Stage and insert one stream's rows; the (event_id, device_id) pairs that were new."""
+    conn.execute(_STAGE[stream])
+    with conn.cursor().copy(_COPY[stream]) as copy:
+        for row in rows:
+            row.append("linked" if row[0] in linked else "unlinked")
+            copy.write_row(row)
+            row.pop()
+    return {(str(r[0]), str(r[1])) for r in conn.execute(_MOVE[stream]).fetchall()}
 
 
 def _iso(ts: Any) -> str | None:
@@ -71,6 +130,10 @@ class _Indexed(NamedTuple):
     prev_hash: str
     row_hash: str
     created_at: str | None
+
+
+class _WalkHeldRows(Exception):
+    """A row linked before the insert turned out to be held already: walk what is held."""
 
 
 class DevicesBusy(Exception):
@@ -177,7 +240,10 @@ class Store:
         one of the devices (the caller stores other tenants first).
         """
         try:
-            return self._ingest(tenant_id, uploads, wait)
+            try:
+                return self._ingest(tenant_id, uploads, wait)
+            except _WalkHeldRows:
+                return self._ingest(tenant_id, uploads, wait, link_at_insert=False)
         except psycopg.errors.LockNotAvailable as err:
             raise DevicesBusy(tenant_id) from err
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded
@@ -212,9 +278,9 @@ class Store:
         return {device_id: merged}
 
     def _ingest(self, tenant_id: str, uploads: Mapping[str, Upload],
-                wait: bool = True) -> dict[str, Outcome]:
+                wait: bool = True, link_at_insert: bool = True) -> dict[str, Outcome]:
         outcomes = {device_id: Outcome() for device_id in uploads}
-        rows: dict[str, list[dict[str, Any]]] = {"access": [], "audit": []}
+        rows: dict[str, list[list[Any]]] = {"access": [], "audit": []}
         index: list[_Indexed] = []
         for device_id, (events, _heads) in uploads.items():
             outcome = outcomes[device_id]
@@ -235,19 +301,11 @@ class Store:
                     outcome.duplicate.append(event_id)
                     continue
                 seen.add(event_id)
-                row = {name: data.get(name) for name in
-                       (ACCESS_COLUMNS if stream == "access" else AUDIT_COLUMNS)}
-                row["event_id"] = event_id.lower()
-                for name in _TIMES:
-                    if name in row:
-                        row[name] = _iso(row[name])
-                if stream == "access":
-                    row["snapshot_state"] = event.get("gatedsnapshot")
+                row = _stage_row(stream, event, data)
                 rows[stream].append(row)
-                index.append(_Indexed(row["event_id"], device_id, stream, data["seq"],
-                                      data["prev_hash"], data["row_hash"], row["created_at"]))
-        # pipeline mode: statements whose results are not read go out without a round trip each
-        with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+                index.append(_Indexed(row[0], device_id, stream, data["seq"],
+                                      data["prev_hash"], data["row_hash"], row[_CREATED]))
+        with self.pool.connection() as conn, conn.transaction():
             _tenant(conn, tenant_id)
             # locked in device order, so two instances locking overlapping devices queue up
             # instead of deadlocking
@@ -262,38 +320,81 @@ class Store:
                         {"id": e.event_id, "reason": "device not enrolled", "retryable": True}
                         for e in index if e.device_id == device_id]
             index = [e for e in index if e.device_id in states]
-            new_ids: set[str] = set()
-            if index:
-                new_ids = {str(r[0]) for r in conn.execute(
-                    "INSERT INTO event_ids (tenant_id, event_id, device_id, stream, seq, prev_hash,"
-                    " row_hash, created_at) SELECT %s, e, d, s, q, p, h, c FROM unnest("
-                    "%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
-                    " %s::timestamptz[]) AS t(e, d, s, q, p, h, c) "
-                    "ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id",
-                    (tenant_id, *map(list, zip(*index, strict=True)))).fetchall()}
+            walks = self._walks_at_insert(conn, index, states) if link_at_insert else {}
+            linked = {event_id for walk in walks.values() for event_id in walk.linked}
+            new_keys: set[tuple[str, str]] = set()
             for stream, stream_rows in rows.items():
-                fresh = [r for r in stream_rows if r["event_id"] in new_ids]
-                if fresh:
-                    conn.execute(_INSERT[stream], (Jsonb(fresh),))
+                staged = [r for r in stream_rows if r[1] in states]
+                if staged:
+                    new_keys |= _insert_staged(conn, stream, staged, linked)
+            new_ids = {event_id for event_id, _device in new_keys}
+            if not linked <= new_ids:
+                # a row linked before the insert was already held (the same id, stored
+                # earlier out of order): the chain must be walked over what is held
+                raise _WalkHeldRows
             for entry in index:
                 outcome = outcomes[entry.device_id]
-                (outcome.stored if entry.event_id in new_ids else outcome.duplicate).append(
+                (outcome.stored if (entry.event_id, entry.device_id) in new_keys
+                 else outcome.duplicate).append(
                     entry.event_id)
-            if new_ids:
-                self._forks_at_held_seqs(conn, tenant_id, index, new_ids, states, outcomes)
-                self._extend(conn, tenant_id, sorted({e.device_id for e in index
-                                                      if e.event_id in new_ids}),
+            moved = [(d, w.seq, w.hash) for d, w in walks.items() if w.linked]
+            for device_id, seq, hash_ in moved:
+                states[device_id][:2] = [seq, hash_]
+            if moved:
+                conn.execute(
+                    "UPDATE devices SET chain_seq = t.q, chain_hash = t.h FROM unnest("
+                    "%s::text[], %s::bigint[], %s::text[]) AS t(d, q, h) "
+                    "WHERE devices.device_id = t.d", tuple(map(list, zip(*moved, strict=True))))
+            walked = [e for e in index if e.device_id not in walks and e.event_id in new_ids]
+            if walked:
+                self._forks_at_held_seqs(conn, tenant_id, walked, new_ids, states, outcomes)
+                self._extend(conn, tenant_id, sorted({e.device_id for e in walked}),
                              states, outcomes)
             for device_id, (_events, heads) in uploads.items():
                 if device_id not in states:
                     continue
-                chain_seq, _hash, public_b64, forked = states[device_id]
+                chain_seq, _hash, public_b64, forked = states[device_id][:4]
                 for head in heads:
                     outcomes[device_id].head = self._judge_head(
                         conn, tenant_id, device_id, head, public_b64, chain_seq, forked)
                 for alert in outcomes[device_id].alerts:
                     log.warning("tenant %s device %s: %s", tenant_id, device_id, alert)
         return outcomes
+
+    def _walks_at_insert(self, conn: psycopg.Connection[Any], index: list[_Indexed],
+                         states: dict[str, list[Any]]) -> dict[str, witness.Walk]:
+        """The chain walks that can be decided before the insert, by device.
+
+        A device qualifies when nothing is held past its verified prefix, it has not forked,
+        and its new rows all lie past the prefix at distinct seqs: then no held row can
+        clash with them, and walking them is what walking the held rows after the insert
+        would find, so its rows are inserted already linked (no UPDATE of each row).
+        """
+        by_device: dict[str, list[_Indexed]] = {}
+        for entry in index:
+            by_device.setdefault(entry.device_id, []).append(entry)
+        if not by_device:
+            return {}
+        ids = sorted(by_device)
+        # a statement of its own, after the lock: it sees what a transaction we waited for
+        # committed (the locking statement's snapshot predates that wait)
+        beyond = {str(r[0]) for r in conn.execute(
+            "SELECT t.d FROM unnest(%s::text[], %s::bigint[]) AS t(d, q) WHERE EXISTS ("
+            "SELECT 1 FROM event_ids e WHERE e.device_id = t.d AND e.seq > t.q)",
+            (ids, [states[d][0] for d in ids])).fetchall()}
+        walks: dict[str, witness.Walk] = {}
+        for device_id, entries in by_device.items():
+            chain_seq, chain_hash, _key, forked = states[device_id][:4]
+            if forked or device_id in beyond:
+                continue
+            entries.sort(key=lambda e: e.seq)
+            if entries[0].seq <= chain_seq or len({e.seq for e in entries}) != len(entries):
+                continue
+            walk = witness.extend(chain_seq, chain_hash, (
+                witness.ChainRow(e.event_id, e.seq, e.prev_hash, e.row_hash) for e in entries))
+            if walk.fork is None:  # a fork is alerted by the walk over held rows
+                walks[device_id] = walk
+        return walks
 
     def _forks_at_held_seqs(self, conn: psycopg.Connection[Any], tenant_id: str,
                             index: list[_Indexed], new_ids: set[str],

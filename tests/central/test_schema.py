@@ -6,6 +6,8 @@ import psycopg
 import pytest
 
 from gated.central.migrate import available, migrate
+from gated.central.store import Store
+from tests.support.device_sim import SimDevice
 from tests.support.postgres import OWNER, SERVICE, PgServer
 
 ACCESS = ("INSERT INTO access_logs (event_id, tenant_id, event_type, access_point, created_at,"
@@ -104,12 +106,21 @@ def test_the_service_role_cannot_rewrite_or_remove_history(pg_server: PgServer, 
         conn.execute(statement)  # type: ignore[arg-type]
 
 
-def test_the_service_role_owns_nothing(pg_server: PgServer, pg_db: str) -> None:
+def test_the_service_role_owns_nothing(pg_server: PgServer, pg_db: str, store: Store) -> None:
+    _seed(pg_server, pg_db)
+    sim = SimDevice("acme", "hq", "gate-1")
+    assert store.ingest("acme", "gate-1", [sim.event()]).stored  # the session staged it
     with pg_server.connect(pg_db) as conn:
+        # nothing lasting: only the staging tables of its own sessions (temporary, emptied
+        # at every commit, gone with the session)
         owned = conn.execute(
+            "SELECT c.relname, c.relpersistence FROM pg_class c JOIN pg_roles r "
+            "ON r.oid = c.relowner WHERE r.rolname = %s AND c.relkind = 'r'",
+            (SERVICE,)).fetchall()
+        assert {persistence for _name, persistence in owned} <= {"t"}
+        assert conn.execute(
             "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner "
-            "WHERE r.rolname = %s", (SERVICE,)).fetchone()
-        assert owned == (0,)
+            "WHERE r.rolname = %s AND c.relpersistence <> 't'", (SERVICE,)).fetchone() == (0,)
         flags = conn.execute("SELECT rolbypassrls, rolsuper FROM pg_roles WHERE rolname = %s",
                              (SERVICE,)).fetchone()
         assert flags == (False, False)

@@ -78,3 +78,52 @@ def test_a_device_locked_elsewhere_is_busy_without_waiting_and_nothing_is_stored
         other.rollback()
     out = store.ingest_tenant("acme", {"gate-1": (events, [])}, wait=False)
     assert len(out["gate-1"].stored) == 3
+
+
+def test_rows_in_order_are_linked_as_they_are_inserted(
+        store: Store, owner: psycopg.Connection[Any], pg_server: PgServer, pg_db: str) -> None:
+    gate = SimDevice("acme", "hq", "gate-1")
+    enrol_device(owner, "acme", "gate-1", "hq", gate.public_b64)
+    first = [gate.event("access" if i % 3 else "audit") for i in range(6)]
+    out = store.ingest_tenant("acme", {"gate-1": (first, [])})
+    assert sorted(out["gate-1"].stored) == sorted(e["id"] for e in first)
+    second = [gate.event() for _ in range(4)]
+    store.ingest_tenant("acme", {"gate-1": (second, [])})
+    assert _rows(pg_server, pg_db, "SELECT chain, count(*) FROM event_ids GROUP BY chain") == [
+        ("linked", 10)]
+    assert _rows(pg_server, pg_db, "SELECT chain_seq, chain_hash FROM devices") == [
+        (10, second[-1]["data"]["row_hash"])]
+    # the staging tables are the session's own and empty after each commit
+    with store.pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM gated_stage_access").fetchone() == (0,)
+
+
+def test_a_row_reusing_a_stored_id_is_not_linked_past_the_prefix(
+        store: Store, owner: psycopg.Connection[Any], pg_server: PgServer, pg_db: str) -> None:
+    """A re-used id is a duplicate, so the rows after it do not link to what it claimed."""
+    gate = SimDevice("acme", "hq", "gate-1")
+    enrol_device(owner, "acme", "gate-1", "hq", gate.public_b64)
+    stored = [gate.event(), gate.event()]
+    store.ingest_tenant("acme", {"gate-1": (stored, [])})
+    reused = gate.event(event_id=stored[1]["id"])  # seq 3, claims seq 2's id
+    after = gate.event()
+    out = store.ingest_tenant("acme", {"gate-1": ([reused, after], [])})
+    assert out["gate-1"].duplicate == [reused["id"]] and out["gate-1"].stored == [after["id"]]
+    assert _rows(pg_server, pg_db, "SELECT seq, chain FROM event_ids ORDER BY seq") == [
+        (1, "linked"), (2, "linked"), (4, "unlinked")]
+    assert _rows(pg_server, pg_db, "SELECT chain_seq FROM devices") == [(2,)]
+    assert _rows(pg_server, pg_db, "SELECT count(*) FROM access_logs") == [(3,)]
+
+
+def test_two_devices_sending_one_id_store_it_once(
+        store: Store, owner: psycopg.Connection[Any], pg_server: PgServer, pg_db: str) -> None:
+    one, two = SimDevice("acme", "hq", "gate-1"), SimDevice("acme", "hq", "gate-2")
+    for gate in (one, two):
+        enrol_device(owner, "acme", gate.device_id, "hq", gate.public_b64)
+    event = one.event()
+    copy = two.event(event_id=event["id"])
+    out = store.ingest_tenant("acme", {"gate-1": ([event], []), "gate-2": ([copy], [])})
+    assert len(out["gate-1"].stored + out["gate-2"].stored) == 1
+    assert len(out["gate-1"].duplicate + out["gate-2"].duplicate) == 1
+    assert _rows(pg_server, pg_db, "SELECT count(*) FROM access_logs") == [(1,)]
+    assert _rows(pg_server, pg_db, "SELECT count(*) FROM event_ids") == [(1,)]
