@@ -26,9 +26,10 @@ def _mutations(event: dict[str, Any]) -> list[dict[str, Any]]:
                 changed = copy.deepcopy(event)
                 (changed if where is event else changed["data"])[key] = value
                 out.append(changed)
-    extra = copy.deepcopy(event)
-    extra["data"]["synced_at"] = 1.0
-    out.append(extra)
+    for banned in ("synced_at", "pii_salt"):
+        extra = copy.deepcopy(event)
+        extra["data"][banned] = 1.0
+        out.append(extra)
     extra = copy.deepcopy(event)
     extra["Bad-Name"] = 1
     out.append(extra)
