@@ -10,13 +10,12 @@ is unavailable (the device retries; nothing is lost).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from aiohttp import web
 
-from gated.central.schemas import SchemaError, validate, validate_event
+from gated.central.schemas import SchemaError, parse_json, validate, validate_event
 from gated.central.snapshots import SHA256, SnapshotStore
 from gated.central.store import Device, Store
 
@@ -84,7 +83,7 @@ class HttpIngest:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BATCH_BYTES,
                                                 actual_size=len(body))
         try:
-            return json.loads(body)
+            return parse_json(body)
         except ValueError as err:
             raise web.HTTPBadRequest(text="not JSON") from err
 

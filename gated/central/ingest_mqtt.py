@@ -12,13 +12,13 @@ broker does not deliver it forever; the service keeps running.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import random
 import threading
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from psycopg_pool import PoolTimeout
 
-from gated.central.schemas import SchemaError, validate, validate_event
+from gated.central.schemas import SchemaError, parse_json, validate, validate_event
 from gated.central.store import DevicesBusy, Outcome, Store, Upload, dumps
 from gated.central.witness import rfc3339
 
@@ -76,6 +76,12 @@ class Stats:
     duplicate: int = 0
     db_errors: int = 0
     refusals: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a counter (the storing threads share these)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
 
 
 class MqttIngest:
@@ -86,7 +92,10 @@ class MqttIngest:
         self.settings = settings
         self.stats = Stats()
         self.connected = threading.Event()
-        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        # one queue per storing thread; a device's messages always go to the same one, so
+        # its events are stored in the order sent and a head after the events it covers
+        self._queues: list[queue.Queue[mqtt.MQTTMessage | None]] = [
+            queue.Queue() for _ in range(max(1, settings.workers))]
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
@@ -98,7 +107,8 @@ class MqttIngest:
         # the device side's window is 1,000; let the broker hand us as many before PUBACKs
         client.max_inflight_messages_set(2000)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(0.2, 5)
+        # paho's hint says int; it computes with floats, and 0.2 s keeps a broker restart short
+        client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -117,9 +127,9 @@ class MqttIngest:
                                   keepalive=self.settings.keepalive_s, clean_start=False,
                                   properties=props)
         self.client.loop_start()
-        for n in range(max(1, self.settings.workers)):
-            worker = threading.Thread(target=self._work, name=f"central-mqtt-store-{n}",
-                                      daemon=True)
+        for n, inbox in enumerate(self._queues):
+            worker = threading.Thread(target=self._work, args=(inbox,),
+                                      name=f"central-mqtt-store-{n}", daemon=True)
             worker.start()
             self._workers.append(worker)
         return self
@@ -127,8 +137,8 @@ class MqttIngest:
     def stop(self) -> None:
         """Stop taking messages; what is not stored yet is not PUBACKed (the broker keeps it)."""
         self._stop.set()
-        for _ in self._workers:
-            self._queue.put(None)
+        for inbox in self._queues:
+            inbox.put(None)
         for worker in self._workers:
             worker.join(30)
         self.client.disconnect()
@@ -151,13 +161,15 @@ class MqttIngest:
         self.connected.clear()
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._queue.put(message)
+        # gated/v1/{tenant}/{device}/…: the device's part of the topic picks the queue
+        device = message.topic.split("/", 4)[2:4]
+        self._queues[zlib.crc32("/".join(device).encode()) % len(self._queues)].put(message)
 
     # --- the worker ---------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, inbox: queue.Queue[mqtt.MQTTMessage | None]) -> None:
         while not self._stop.is_set():
-            first = self._queue.get()
+            first = inbox.get()
             if first is None:
                 return
             batch = [first]
@@ -166,8 +178,8 @@ class MqttIngest:
             while len(batch) < self.settings.batch_max and size < self.settings.batch_max_bytes:
                 left = deadline - time.monotonic()
                 try:
-                    more = self._queue.get(timeout=max(left, 0)) if left > 0 else (
-                        self._queue.get_nowait())
+                    more = inbox.get(timeout=max(left, 0)) if left > 0 else (
+                        inbox.get_nowait())
                 except queue.Empty:
                     break
                 if more is None:
@@ -183,7 +195,7 @@ class MqttIngest:
             lambda: {"events": [], "heads": [], "rejected": []})
         done: list[mqtt.MQTTMessage] = []
         for message in batch:
-            self.stats.received += 1
+            self.stats.count("received")
             parts = message.topic.split("/")
             # gated/v1/{tenant}/{device}/{kind…}; the broker's ACL bound the topic to the
             # authenticated username, so the topic is the device's proven identity
@@ -234,7 +246,7 @@ class MqttIngest:
         if len(payload) > MAX_MESSAGE:
             raise _Refused(None, f"{len(payload)} bytes is over {MAX_MESSAGE}")
         try:
-            body = json.loads(payload)
+            body = parse_json(payload)
         except ValueError as err:
             raise _Refused(None, "not JSON") from err
         if kind == "events" and isinstance(body, list):
@@ -311,8 +323,8 @@ class MqttIngest:
         except _Refused:
             return {}  # nothing acked: the devices send these again
         for outcome in outcomes.values():
-            self.stats.stored += len(outcome.stored)
-            self.stats.duplicate += len(outcome.duplicate)
+            self.stats.count("stored", len(outcome.stored))
+            self.stats.count("duplicate", len(outcome.duplicate))
         return outcomes
 
     def _keep_result(self, tenant_id: str, device_id: str, body: dict[str, Any]) -> bool:
@@ -334,7 +346,7 @@ class MqttIngest:
                 raise
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as err:
                 # the database is away: hold the batch (no PUBACK, no ack) and try again
-                self.stats.db_errors += 1
+                self.stats.count("db_errors")
                 log.warning("database step failed (%s); retrying in %.1f s", err, delay)
                 if self._stop.wait(delay):
                     raise
@@ -343,27 +355,28 @@ class MqttIngest:
                 # Anything else would fail again on every retry and stall the instance. The
                 # message is let go unacknowledged by the protocol: the device still holds
                 # the event and sends it again after its ack_timeout_s.
-                self.stats.db_errors += 1
+                self.stats.count("db_errors")
                 log.exception("database step failed for good: %s", err)
                 raise _Refused(None, f"storage failed: {type(err).__name__}") from err
 
     def _ack(self, tenant_id: str, device_id: str, outcome: Outcome) -> None:
         body = outcome.answer()
         # an ack lists at most 10,000 ids per list (ack.json); batches are smaller
+        data = {k: v for k, v in body.items() if v is not None or k == "head"}
+        if not outcome.head:
+            for key in ("head", "head_status", "head_seq", "head_reason"):
+                data.pop(key, None)
         ack = {"specversion": "1.0", "id": str(uuid.uuid4()),
                "source": f"gated-service://{tenant_id}", "type": "io.gated.ack.v1",
                "time": rfc3339(time.time()), "datacontenttype": "application/json",
-               "data": {k: v for k, v in body.items() if v is not None or k == "head"}}
-        if not outcome.head:
-            for key in ("head", "head_status", "head_seq", "head_reason"):
-                ack["data"].pop(key, None)
+               "data": data}
         self.client.publish(f"gated/v1/{tenant_id}/{device_id}/acks", dumps(ack), qos=1)
 
     def _refuse(self, message: mqtt.MQTTMessage, event_id: str | None, reason: str) -> None:
         self._refused(message.topic, reason)
 
     def _refused(self, topic: str, reason: str) -> None:
-        self.stats.refused += 1
+        self.stats.count("refused")
         text = f"{topic}: {reason}"[:500]
         if len(self.stats.refusals) < 100:
             self.stats.refusals.append(text)

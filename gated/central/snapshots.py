@@ -208,7 +208,7 @@ class S3SnapshotStore:
 
     def _valid_key(self, key: str) -> bool:
         match = self._key.match(key)
-        return bool(match) and match.group(2).startswith(match.group(1))
+        return match is not None and match.group(2).startswith(match.group(1))
 
     def _request(self, method: str, key: str, body: bytes = b"",
                  headers: dict[str, str] | None = None) -> httpx.Response:

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import operator
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 import msgspec
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -50,10 +52,13 @@ _TIMES = ("created_at", "captured_at")
 # insert. ON COMMIT DELETE ROWS and IF NOT EXISTS in every transaction: nothing staged
 # outlives its transaction, so this is safe behind a transaction-pooling pooler too.
 _STAGE_LEAD = ("event_id", "device_id", "created_at", "seq", "prev_hash", "row_hash")
-_STAGE_COLUMNS = {
-    stream: _STAGE_LEAD + tuple(c for c in cols if c not in _STAGE_LEAD)
+# the columns taken from an event's data; access rows add snapshot_state (from the envelope)
+_DATA_COLUMNS = {
+    stream: _STAGE_LEAD + tuple(c for c in cols if c not in (*_STAGE_LEAD, "snapshot_state"))
     for stream, cols in (("access", ACCESS_COLUMNS), ("audit", AUDIT_COLUMNS))
 }
+_STAGE_COLUMNS = {"access": (*_DATA_COLUMNS["access"], "snapshot_state"),
+                  "audit": _DATA_COLUMNS["audit"]}
 _CREATED = 2
 _STAGE = {stream: f"CREATE TEMP TABLE IF NOT EXISTS gated_stage_{stream} (LIKE {stream}_logs "
                   "INCLUDING DEFAULTS, chain text NOT NULL) ON COMMIT DELETE ROWS"
@@ -77,14 +82,16 @@ _FIX_TIMES = {stream: [cols.index(c) for c in ("captured_at",) if c in cols]
               for stream, cols in _STAGE_COLUMNS.items()}
 _FIX_JSON = {stream: [cols.index(c) for c in ("metadata", "old_values", "new_values")
                       if c in cols] for stream, cols in _STAGE_COLUMNS.items()}
-_FIX_SNAPSHOT = {stream: cols.index("snapshot_state") if "snapshot_state" in cols else -1
-                 for stream, cols in _STAGE_COLUMNS.items()}
+_PICK = {stream: operator.itemgetter(*cols) for stream, cols in _DATA_COLUMNS.items()}
 _JSON = msgspec.json.Encoder()
 
 
 def _stage_row(stream: str, event: Mapping[str, Any], data: Mapping[str, Any]) -> list[Any]:
     """An event's values in its stream's staging column order, ready for COPY."""
-    row = [data.get(name) for name in _STAGE_COLUMNS[stream]]
+    try:  # every column present (what current devices send): one C-level lookup
+        row = list(_PICK[stream](data))
+    except KeyError:
+        row = [data.get(name) for name in _DATA_COLUMNS[stream]]
     row[0] = event["id"].lower()
     row[_CREATED] = _iso(row[_CREATED])
     for at in _FIX_TIMES[stream]:
@@ -92,16 +99,20 @@ def _stage_row(stream: str, event: Mapping[str, Any], data: Mapping[str, Any]) -
     for at in _FIX_JSON[stream]:
         if row[at] is not None:
             row[at] = _JSON.encode(row[at]).decode("utf-8")
-    snapshot = _FIX_SNAPSHOT[stream]
-    if snapshot >= 0:
-        row[snapshot] = event.get("gatedsnapshot")
+    if stream == "access":
+        row.append(event.get("gatedsnapshot"))
     return row
+
+
+def _tenant_and_stage(conn: psycopg.Connection[Any], tenant_id: str) -> None:
+    """Set the transaction's tenant and make sure the staging tables exist: one round trip."""
+    conn.execute(sql.SQL("SELECT set_config('gated.tenant_id', {}, true); {}; {}").format(
+        sql.Literal(tenant_id), sql.SQL(_STAGE["access"]), sql.SQL(_STAGE["audit"])))
 
 
 def _insert_staged(conn: psycopg.Connection[Any], stream: str, rows: list[list[Any]],
                    linked: set[str]) -> set[tuple[str, str]]:
     """Stage and insert one stream's rows; the (event_id, device_id) pairs that were new."""
-    conn.execute(_STAGE[stream])
     with conn.cursor().copy(_COPY[stream]) as copy:
         for row in rows:
             row.append("linked" if row[0] in linked else "unlinked")
@@ -306,7 +317,7 @@ class Store:
                 index.append(_Indexed(row[0], device_id, stream, data["seq"],
                                       data["prev_hash"], data["row_hash"], row[_CREATED]))
         with self.pool.connection() as conn, conn.transaction():
-            _tenant(conn, tenant_id)
+            _tenant_and_stage(conn, tenant_id)
             # locked in device order, so two instances locking overlapping devices queue up
             # instead of deadlocking
             states: dict[str, list[Any]] = {str(r[0]): list(r[1:]) for r in conn.execute(
