@@ -544,6 +544,13 @@ class SyncConfig(_Section, frozen=True):
     # 1,000: drains a backlog ~1.8x faster than 256 (bench.sync) and fits Mosquitto's
     # default queue for a busy service (max_queued_messages 1000; docs/protocol.md, 4).
     mqtt_window: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 1000
+    # Events per MQTT message when a batch is sent (the backlog): the broker's and the
+    # service's cost is per message. 1: one plain event per message, for a service that
+    # takes no arrays; 500 and 1 MiB are what a service must take (docs/protocol.md, 5).
+    # The bytes' cap is 1 KiB short of 1 MiB: the topic and header must fit in the
+    # broker's max_packet_size (1 MiB in config/mosquitto/gated.conf) beside the payload.
+    mqtt_batch_max_events: Annotated[int, msgspec.Meta(ge=1, le=500)] = 100
+    mqtt_batch_max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1_047_552)] = 262_144
     http: SyncHttpConfig = SyncHttpConfig()
     batch_max_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     batch_max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=64 * 1024 * 1024)] = 1_048_576

@@ -125,6 +125,8 @@ class SyncService:
                     ack_timeout_s=self.sync.ack_timeout_s)
             self.transport = MqttUplink(self.link, self.outbox, self.identity,
                                         window=self.sync.mqtt_window, ack_mode=self.sync.ack,
+                                        batch_max_events=self.sync.mqtt_batch_max_events,
+                                        batch_max_bytes=self.sync.mqtt_batch_max_bytes,
                                         on_ack=self._on_ack)
         else:
             from gated.sync.http import HttpUplink

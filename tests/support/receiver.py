@@ -391,18 +391,27 @@ class Receiver:
         for topic, payload in items:
             prefix = topic.rsplit("/", 1)[0] + "/"
             try:
-                event = json.loads(payload)
+                body = json.loads(payload)
             except ValueError:
                 self.invalid.append(f"{topic}: not JSON")
                 continue
-            if not self._check(event):
+            # …/events may carry a batch: a JSON array of 1 to 500 events (protocol, 5)
+            batch = body if topic.endswith("/events") and isinstance(body, list) else [body]
+            if not 0 < len(batch) <= 500:
+                self.invalid.append(f"{topic}: a batch of {len(batch)} events")
                 continue
-            if topic.endswith("/events"):
-                events[prefix].append(event)
-            elif topic.endswith("/heads"):
-                answers[prefix].append(event)
-            else:
-                self.heartbeats.append(event)
+            for event in batch:
+                if not isinstance(event, dict):
+                    self.invalid.append(f"{topic}: not a JSON object")
+                    continue
+                if not self._check(event):
+                    continue
+                if topic.endswith("/events"):
+                    events[prefix].append(event)
+                elif topic.endswith("/heads"):
+                    answers[prefix].append(event)
+                else:
+                    self.heartbeats.append(event)
         for prefix in set(events) | set(answers):
             stored, duplicate, rejected = self.store(events.get(prefix, []))
             head_answer: dict[str, Any] = {}
