@@ -8,8 +8,9 @@ exist. Lists filter by whitelisted columns with bound values (gated.central.view
 
 Status codes: 400 a query string or form the viewer cannot take (the message says
 which key), 401 no session, 403 wrong role / CSRF / origin, 404 nothing visible by that
-name, 429 locked out. Roles: viewer (access events, event pages, pictures, devices, CSV)
-< auditor (+ audit events) < admin (+ the tenant's users).
+name, 429 locked out. Roles: viewer (access events, event pages, pictures, devices and
+the commands sent to each, CSV) < auditor (+ audit events) < admin (+ the tenant's users,
+sending remote commands).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 import psycopg
@@ -37,7 +38,15 @@ from psycopg_pool import PoolTimeout
 
 from gated.central.viewer import accounts
 from gated.central.viewer.accounts import RANK, ROLES, AccountError, Connect, ViewerSession
-from gated.central.viewer.lists import ACCESS, AUDIT, CSV_ACCESS, CSV_AUDIT, EVENT_TYPES, STATUSES
+from gated.central.viewer.lists import (
+    ACCESS,
+    AUDIT,
+    COMMANDS,
+    CSV_ACCESS,
+    CSV_AUDIT,
+    EVENT_TYPES,
+    STATUSES,
+)
 from gated.central.viewer.query import (
     FilterError,
     Filters,
@@ -60,6 +69,9 @@ CSV_BATCH = 500
 MAX_BODY = 64 * 1024
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DEVICE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # as the devices table checks
+_ACTIONS = ("open", "hold", "release", "lockdown_on", "lockdown_off", "reload_rules",
+            "sync_rules")
 _HERE = Path(__file__).resolve().parent
 _WEB = _HERE.parent.parent / "web"
 
@@ -121,6 +133,7 @@ def make_viewer_app(connect: Any, cfg: ViewerConfig) -> web.Application:
     r.add_get("/audit.csv", viewer.audit_csv)
     r.add_get("/audit/{event_id}", viewer.audit_row)
     r.add_get("/devices", viewer.devices)
+    r.add_get("/devices/{device_id}", viewer.device_page)
     r.add_post("/devices/{device_id}/commands", viewer.device_command)
     r.add_get("/users", viewer.users)
     r.add_post("/users", viewer.user_add)
@@ -516,6 +529,16 @@ class _Viewer:
         """Per-device health: online, last heartbeat, backlog, rule set, witnessed chain."""
         return await self._devices_view(request, self._need(request, "viewer"))
 
+    async def device_page(self, request: web.Request) -> web.Response:
+        """One device: its health and the commands issued to it with their outcomes."""
+        session = self._need(request, "viewer")
+        filters = self._filters(request, COMMANDS)  # a bad query is a 400 before any lookup
+        page = await self._device_view(request, session, request.match_info["device_id"],
+                                       filters)
+        if page is None:
+            raise _Problem(404, "no such device")
+        return page
+
     async def device_command(self, request: web.Request) -> web.Response:
         """An admin sends a signed remote command to one of the tenant's gates."""
         from gated.central.downlink import DownlinkError, check_command
@@ -526,44 +549,106 @@ class _Viewer:
                                 "([downlink] in central.toml)")
         device_id = request.match_info["device_id"]
         action = form.get("action", "")
+        fresh = parse_filters({}, COMMANDS, self.tz)
         try:
             args = check_command(action, form.get("lane") or None, form.get("reason") or None,
                                  60.0)
             command_id = await self.cfg.issue_command(session.tenant_id, device_id, action,
                                                       args, f"viewer:{session.user}")
         except DownlinkError as err:
-            return await self._devices_view(request, session, error=str(err), http_status=400)
-        return await self._devices_view(
-            request, session, message=f"{action} sent to {device_id} (command {command_id})")
+            # the device's page when the tenant has that device, else the list (unknown id)
+            page = await self._device_view(request, session, device_id, fresh,
+                                           error=str(err), http_status=400)
+            return page or await self._devices_view(request, session, error=str(err),
+                                                    http_status=400)
+        # The device's page, so the command just sent shows at the top of its list.
+        page = await self._device_view(
+            request, session, device_id, fresh,
+            message=f"{action} sent to {device_id} (command {command_id})")
+        if page is None:  # recorded moments ago, so only a device removed since lands here
+            raise _Problem(404, "no such device")
+        return page
+
+    async def _device_rows(self, cur: Any, tenant_id: str,
+                           device_id: str | None = None) -> list[dict[str, Any]]:
+        """The health of the tenant's devices, or of one of them."""
+        await cur.execute(
+            "SELECT device_id, site_id, last_heartbeat_at, backlog, rules_version, status, "
+            "status_at, chain_seq, head_seq, forked, "
+            "coalesce(last_heartbeat_at > now() - %s, false) AS online, "
+            "heartbeat->>'version' AS version, heartbeat->'healthy' AS healthy, "
+            "heartbeat->'oldest_unsynced_age_s' AS oldest_unsynced_age_s, "
+            # the downlink: the bundle version the gate runs against the newest published
+            # for it, so a gate that was sent a rule set but did not install it shows
+            "rules_bundle->>'rules_bundle_version' AS bundle_version, "
+            "rules_bundle->>'rules_last_error' AS rules_error, "
+            "(SELECT max(b.version) FROM rule_bundles b WHERE b.tenant_id = d.tenant_id "
+            "AND b.device_id = d.device_id) AS published_version, "
+            # A gate syncing over HTTP sends no heartbeat: its newest row's arrival is
+            # the last sign of it (by the (tenant, device, seq) index, not a scan).
+            "(SELECT e.received_at FROM event_ids e WHERE e.tenant_id = d.tenant_id "
+            "AND e.device_id = d.device_id ORDER BY e.seq DESC LIMIT 1) AS last_upload_at "
+            "FROM devices d WHERE tenant_id = %s AND (%s::text IS NULL OR device_id = %s) "
+            "ORDER BY site_id NULLS LAST, device_id",
+            [dt.timedelta(seconds=self.cfg.online_after_s), tenant_id, device_id, device_id])
+        rows: list[dict[str, Any]] = await cur.fetchall()
+        return rows
+
+    def _command_context(self) -> dict[str, Any]:
+        """What the device templates need to show the command form, or to leave it out."""
+        return {"online_after_s": self.cfg.online_after_s,
+                "commands": self.cfg.issue_command is not None, "actions": _ACTIONS}
 
     async def _devices_view(self, request: web.Request, session: ViewerSession, *,
                             message: str = "", error: str = "",
                             http_status: int = 200) -> web.Response:
         async with self.tx(session.tenant_id) as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT device_id, site_id, last_heartbeat_at, backlog, rules_version, status, "
-                "status_at, chain_seq, head_seq, forked, "
-                "coalesce(last_heartbeat_at > now() - %s, false) AS online, "
-                "heartbeat->>'version' AS version, heartbeat->'healthy' AS healthy, "
-                "heartbeat->'oldest_unsynced_age_s' AS oldest_unsynced_age_s, "
-                # the downlink: the bundle version the gate runs against the newest published
-                # for it, so a gate that was sent a rule set but did not install it shows
-                "rules_bundle->>'rules_bundle_version' AS bundle_version, "
-                "rules_bundle->>'rules_last_error' AS rules_error, "
-                "(SELECT max(b.version) FROM rule_bundles b WHERE b.tenant_id = d.tenant_id "
-                "AND b.device_id = d.device_id) AS published_version, "
-                # A gate syncing over HTTP sends no heartbeat: its newest row's arrival is
-                # the last sign of it (by the (tenant, device, seq) index, not a scan).
-                "(SELECT e.received_at FROM event_ids e WHERE e.tenant_id = d.tenant_id "
-                "AND e.device_id = d.device_id ORDER BY e.seq DESC LIMIT 1) AS last_upload_at "
-                "FROM devices d WHERE tenant_id = %s ORDER BY site_id NULLS LAST, device_id",
-                [dt.timedelta(seconds=self.cfg.online_after_s), session.tenant_id])
-            rows = await cur.fetchall()
+            rows = await self._device_rows(cur, session.tenant_id)
         return self._render(request, "viewer_devices.html", http_status=http_status, rows=rows,
-                            online_after_s=self.cfg.online_after_s, message=message, error=error,
-                            commands=self.cfg.issue_command is not None,
-                            actions=("open", "hold", "release", "lockdown_on", "lockdown_off",
-                                     "reload_rules", "sync_rules"))
+                            message=message, error=error, **self._command_context())
+
+    async def _device_view(self, request: web.Request, session: ViewerSession, device_id: str,
+                           filters: Filters, *, message: str = "", error: str = "",
+                           http_status: int = 200) -> web.Response | None:
+        """The device's page, or None when the tenant has no such device."""
+        if not _DEVICE.match(device_id):
+            return None
+        # The device is named by the path: an equality on commands.device_id, bound.
+        filters.equals["device_id"] = device_id
+        page, params = select_page(COMMANDS, filters, session.tenant_id,
+                                   limit=filters.limit + 1)
+        # The outcome is the device's answer to *this* command: a result counts only when
+        # the device it came from is the device the command went to (another gate of the
+        # tenant may name any command id in its results; the ingest keeps those as
+        # evidence). The first answer received is the outcome: a command delivered twice
+        # (MQTT QoS 1) is answered again as a replay, which says nothing of the first.
+        statement = sql.SQL(
+            "SELECT p.*, p.expires_at <= now() AS expired, r.outcome, r.reason, r.message, "
+            "r.at AS answered_at, r.signature_verified, r.answers FROM ({page}) p "
+            "LEFT JOIN LATERAL (SELECT x.outcome, x.reason, x.message, x.at, "
+            "x.signature_verified, count(*) OVER () AS answers FROM command_results x "
+            "WHERE x.tenant_id = %s AND x.command_id = p.command_id::text "
+            "AND x.device_id = p.device_id "
+            "ORDER BY x.signature_verified DESC, x.received_at, x.result_id LIMIT 1) r ON true "
+            "ORDER BY p.issued_at DESC, p.command_id::text DESC").format(page=page)
+        async with self.tx(session.tenant_id) as conn, conn.cursor(row_factory=dict_row) as cur:
+            found = await self._device_rows(cur, session.tenant_id, device_id)
+            if not found:
+                return None
+            await cur.execute(statement, [*params, session.tenant_id])
+            rows = await cur.fetchall()
+        more = len(rows) > filters.limit
+        rows = rows[:filters.limit]
+        for row in rows:
+            row["state"], row["state_words"] = _command_state(row)
+            row["who"], row["via"] = _issuer(str(row["issued_by"]))
+        next_url = None
+        if more:
+            next_url = (f"/devices/{quote(device_id)}?"
+                        + urlencode({**filters.shown, "before": cursor(rows[-1], COMMANDS)}))
+        return self._render(request, "viewer_device.html", http_status=http_status,
+                            d=found[0], rows=rows, next_url=next_url, message=message,
+                            error=error, **self._command_context())
 
     # --- users (admin) ------------------------------------------------------------------
 
@@ -647,6 +732,32 @@ class _Viewer:
 
 def _without_paging(shown: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in shown.items() if k not in ("before", "limit")}
+
+
+def _command_state(row: Mapping[str, Any]) -> tuple[str, str]:
+    """A command's outcome as (state, words): done, refused, failed, expired or pending."""
+    outcome = row.get("outcome")
+    message = str(row.get("message") or "")
+    if outcome == "success":
+        return "done", message
+    if outcome == "refused":
+        reason = row.get("reason")
+        return "refused", f"{reason}: {message}" if reason else message
+    if outcome is not None:  # "failed": accepted, then the gate could not do it
+        return str(outcome), message
+    if row.get("expired"):
+        return "expired", "no answer before it expired"
+    return "pending", "no answer yet"
+
+
+def _issuer(issued_by: str) -> tuple[str, str]:
+    """Who sent a command and how: (name, "viewer" or "CLI") from its issuer."""
+    kind, sep, name = issued_by.partition(":")
+    if sep and kind == "viewer":
+        return name, "viewer"
+    if sep and kind == "unix":  # `gated central command` names the operator's Unix account
+        return name, "CLI"
+    return issued_by, ""
 
 
 def _explain(row: Mapping[str, Any]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gated.central.viewer.query import Field, Listing
 
-__all__ = ["ACCESS", "AUDIT", "CSV_ACCESS", "CSV_AUDIT", "EVENT_TYPES", "STATUSES"]
+__all__ = ["ACCESS", "AUDIT", "COMMANDS", "CSV_ACCESS", "CSV_AUDIT", "EVENT_TYPES", "STATUSES"]
 
 EVENT_TYPES = ("entry", "exit", "denied", "visitor_entry")
 STATUSES = ("success", "failure", "partial")
@@ -43,6 +43,17 @@ AUDIT = Listing(
     ),
     time_column="created_at",
     key_column="event_id",
+)
+
+# The commands issued to one device (docs/central.md section 9), on the device's page. The
+# device comes from the path, not the query string: the list takes only since/until and paging.
+COMMANDS = Listing(
+    table="commands",
+    columns=("command_id", "device_id", "action", "args", "issued_by", "issued_at",
+             "expires_at"),
+    fields=(),
+    time_column="issued_at",
+    key_column="command_id",
 )
 
 # CSV columns: (header, column). Plates, names and actors are hostile text: every cell goes
