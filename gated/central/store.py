@@ -7,7 +7,6 @@ security). Nothing is acknowledged before that transaction commits.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -47,8 +46,10 @@ AUDIT_COLUMNS = (
 _TIMES = ("created_at", "captured_at")
 # Events are COPYed into a temporary staging table of the session (COPY into the event
 # tables themselves is refused under row-level security), then one statement inserts the
-# new ids into event_ids and, for exactly those, the rows into the stream's table. Each
-# staged row leads with event_id, device_id, created_at; `chain` is the witness's verdict at
+# new ids into event_ids and, for exactly those, the rows into the stream's table. A staged
+# row leads with event_id and device_id; its times are the device's epoch seconds, turned
+# into timestamps by PostgreSQL (cheaper than formatting them in Python, and an impossible
+# time is a refused event instead of an exception); `chain` is the witness's verdict at
 # insert. ON COMMIT DELETE ROWS and IF NOT EXISTS in every transaction: nothing staged
 # outlives its transaction, so this is safe behind a transaction-pooling pooler too.
 _STAGE_LEAD = ("event_id", "device_id", "created_at", "seq", "prev_hash", "row_hash")
@@ -59,27 +60,7 @@ _DATA_COLUMNS = {
 }
 _STAGE_COLUMNS = {"access": (*_DATA_COLUMNS["access"], "snapshot_state"),
                   "audit": _DATA_COLUMNS["audit"]}
-_CREATED = 2
-_STAGE = {stream: f"CREATE TEMP TABLE IF NOT EXISTS gated_stage_{stream} (LIKE {stream}_logs "
-                  "INCLUDING DEFAULTS, chain text NOT NULL) ON COMMIT DELETE ROWS"
-          for stream in _STAGE_COLUMNS}
-_COPY = {stream: f"COPY gated_stage_{stream} ({', '.join(cols)}, chain) FROM STDIN"
-         for stream, cols in _STAGE_COLUMNS.items()}
-_MOVE = {
-    stream: (
-        "WITH new AS (INSERT INTO event_ids (tenant_id, event_id, device_id, stream, seq,"
-        " prev_hash, row_hash, created_at, chain) SELECT tenant_id, event_id, device_id,"
-        f" '{stream}', seq, prev_hash, row_hash, created_at, chain FROM gated_stage_{stream}"
-        " ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id, device_id),"
-        f" kept AS (INSERT INTO {stream}_logs ({', '.join(cols)}) SELECT"
-        f" {', '.join('s.' + c for c in cols)} FROM gated_stage_{stream} s"
-        " JOIN new ON new.event_id = s.event_id AND new.device_id = s.device_id)"
-        " SELECT event_id::text, device_id FROM new")
-    for stream, cols in _STAGE_COLUMNS.items()
-}
-# positions in a staged row of the values converted before COPY
-_FIX_TIMES = {stream: [cols.index(c) for c in ("captured_at",) if c in cols]
-              for stream, cols in _STAGE_COLUMNS.items()}
+# positions in a staged row of the JSON columns, encoded before COPY
 _FIX_JSON = {stream: [cols.index(c) for c in ("metadata", "old_values", "new_values")
                       if c in cols] for stream, cols in _STAGE_COLUMNS.items()}
 _PICK = {stream: operator.itemgetter(*cols) for stream, cols in _DATA_COLUMNS.items()}
@@ -93,9 +74,6 @@ def _stage_row(stream: str, event: Mapping[str, Any], data: Mapping[str, Any]) -
     except KeyError:
         row = [data.get(name) for name in _DATA_COLUMNS[stream]]
     row[0] = event["id"].lower()
-    row[_CREATED] = _iso(row[_CREATED])
-    for at in _FIX_TIMES[stream]:
-        row[at] = _iso(row[at])
     for at in _FIX_JSON[stream]:
         if row[at] is not None:
             row[at] = _JSON.encode(row[at]).decode("utf-8")
@@ -104,27 +82,58 @@ def _stage_row(stream: str, event: Mapping[str, Any], data: Mapping[str, Any]) -
     return row
 
 
-def _tenant_and_stage(conn: psycopg.Connection[Any], tenant_id: str) -> None:
+@dataclass(frozen=True)
+class _Staging:
+    """The staging statements, built from the event tables' columns as the database has them."""
+
+    create: str  # both streams' CREATE TEMP TABLE IF NOT EXISTS
+    copy: dict[str, str]
+    move: dict[str, str]
+
+
+def _staging(conn: psycopg.Connection[Any]) -> _Staging:
+    """Read the event tables' column types and build the staging statements."""
+    creates, copies, moves = [], {}, {}
+    for stream, cols in _STAGE_COLUMNS.items():
+        types = dict(conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (f"{stream}_logs",)).fetchall())
+        columns = ", ".join(f"{c} {'float8' if c in _TIMES else types[c]}" for c in cols)
+        # named after its layout, so a session that staged for an older schema never reuses
+        # a table of the wrong shape
+        name = f"gated_stage_{stream}_{hashlib.sha256(columns.encode()).hexdigest()[:8]}"
+        creates.append(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns}, chain text NOT NULL)"
+                       " ON COMMIT DELETE ROWS")
+        copies[stream] = f"COPY {name} ({', '.join(cols)}, chain) FROM STDIN"
+        picks = ", ".join(f"to_timestamp(s.{c})" if c in _TIMES else f"s.{c}" for c in cols)
+        moves[stream] = (
+            "WITH new AS (INSERT INTO event_ids (tenant_id, event_id, device_id, stream, seq,"
+            " prev_hash, row_hash, created_at, chain) SELECT tenant_id, event_id, device_id,"
+            f" '{stream}', seq, prev_hash, row_hash, to_timestamp(created_at), chain FROM {name}"
+            " ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id, device_id),"
+            f" kept AS (INSERT INTO {stream}_logs ({', '.join(cols)}) SELECT {picks} FROM {name} s"
+            " JOIN new ON new.event_id = s.event_id AND new.device_id = s.device_id)"
+            " SELECT event_id::text, device_id FROM new")
+    return _Staging("; ".join(creates), copies, moves)
+
+
+def _tenant_and_stage(conn: psycopg.Connection[Any], staging: _Staging, tenant_id: str) -> None:
     """Set the transaction's tenant and make sure the staging tables exist: one round trip."""
-    conn.execute(sql.SQL("SELECT set_config('gated.tenant_id', {}, true); {}; {}").format(
-        sql.Literal(tenant_id), sql.SQL(_STAGE["access"]), sql.SQL(_STAGE["audit"])))
+    conn.execute(sql.SQL("SELECT set_config('gated.tenant_id', {}, true); {}").format(
+        sql.Literal(tenant_id), sql.SQL(staging.create)))
 
 
-def _insert_staged(conn: psycopg.Connection[Any], stream: str, rows: list[list[Any]],
-                   linked: set[str]) -> set[tuple[str, str]]:
+def _insert_staged(conn: psycopg.Connection[Any], staging: _Staging, stream: str,
+                   rows: list[list[Any]], linked: set[str]) -> set[tuple[str, str]]:
     """Stage and insert one stream's rows; the (event_id, device_id) pairs that were new."""
-    with conn.cursor().copy(_COPY[stream]) as copy:
+    with conn.cursor().copy(staging.copy[stream]) as copy:
         for row in rows:
             row.append("linked" if row[0] in linked else "unlinked")
             copy.write_row(row)
             row.pop()
-    return {(str(r[0]), str(r[1])) for r in conn.execute(_MOVE[stream]).fetchall()}
-
-
-def _iso(ts: Any) -> str | None:
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(float(ts), dt.UTC).isoformat()
+    return {(str(r[0]), str(r[1])) for r in conn.execute(
+        staging.move[stream]).fetchall()}
 
 
 # one device's share of an ingest: (events, heads)
@@ -132,7 +141,7 @@ Upload = tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]
 
 
 class _Indexed(NamedTuple):
-    """An event's event_ids row, in the column order of the insert's unnest."""
+    """What the witness needs of an event being stored."""
 
     event_id: str
     device_id: str
@@ -140,7 +149,6 @@ class _Indexed(NamedTuple):
     seq: int
     prev_hash: str
     row_hash: str
-    created_at: str | None
 
 
 class _WalkHeldRows(Exception):
@@ -196,6 +204,7 @@ class Store:
                                    name=f"gated-{instance}")
         self.key = service_key
         self.instance = instance
+        self._staging: _Staging | None = None  # read from the catalog at the first ingest
 
     def open(self, wait: float = 30.0) -> Store:
         """Open the pool (waits until PostgreSQL answers) and make next months' partitions."""
@@ -315,9 +324,12 @@ class Store:
                 row = _stage_row(stream, event, data)
                 rows[stream].append(row)
                 index.append(_Indexed(row[0], device_id, stream, data["seq"],
-                                      data["prev_hash"], data["row_hash"], row[_CREATED]))
+                                      data["prev_hash"], data["row_hash"]))
         with self.pool.connection() as conn, conn.transaction():
-            _tenant_and_stage(conn, tenant_id)
+            if self._staging is None:
+                self._staging = _staging(conn)
+            staging = self._staging
+            _tenant_and_stage(conn, staging, tenant_id)
             # locked in device order, so two instances locking overlapping devices queue up
             # instead of deadlocking
             states: dict[str, list[Any]] = {str(r[0]): list(r[1:]) for r in conn.execute(
@@ -337,7 +349,7 @@ class Store:
             for stream, stream_rows in rows.items():
                 staged = [r for r in stream_rows if r[1] in states]
                 if staged:
-                    new_keys |= _insert_staged(conn, stream, staged, linked)
+                    new_keys |= _insert_staged(conn, staging, stream, staged, linked)
             new_ids = {event_id for event_id, _device in new_keys}
             if not linked <= new_ids:
                 # a row linked before the insert was already held (the same id, stored
@@ -390,8 +402,10 @@ class Store:
         # a statement of its own, after the lock: it sees what a transaction we waited for
         # committed (the locking statement's snapshot predates that wait)
         beyond = {str(r[0]) for r in conn.execute(
-            "SELECT t.d FROM unnest(%s::text[], %s::bigint[]) AS t(d, q) WHERE EXISTS ("
-            "SELECT 1 FROM event_ids e WHERE e.device_id = t.d AND e.seq > t.q)",
+            # LATERAL … LIMIT 1: one index probe per device, also under a prepared statement's
+            # generic plan (an EXISTS there could become a join over the whole table)
+            "SELECT t.d FROM unnest(%s::text[], %s::bigint[]) AS t(d, q) CROSS JOIN LATERAL ("
+            "SELECT 1 FROM event_ids e WHERE e.device_id = t.d AND e.seq > t.q LIMIT 1) AS x",
             (ids, [states[d][0] for d in ids])).fetchall()}
         walks: dict[str, witness.Walk] = {}
         for device_id, entries in by_device.items():

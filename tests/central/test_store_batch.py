@@ -95,7 +95,12 @@ def test_rows_in_order_are_linked_as_they_are_inserted(
         (10, second[-1]["data"]["row_hash"])]
     # the staging tables are the session's own and empty after each commit
     with store.pool.connection() as conn:
-        assert conn.execute("SELECT count(*) FROM gated_stage_access").fetchone() == (0,)
+        tables = [r[0] for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
+            "AND relname LIKE 'gated_stage_%'").fetchall()]
+        assert len(tables) == 2
+        for table in tables:
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
 
 
 def test_a_row_reusing_a_stored_id_is_not_linked_past_the_prefix(
@@ -127,3 +132,19 @@ def test_two_devices_sending_one_id_store_it_once(
     assert len(out["gate-1"].duplicate + out["gate-2"].duplicate) == 1
     assert _rows(pg_server, pg_db, "SELECT count(*) FROM access_logs") == [(1,)]
     assert _rows(pg_server, pg_db, "SELECT count(*) FROM event_ids") == [(1,)]
+
+
+def test_an_impossible_time_is_refused_alone(
+        store: Store, owner: psycopg.Connection[Any], pg_server: PgServer, pg_db: str) -> None:
+    """A schema-valid number no timestamp can hold refuses that event, not the batch."""
+    gate = SimDevice("acme", "hq", "gate-1")
+    enrol_device(owner, "acme", "gate-1", "hq", gate.public_b64)
+    before = gate.event()
+    far = gate.event(created_at=1e300)
+    after = gate.event(captured_at=-1e300)
+    last = gate.event()
+    out = store.ingest_tenant("acme", {"gate-1": ([before, far, after, last], [])})["gate-1"]
+    assert sorted(out.stored) == sorted([before["id"], last["id"]])
+    assert sorted(r["id"] for r in out.rejected) == sorted([far["id"], after["id"]])
+    assert all(not r["retryable"] for r in out.rejected)
+    assert _rows(pg_server, pg_db, "SELECT count(*) FROM access_logs") == [(2,)]
