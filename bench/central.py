@@ -5,18 +5,26 @@ line:
 
 * devices, events: simulated devices and the events each sends (access rows, chained and
   valid against the protocol's schemas, built by tests/support/device_sim.py);
+* events_per_message: events per MQTT message, by default the device's
+  `[sync] mqtt_batch_max_events` (a backlog goes up in batches: docs/protocol.md section 5);
 * ingest_events_per_s_1 / _2: events stored per second by one and by two `gated central run`
   processes sharing the subscription, each on a fresh migrated database. The backlog is
   published first into the instances' persistent sessions (queued at the broker), then
   the instances start; the clock runs from the first stored event to the last, so it
   measures ingest (JSON, schema validation, identity and hash checks, the witness, the
   PostgreSQL transaction, the ack and the PUBACK), not the publishers;
+* ingest_single_events_per_s_1: one instance when every event is a message of its own (the
+  live lane's form, and a device with mqtt_batch_max_events = 1);
 * raw_pg_events_per_s: the same rows written by a bare `COPY` into the tables the ingest
   writes, event_ids and access_logs with all their indexes, as the superuser (no
   validation, no row-level security, no witness): the baseline; raw_pg_access_only_events_per_s
   the same into access_logs alone;
 * publish_events_per_s: the simulated devices' publisher alone into the broker (queued for
   a persistent session): it has to be well above the ingest rates for them to mean anything;
+* central_cpu_us_per_event_1, pg_cpu_us_per_event_1: CPU time of the one instance, and of
+  every PostgreSQL process, per event stored (from the first stored event on, start-up left
+  out); central_cpu_us_per_event_single the same for one event a message;
+  central_peak_rss_mb_1: the one instance's peak resident memory;
 * lost: events not stored at the end; duplicates_stored: rows stored more than once.
 
 PostgreSQL runs with fsync off (a throw-away cluster, tests/support/postgres.py); the
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -44,6 +53,7 @@ from paho.mqtt.properties import Properties
 
 from gated.central.admin import enrol_device
 from gated.central.store import ACCESS_COLUMNS
+from gated.config import SyncConfig
 from gated.sync.envelope import encode
 from gated.sync.signing import load_or_create_key
 from tests.support.broker import HOST, MOSQUITTO, free_port, wait_until_accepting
@@ -98,14 +108,47 @@ def _publish(port: int, payloads: list[tuple[str, bytes]]) -> None:
     client.loop_stop()
 
 
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _postgres_ticks() -> int:
+    """CPU ticks of every PostgreSQL process on the machine (the bench's cluster alone)."""
+    total = 0
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+        except OSError:
+            continue
+        total += _cpu_ticks(int(pid))
+    return total
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM) in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _count(server: PgServer, db: str) -> int:
     with server.connect(db) as conn:
         return int(conn.execute("SELECT count(*) FROM event_ids").fetchone()[0])  # type: ignore[index]
 
 
 def _run(server: PgServer, tmp: Path, sims: list[SimDevice],
-         payloads: list[tuple[str, bytes]], instances: int, key_file: Path,
-         timeout_s: float) -> tuple[float, int, int]:
+         payloads: list[tuple[str, bytes]], total_events: int, instances: int,
+         key_file: Path, timeout_s: float) -> dict[str, float]:
     db = server.create_database(template="gated_bench_template")
     with server.connect(db, OWNER) as conn:
         for sim in sims:
@@ -126,7 +169,7 @@ def _run(server: PgServer, tmp: Path, sims: list[SimDevice],
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "gated", "central", "run", "--config", str(config)],
                 stdout=subprocess.DEVNULL, stderr=(tmp / f"{client_id}.log").open("wb")))
-        total = len(payloads)
+        total = total_events
         deadline = time.monotonic() + timeout_s
         first = None
         stored = 0
@@ -134,16 +177,27 @@ def _run(server: PgServer, tmp: Path, sims: list[SimDevice],
             stored = _count(server, db)
             if stored and first is None:
                 first = (time.monotonic(), stored)
+                # CPU from the first stored event on (the instances' start-up left out)
+                ticks = (sum(_cpu_ticks(p.pid) for p in procs), _postgres_ticks())
             if stored >= total:
                 break
             time.sleep(0.05)
         end = time.monotonic()
         assert first is not None, "nothing was stored"
-        rate = (stored - first[1]) / max(end - first[0], 1e-6)
+        counted = max(stored - first[1], 1)
+        per_event = 1e6 / os.sysconf("SC_CLK_TCK") / counted
+        figures = {
+            "rate": (stored - first[1]) / max(end - first[0], 1e-6),
+            "central_cpu_us": (sum(_cpu_ticks(p.pid) for p in procs) - ticks[0]) * per_event,
+            "pg_cpu_us": (_postgres_ticks() - ticks[1]) * per_event,
+            "rss_mb": max(_peak_rss_mb(p.pid) for p in procs),
+        }
         with server.connect(db) as conn:
             rows, distinct = conn.execute(
                 "SELECT count(*), count(DISTINCT event_id) FROM access_logs").fetchone()  # type: ignore[misc]
-        return rate, total - stored, rows - distinct
+        figures["lost"] = total - stored
+        figures["duplicates"] = rows - distinct
+        return figures
     finally:
         for proc in procs:
             proc.terminate()
@@ -210,17 +264,37 @@ def _raw_copy(server: PgServer, sims: list[SimDevice], events: list[dict[str, An
         server.drop_database(db)
 
 
-def _publish_rate(tmp: Path, payloads: list[tuple[str, bytes]]) -> float:
+def _publish_rate(tmp: Path, payloads: list[tuple[str, bytes]], total_events: int) -> float:
     """Events per second the simulated devices' publisher gets into the broker alone."""
     broker, port = _broker(tmp)
     try:
         _subscribe_sessions(port, ["central-publish-only"])
         start = time.monotonic()
         _publish(port, payloads)
-        return len(payloads) / (time.monotonic() - start)
+        return total_events / (time.monotonic() - start)
     finally:
         broker.terminate()
         broker.wait(10)
+
+
+def _payloads(sims: list[SimDevice], events_per_device: int, per_message: int
+              ) -> tuple[list[dict[str, Any]], list[tuple[str, bytes]]]:
+    """The devices' events, and their MQTT messages of `per_message` events each.
+
+    Built as the device's uplink builds them (gated/sync/mqtt.py): each event encoded once,
+    a batch the events' bytes joined into a JSON array; one event alone is a plain object.
+    """
+    events: list[dict[str, Any]] = []
+    payloads: list[tuple[str, bytes]] = []
+    for start in range(0, events_per_device, per_message):
+        for sim in sims:
+            batch = [sim.event("access") for _ in range(min(per_message,
+                                                           events_per_device - start))]
+            events += batch
+            parts = [encode(event) for event in batch]
+            payloads.append((sim.prefix + "events",
+                             parts[0] if per_message == 1 else b"[" + b",".join(parts) + b"]"))
+    return events, payloads
 
 
 def main() -> None:
@@ -229,35 +303,44 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--events", type=int, default=2000, help="events per device")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--per-message", type=int, default=SyncConfig().mqtt_batch_max_events,
+                        help="events per MQTT message (the device's mqtt_batch_max_events)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gated-bench-central-") as tmp_name:
         tmp = Path(tmp_name)
         key_file = tmp / "service.key"
         load_or_create_key(key_file)
         sims = [SimDevice(f"tenant-{i % 10}", "hq", f"gate-{i}") for i in range(args.devices)]
-        events = []
-        payloads = []
-        for n in range(args.events):
-            for sim in sims:
-                event = sim.event("access")
-                events.append(event)
-                payloads.append((sim.prefix + "events", encode(event)))
-            del n
+        events, payloads = _payloads(sims, args.events, args.per_message)
         with postgres_cluster() as server:
             server.create_database("gated_bench_template")
             raw = _raw_copy(server, sims, events, with_ids=True)
             raw_access = _raw_copy(server, sims, events, with_ids=False)
-            published = _publish_rate(tmp, payloads)
-            result: dict[str, Any] = {"devices": args.devices, "events": len(events)}
+            published = _publish_rate(tmp, payloads, len(events))
+            result: dict[str, Any] = {"devices": args.devices, "events": len(events),
+                                      "events_per_message": args.per_message}
             lost = dups = 0
             for instances in (1, 2):
-                rate, lost_n, dups_n = _run(server, tmp, sims, payloads, instances, key_file,
-                                            args.timeout)
-                result[f"ingest_events_per_s_{instances}"] = round(rate)
-                lost, dups = lost + lost_n, dups + dups_n
+                run = _run(server, tmp, sims, payloads, len(events), instances, key_file,
+                           args.timeout)
+                result[f"ingest_events_per_s_{instances}"] = round(run["rate"])
+                if instances == 1:
+                    one = run
+                lost, dups = lost + int(run["lost"]), dups + int(run["duplicates"])
+            # the live lane's form, one event a message, on fresh devices (their own chains)
+            singles = [SimDevice(s.tenant_id, s.site_id, s.device_id) for s in sims]
+            single_events, single_payloads = _payloads(singles, args.events, 1)
+            single = _run(server, tmp, singles, single_payloads, len(single_events), 1,
+                          key_file, args.timeout)
+            lost, dups = lost + int(single["lost"]), dups + int(single["duplicates"])
             result["raw_pg_events_per_s"] = round(raw)
             result["raw_pg_access_only_events_per_s"] = round(raw_access)
             result["publish_events_per_s"] = round(published)
+            result["ingest_single_events_per_s_1"] = round(single["rate"])
+            result["central_cpu_us_per_event_1"] = round(one["central_cpu_us"], 1)
+            result["pg_cpu_us_per_event_1"] = round(one["pg_cpu_us"], 1)
+            result["central_cpu_us_per_event_single"] = round(single["central_cpu_us"], 1)
+            result["central_peak_rss_mb_1"] = round(one["rss_mb"], 1)
             result["ingest_vs_raw_1"] = round(result["ingest_events_per_s_1"] / raw, 3)
             result["lost"] = lost
             result["duplicates_stored"] = dups

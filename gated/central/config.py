@@ -63,7 +63,8 @@ def load(path: str | Path) -> CentralConfig:
     if not config.database_url:
         raise ConfigError(f"{path}: [database] url is required")
     known = {"host", "port", "username", "password", "client_id", "group", "session_expiry_s",
-             "keepalive_s", "batch_max", "batch_wait_s", "batch_max_bytes", "workers",
+             "keepalive_s", "batch_max", "batch_wait_s", "batch_max_bytes", "queue_max_bytes",
+             "workers",
              "tls_ca_file"}
     unknown = set(mqtt) - known
     if unknown:

@@ -58,8 +58,13 @@ class MqttSettings:
     keepalive_s: int = 30
     batch_max: int = 1000
     batch_wait_s: float = 0.02
-    # a transaction's share of messages (a batch message carries up to 500 events)
-    batch_max_bytes: int = 2 * 1024 * 1024
+    # a transaction's share of messages (a batch message carries up to 500 events): large
+    # enough that a transaction's fixed cost (a dozen round trips, the commit) is small
+    # beside its rows
+    batch_max_bytes: int = 4 * 1024 * 1024
+    # messages received and not yet stored, in bytes: beyond it the MQTT thread waits, so a
+    # backlog stays queued at the broker instead of in this process's memory
+    queue_max_bytes: int = 16 * 1024 * 1024
     # storing threads: while one waits for PostgreSQL another parses and validates the next
     # batch (psycopg releases the interpreter lock while it waits)
     workers: int = 2
@@ -98,6 +103,8 @@ class MqttIngest:
             queue.Queue() for _ in range(max(1, settings.workers))]
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._room = threading.Condition()
+        self._queued_bytes = 0
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id,
                              protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
         if settings.username:
@@ -161,9 +168,24 @@ class MqttIngest:
         self.connected.clear()
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        size = len(message.payload)
+        with self._room:
+            # Back-pressure: the broker's window (ReceiveMaximum) counts messages, and a batch
+            # message is ~100 times a single event. Waiting here stops reading the socket;
+            # the broker keeps the rest. A few seconds at most while PostgreSQL is well.
+            while (self._queued_bytes > 0 and self._queued_bytes + size
+                   > self.settings.queue_max_bytes and not self._stop.is_set()):
+                self._room.wait(0.5)
+            self._queued_bytes += size
         # gated/v1/{tenant}/{device}/…: the device's part of the topic picks the queue
         device = message.topic.split("/", 4)[2:4]
         self._queues[zlib.crc32("/".join(device).encode()) % len(self._queues)].put(message)
+
+    def _stored(self, batch: list[mqtt.MQTTMessage]) -> None:
+        """A batch is done with: its bytes no longer count against the queue bound."""
+        with self._room:
+            self._queued_bytes -= sum(len(m.payload) for m in batch)
+            self._room.notify_all()
 
     # --- the worker ---------------------------------------------------------------------
 
@@ -187,7 +209,10 @@ class MqttIngest:
                     break
                 batch.append(more)
                 size += len(more.payload)
-            self._handle(batch)
+            try:
+                self._handle(batch)
+            finally:
+                self._stored(batch)
 
     def _handle(self, batch: list[mqtt.MQTTMessage]) -> None:
         """Store one batch, then ack each device and PUBACK each message."""

@@ -305,11 +305,12 @@ class Store:
         for device_id, (events, _heads) in uploads.items():
             outcome = outcomes[device_id]
             seen: set[str] = set()
+            sites: dict[str, str | None] = {}
             for event in events:
                 data = event["data"]
                 stream = event["gatedstream"]
                 event_id = event["id"]
-                problem = _event_problem(tenant_id, device_id, event, data)
+                problem = _event_problem(tenant_id, device_id, event, data, sites)
                 if problem is None and witness.row_hash(stream, data) != data["row_hash"]:
                     problem = "row_hash does not recompute from the data"
                     outcome.alerts.append(f"seq {data['seq']}: {problem}")
@@ -587,21 +588,36 @@ def _tenant(conn: psycopg.Connection[Any], tenant_id: str) -> None:
 
 
 def _event_problem(tenant_id: str, device_id: str, event: Mapping[str, Any],
-                   data: Mapping[str, Any]) -> str | None:
-    """Why an (already schema-valid) event cannot be this device's, or None."""
+                   data: Mapping[str, Any], sites: dict[str, str | None] | None = None
+                   ) -> str | None:
+    """Why an (already schema-valid) event cannot be this device's, or None.
+
+    `sites` remembers each source string's site (None: not this device's) across the events
+    of one upload, which all carry the same source.
+    """
     source = event.get("source", "")
-    parts = source[len("gated://"):].split("/") if source.startswith("gated://") else []
-    if len(parts) != 3 or parts[0] != tenant_id or parts[2] != device_id:
+    site = sites.get(source, _UNSEEN) if sites is not None else _UNSEEN
+    if site is _UNSEEN:
+        parts = source[len("gated://"):].split("/") if source.startswith("gated://") else []
+        site = parts[1] if (len(parts) == 3 and parts[0] == tenant_id
+                            and parts[2] == device_id) else None
+        if sites is not None:
+            sites[source] = site
+    if site is None:
         return "source is not the authenticated device"
     if data.get("tenant_id") != tenant_id or data.get("device_id") != device_id:
         return "data names another tenant or device"
-    if data.get("site_id") != parts[1]:
+    if data.get("site_id") != site:
         return "data.site_id differs from the source"
-    if str(data.get("event_id", "")).lower() != str(event.get("id", "")).lower():
+    event_id = data.get("event_id")
+    if event_id != event.get("id") and str(event_id).lower() != str(event.get("id")).lower():
         return "id differs from data.event_id"
     if data.get("seq") != event.get("gatedseq"):
         return "gatedseq differs from data.seq"
     return None
+
+
+_UNSEEN: Any = object()
 
 
 def dumps(message: Any) -> bytes:

@@ -175,3 +175,31 @@ def test_a_batch_over_1_mib_is_refused_by_the_service_itself(
             gate.close()
         finally:
             running.stop()
+
+
+def test_a_backlog_larger_than_the_queue_bound_waits_at_the_broker(
+        store: Store, acl_broker: AclBroker, owner: psycopg.Connection[Any],
+        pg_server: PgServer, pg_db: str) -> None:
+    """With room for about one message, 30 batch messages are all stored, in order."""
+    sim = SimDevice("acme", "hq", "gate-1")
+    enrol_device(owner, "acme", "gate-1", "hq", sim.public_b64)
+    messages = [batch(*(sim.event() for _ in range(10))) for _ in range(30)]
+    running = MqttIngest(store, MqttSettings(
+        host=acl_broker.host, port=acl_broker.port, username="gated-service",
+        password=USERS["gated-service"], client_id=f"gated-service-{uuid.uuid4().hex[:6]}",
+        queue_max_bytes=len(messages[0]) + 1)).start()
+    try:
+        assert running.connected.wait(10)
+        time.sleep(0.2)  # the SUBACK
+        highest = 0
+        gate = Gate(acl_broker, sim)
+        for message in messages:
+            gate.client.publish(sim.prefix + "events", message, qos=1)
+            highest = max(highest, running._queued_bytes)
+        eventually(lambda: running.stats.stored == 300)
+        assert highest <= 2 * len(messages[0])  # one waiting, at most one more being read
+        assert running._queued_bytes == 0
+        assert _count(pg_server, pg_db, "SELECT chain_seq FROM devices") == 300
+        gate.close()
+    finally:
+        running.stop()
