@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import msgspec
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -86,7 +85,7 @@ def _stage_row(stream: str, event: Mapping[str, Any], data: Mapping[str, Any]) -
 class _Staging:
     """The staging statements, built from the event tables' columns as the database has them."""
 
-    create: str  # both streams' CREATE TEMP TABLE IF NOT EXISTS
+    create: tuple[str, ...]  # each stream's CREATE TEMP TABLE IF NOT EXISTS
     copy: dict[str, str]
     move: dict[str, str]
 
@@ -115,25 +114,31 @@ def _staging(conn: psycopg.Connection[Any]) -> _Staging:
             f" kept AS (INSERT INTO {stream}_logs ({', '.join(cols)}) SELECT {picks} FROM {name} s"
             " JOIN new ON new.event_id = s.event_id AND new.device_id = s.device_id)"
             " SELECT event_id::text, device_id FROM new")
-    return _Staging("; ".join(creates), copies, moves)
+    return _Staging(tuple(creates), copies, moves)
 
 
-def _tenant_and_stage(conn: psycopg.Connection[Any], staging: _Staging, tenant_id: str) -> None:
-    """Set the transaction's tenant and make sure the staging tables exist: one round trip."""
-    conn.execute(sql.SQL("SELECT set_config('gated.tenant_id', {}, true); {}").format(
-        sql.Literal(tenant_id), sql.SQL(staging.create)))
-
-
-def _insert_staged(conn: psycopg.Connection[Any], staging: _Staging, stream: str,
-                   rows: list[list[Any]], linked: set[str]) -> set[tuple[str, str]]:
-    """Stage and insert one stream's rows; the (event_id, device_id) pairs that were new."""
+def _copy_staged(conn: psycopg.Connection[Any], staging: _Staging, stream: str,
+                 rows: list[list[Any]], linked: set[str]) -> None:
+    """COPY one stream's rows into its staging table, each with its chain verdict."""
     with conn.cursor().copy(staging.copy[stream]) as copy:
         for row in rows:
             row.append("linked" if row[0] in linked else "unlinked")
             copy.write_row(row)
             row.pop()
-    return {(str(r[0]), str(r[1])) for r in conn.execute(
-        staging.move[stream]).fetchall()}
+
+
+# The devices of an upload, locked in device order (two instances locking overlapping devices
+# queue up instead of deadlocking), and which of them hold rows past their verified prefix:
+# a statement of its own after the lock, so it sees what a transaction we waited for
+# committed; LATERAL … LIMIT 1 is one index probe per device, under a generic plan too.
+_LOCK = ("SELECT device_id, chain_seq, chain_hash, public_key, forked FROM devices "
+         "WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE")
+_BEYOND = ("SELECT d.device_id FROM devices d CROSS JOIN LATERAL (SELECT 1 FROM event_ids e "
+           "WHERE e.tenant_id = d.tenant_id AND e.device_id = d.device_id AND "
+           "e.seq > d.chain_seq LIMIT 1) AS x WHERE d.device_id = ANY(%s)")
+_MOVE_PREFIXES = ("UPDATE devices SET chain_seq = t.q, chain_hash = t.h FROM unnest("
+                  "%s::text[], %s::bigint[], %s::text[]) AS t(d, q, h) "
+                  "WHERE devices.device_id = t.d")
 
 
 # one device's share of an ingest: (events, heads)
@@ -330,13 +335,16 @@ class Store:
             if self._staging is None:
                 self._staging = _staging(conn)
             staging = self._staging
-            _tenant_and_stage(conn, staging, tenant_id)
-            # locked in device order, so two instances locking overlapping devices queue up
-            # instead of deadlocking
-            states: dict[str, list[Any]] = {str(r[0]): list(r[1:]) for r in conn.execute(
-                "SELECT device_id, chain_seq, chain_hash, public_key, forked FROM devices "
-                "WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE"
-                + ("" if wait else " NOWAIT"), (sorted(uploads),)).fetchall()}
+            devices = sorted(uploads)
+            # one round trip: the transaction's tenant, the staging tables, the locks
+            with conn.pipeline():
+                conn.execute("SELECT set_config('gated.tenant_id', %s, true)", (tenant_id,))
+                for create in staging.create:
+                    conn.execute(create)
+                locked = conn.execute(_LOCK + ("" if wait else " NOWAIT"), (devices,))
+                held = conn.execute(_BEYOND, (devices,))
+            states: dict[str, list[Any]] = {str(r[0]): list(r[1:]) for r in locked.fetchall()}
+            beyond = {str(r[0]) for r in held.fetchall()}
             for device_id in uploads:
                 if device_id not in states:
                     # not enrolled (yet): nothing stored, nothing acked; the device sends again
@@ -344,13 +352,23 @@ class Store:
                         {"id": e.event_id, "reason": "device not enrolled", "retryable": True}
                         for e in index if e.device_id == device_id]
             index = [e for e in index if e.device_id in states]
-            walks = self._walks_at_insert(conn, index, states) if link_at_insert else {}
+            walks = _walks_at_insert(index, states, beyond) if link_at_insert else {}
             linked = {event_id for walk in walks.values() for event_id in walk.linked}
-            new_keys: set[tuple[str, str]] = set()
+            streams = []
             for stream, stream_rows in rows.items():
                 staged = [r for r in stream_rows if r[1] in states]
                 if staged:
-                    new_keys |= _insert_staged(conn, staging, stream, staged, linked)
+                    _copy_staged(conn, staging, stream, staged, linked)
+                    streams.append(stream)
+            moved = [(d, w.seq, w.hash) for d, w in walks.items() if w.linked]
+            # one round trip: the rows in, and the prefixes of the devices linked at insert
+            # moved (undone with the transaction if the check below fails)
+            with conn.pipeline():
+                inserted = [conn.execute(staging.move[stream])
+                            for stream in streams]
+                if moved:
+                    conn.execute(_MOVE_PREFIXES, tuple(map(list, zip(*moved, strict=True))))
+            new_keys = {(str(r[0]), str(r[1])) for cur in inserted for r in cur.fetchall()}
             new_ids = {event_id for event_id, _device in new_keys}
             if not linked <= new_ids:
                 # a row linked before the insert was already held (the same id, stored
@@ -359,16 +377,9 @@ class Store:
             for entry in index:
                 outcome = outcomes[entry.device_id]
                 (outcome.stored if (entry.event_id, entry.device_id) in new_keys
-                 else outcome.duplicate).append(
-                    entry.event_id)
-            moved = [(d, w.seq, w.hash) for d, w in walks.items() if w.linked]
+                 else outcome.duplicate).append(entry.event_id)
             for device_id, seq, hash_ in moved:
                 states[device_id][:2] = [seq, hash_]
-            if moved:
-                conn.execute(
-                    "UPDATE devices SET chain_seq = t.q, chain_hash = t.h FROM unnest("
-                    "%s::text[], %s::bigint[], %s::text[]) AS t(d, q, h) "
-                    "WHERE devices.device_id = t.d", tuple(map(list, zip(*moved, strict=True))))
             walked = [e for e in index if e.device_id not in walks and e.event_id in new_ids]
             if walked:
                 self._forks_at_held_seqs(conn, tenant_id, walked, new_ids, states, outcomes)
@@ -384,43 +395,6 @@ class Store:
                 for alert in outcomes[device_id].alerts:
                     log.warning("tenant %s device %s: %s", tenant_id, device_id, alert)
         return outcomes
-
-    def _walks_at_insert(self, conn: psycopg.Connection[Any], index: list[_Indexed],
-                         states: dict[str, list[Any]]) -> dict[str, witness.Walk]:
-        """The chain walks that can be decided before the insert, by device.
-
-        A device qualifies when nothing is held past its verified prefix, it has not forked,
-        and its new rows all lie past the prefix at distinct seqs: then no held row can
-        clash with them, and walking them is what walking the held rows after the insert
-        would find, so its rows are inserted already linked (no UPDATE of each row).
-        """
-        by_device: dict[str, list[_Indexed]] = {}
-        for entry in index:
-            by_device.setdefault(entry.device_id, []).append(entry)
-        if not by_device:
-            return {}
-        ids = sorted(by_device)
-        # a statement of its own, after the lock: it sees what a transaction we waited for
-        # committed (the locking statement's snapshot predates that wait)
-        beyond = {str(r[0]) for r in conn.execute(
-            # LATERAL … LIMIT 1: one index probe per device, also under a prepared statement's
-            # generic plan (an EXISTS there could become a join over the whole table)
-            "SELECT t.d FROM unnest(%s::text[], %s::bigint[]) AS t(d, q) CROSS JOIN LATERAL ("
-            "SELECT 1 FROM event_ids e WHERE e.device_id = t.d AND e.seq > t.q LIMIT 1) AS x",
-            (ids, [states[d][0] for d in ids])).fetchall()}
-        walks: dict[str, witness.Walk] = {}
-        for device_id, entries in by_device.items():
-            chain_seq, chain_hash, _key, forked = states[device_id][:4]
-            if forked or device_id in beyond:
-                continue
-            entries.sort(key=lambda e: e.seq)
-            if entries[0].seq <= chain_seq or len({e.seq for e in entries}) != len(entries):
-                continue
-            walk = witness.extend(chain_seq, chain_hash, (
-                witness.ChainRow(e.event_id, e.seq, e.prev_hash, e.row_hash) for e in entries))
-            if walk.fork is None:  # a fork is alerted by the walk over held rows
-                walks[device_id] = walk
-        return walks
 
     def _forks_at_held_seqs(self, conn: psycopg.Connection[Any], tenant_id: str,
                             index: list[_Indexed], new_ids: set[str],
@@ -580,6 +554,34 @@ class Store:
                 "(%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, sha256) DO NOTHING RETURNING 1",
                 (tenant_id, sha256, path, size, device_id)).fetchone()
         return row is not None
+
+
+def _walks_at_insert(index: list[_Indexed], states: dict[str, list[Any]],
+                     beyond: set[str]) -> dict[str, witness.Walk]:
+    """The chain walks that can be decided before the insert, by device.
+
+    A device qualifies when nothing is held past its verified prefix (`beyond` names those
+    that hold rows there), it has not forked, and its new rows all lie past the prefix at
+    distinct seqs: then no held row can clash with them, and walking them is what walking
+    the held rows after the insert would find, so its rows are inserted already linked (no
+    UPDATE of each row).
+    """
+    by_device: dict[str, list[_Indexed]] = {}
+    for entry in index:
+        by_device.setdefault(entry.device_id, []).append(entry)
+    walks: dict[str, witness.Walk] = {}
+    for device_id, entries in by_device.items():
+        chain_seq, chain_hash, _key, forked = states[device_id][:4]
+        if forked or device_id in beyond:
+            continue
+        entries.sort(key=lambda e: e.seq)
+        if entries[0].seq <= chain_seq or len({e.seq for e in entries}) != len(entries):
+            continue
+        walk = witness.extend(chain_seq, chain_hash, (
+            witness.ChainRow(e.event_id, e.seq, e.prev_hash, e.row_hash) for e in entries))
+        if walk.fork is None:  # a fork is alerted by the walk over held rows
+            walks[device_id] = walk
+    return walks
 
 
 def _tenant(conn: psycopg.Connection[Any], tenant_id: str) -> None:
