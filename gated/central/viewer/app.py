@@ -518,10 +518,10 @@ class _Viewer:
             path = await asyncio.to_thread(_inside, self.cfg.snapshot_dir, relative)
         if path is None:
             raise _Problem(404, "no such picture")
-        response = web.FileResponse(path, headers={"Content-Type": "image/jpeg",
-                                                   "Cache-Control": "private, max-age=86400"})
-        security_headers(response, self.cfg.tls)
-        return response
+        sent = web.FileResponse(path, headers={"Content-Type": "image/jpeg",
+                                               "Cache-Control": "private, max-age=86400"})
+        security_headers(sent, self.cfg.tls)
+        return sent
 
     # --- devices ------------------------------------------------------------------------
 
