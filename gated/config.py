@@ -523,6 +523,10 @@ class SyncHttpConfig(_Section, frozen=True):
     client_cert: str = ""  # PEM client certificate (TLS client authentication)
     client_key: str = ""  # its PEM private key
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    # With transport = "http" there is no P/commands: the gate long-polls
+    # GET …/commands for signed remote commands instead (docs/protocol.md, 11.8), as long
+    # as [sync] remote_commands is true. false: this HTTP-only site takes no remote commands.
+    commands: bool = True
 
     def __post_init__(self) -> None:
         if self.url and not re.match(r"^https?://[^/\s]+(/.*)?$", self.url):

@@ -10,6 +10,11 @@
 - `gated central command` signs a command (id, nonce, expiry), records and audits it in one
   transaction, then publishes it on `P/commands` at QoS 1; results from `P/commands/result`
   are kept by `record_result` (the MQTT ingest), checked against the device key.
+- A gate that syncs over HTTP only long-polls `GET /v1/devices/{device_id}/commands`
+  (ingest_http), answered from `pending_commands`: every command recorded for it, however it
+  was issued, that has not expired and has no answer from it yet. `issue_command` NOTIFYs
+  `COMMANDS_CHANNEL` on commit so a held poll returns at once. Its results come back by
+  `POST …/commands/result` and are kept by the same `record_result`.
 
 A device's version is the service's count of rule sets that reached it: a site-wide publish
 and a device's own publish both add a version, and the newest one is what the device runs.
@@ -47,6 +52,8 @@ KINDS = ("schedules", "groups", "residents", "vehicles", "tags", "visitor_passes
 LANE_ACTIONS = frozenset({"open", "hold", "release"})  # protocol 11.3: these need args.lane
 MAX_TTL_S = 300  # the edge's default command_max_age_s: a longer command would be refused
 REASON_MAX = 500
+COMMANDS_CHANNEL = "gated_commands"  # NOTIFY channel: a command was issued (payload: command_key)
+PENDING_MAX = 16  # commands one GET …/commands answers; the rest come with the next poll
 
 
 class DownlinkError(GatedError):
@@ -294,12 +301,40 @@ def issue_command(conn: psycopg.Connection[Any], key: Ed25519PrivateKey, tenant_
                device_id, command_id,
                {"action": action, "args": dict(args), "expires_at": data["expires_at"],
                 "kid": data["kid"]}, via)
+        # Delivered at the commit, to every instance LISTENing: a gate long-polling over HTTP
+        # gets the command now, whichever process issued it (the CLI, the viewer).
+        conn.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL,
+                                                  command_key(tenant_id, device_id)))
     return event
+
+
+def command_key(tenant_id: str, device_id: str) -> str:
+    """The NOTIFY payload that names a device: a digest, so a listener learns no tenant's ids."""
+    return hashlib.sha256(f"{tenant_id}\x00{device_id}".encode()).hexdigest()[:32]
+
+
+def pending_commands(conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
+                     limit: int = PENDING_MAX) -> list[dict[str, Any]]:
+    """The signed commands a device has still to answer, oldest first (protocol 11.8).
+
+    A command is served until it expires or the device's answer is kept (any result from that
+    device for that id, a refusal included). Served again after a lost answer or a lost
+    result is safe: the device's replay cache refuses a second copy (`replayed`), so a command
+    acts at most once, and that refusal is the answer that stops it being served.
+    """
+    with conn.transaction():
+        _tenant(conn, tenant_id)
+        rows = conn.execute(
+            "SELECT c.envelope FROM commands c WHERE c.device_id = %s AND c.expires_at > now()"
+            " AND NOT EXISTS (SELECT 1 FROM command_results r WHERE r.tenant_id = c.tenant_id"
+            " AND r.command_id = c.command_id::text AND r.device_id = c.device_id)"
+            " ORDER BY c.issued_at, c.command_id LIMIT %s", (device_id, limit)).fetchall()
+    return [dict(row[0]) for row in rows]
 
 
 def record_result(conn: psycopg.Connection[Any], tenant_id: str, device_id: str,
                   event: Mapping[str, Any]) -> bool:
-    """Keep a schema-valid command result from the topic's device; False when refused.
+    """Keep a schema-valid command result from the topic's (or path's) device; False when refused.
 
     The result's data must name the topic's tenant and device, and, when the device has an
     enrolled key, carry that key's signature (protocol 11.5); a result sent again is kept once.
@@ -511,6 +546,7 @@ def dumps(message: Any) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-__all__ = ["BundleAnswer", "DownlinkError", "Published", "announcement", "bundle_answer",
-           "check_command", "delta", "issue_command", "load_rule_file",
-           "publish_rules", "record_result", "results_for"]
+__all__ = ["COMMANDS_CHANNEL", "BundleAnswer", "DownlinkError", "Published", "announcement",
+           "bundle_answer", "check_command", "command_key", "delta", "issue_command",
+           "load_rule_file", "pending_commands", "publish_rules", "record_result",
+           "results_for"]

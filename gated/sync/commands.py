@@ -25,7 +25,8 @@ refused here never reaches the control plane, so this module audits it itself
 (`remote_command_refused`), at most `REFUSALS_AUDITED` rows a minute and then one
 summary row, so a flood cannot fill the journal. Every command with an id gets a
 result (`io.gated.command.result.v1`), signed with the device key, on
-`P/commands/result`.
+`P/commands/result` (over HTTP only: POSTed by gated.sync.command_poll, which hands
+commands to `handle` the same way).
 
 Commands are handled one at a time from a bounded queue: the replay check and the
 insert are then never raced by a second copy of the same command.

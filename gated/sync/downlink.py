@@ -5,7 +5,9 @@ supervised, outliving config generations) and hands it the control plane's
 `perform`, the auditor, the rule-bundle import (the same change-set path as
 `gated rules import`) and the sync's MQTT link. It subscribes `P/commands` and
 `P/rules` on that link, publishes results on `P/commands/result`, and polls
-`GET /v1/devices/{device_id}/rules` when an HTTP endpoint is configured.
+`GET /v1/devices/{device_id}/rules` when an HTTP endpoint is configured. A gate that
+syncs over HTTP only has no link: it long-polls `GET /v1/devices/{device_id}/commands`
+instead (gated.sync.command_poll) and POSTs its results, through the same receiver.
 `status()` is what the heartbeat reports about the rule bundle in effect.
 """
 
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gated.config import Config
 from gated.mqttlink import MqttLink
+from gated.sync.command_poll import HttpCommandPoller
 from gated.sync.commands import Audit, CommandReceiver, Perform, mqtt_result_publisher
 from gated.sync.downlink_state import DownlinkState
 from gated.sync.envelope import source_of, topic_prefix
@@ -59,6 +62,8 @@ class Downlink:
         link: MqttLink | None = None,
         device_key: Ed25519PrivateKey | None = None,
         clock_unsynced: Callable[[], bool] = lambda: False,
+        # Health.set: the poller reports its state as component "sync-commands"
+        health: Callable[[str, bool, str], None] | None = None,
     ) -> None:
         sync = cfg.sync
         identity = cfg.site.identity
@@ -88,7 +93,23 @@ class Downlink:
             retry_max_s=sync.retry_max_s,
         )
         self.commands: CommandReceiver | None = None
+        self.poller: HttpCommandPoller | None = None
+        publish_result = None
         if sync.remote_commands and link is not None:
+            publish_result = mqtt_result_publisher(link, self.prefix + "commands/result")
+        elif (sync.remote_commands and sync.transport == "http" and sync.http.url
+              and sync.http.commands):
+            # No broker to push commands: ask the service for them (protocol 11.8).
+            on_state = None
+            if health is not None:
+                def on_state(ok: bool, detail: str) -> None:
+                    health("sync-commands", ok, detail)
+            self.poller = HttpCommandPoller(
+                self._http_client, sync.http.url, identity.device_id,
+                timeout_s=sync.http.timeout_s, retry_min_s=sync.retry_min_s,
+                retry_max_s=sync.retry_max_s, on_state=on_state)
+            publish_result = self.poller.publish_result
+        if publish_result is not None:
             self.commands = CommandReceiver(
                 tenant_id=identity.tenant_id,
                 device_id=identity.device_id,
@@ -97,14 +118,17 @@ class Downlink:
                 state=self.state,
                 perform=perform,
                 audit=audit,
-                publish_result=mqtt_result_publisher(link, self.prefix + "commands/result"),
+                publish_result=publish_result,
                 sync_rules=self.rules.sync_now,
                 device_key=device_key,
                 max_age_s=sync.command_max_age_s,
                 clock_skew_s=sync.command_clock_skew_s,
                 clock_unsynced=clock_unsynced,
             )
-            link.subscribe(self.prefix + "commands", self.commands.on_mqtt)
+            if link is not None:
+                link.subscribe(self.prefix + "commands", self.commands.on_mqtt)
+            if self.poller is not None:
+                self.poller.handle = self.commands.handle
         if link is not None:
             link.subscribe(self.prefix + "rules", self.rules.on_mqtt)
 
@@ -113,6 +137,8 @@ class Downlink:
         out = self.rules.status()
         if self.commands is not None:
             out["commands"] = dict(self.commands.counts)
+        if self.poller is not None:
+            out["commands_poll"] = self.poller.status()
         return out
 
     def _http_client(self) -> httpx.AsyncClient:
@@ -127,6 +153,8 @@ class Downlink:
                 group.create_task(self.rules.run(), name="downlink-rules")
                 if self.commands is not None:
                     group.create_task(self.commands.run(), name="downlink-commands")
+                if self.poller is not None:
+                    group.create_task(self.poller.run(), name="downlink-command-poll")
         finally:
             if self.client is not None:
                 with contextlib.suppress(Exception):
