@@ -399,6 +399,7 @@ class Daemon:
                 link=sync.link,
                 device_key=sync.key,
                 clock_unsynced=clock_unsynced,
+                health=self.health.set,  # the HTTP command poller's state (sync-commands)
             )
         except (GatedError, OSError, sqlite3.Error) as err:
             # The gate and the uplink keep working: a broken state file must not stop them.
