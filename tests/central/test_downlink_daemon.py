@@ -298,7 +298,9 @@ async def test_an_admin_sends_a_command_from_the_viewer_and_others_cannot(
             url = f"/devices/{DEVICE}/commands"
             sent = await ada.post(url, data={"csrf": csrf, "action": "open", "lane": "main-in",
                                              "reason": "delivery"})
-            assert sent.status_code == 200 and "open sent to gate-1" in sent.text, sent.text
+            assert sent.status_code == 303, sent.text  # post/redirect/get
+            shown = await ada.get(sent.headers["location"])
+            assert shown.status_code == 200 and "open sent to gate-1" in shown.text, shown.text
             assert wait_until(lambda: gate.received, 10)
             [command] = gate.received
             verify(command["data"], {kid_of(key.public_key()): key.public_key()})

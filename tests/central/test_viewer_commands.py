@@ -237,7 +237,13 @@ async def test_everyone_sees_the_list_only_admins_get_the_form(
     sent = await ada.post("/devices/gate-1/commands",
                           data={"csrf": csrf, "action": "open", "lane": "main-in",
                                 "reason": "<b>van</b>"})
+    # post/redirect/get: reloading the page the browser lands on sends nothing again
+    assert sent.status_code == 303, sent.text
+    assert sent.headers["location"].startswith("/devices/gate-1?sent=")
+    sent = await ada.get(sent.headers["location"])
     assert sent.status_code == 200 and "open sent to gate-1" in sent.text
+    again = await ada.get(sent.url)
+    assert len(_rows(again)) == len(_rows(sent))
     rows = _rows(sent)
     newest = next(iter(rows.values()))
     assert len(rows) == 2 and "no answer yet" in newest and "ada" in newest

@@ -532,9 +532,14 @@ class _Viewer:
     async def device_page(self, request: web.Request) -> web.Response:
         """One device: its health and the commands issued to it with their outcomes."""
         session = self._need(request, "viewer")
-        filters = self._filters(request, COMMANDS)  # a bad query is a 400 before any lookup
-        page = await self._device_view(request, session, request.match_info["device_id"],
-                                       filters)
+        # `sent`: the command just sent from this page (see device_command), not a filter
+        query = {k: v for k, v in request.query.items() if k != "sent"}
+        filters = parse_filters(query, COMMANDS, self.tz, [k for k, _ in request.query.items()
+                                                          if k != "sent"])
+        device_id = request.match_info["device_id"]
+        sent = request.query.get("sent", "")
+        page = await self._device_view(request, session, device_id, filters,
+                                       sent=sent if _UUID.fullmatch(sent) else "")
         if page is None:
             raise _Problem(404, "no such device")
         return page
@@ -561,13 +566,11 @@ class _Viewer:
                                            error=str(err), http_status=400)
             return page or await self._devices_view(request, session, error=str(err),
                                                     http_status=400)
-        # The device's page, so the command just sent shows at the top of its list.
-        page = await self._device_view(
-            request, session, device_id, fresh,
-            message=f"{action} sent to {device_id} (command {command_id})")
-        if page is None:  # recorded moments ago, so only a device removed since lands here
-            raise _Problem(404, "no such device")
-        return page
+        # Post/redirect/get: the device's page, the command just sent at the top of its list;
+        # reloading that page shows it again instead of sending a second command.
+        response = web.HTTPSeeOther(f"/devices/{quote(device_id)}?sent={quote(str(command_id))}")
+        security_headers(response, self.cfg.tls)
+        raise response
 
     async def _device_rows(self, cur: Any, tenant_id: str,
                            device_id: str | None = None) -> list[dict[str, Any]]:
@@ -609,8 +612,12 @@ class _Viewer:
 
     async def _device_view(self, request: web.Request, session: ViewerSession, device_id: str,
                            filters: Filters, *, message: str = "", error: str = "",
-                           http_status: int = 200) -> web.Response | None:
-        """The device's page, or None when the tenant has no such device."""
+                           http_status: int = 200, sent: str = "") -> web.Response | None:
+        """The device's page, or None when the tenant has no such device.
+
+        `sent`: a command id just sent from the page; named in the message when it is one of
+        this device's listed commands.
+        """
         if not _DEVICE.match(device_id):
             return None
         # The device is named by the path: an equality on commands.device_id, bound.
@@ -642,6 +649,8 @@ class _Viewer:
         for row in rows:
             row["state"], row["state_words"] = _command_state(row)
             row["who"], row["via"] = _issuer(str(row["issued_by"]))
+            if sent and str(row["command_id"]) == sent.lower() and not message:
+                message = f"{row['action']} sent to {device_id} (command {sent.lower()})"
         next_url = None
         if more:
             next_url = (f"/devices/{quote(device_id)}?"
