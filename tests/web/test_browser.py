@@ -90,7 +90,9 @@ def test_a_guard_runs_the_gate_from_the_page(tmp_path: Path, browser: webdriver.
             # Open the gate: confirmation, then the relay fires and the audit row shows.
             site.relay.drain(0.5)  # the read's own pulse
             browser.find_element(By.ID, "act-main-in-open").click()
-            browser.find_element(By.ID, "reason").send_keys("delivery van")
+            # the click navigates to the confirmation page: wait for it, not the old page
+            wait.until(ec.presence_of_element_located((By.ID, "reason"))).send_keys(
+                "delivery van")
             shot(browser, viewport, "4-confirm")
             browser.find_element(By.ID, "confirm").click()
             wait.until(ec.text_to_be_present_in_element((By.ID, "result"), "main-in opened"))
@@ -113,7 +115,7 @@ def test_a_guard_runs_the_gate_from_the_page(tmp_path: Path, browser: webdriver.
             # Replay the read's decision against today's rules.
             browser.get(site.base + "/events?plate=AB123CD")
             browser.find_element(By.CSS_SELECTOR, "a.plate").click()
-            browser.find_element(By.ID, "replay").click()
+            wait.until(ec.element_to_be_clickable((By.ID, "replay"))).click()
             verdict = wait.until(ec.presence_of_element_located((By.ID, "replay-verdict")))
             assert verdict.text == "Same answer today."
             assert browser.find_element(By.ID, "replay-answer").text == "allowed"
