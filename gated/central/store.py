@@ -590,21 +590,19 @@ def _tenant(conn: psycopg.Connection[Any], tenant_id: str) -> None:
 
 
 def _event_problem(tenant_id: str, device_id: str, event: Mapping[str, Any],
-                   data: Mapping[str, Any], sites: dict[str, str | None] | None = None
-                   ) -> str | None:
+                   data: Mapping[str, Any], sites: dict[str, str | None]) -> str | None:
     """Why an (already schema-valid) event cannot be this device's, or None.
 
     `sites` remembers each source string's site (None: not this device's) across the events
     of one upload, which all carry the same source.
     """
     source = event.get("source", "")
-    site = sites.get(source, _UNSEEN) if sites is not None else _UNSEEN
+    site = sites.get(source, _UNSEEN)
     if site is _UNSEEN:
         parts = source[len("gated://"):].split("/") if source.startswith("gated://") else []
         site = parts[1] if (len(parts) == 3 and parts[0] == tenant_id
                             and parts[2] == device_id) else None
-        if sites is not None:
-            sites[source] = site
+        sites[source] = site
     if site is None:
         return "source is not the authenticated device"
     if data.get("tenant_id") != tenant_id or data.get("device_id") != device_id:
